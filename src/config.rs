@@ -1,0 +1,193 @@
+//! The TOML config file and command-line flags, merged into one validated `Config`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// The method as the paper describes it, with the original build's defects fixed.
+    #[default]
+    Paper,
+    /// Reproduces what the authors' released build (MIMIC-Eye 1.0.0) did.
+    Release,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Paper => "paper",
+            Profile::Release => "release",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FilesMode {
+    /// Hard link copied files, falling back to a copy across file systems.
+    #[default]
+    Hardlink,
+    Copy,
+}
+
+/// Dataset roots as written in the file (relative paths are relative to `input`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetsFile {
+    pub mimiciv: Option<PathBuf>,
+    pub mimic_iv_ed: Option<PathBuf>,
+    pub mimic_cxr_jpg: Option<PathBuf>,
+    pub mimic_cxr: Option<PathBuf>,
+    pub reflacx: Option<PathBuf>,
+    pub egd_cxr: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub input: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub profile: Option<Profile>,
+    pub window_days: Option<u32>,
+    pub index_column: Option<bool>,
+    pub files: Option<FilesMode>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub allow_non_loopback_metrics: Option<bool>,
+    pub parallel_tables: Option<usize>,
+    pub settle_seconds: Option<u64>,
+    pub rescan_seconds: Option<u64>,
+    #[serde(default)]
+    pub datasets: DatasetsFile,
+}
+
+/// Resolved dataset roots.
+#[derive(Debug, Clone, Serialize)]
+pub struct Datasets {
+    pub mimiciv: PathBuf,
+    pub mimic_iv_ed: PathBuf,
+    pub mimic_cxr_jpg: PathBuf,
+    pub mimic_cxr: PathBuf,
+    pub reflacx: PathBuf,
+    pub egd_cxr: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub profile: Profile,
+    pub window_days: u32,
+    pub index_column: bool,
+    pub files: FilesMode,
+    pub metrics_addr: SocketAddr,
+    pub parallel_tables: usize,
+    pub settle_seconds: u64,
+    pub rescan_seconds: u64,
+    pub datasets: Datasets,
+}
+
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9898";
+
+/// Flags that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub input: Option<PathBuf>,
+    pub output: Option<PathBuf>,
+    pub profile: Option<Profile>,
+    pub window_days: Option<u32>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+}
+
+impl Config {
+    pub fn resolve(file: ConfigFile, flags: Overrides) -> anyhow::Result<Self> {
+        let Some(input) = flags.input.or(file.input) else {
+            bail!("no input directory: set `input` in the config or pass --input")
+        };
+        let Some(output) = flags.output.or(file.output) else {
+            bail!("no output directory: set `output` in the config or pass --output")
+        };
+        let metrics_addr = match flags.metrics_addr.or(file.metrics_addr) {
+            Some(a) => a,
+            None => DEFAULT_METRICS_ADDR.parse()?,
+        };
+        if !metrics_addr.ip().is_loopback() && !file.allow_non_loopback_metrics.unwrap_or(false) {
+            bail!("metrics_addr {metrics_addr} is not a loopback address; set allow_non_loopback_metrics = true to expose it");
+        }
+        let root = |p: Option<PathBuf>, default: &str| -> PathBuf {
+            let p = p.unwrap_or_else(|| PathBuf::from(default));
+            if p.is_absolute() {
+                p
+            } else {
+                input.join(p)
+            }
+        };
+        let d = file.datasets;
+        let datasets = Datasets {
+            mimiciv: root(d.mimiciv, "mimiciv"),
+            mimic_iv_ed: root(d.mimic_iv_ed, "mimic-iv-ed"),
+            mimic_cxr_jpg: root(d.mimic_cxr_jpg, "mimic-cxr-jpg"),
+            mimic_cxr: root(d.mimic_cxr, "mimic-cxr"),
+            reflacx: root(d.reflacx, "reflacx"),
+            egd_cxr: root(d.egd_cxr, "egd-cxr"),
+        };
+        if output.starts_with(&input) && output != input {
+            // Allowed, but the watcher must ignore it; said here so it is not a surprise.
+            tracing::warn!("the output directory is inside the input directory");
+        }
+        Ok(Self {
+            input,
+            output,
+            profile: flags.profile.or(file.profile).unwrap_or_default(),
+            window_days: flags.window_days.or(file.window_days).unwrap_or(0),
+            index_column: file.index_column.unwrap_or(true),
+            files: file.files.unwrap_or_default(),
+            metrics_addr,
+            parallel_tables: file.parallel_tables.unwrap_or(2).clamp(1, 16),
+            settle_seconds: file.settle_seconds.unwrap_or(5),
+            rescan_seconds: file.rescan_seconds.unwrap_or(300),
+            datasets,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_flags_override() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/mimic-eye.toml"
+        ))
+        .unwrap();
+        let file: ConfigFile = toml::from_str(&text).unwrap();
+        let flags = Overrides {
+            profile: Some(Profile::Release),
+            ..Default::default()
+        };
+        let c = Config::resolve(file, flags).unwrap();
+        assert_eq!(c.profile, Profile::Release);
+        assert!(c.metrics_addr.ip().is_loopback());
+        assert!(c.datasets.reflacx.starts_with(&c.input));
+    }
+
+    #[test]
+    fn non_loopback_metrics_are_refused() {
+        let file: ConfigFile =
+            toml::from_str("input='/i'\noutput='/o'\nmetrics_addr='0.0.0.0:9898'").unwrap();
+        assert!(Config::resolve(file, Overrides::default()).is_err());
+    }
+}

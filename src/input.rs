@@ -1,0 +1,164 @@
+//! Finding the parent tables in the input layout of SPEC §2.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// A clinical module: every table in its folder is processed, whatever its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    Hosp,
+    Icu,
+    Ed,
+}
+
+impl Module {
+    pub const ALL: [Module; 3] = [Module::Hosp, Module::Icu, Module::Ed];
+
+    /// The key prefix (`hosp/labevents`) and the source folder name.
+    pub fn key(self) -> &'static str {
+        match self {
+            Module::Hosp => "hosp",
+            Module::Icu => "icu",
+            Module::Ed => "ed",
+        }
+    }
+
+    /// The output folder name, in patient folders and under `spreadsheets/`.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Module::Hosp => "Hosp",
+            Module::Icu => "ICU",
+            Module::Ed => "ED",
+        }
+    }
+
+    pub fn dir(self, config: &Config) -> PathBuf {
+        match self {
+            Module::Hosp => config.datasets.mimiciv.join("hosp"),
+            Module::Icu => config.datasets.mimiciv.join("icu"),
+            Module::Ed => config.datasets.mimic_iv_ed.join("ed"),
+        }
+    }
+}
+
+/// The table name of a `.csv` or `.csv.gz` file (`labevents.csv.gz` → `labevents`).
+pub fn table_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let lower = name.to_ascii_lowercase();
+    let stem_len = if lower.ends_with(".csv.gz") {
+        name.len() - 7
+    } else if lower.ends_with(".csv") {
+        name.len() - 4
+    } else {
+        return None;
+    };
+    let stem = &name[..stem_len];
+    // The stem becomes a file name in the output: keep it to safe characters.
+    let safe = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    safe.then(|| stem.to_string())
+}
+
+/// The tables of a folder, one path per table name (`.csv` preferred over `.csv.gz` when both
+/// exist, since it needs no decoding), sorted by name.
+pub fn tables_in(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let Some(name) = table_name(&path) else {
+            continue;
+        };
+        match found.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, existing)) => {
+                if !crate::source::is_gzip_name(&path) {
+                    tracing::warn!(table = %name, kept = %path.display(), "both .csv and .csv.gz present");
+                    *existing = path;
+                }
+            }
+            None => found.push((name, path)),
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A table file by base name, `.csv` or `.csv.gz`.
+pub fn find_table(dir: &Path, base: &str) -> Option<PathBuf> {
+    tables_in(dir)
+        .into_iter()
+        .find(|(n, _)| n == base)
+        .map(|(_, p)| p)
+}
+
+/// Where the linker's and the fixed datasets' files are.
+#[derive(Debug, Clone, Default)]
+pub struct SideInputs {
+    pub cxr_metadata: Option<PathBuf>,
+    pub cxr_tables: Vec<(String, PathBuf)>,
+    pub edstays: Option<PathBuf>,
+    pub reflacx_phases: Vec<PathBuf>,
+    pub master_sheet: Option<PathBuf>,
+    pub eye_gaze_tables: Vec<(String, PathBuf)>,
+}
+
+pub fn side_inputs(config: &Config) -> SideInputs {
+    let d = &config.datasets;
+    let cxr_tables = ["chexpert", "negbio", "split"]
+        .iter()
+        .filter_map(|t| {
+            find_table(&d.mimic_cxr_jpg, &format!("mimic-cxr-2.0.0-{t}"))
+                .map(|p| (t.to_string(), p))
+        })
+        .collect();
+    let main = d.reflacx.join("main_data");
+    let reflacx_phases = (1..=3)
+        .filter_map(|n| find_table(&main, &format!("metadata_phase_{n}")))
+        .collect();
+    let eye_gaze_tables = ["eye_gaze", "fixations", "bounding_boxes"]
+        .iter()
+        .filter_map(|t| find_table(&d.egd_cxr, t).map(|p| (t.to_string(), p)))
+        .collect();
+    SideInputs {
+        cxr_metadata: find_table(&d.mimic_cxr_jpg, "mimic-cxr-2.0.0-metadata"),
+        cxr_tables,
+        edstays: find_table(&Module::Ed.dir(config), "edstays"),
+        reflacx_phases,
+        master_sheet: find_table(&d.egd_cxr, "master_sheet"),
+        eye_gaze_tables,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert_eq!(
+            table_name(Path::new("a/labevents.csv.gz")).as_deref(),
+            Some("labevents")
+        );
+        assert_eq!(
+            table_name(Path::new("a/provider.CSV")).as_deref(),
+            Some("provider")
+        );
+        assert_eq!(table_name(Path::new("a/index.html")), None);
+        assert_eq!(table_name(Path::new("a/.csv")), None);
+        assert_eq!(table_name(Path::new("a/bad name.csv")), None);
+        assert_eq!(
+            table_name(Path::new("a/mimic-cxr-2.0.0-split.csv.gz")).as_deref(),
+            Some("mimic-cxr-2.0.0-split")
+        );
+        assert_eq!(table_name(Path::new("a/..csv")), None);
+    }
+}

@@ -1,0 +1,16 @@
+//! mimic-eye: builds the MIMIC-Eye dataset from its parent datasets and keeps it current.
+//!
+//! Data flow (one module per actor): [`pipeline::linker`] decides the cohort and the stay links;
+//! for each table a [`pipeline::reader`] streams batches of verbatim records, an optional
+//! [`pipeline::fixer`] repairs them, a [`pipeline::writer`] routes them to per-patient staging
+//! files, and [`pipeline::publish`] renames them into place atomically.
+
+pub mod config;
+pub mod csvscan;
+pub mod ids;
+pub mod input;
+pub mod pipeline;
+pub mod progress;
+pub mod source;
+pub mod synth;
+pub mod telemetry;

@@ -1,0 +1,234 @@
+//! The command line: parses flags, runs one command, turns errors into a one-line cause.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use mimic_eye::config::{Config, ConfigFile, Overrides, Profile};
+use mimic_eye::pipeline;
+use mimic_eye::progress::Progress;
+use mimic_eye::synth;
+
+#[derive(Parser)]
+#[command(
+    name = "mimic-eye",
+    version,
+    about = "Builds the MIMIC-Eye dataset from its parent datasets and keeps it current"
+)]
+struct Cli {
+    /// Log format: human on a terminal, json for journald.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One build of the output tree, then exit.
+    Build {
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        profile: Option<Profile>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        window_days: Option<u32>,
+    },
+    /// Write a fake input tree in the layout of the parent datasets, defects planted.
+    Synth {
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 40)]
+        patients: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 20)]
+        rows_per_patient: usize,
+        /// Rows of the big tables grouped by subject (like MIMIC) or shuffled.
+        #[arg(long, value_enum, default_value_t = synth::Order::Grouped)]
+        order: synth::Order,
+        /// Patients outside the cohort (only in the clinical tables).
+        #[arg(long)]
+        others: Option<usize>,
+        /// Write plain .csv instead of .csv.gz for the MIMIC tables.
+        #[arg(long)]
+        plain: bool,
+        /// Use these real MIMIC-IV tables (e.g. the demo) instead of fake ones.
+        #[arg(long)]
+        mimiciv: Option<PathBuf>,
+    },
+    /// Synthesise a small input, build it, print the headline counts.
+    Demo {
+        /// Keep the demo here instead of a temporary folder.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Profile::Paper)]
+        profile: Profile,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Build, synth and demo print their result; their logs stay at warnings unless asked.
+    init_logging(cli.log_format, "warn");
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mimic-eye: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+fn init_logging(format: LogFormat, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("MIMIC_EYE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Build {
+            input,
+            output,
+            profile,
+            config,
+            window_days,
+        } => {
+            let file = match &config {
+                Some(path) => ConfigFile::load(path)?,
+                None => ConfigFile::default(),
+            };
+            let config = Config::resolve(
+                file,
+                Overrides {
+                    input,
+                    output,
+                    profile,
+                    window_days,
+                    metrics_addr: None,
+                },
+            )?;
+            let summary =
+                runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true)))?;
+            println!("{}", summary.headline());
+            println!("output: {}", config.output.display());
+            if !summary.failed.is_empty() {
+                let first = summary
+                    .failed
+                    .iter()
+                    .next()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .unwrap_or_default();
+                anyhow::bail!("{} table(s) failed, first: {first}", summary.failed.len());
+            }
+            Ok(())
+        }
+        Command::Synth {
+            output,
+            patients,
+            seed,
+            rows_per_patient,
+            order,
+            others,
+            plain,
+            mimiciv,
+        } => {
+            let spec = synth::SynthSpec {
+                patients,
+                seed,
+                rows_per_patient,
+                order,
+                others: others.unwrap_or(patients),
+                gzip: !plain,
+                mimiciv,
+            };
+            let planted = synth::generate(&output, &spec)?;
+            println!("wrote a synthetic input tree to {}", output.display());
+            println!("{}", planted.describe());
+            Ok(())
+        }
+        Command::Demo { dir, profile } => {
+            let (root, _tmp) = match dir {
+                Some(d) => (d, None),
+                None => {
+                    let t = tempfile::Builder::new()
+                        .prefix("mimic-eye-demo-")
+                        .tempdir()?;
+                    (t.path().to_path_buf(), Some(t))
+                }
+            };
+            let input = root.join("input");
+            let output = root.join("output");
+            let planted = synth::generate(&input, &synth::SynthSpec::demo())?;
+            let config = Config::resolve(
+                ConfigFile::default(),
+                Overrides {
+                    input: Some(input.clone()),
+                    output: Some(output.clone()),
+                    profile: Some(profile),
+                    ..Default::default()
+                },
+            )?;
+            let summary = runtime()?.block_on(pipeline::build(config, Progress::new(true)))?;
+            println!(
+                "MIMIC-Eye demo build (synthetic data, profile {})",
+                summary.profile
+            );
+            println!("  {}", summary.headline());
+            println!("  planted: {}", planted.describe());
+            let rejected: u64 = summary.tables.values().map(|c| c.rejected).sum();
+            println!(
+                "  tables: {}, rows rejected (planted defects): {rejected}",
+                summary.tables.len()
+            );
+            if _tmp.is_some() {
+                println!(
+                    "  (built in a temporary folder, removed on exit; use --dir DIR to keep it)"
+                );
+            } else {
+                println!(
+                    "  input:  {}\n  output: {}",
+                    input.display(),
+                    output.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}

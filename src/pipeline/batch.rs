@@ -1,0 +1,98 @@
+//! The typed messages that flow between the actors of a table job.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::csvscan::Span;
+
+/// Records travel in batches: one buffer of verbatim bytes plus where each record lies in it.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub data: Vec<u8>,
+    pub records: Vec<Record>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    /// The record's verbatim bytes in `Batch::data`, without the line terminator.
+    pub span: Span,
+    /// The routing key field (subject_id, DICOM_ID…), quotes removed.
+    pub key: Span,
+    /// 0-based data-row number in the source table (the index column).
+    pub row: u64,
+    /// 1-based line number in the source file where the record starts.
+    pub line: u64,
+    /// Set when the record cannot be routed; the writer keeps it as a reject.
+    pub defect: Option<Defect>,
+}
+
+/// Why a record is rejected (or, for `Dropped`, deliberately left out by a fix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    FieldCount {
+        expected: u32,
+        found: u32,
+    },
+    UnterminatedQuote,
+    /// EyeGaze: a cut-short DICOM_ID whose full id is also in the table (the paper deletes it).
+    ShortIdDuplicate,
+    /// EyeGaze: a cut-short DICOM_ID with no valid candidate.
+    ShortIdNoCandidate,
+    /// EyeGaze: a cut-short DICOM_ID matching several valid ids.
+    ShortIdAmbiguous,
+    /// EyeGaze (profile release): a cut-short DICOM_ID whose full id is not present.
+    ShortIdUnrepaired,
+}
+
+impl Defect {
+    /// A stable label, used as the `reason` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Defect::FieldCount { .. } => "field_count",
+            Defect::UnterminatedQuote => "unterminated_quote",
+            Defect::ShortIdDuplicate => "short_id_dropped",
+            Defect::ShortIdNoCandidate => "short_id_no_candidate",
+            Defect::ShortIdAmbiguous => "short_id_ambiguous",
+            Defect::ShortIdUnrepaired => "short_id_unrepaired",
+        }
+    }
+}
+
+impl fmt::Display for Defect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Defect::FieldCount { expected, found } => {
+                write!(f, "wrong field count: expected {expected}, found {found}")
+            }
+            Defect::UnterminatedQuote => f.write_str("unterminated quote at end of file"),
+            Defect::ShortIdDuplicate => {
+                f.write_str("truncated DICOM_ID whose full id is also present: row dropped")
+            }
+            Defect::ShortIdNoCandidate => f.write_str("truncated DICOM_ID matches no valid id"),
+            Defect::ShortIdAmbiguous => f.write_str("truncated DICOM_ID matches several valid ids"),
+            Defect::ShortIdUnrepaired => f.write_str(
+                "truncated DICOM_ID whose full id is absent (profile release does not repair)",
+            ),
+        }
+    }
+}
+
+/// What the reader sends downstream. A job publishes only after `Done`.
+#[derive(Debug)]
+pub enum ReadMsg {
+    Batch(Batch),
+    Done(ReadStats),
+    Failed(crate::pipeline::reader::ReadError),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadStats {
+    pub rows: u64,
+    pub input_bytes: u64,
+}
+
+/// A path relative to the output root, built only from validated parts.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct RelPath(pub PathBuf);

@@ -1,0 +1,211 @@
+//! The fixer actors: the per-table repairs of SPEC §4, between reader and writer.
+//!
+//! Streaming tables that need a fix (EyeGaze `eye_gaze` and `fixations`) get a fixer stage in
+//! their job; the small derived tables (stacked REFLACX metadata, the master sheet with updated
+//! stays) are fixed whole in memory and written through the same writer.
+
+pub mod eyegaze;
+pub mod reflacx;
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Profile;
+use crate::pipeline::batch::ReadMsg;
+use crate::pipeline::batch::Record;
+use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
+use crate::pipeline::reader::SmallTable;
+use crate::pipeline::writer::{JobError, Route, TableCounts};
+use crate::pipeline::{publish, write_derived, BuildContext};
+
+/// A streaming fix, chosen per table.
+#[derive(Debug, Clone)]
+pub enum Fix {
+    EyeGazeIds { profile: Profile },
+}
+
+/// A fix ready to run: its decisions are made.
+pub struct PreparedFix {
+    repair: eyegaze::Repair,
+}
+
+impl Fix {
+    /// EyeGaze repairs `eye_gaze` and `fixations` in `paper`, only `eye_gaze` in `release`.
+    pub fn for_eye_gaze(name: &str, profile: Profile) -> Option<Fix> {
+        match (name, profile) {
+            ("eye_gaze", _) | ("fixations", Profile::Paper) => Some(Fix::EyeGazeIds { profile }),
+            _ => None,
+        }
+    }
+
+    /// Makes the fix's decisions (a first pass over the table's ids).
+    pub fn prepare(&self, path: &Path, links: &Links) -> Result<PreparedFix, JobError> {
+        match self {
+            Fix::EyeGazeIds { profile } => {
+                let ids = eyegaze::distinct_ids(path)?;
+                let known = links
+                    .eye_gaze_dicoms
+                    .iter()
+                    .map(|d| d.as_str().to_string())
+                    .collect();
+                let repair = eyegaze::decide(&known, &ids, *profile);
+                tracing::info!(table = %path.display(), short_ids = repair.decisions.len(), "EyeGaze DICOM_ID repair decided");
+                Ok(PreparedFix { repair })
+            }
+        }
+    }
+}
+
+impl PreparedFix {
+    /// The fixer loop: transforms batches until the reader is done or the writer goes away.
+    pub fn run(self, rx: async_channel::Receiver<ReadMsg>, tx: async_channel::Sender<ReadMsg>) {
+        while let Ok(msg) = rx.recv_blocking() {
+            let msg = match msg {
+                ReadMsg::Batch(b) => ReadMsg::Batch(self.repair.apply(b)),
+                other => other,
+            };
+            if tx.send_blocking(msg).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
+    fields.get(i).map_or(&[][..], Vec::as_slice)
+}
+
+/// The fixed small tables: stacked REFLACX metadata and the EyeGaze master sheet.
+pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
+    let side = crate::input::side_inputs(&ctx.config);
+    let mut done = Vec::new();
+    if !side.reflacx_phases.is_empty() {
+        let phases: Vec<SmallTable> = side
+            .reflacx_phases
+            .iter()
+            .map(|p| SmallTable::read(p))
+            .collect::<Result<_, _>>()?;
+        let mut table = reflacx::stack(&phases);
+        if ctx.config.profile == Profile::Paper {
+            table = reflacx::merge(&table, reflacx::max_certainty);
+        }
+        let rejects: Vec<_> = phases
+            .iter()
+            .flat_map(|p| p.rejects.iter().cloned())
+            .collect();
+        done.push((
+            "reflacx/metadata".to_string(),
+            write_columns(
+                ctx,
+                "reflacx/metadata",
+                &side.reflacx_phases[0],
+                &table,
+                &rejects,
+                "subject_id",
+                "REFLACX/metadata.csv",
+                "spreadsheets/REFLACX/metadata.csv",
+            )?,
+        ));
+    }
+    if let Some(path) = &side.master_sheet {
+        let sheet = SmallTable::read(path)?;
+        let d = sheet.require("dicom_id")?;
+        let s = sheet.require("stay_id")?;
+        let mut table = reflacx::Columns {
+            names: sheet.header.names.clone(),
+            rows: Vec::new(),
+        };
+        for row in &sheet.rows {
+            let mut fields = row.fields.clone();
+            let stay = crate::ids::DicomId::parse(field(&fields, d))
+                .ok()
+                .and_then(|dicom| ctx.links.stays_by_dicom.get(&dicom).copied());
+            let value = match (ctx.config.profile, stay) {
+                (Profile::Paper, Some(id)) => id.to_string(),
+                (Profile::Paper, None) => String::new(),
+                (Profile::Release, Some(id)) => python_float_repr(id.get() as f64),
+                (Profile::Release, None) => "nan".to_string(),
+            };
+            if let Some(f) = fields.get_mut(s) {
+                *f = value.into_bytes();
+            }
+            table.rows.push(fields);
+        }
+        done.push((
+            "egd-cxr/master_sheet".to_string(),
+            write_columns(
+                ctx,
+                "egd-cxr/master_sheet",
+                path,
+                &table,
+                &sheet.rejects,
+                "patient_id",
+                "EyeGaze/master_sheet.csv",
+                "spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv",
+            )?,
+        ));
+    }
+    if ctx.config.profile == Profile::Release {
+        // The released build wrote fixations.csv where the whole eye_gaze table belonged.
+        let from = ctx.config.output.join("spreadsheets/EyeGaze/fixations.csv");
+        if from.exists() {
+            let job = "egd-cxr/eye_gaze_release_copy";
+            let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
+            let staged = publish::staging_dir(&ctx.config.output, job).join(&rel);
+            let io = |cause| JobError::Write {
+                path: staged.clone(),
+                cause,
+            };
+            std::fs::create_dir_all(staged.parent().unwrap_or(Path::new("."))).map_err(io)?;
+            std::fs::copy(&from, &staged).map_err(io)?;
+            let manifest = publish::Manifest {
+                job: job.into(),
+                files: vec![rel],
+                ..Default::default()
+            };
+            publish::publish(&ctx.config.output, manifest).map_err(io)?;
+        }
+    }
+    Ok(done)
+}
+
+/// Writes a decoded table split by `key` (a subject id column) and whole; the index column is
+/// the row's position in the (stacked) table.
+#[allow(clippy::too_many_arguments)]
+fn write_columns(
+    ctx: &BuildContext,
+    job: &str,
+    source: &Path,
+    table: &reflacx::Columns,
+    rejects: &[(Record, Vec<u8>)],
+    key: &str,
+    patient_file: &str,
+    whole_file: &str,
+) -> Result<TableCounts, JobError> {
+    let k = table.names.iter().position(|n| n.eq_ignore_ascii_case(key));
+    let names: Vec<Vec<u8>> = table.names.iter().map(|n| n.as_bytes().to_vec()).collect();
+    let header = raw_record(&names);
+    let keys: Vec<Vec<u8>> = table
+        .rows
+        .iter()
+        .map(|r| k.map(|k| field(r, k).to_vec()).unwrap_or_default())
+        .collect();
+    let mut batch = batch_of(
+        table
+            .rows
+            .iter()
+            .zip(&keys)
+            .enumerate()
+            .map(|(i, (r, key))| (i as u64, raw_record(r), key.as_slice())),
+    );
+    append_rejects(&mut batch, rejects);
+    write_derived(
+        ctx,
+        job,
+        source,
+        header,
+        batch,
+        Route::BySubject,
+        Some(PathBuf::from(patient_file)),
+        Some(PathBuf::from(whole_file)),
+    )
+}

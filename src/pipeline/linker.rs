@@ -1,0 +1,542 @@
+//! The linker actor: reads the small tables that decide who is in MIMIC-Eye and which emergency
+//! stay each chest X-ray belongs to (SPEC §3), and hands the routing table to the table jobs.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
+
+use crate::config::Profile;
+use crate::csvscan::{write_field, Span};
+use crate::ids::{DicomId, StayId, SubjectId};
+use crate::pipeline::batch::{Batch, Record};
+use crate::pipeline::reader::{Header, ReadError, SmallTable};
+
+/// Who is in the dataset, and which patient each image belongs to.
+#[derive(Debug, Default, Clone)]
+pub struct Cohort {
+    subjects: HashSet<SubjectId>,
+    dicom_subject: HashMap<DicomId, SubjectId>,
+}
+
+impl Cohort {
+    pub fn from_subjects(subjects: impl IntoIterator<Item = SubjectId>) -> Self {
+        Self {
+            subjects: subjects.into_iter().collect(),
+            dicom_subject: HashMap::new(),
+        }
+    }
+    pub fn contains(&self, s: SubjectId) -> bool {
+        self.subjects.contains(&s)
+    }
+    pub fn subject_of_dicom(&self, d: &DicomId) -> Option<SubjectId> {
+        self.dicom_subject.get(d).copied()
+    }
+    pub fn len(&self) -> usize {
+        self.subjects.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+    pub fn subjects(&self) -> impl Iterator<Item = SubjectId> + '_ {
+        self.subjects.iter().copied()
+    }
+    pub fn dicoms(&self) -> impl Iterator<Item = (&DicomId, SubjectId)> + '_ {
+        self.dicom_subject.iter().map(|(d, s)| (d, *s))
+    }
+}
+
+/// One ED stay of a subject; `None` times are open-ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Stay {
+    pub stay_id: StayId,
+    pub intime: Option<NaiveDateTime>,
+    pub outtime: Option<NaiveDateTime>,
+}
+
+/// A row of the CXR subset (SPEC §3.2): the metadata record verbatim plus what Phase 1 adds.
+#[derive(Debug, Clone)]
+pub struct CxrRow {
+    pub row: u64,
+    pub raw: Vec<u8>,
+    pub dicom: DicomId,
+    pub subject: SubjectId,
+    pub study: Option<crate::ids::StudyId>,
+    pub in_eye_gaze: bool,
+    pub in_reflacx: bool,
+    /// The `StudyDateTime` column as the profile writes it.
+    pub study_datetime: String,
+    pub stay: Option<StayId>,
+}
+
+/// The small tables the linker reads. Each is optional: a missing dataset is left out, and said.
+#[derive(Debug, Default)]
+pub struct LinkInputs {
+    pub cxr_metadata: Option<SmallTable>,
+    pub edstays: Option<SmallTable>,
+    pub reflacx_metadata: Vec<SmallTable>,
+    pub master_sheet: Option<SmallTable>,
+}
+
+/// Rows the linker could not use, kept for the rejects files.
+#[derive(Debug, Clone)]
+pub struct LinkReject {
+    pub table: String,
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Links {
+    pub cohort: Cohort,
+    pub cxr_header: Header,
+    pub cxr_rows: Vec<CxrRow>,
+    pub stays_by_dicom: HashMap<DicomId, StayId>,
+    pub eye_gaze_dicoms: BTreeSet<DicomId>,
+    pub reflacx_dicoms: BTreeSet<DicomId>,
+    pub eye_gaze_subjects: BTreeSet<SubjectId>,
+    pub reflacx_subjects: BTreeSet<SubjectId>,
+    pub warnings: Vec<LinkReject>,
+    /// Records of the CXR metadata that could not be read (wrong field count…).
+    pub cxr_rejects: Vec<(Record, Vec<u8>)>,
+    pub cxr_source: std::path::PathBuf,
+}
+
+impl Links {
+    pub fn linked_images(&self) -> usize {
+        self.cxr_rows.iter().filter(|r| r.stay.is_some()).count()
+    }
+    pub fn stays(&self) -> usize {
+        self.cxr_rows
+            .iter()
+            .filter_map(|r| r.stay)
+            .collect::<HashSet<_>>()
+            .len()
+    }
+}
+
+fn field<'a>(fields: &'a [Vec<u8>], i: usize) -> &'a [u8] {
+    fields.get(i).map_or(&[][..], Vec::as_slice)
+}
+
+/// Phase 1: the cohort and the stay links.
+pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<Links, ReadError> {
+    let mut links = Links::default();
+    let mut warn = |table: &str, line: u64, reason: String| {
+        links_warn(table, line, &reason);
+        LinkReject {
+            table: table.to_string(),
+            line,
+            reason,
+        }
+    };
+    let mut warnings = Vec::new();
+
+    // EG: dicom_ids (and patients) of the EyeGaze master sheet.
+    if let Some(sheet) = &inputs.master_sheet {
+        let d = sheet.require("dicom_id")?;
+        let p = sheet.require("patient_id")?;
+        for row in &sheet.rows {
+            match (
+                DicomId::parse(field(&row.fields, d)),
+                SubjectId::parse(field(&row.fields, p)),
+            ) {
+                (Ok(dicom), Ok(subject)) => {
+                    links.eye_gaze_subjects.insert(subject);
+                    links.cohort.dicom_subject.insert(dicom.clone(), subject);
+                    links.eye_gaze_dicoms.insert(dicom);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warnings.push(warn("egd-cxr/master_sheet", row.line, e.to_string()))
+                }
+            }
+        }
+    }
+    // RF: dicom_ids (and subjects) of the three REFLACX phases.
+    for phase in &inputs.reflacx_metadata {
+        let d = phase.require("dicom_id")?;
+        let s = phase.require("subject_id")?;
+        for row in &phase.rows {
+            match (
+                DicomId::parse(field(&row.fields, d)),
+                SubjectId::parse(field(&row.fields, s)),
+            ) {
+                (Ok(dicom), Ok(subject)) => {
+                    links.reflacx_subjects.insert(subject);
+                    links
+                        .cohort
+                        .dicom_subject
+                        .entry(dicom.clone())
+                        .or_insert(subject);
+                    links.reflacx_dicoms.insert(dicom);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warnings.push(warn("reflacx/metadata", row.line, e.to_string()))
+                }
+            }
+        }
+    }
+
+    let stays = match &inputs.edstays {
+        Some(t) => read_stays(t, &mut warnings, &mut warn)?,
+        None => HashMap::new(),
+    };
+
+    // The CXR subset, in file order, and its links.
+    if let Some(meta) = &inputs.cxr_metadata {
+        let d = meta.require("dicom_id")?;
+        let s = meta.require("subject_id")?;
+        let st = meta.require("study_id")?;
+        let date = meta.require("StudyDate")?;
+        let time = meta.require("StudyTime")?;
+        links.cxr_header = meta.header.clone();
+        links.cxr_rejects = meta.rejects.clone();
+        links.cxr_source = meta.path.clone();
+        for row in &meta.rows {
+            let Ok(dicom) = DicomId::parse(field(&row.fields, d)) else {
+                continue;
+            };
+            let in_eye_gaze = links.eye_gaze_dicoms.contains(&dicom);
+            let in_reflacx = links.reflacx_dicoms.contains(&dicom);
+            if !in_eye_gaze && !in_reflacx {
+                continue;
+            }
+            let subject = match SubjectId::parse(field(&row.fields, s)) {
+                Ok(s) => s,
+                Err(e) => {
+                    warnings.push(warn("mimic-cxr-jpg/metadata", row.line, e.to_string()));
+                    continue;
+                }
+            };
+            let (date_raw, time_raw) = (field(&row.fields, date), field(&row.fields, time));
+            let when = study_time(date_raw, time_raw, profile);
+            let study_datetime = match profile {
+                Profile::Paper => when.map(format_study_time).unwrap_or_default(),
+                Profile::Release => release_study_datetime(date_raw, time_raw),
+            };
+            let stay = when.and_then(|t| {
+                stays
+                    .get(&subject)
+                    .and_then(|list| pick_stay(list, t, window_days))
+            });
+            links.cohort.subjects.insert(subject);
+            links.cohort.dicom_subject.insert(dicom.clone(), subject);
+            if let Some(stay) = stay {
+                links.stays_by_dicom.insert(dicom.clone(), stay);
+            }
+            links.cxr_rows.push(CxrRow {
+                row: row.row,
+                raw: row.raw.clone(),
+                dicom,
+                subject,
+                study: crate::ids::StudyId::parse(field(&row.fields, st)).ok(),
+                in_eye_gaze,
+                in_reflacx,
+                study_datetime,
+                stay,
+            });
+        }
+    }
+    links
+        .cohort
+        .subjects
+        .extend(links.eye_gaze_subjects.iter().copied());
+    links
+        .cohort
+        .subjects
+        .extend(links.reflacx_subjects.iter().copied());
+    links.warnings = warnings;
+    Ok(links)
+}
+
+fn links_warn(table: &str, line: u64, reason: &str) {
+    tracing::warn!(table, line, reason, "linker skipped a row");
+}
+
+fn read_stays(
+    table: &SmallTable,
+    warnings: &mut Vec<LinkReject>,
+    warn: &mut impl FnMut(&str, u64, String) -> LinkReject,
+) -> Result<HashMap<SubjectId, Vec<Stay>>, ReadError> {
+    let s = table.require("subject_id")?;
+    let id = table.require("stay_id")?;
+    let it = table.require("intime")?;
+    let ot = table.require("outtime")?;
+    let mut stays: HashMap<SubjectId, Vec<Stay>> = HashMap::new();
+    for row in &table.rows {
+        let parsed = (|| -> Result<(SubjectId, Stay), String> {
+            let subject = SubjectId::parse(field(&row.fields, s)).map_err(|e| e.to_string())?;
+            let stay_id = StayId::parse(field(&row.fields, id)).map_err(|e| e.to_string())?;
+            let intime = parse_datetime(field(&row.fields, it))?;
+            let outtime = parse_datetime(field(&row.fields, ot))?;
+            Ok((
+                subject,
+                Stay {
+                    stay_id,
+                    intime,
+                    outtime,
+                },
+            ))
+        })();
+        match parsed {
+            Ok((subject, stay)) => stays.entry(subject).or_default().push(stay),
+            Err(reason) => warnings.push(warn("mimic-iv-ed/edstays", row.line, reason)),
+        }
+    }
+    Ok(stays)
+}
+
+/// `YYYY-MM-DD HH:MM:SS`; empty means open-ended.
+fn parse_datetime(raw: &[u8]) -> Result<Option<NaiveDateTime>, String> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| "time is not UTF-8".to_string())?;
+    NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S")
+        .map(Some)
+        .map_err(|e| format!("bad time {text:?}: {e}"))
+}
+
+/// The study time from `StudyDate` (`YYYYMMDD`) and `StudyTime` (`HHMMSS[.ffffff]` written as a
+/// number, so leading zeros are lost). Profile `paper` pads the integer part to 6 digits;
+/// `release` reproduces the original build, where a time before 10:00 never parsed.
+pub fn study_time(date: &[u8], time: &[u8], profile: Profile) -> Option<NaiveDateTime> {
+    let date = std::str::from_utf8(date).ok()?.trim();
+    let time = std::str::from_utf8(time).ok()?.trim();
+    let date = NaiveDate::parse_from_str(date, "%Y%m%d").ok()?;
+    let (int, frac) = time.split_once('.').unwrap_or((time, ""));
+    if int.is_empty() || int.len() > 6 || !int.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if profile == Profile::Release && int.len() < 6 {
+        return None;
+    }
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let padded = format!("{int:0>6}");
+    let (h, m, s) = (
+        padded[0..2].parse().ok()?,
+        padded[2..4].parse().ok()?,
+        padded[4..6].parse().ok()?,
+    );
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nanos: u32 = digits.parse().ok()?;
+    Some(date.and_time(NaiveTime::from_hms_nano_opt(h, m, s, nanos)?))
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.fff]`.
+pub fn format_study_time(t: NaiveDateTime) -> String {
+    if t.and_utc().timestamp_subsec_nanos() == 0 {
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
+    } else {
+        t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+    }
+}
+
+/// Profile `release`: the original build's float of the concatenated `StudyDate`·`StudyTime` text.
+pub fn release_study_datetime(date: &[u8], time: &[u8]) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(date).trim(),
+        String::from_utf8_lossy(time).trim()
+    );
+    match text.parse::<f64>() {
+        Ok(v) => python_float_repr(v),
+        Err(_) => "nan".to_string(),
+    }
+}
+
+/// Python's `repr(float)` for the values this program writes: shortest round-trip, `.0` kept.
+pub fn python_float_repr(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    let s = format!("{v}");
+    if s.contains('.') || s.contains('e') || s.contains("inf") {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// SPEC §3.5: exactly one stay with `intime < t < outtime`; else, with a window, the one nearest.
+pub fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<StayId> {
+    let strict: Vec<&Stay> = stays
+        .iter()
+        .filter(|s| s.intime.is_none_or(|i| i < t) && s.outtime.is_none_or(|o| t < o))
+        .collect();
+    match strict.len() {
+        1 => return Some(strict[0].stay_id),
+        0 if window_days > 0 => {}
+        _ => return None,
+    }
+    let window = Duration::days(i64::from(window_days));
+    let mut best: Option<(Duration, StayId)> = None;
+    let mut tie = false;
+    for s in stays {
+        let lo = s.intime.map(|i| i - window);
+        let hi = s.outtime.map(|o| o + window);
+        if lo.is_some_and(|lo| t < lo) || hi.is_some_and(|hi| t > hi) {
+            continue;
+        }
+        // Distance from the study to the stay itself (0 would have matched strictly, bar edges).
+        let distance = match (s.intime, s.outtime) {
+            (Some(i), _) if t <= i => i - t,
+            (_, Some(o)) if t >= o => t - o,
+            _ => Duration::zero(),
+        };
+        match best {
+            Some((d, _)) if distance > d => {}
+            Some((d, _)) if distance == d => tie = true,
+            _ => {
+                best = Some((distance, s.stay_id));
+                tie = false;
+            }
+        }
+    }
+    if tie {
+        None
+    } else {
+        best.map(|(_, id)| id)
+    }
+}
+
+/// Re-encodes decoded fields as one CSV record (quoting only where needed).
+pub fn raw_record(fields: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_field(&mut out, f);
+    }
+    out
+}
+
+/// Builds a batch from in-memory rows so derived tables go through the same writer.
+/// Each row is (source row number, record bytes, key value).
+pub fn batch_of<'a>(rows: impl IntoIterator<Item = (u64, Vec<u8>, &'a [u8])>) -> Batch {
+    let mut batch = Batch::default();
+    for (row, record, key) in rows {
+        let start = batch.data.len() as u32;
+        batch.data.extend_from_slice(&record);
+        let end = batch.data.len() as u32;
+        batch.data.extend_from_slice(key);
+        let key_end = batch.data.len() as u32;
+        batch.records.push(Record {
+            span: Span { start, end },
+            key: Span {
+                start: end,
+                end: key_end,
+            },
+            row,
+            line: row + 2,
+            defect: None,
+        });
+    }
+    batch
+}
+
+/// Appends records a small-table read rejected, so the writer keeps and counts them.
+pub fn append_rejects(batch: &mut Batch, rejects: &[(Record, Vec<u8>)]) {
+    for (record, raw) in rejects {
+        let start = batch.data.len() as u32;
+        batch.data.extend_from_slice(raw);
+        let end = batch.data.len() as u32;
+        batch.records.push(Record {
+            span: Span { start, end },
+            key: Span { start: end, end },
+            ..*record
+        });
+    }
+}
+
+/// Loads whichever linker tables exist; `None` (or empty) for a dataset that is absent.
+pub fn load_inputs(
+    cxr_metadata: Option<&Path>,
+    edstays: Option<&Path>,
+    reflacx_phases: &[std::path::PathBuf],
+    master_sheet: Option<&Path>,
+) -> Result<LinkInputs, ReadError> {
+    Ok(LinkInputs {
+        cxr_metadata: cxr_metadata.map(SmallTable::read).transpose()?,
+        edstays: edstays.map(SmallTable::read).transpose()?,
+        reflacx_metadata: reflacx_phases
+            .iter()
+            .map(|p| SmallTable::read(p))
+            .collect::<Result<_, _>>()?,
+        master_sheet: master_sheet.map(SmallTable::read).transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+    fn stay(id: u64, i: &str, o: &str) -> Stay {
+        Stay {
+            stay_id: StayId::parse(id.to_string().as_bytes()).unwrap(),
+            intime: (!i.is_empty()).then(|| t(i)),
+            outtime: (!o.is_empty()).then(|| t(o)),
+        }
+    }
+
+    #[test]
+    fn study_time_pads_in_paper_and_fails_in_release() {
+        let p = study_time(b"21800723", b"80556.875", Profile::Paper).unwrap();
+        assert_eq!(format_study_time(p), "2180-07-23 08:05:56.875");
+        assert!(study_time(b"21800723", b"80556.875", Profile::Release).is_none());
+        let r = study_time(b"21800506", b"213014.531", Profile::Release).unwrap();
+        assert_eq!(format_study_time(r), "2180-05-06 21:30:14.531");
+        assert_eq!(
+            release_study_datetime(b"21800506", b"213014.531"),
+            "21800506213014.531"
+        );
+        assert_eq!(
+            release_study_datetime(b"21800506", b"151208.0"),
+            "21800506151208.0"
+        );
+    }
+
+    #[test]
+    fn strict_window_exactly_one() {
+        let stays = [
+            stay(31, "2180-05-06 19:17:00", "2180-05-06 23:30:00"),
+            stay(32, "2180-06-01 10:00:00", ""),
+        ];
+        let id = |v: Option<StayId>| v.map(StayId::get);
+        assert_eq!(id(pick_stay(&stays, t("2180-05-06 21:30:14"), 0)), Some(31));
+        assert_eq!(
+            id(pick_stay(&stays, t("2180-05-06 19:17:00"), 0)),
+            None,
+            "exactly at intime"
+        );
+        assert_eq!(
+            id(pick_stay(&stays, t("2190-01-01 00:00:00"), 0)),
+            Some(32),
+            "open-ended outtime"
+        );
+        assert_eq!(id(pick_stay(&stays, t("2180-05-08 00:00:00"), 0)), None);
+        assert_eq!(
+            id(pick_stay(&stays, t("2180-05-08 00:00:00"), 7)),
+            Some(31),
+            "within window"
+        );
+        let overlapping = [
+            stay(41, "2180-01-01 00:00:00", "2180-01-02 00:00:00"),
+            stay(42, "2180-01-01 12:00:00", "2180-01-03 00:00:00"),
+        ];
+        assert_eq!(
+            id(pick_stay(&overlapping, t("2180-01-01 18:00:00"), 7)),
+            None,
+            "two strict matches"
+        );
+    }
+}

@@ -1,0 +1,588 @@
+//! Wires the actors of a build: linker → (reader → fixer → writer → publish) per table.
+//!
+//! Each table job is a reader, an optional fixer and a writer, each on a blocking thread,
+//! connected by bounded channels of batches; tokio runs up to `parallel_tables` jobs at once.
+
+pub mod batch;
+pub mod fixer;
+pub mod folders;
+pub mod linker;
+pub mod publish;
+pub mod reader;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::config::{Config, Profile};
+use crate::input::{self, Module};
+use crate::progress::Progress;
+use batch::ReadMsg;
+use fixer::Fix;
+use linker::{batch_of, Cohort, Links};
+
+use publish::Manifest;
+use reader::TableReader;
+use writer::{JobError, Route, TableCounts, Writer, WriterOutcome, WriterSpec};
+
+/// Batches in flight on each link between actors (memory: capacity × about 2 MiB).
+pub const CHANNEL_CAPACITY: usize = 4;
+
+/// What kind of table a job handles, which decides where its rows go.
+#[derive(Debug, Clone)]
+pub enum JobKind {
+    /// A MIMIC-IV / ED table: split by subject_id if it has one, else whole to spreadsheets.
+    Clinical { module: Module, name: String },
+    /// chexpert, negbio, split: split by subject_id and whole.
+    Cxr { name: String },
+    /// EyeGaze eye_gaze, fixations, bounding_boxes: split by dicom id and whole (repaired).
+    EyeGaze { name: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct TableJob {
+    pub key: String,
+    pub path: PathBuf,
+    pub kind: JobKind,
+}
+
+/// Shared, read-only context of a build.
+pub struct BuildContext {
+    pub config: Config,
+    pub cohort: Arc<Cohort>,
+    pub links: Arc<Links>,
+    pub progress: Progress,
+    pub max_open_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceCounts {
+    pub patients: usize,
+    pub images: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub profile: &'static str,
+    pub patients: usize,
+    pub stays: usize,
+    pub images: usize,
+    pub linked_images: usize,
+    pub eye_gaze: SourceCounts,
+    pub reflacx: SourceCounts,
+    pub both: SourceCounts,
+    pub window_days: u32,
+    pub tables: BTreeMap<String, TableCounts>,
+    pub failed: BTreeMap<String, String>,
+    pub missing_datasets: Vec<String>,
+    pub duration_seconds: f64,
+}
+
+impl Summary {
+    pub fn headline(&self) -> String {
+        format!(
+            "patients {}, stays {}, images {}, linked images {} (profile {})",
+            self.patients, self.stays, self.images, self.linked_images, self.profile
+        )
+    }
+}
+
+/// The jobs for every table found in the input.
+pub fn plan_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
+    let mut jobs = Vec::new();
+    for module in Module::ALL {
+        for (name, path) in input::tables_in(&module.dir(config)) {
+            let key = format!("{}/{name}", module.key());
+            jobs.push(TableJob {
+                key,
+                path,
+                kind: JobKind::Clinical { module, name },
+            });
+        }
+    }
+    for (name, path) in &side.cxr_tables {
+        jobs.push(TableJob {
+            key: format!("mimic-cxr-jpg/{name}"),
+            path: path.clone(),
+            kind: JobKind::Cxr { name: name.clone() },
+        });
+    }
+    for (name, path) in &side.eye_gaze_tables {
+        jobs.push(TableJob {
+            key: format!("egd-cxr/{name}"),
+            path: path.clone(),
+            kind: JobKind::EyeGaze { name: name.clone() },
+        });
+    }
+    // Big tables first, so the long poles start early and small ones fill the gaps.
+    jobs.sort_by_key(|j| {
+        std::cmp::Reverse(std::fs::metadata(&j.path).map(|m| m.len()).unwrap_or(0))
+    });
+    jobs
+}
+
+/// Routing decided from the job kind and the header.
+struct Plan {
+    key_column: Option<usize>,
+    route: Route,
+    patient_file: Option<PathBuf>,
+    whole_file: Option<PathBuf>,
+    fix: Option<Fix>,
+}
+
+fn plan_routing(job: &TableJob, reader: &TableReader, profile: Profile) -> Result<Plan, JobError> {
+    Ok(match &job.kind {
+        JobKind::Clinical { module, name } => {
+            let folder = module.folder();
+            let whole = PathBuf::from("spreadsheets")
+                .join(folder)
+                .join(format!("{name}.csv"));
+            match reader.header().find("subject_id") {
+                // patients goes to spreadsheets only, as the authors did.
+                Some(_) if name == "patients" => Plan {
+                    key_column: None,
+                    route: Route::Whole,
+                    patient_file: None,
+                    whole_file: Some(whole),
+                    fix: None,
+                },
+                Some(col) => Plan {
+                    key_column: Some(col),
+                    route: Route::BySubject,
+                    patient_file: Some(PathBuf::from(folder).join(format!("{name}.csv"))),
+                    whole_file: (name == "triage").then_some(whole),
+                    fix: None,
+                },
+                None => Plan {
+                    key_column: None,
+                    route: Route::Whole,
+                    patient_file: None,
+                    whole_file: Some(whole),
+                    fix: None,
+                },
+            }
+        }
+        JobKind::Cxr { name } => Plan {
+            key_column: Some(reader.require("subject_id")?),
+            route: Route::BySubject,
+            patient_file: Some(PathBuf::from("CXR-JPG").join(format!("cxr_{name}.csv"))),
+            whole_file: Some(PathBuf::from("spreadsheets/CXR-JPG").join(format!("cxr_{name}.csv"))),
+            fix: None,
+        },
+        JobKind::EyeGaze { name } => {
+            let col = reader.require("dicom_id")?;
+            // Profile release wrote fixations.csv where the whole eye_gaze table belonged.
+            let whole = if profile == Profile::Release && name == "eye_gaze" {
+                None
+            } else {
+                Some(PathBuf::from("spreadsheets/EyeGaze").join(format!("{name}.csv")))
+            };
+            Plan {
+                key_column: Some(col),
+                route: Route::ByDicom,
+                patient_file: Some(PathBuf::from("EyeGaze").join(format!("{name}.csv"))),
+                whole_file: whole,
+                fix: Fix::for_eye_gaze(name, profile),
+            }
+        }
+    })
+}
+
+/// Runs one table job end to end and publishes it. The previous output stays on failure.
+pub async fn run_table_job(
+    ctx: Arc<BuildContext>,
+    job: TableJob,
+) -> Result<WriterOutcome, JobError> {
+    let started = Instant::now();
+    let path = job.path.clone();
+    let reader = tokio::task::spawn_blocking(move || TableReader::open(&path))
+        .await
+        .map_err(|e| JobError::Interrupted(e.to_string()))??;
+    let plan = plan_routing(&job, &reader, ctx.config.profile)?;
+    let staging = publish::staging_dir(&ctx.config.output, &job.key);
+    let _ = std::fs::remove_dir_all(&staging);
+    let spec = WriterSpec {
+        table: job.key.clone(),
+        source: job.path.clone(),
+        header: reader.header().raw.clone(),
+        index_column: ctx.config.index_column,
+        route: plan.route,
+        patient_file: plan.patient_file,
+        whole_file: plan.whole_file,
+        cohort: Arc::clone(&ctx.cohort),
+        staging,
+        max_open_files: ctx.max_open_files,
+    };
+    let bar = ctx.progress.table(
+        &job.key,
+        std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0),
+    );
+    let counter = reader.progress_counter();
+
+    let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
+    let key_column = plan.key_column;
+    let read_task = tokio::task::spawn_blocking(move || reader.stream(key_column, &tx));
+    let rx = match plan.fix {
+        Some(fix) => {
+            let fix = fix.prepare(&job.path, &ctx.links)?;
+            let (ftx, frx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
+            tokio::task::spawn_blocking(move || fix.run(rx, ftx));
+            frx
+        }
+        None => rx,
+    };
+    let write_task = tokio::task::spawn_blocking(move || Writer::new(spec)?.run(rx));
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(counter.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let outcome = write_task
+        .await
+        .map_err(|e| JobError::Interrupted(e.to_string()));
+    ticker.abort();
+    let _ = read_task.await;
+    let outcome = outcome??;
+    bar.finish();
+    let manifest = Manifest {
+        job: job.key.clone(),
+        files: outcome.files.clone(),
+        counts: outcome.counts,
+        inputs: Vec::new(),
+    };
+    let output = ctx.config.output.clone();
+    tokio::task::spawn_blocking(move || publish::publish(&output, manifest))
+        .await
+        .map_err(|e| JobError::Interrupted(e.to_string()))?
+        .map_err(|cause| JobError::Write {
+            path: ctx.config.output.clone(),
+            cause,
+        })?;
+    tracing::info!(
+        table = %job.key, read = outcome.counts.read, written = outcome.counts.written,
+        outside = outcome.counts.outside_cohort, rejected = outcome.counts.rejected,
+        seconds = started.elapsed().as_secs_f64(), "table published"
+    );
+    Ok(outcome)
+}
+
+/// Writes an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) through a writer
+/// and publishes it as one job.
+pub fn write_derived(
+    ctx: &BuildContext,
+    job: &str,
+    source: &Path,
+    header: Vec<u8>,
+    batch: batch::Batch,
+    route: Route,
+    patient_file: Option<PathBuf>,
+    whole_file: Option<PathBuf>,
+) -> Result<TableCounts, JobError> {
+    let staging = publish::staging_dir(&ctx.config.output, job);
+    let _ = std::fs::remove_dir_all(&staging);
+    let spec = WriterSpec {
+        table: job.to_string(),
+        source: source.to_path_buf(),
+        header,
+        index_column: ctx.config.index_column,
+        route,
+        patient_file,
+        whole_file,
+        cohort: Arc::clone(&ctx.cohort),
+        staging,
+        max_open_files: ctx.max_open_files,
+    };
+    let mut writer = Writer::new(spec)?;
+    writer.write_batch(&batch)?;
+    let outcome = writer.finish()?;
+    let manifest = Manifest {
+        job: job.to_string(),
+        files: outcome.files,
+        counts: outcome.counts,
+        inputs: Vec::new(),
+    };
+    publish::publish(&ctx.config.output, manifest).map_err(|cause| JobError::Write {
+        path: ctx.config.output.clone(),
+        cause,
+    })?;
+    Ok(outcome.counts)
+}
+
+/// `spreadsheets/cxr_meta.csv`, its per-patient rows, and the rows with a stay only.
+fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
+    let links = &ctx.links;
+    let mut header = links.cxr_header.raw.clone();
+    header.extend_from_slice(b",in_eye_gaze,in_reflacx,StudyDateTime,stay_id");
+    let tf = |b: bool| if b { "True" } else { "False" };
+    let rows: Vec<(u64, Vec<u8>, String, bool)> = links
+        .cxr_rows
+        .iter()
+        .map(|r| {
+            let mut rec = r.raw.clone();
+            let stay = r.stay.map(|s| s.to_string()).unwrap_or_default();
+            rec.extend_from_slice(
+                format!(
+                    ",{},{},{},{stay}",
+                    tf(r.in_eye_gaze),
+                    tf(r.in_reflacx),
+                    r.study_datetime
+                )
+                .as_bytes(),
+            );
+            (r.row, rec, r.subject.to_string(), r.stay.is_some())
+        })
+        .collect();
+    let mut all = batch_of(
+        rows.iter()
+            .map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())),
+    );
+    linker::append_rejects(&mut all, &links.cxr_rejects);
+    let linked = batch_of(
+        rows.iter()
+            .filter(|r| r.3)
+            .map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())),
+    );
+    let meta = write_derived(
+        ctx,
+        "cxr_meta",
+        &ctx.links.cxr_source,
+        header.clone(),
+        all,
+        Route::BySubject,
+        Some(PathBuf::from("CXR-JPG/cxr_meta.csv")),
+        Some(PathBuf::from("spreadsheets/cxr_meta.csv")),
+    )?;
+    let only = write_derived(
+        ctx,
+        "cxr_meta_with_stay_id_only",
+        &ctx.links.cxr_source,
+        header,
+        linked,
+        Route::Whole,
+        None,
+        Some(PathBuf::from("spreadsheets/cxr_meta_with_stay_id_only.csv")),
+    )?;
+    Ok(vec![
+        ("cxr_meta".into(), meta),
+        ("cxr_meta_with_stay_id_only".into(), only),
+    ])
+}
+
+/// Raises the soft open-file limit to the hard one; returns how many output files to keep open.
+pub fn raise_open_file_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            if lim.rlim_cur < lim.rlim_max {
+                let mut raised = lim;
+                raised.rlim_cur = lim.rlim_max.min(1 << 20);
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim = raised;
+                }
+            }
+        }
+    }
+    // Leave room for inputs, sockets and the other jobs running at once.
+    ((lim.rlim_cur as usize).saturating_sub(64) / 4).clamp(16, 4096)
+}
+
+/// One full build: link, every table job, derived tables, copied folders, summary.
+pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let output = config.output.clone();
+    std::fs::create_dir_all(publish::state_dir(&output))
+        .with_context(|| format!("creating output directory {}", output.display()))?;
+    let recovered = publish::recover(&output).context("recovering interrupted publishes")?;
+    if recovered > 0 {
+        tracing::info!(
+            jobs = recovered,
+            "finished publishes interrupted by a crash"
+        );
+    }
+    let side = input::side_inputs(&config);
+    let missing = check_inputs(&config, &side)?;
+
+    let links = {
+        let (cfg, side) = (config.clone(), side.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Links> {
+            let inputs = linker::load_inputs(
+                side.cxr_metadata.as_deref(),
+                side.edstays.as_deref(),
+                &side.reflacx_phases,
+                side.master_sheet.as_deref(),
+            )?;
+            Ok(linker::link(&inputs, cfg.profile, cfg.window_days)?)
+        })
+        .await??
+    };
+    tracing::info!(
+        patients = links.cohort.len(),
+        images = links.cxr_rows.len(),
+        "cohort linked"
+    );
+
+    let ctx = Arc::new(BuildContext {
+        cohort: Arc::new(links.cohort.clone()),
+        links: Arc::new(links),
+        config: config.clone(),
+        progress,
+        max_open_files: raise_open_file_limit(),
+    });
+
+    let mut tables = BTreeMap::new();
+    let mut failed = BTreeMap::new();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
+    let mut set = tokio::task::JoinSet::new();
+    for job in plan_jobs(&config, &side) {
+        let (ctx, sem) = (Arc::clone(&ctx), Arc::clone(&semaphore));
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let key = job.key.clone();
+            (key, run_table_job(ctx, job).await)
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok((key, Ok(outcome))) => {
+                tables.insert(key, outcome.counts);
+            }
+            Ok((key, Err(e))) => {
+                tracing::error!(table = %key, error = %e, "table failed; its previous output is kept");
+                failed.insert(key, e.to_string());
+            }
+            Err(e) => {
+                failed.insert("internal".into(), e.to_string());
+            }
+        }
+    }
+
+    let derived_ctx = Arc::clone(&ctx);
+    let derived =
+        tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
+            let mut v = write_cxr_meta(&derived_ctx)?;
+            v.extend(fixer::write_fixed_side_tables(&derived_ctx)?);
+            v.extend(folders::sync_all(&derived_ctx)?);
+            Ok(v)
+        })
+        .await?;
+    match derived {
+        Ok(v) => tables.extend(v),
+        Err(e) => {
+            failed.insert("derived".into(), e.to_string());
+        }
+    }
+
+    let links = &ctx.links;
+    let both_dicoms = links
+        .eye_gaze_dicoms
+        .intersection(&links.reflacx_dicoms)
+        .count();
+    let both_subjects = links
+        .eye_gaze_subjects
+        .intersection(&links.reflacx_subjects)
+        .count();
+    let summary = Summary {
+        profile: config.profile.as_str(),
+        patients: links.cohort.len(),
+        stays: links.stays(),
+        images: links.cxr_rows.len(),
+        linked_images: links.linked_images(),
+        eye_gaze: SourceCounts {
+            patients: links.eye_gaze_subjects.len(),
+            images: links.eye_gaze_dicoms.len(),
+        },
+        reflacx: SourceCounts {
+            patients: links.reflacx_subjects.len(),
+            images: links.reflacx_dicoms.len(),
+        },
+        both: SourceCounts {
+            patients: both_subjects,
+            images: both_dicoms,
+        },
+        window_days: config.window_days,
+        tables,
+        failed,
+        missing_datasets: missing,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    };
+    publish::write_atomic(
+        &output.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )
+    .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
+    Ok(summary)
+}
+
+/// Fails at start-up when a required dataset is missing; names the optional ones that are.
+fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec<String>> {
+    if !config.input.is_dir() {
+        anyhow::bail!("input directory {} does not exist", config.input.display());
+    }
+    let hosp = Module::Hosp.dir(config);
+    if input::tables_in(&hosp).is_empty() {
+        anyhow::bail!(
+            "required dataset MIMIC-IV is missing: no tables in {}",
+            hosp.display()
+        );
+    }
+    if side.cxr_metadata.is_none() {
+        anyhow::bail!(
+            "required table mimic-cxr-2.0.0-metadata is missing from {}",
+            config.datasets.mimic_cxr_jpg.display()
+        );
+    }
+    if side.master_sheet.is_none() && side.reflacx_phases.is_empty() {
+        anyhow::bail!(
+            "no eye-tracking dataset: neither {} nor {} has metadata",
+            config.datasets.egd_cxr.join("master_sheet.csv").display(),
+            config.datasets.reflacx.join("main_data").display()
+        );
+    }
+    let mut missing = Vec::new();
+    let mut note = |present: bool, name: &str, path: &Path| {
+        if !present {
+            tracing::warn!(dataset = name, path = %path.display(), "dataset missing: the build goes on without it");
+            missing.push(name.to_string());
+        }
+    };
+    note(
+        side.master_sheet.is_some(),
+        "egd-cxr",
+        &config.datasets.egd_cxr,
+    );
+    note(
+        !side.reflacx_phases.is_empty(),
+        "reflacx",
+        &config.datasets.reflacx,
+    );
+    note(
+        side.edstays.is_some(),
+        "mimic-iv-ed",
+        &config.datasets.mimic_iv_ed,
+    );
+    note(
+        !input::tables_in(&Module::Icu.dir(config)).is_empty(),
+        "mimiciv/icu",
+        &Module::Icu.dir(config),
+    );
+    note(
+        config.datasets.mimic_cxr.is_dir(),
+        "mimic-cxr",
+        &config.datasets.mimic_cxr,
+    );
+    Ok(missing)
+}

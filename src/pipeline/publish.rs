@@ -1,0 +1,169 @@
+//! Publishing a finished job: staged files are renamed over their final paths.
+//!
+//! A rename is atomic per file, so a reader of the output sees a table's old files or its new
+//! ones, never a half-written one. The job's file list is written to a journal before the first
+//! rename; after a crash, `recover` redoes the remaining renames from it (publishing is
+//! idempotent) and throws away staging folders of jobs that never reached the journal.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::writer::TableCounts;
+
+pub const STATE_DIR: &str = ".mimic-eye";
+
+/// What a published job produced: the record later jobs compare against.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub job: String,
+    pub files: Vec<PathBuf>,
+    pub counts: TableCounts,
+    /// Fingerprints of the inputs the job read (used by the daemon).
+    #[serde(default)]
+    pub inputs: Vec<(PathBuf, String)>,
+}
+
+pub fn state_dir(output: &Path) -> PathBuf {
+    output.join(STATE_DIR)
+}
+
+/// The file name of a job key (`hosp/labevents` → `hosp__labevents`).
+pub fn job_file_name(job: &str) -> String {
+    job.replace('/', "__")
+}
+
+pub fn staging_dir(output: &Path, job: &str) -> PathBuf {
+    state_dir(output).join("staging").join(job_file_name(job))
+}
+
+fn manifest_path(output: &Path, job: &str) -> PathBuf {
+    state_dir(output)
+        .join("jobs")
+        .join(format!("{}.json", job_file_name(job)))
+}
+
+fn journal_path(output: &Path, job: &str) -> PathBuf {
+    state_dir(output)
+        .join("journal")
+        .join(format!("{}.json", job_file_name(job)))
+}
+
+pub fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
+    let text = fs::read(manifest_path(output, job)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+pub fn all_manifests(output: &Path) -> Vec<Manifest> {
+    let Ok(entries) = fs::read_dir(state_dir(output).join("jobs")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<Manifest> = entries
+        .flatten()
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter_map(|t| serde_json::from_slice(&t).ok())
+        .collect();
+    v.sort_by(|a, b| a.job.cmp(&b.job));
+    v
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+fn sync_fs(dir: &Path) {
+    // One syncfs makes every staged file durable at once, instead of an fsync per file.
+    if let Ok(f) = fs::File::open(dir) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs only reads the descriptor, which stays open for the call.
+        unsafe { libc::syncfs(f.as_raw_fd()) };
+    }
+}
+
+/// Publishes a job whose files are complete in its staging folder.
+pub fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
+    let staging = staging_dir(output, &manifest.job);
+    sync_fs(output);
+    let journal = journal_path(output, &manifest.job);
+    write_atomic(
+        &journal,
+        &serde_json::to_vec(&manifest).map_err(io::Error::other)?,
+    )?;
+    finish_publish(output, &staging, &manifest)?;
+    let _ = fs::remove_file(&journal);
+    Ok(())
+}
+
+/// The idempotent part: rename what is still staged, delete what the job no longer produces,
+/// record the manifest.
+fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Result<()> {
+    for rel in &manifest.files {
+        let from = staging.join(rel);
+        let to = output.join(rel);
+        if from.exists() {
+            if let Some(dir) = to.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            fs::rename(&from, &to)?;
+        }
+    }
+    let new: BTreeSet<&PathBuf> = manifest.files.iter().collect();
+    if let Some(previous) = load_manifest(output, &manifest.job) {
+        for stale in previous.files.iter().filter(|f| !new.contains(f)) {
+            let path = output.join(stale);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => remove_empty_parents(output, &path),
+            }
+        }
+    }
+    sync_fs(output);
+    write_atomic(
+        &manifest_path(output, &manifest.job),
+        &serde_json::to_vec_pretty(manifest).map_err(io::Error::other)?,
+    )?;
+    let _ = fs::remove_dir_all(staging);
+    Ok(())
+}
+
+/// Removes folders left empty by a deletion, up to (not including) the output root.
+fn remove_empty_parents(output: &Path, path: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == output || !d.starts_with(output) || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
+/// Finishes publishes interrupted by a crash and discards unpublished staging folders.
+pub fn recover(output: &Path) -> io::Result<usize> {
+    let mut redone = 0;
+    if let Ok(entries) = fs::read_dir(state_dir(output).join("journal")) {
+        for entry in entries.flatten() {
+            let Ok(text) = fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) else {
+                let _ = fs::remove_file(entry.path());
+                continue;
+            };
+            finish_publish(output, &staging_dir(output, &manifest.job), &manifest)?;
+            fs::remove_file(entry.path())?;
+            redone += 1;
+        }
+    }
+    let _ = fs::remove_dir_all(state_dir(output).join("staging"));
+    Ok(redone)
+}

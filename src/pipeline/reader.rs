@@ -1,0 +1,322 @@
+//! The reader actor: streams one table from its file as batches of verbatim records.
+//!
+//! It runs on a blocking thread (decoding and scanning are CPU-bound), extracts only the routing
+//! key of each record, and sends batches of about one chunk (1 MiB, thousands of records) down a
+//! bounded channel, so memory stays constant whatever the size of the table.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::csvscan::{split_fields, Scanner};
+use crate::pipeline::batch::{Batch, Defect, ReadMsg, ReadStats, Record};
+use crate::source::{Source, SourceError, CHUNK};
+
+/// A record longer than this is taken as a broken file rather than buffered without end.
+const MAX_RECORD: usize = 64 << 20;
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// A table that cannot be read: names the file, the byte offset and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {kind}", path.display())]
+pub struct ReadError {
+    pub path: PathBuf,
+    #[source]
+    pub kind: ReadErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadErrorKind {
+    #[error("cannot open: {0}")]
+    Open(#[source] std::io::Error),
+    #[error("{0}")]
+    Decode(#[source] SourceError),
+    #[error("the file is empty (no header line)")]
+    Empty,
+    #[error("not a CSV file: the header line holds NUL bytes")]
+    NotCsv,
+    #[error("missing required column {column:?} (header: {header})")]
+    MissingColumn { column: String, header: String },
+    #[error("a record starting at line {line} is longer than {max} bytes (unterminated quote?)", max = MAX_RECORD)]
+    RecordTooLong { line: u64 },
+}
+
+/// The header line: verbatim bytes (BOM removed) and the decoded column names.
+#[derive(Debug, Clone, Default)]
+pub struct Header {
+    pub raw: Vec<u8>,
+    pub names: Vec<String>,
+}
+
+impl Header {
+    /// The index of a column, matched by name case-insensitively.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.names
+            .iter()
+            .position(|n| n.trim().eq_ignore_ascii_case(name))
+    }
+}
+
+/// An opened table, positioned after its header line.
+pub struct TableReader {
+    path: PathBuf,
+    source: Source,
+    work: Vec<u8>,
+    eof: bool,
+    next_line: u64,
+    header: Header,
+}
+
+impl TableReader {
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let err = |kind| ReadError {
+            path: path.to_path_buf(),
+            kind,
+        };
+        let source = Source::open(path).map_err(|e| err(ReadErrorKind::Open(e)))?;
+        let mut reader = Self {
+            path: path.to_path_buf(),
+            source,
+            work: Vec::with_capacity(2 * CHUNK),
+            eof: false,
+            next_line: 1,
+            header: Header::default(),
+        };
+        reader.read_header()?;
+        Ok(reader)
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of the input file consumed so far (for progress bars).
+    pub fn progress_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.source.input_read)
+    }
+
+    /// A required column's index, or an error naming the column and the header.
+    pub fn require(&self, column: &str) -> Result<usize, ReadError> {
+        self.header.find(column).ok_or_else(|| ReadError {
+            path: self.path.clone(),
+            kind: ReadErrorKind::MissingColumn {
+                column: column.to_string(),
+                header: String::from_utf8_lossy(&self.header.raw).into_owned(),
+            },
+        })
+    }
+
+    fn error(&self, kind: ReadErrorKind) -> ReadError {
+        ReadError {
+            path: self.path.clone(),
+            kind,
+        }
+    }
+
+    fn fill(&mut self) -> Result<(), ReadError> {
+        match self.source.fill(&mut self.work) {
+            Ok(0) => {
+                self.eof = true;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.error(ReadErrorKind::Decode(e))),
+        }
+    }
+
+    fn read_header(&mut self) -> Result<(), ReadError> {
+        let scanner = Scanner::new(None);
+        loop {
+            let mut first = None;
+            let consumed = scanner.scan(&self.work, self.eof, |r| {
+                if first.is_none() {
+                    first = Some(r);
+                }
+            });
+            if let Some(r) = first {
+                let mut raw = r.span.slice(&self.work).to_vec();
+                let end = r.span.end as usize;
+                // Consume just the header record and its terminator.
+                let next = self.work[end..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(consumed, |p| end + p + 1);
+                self.work.drain(..next.min(self.work.len()));
+                self.next_line += 1 + u64::from(r.newlines);
+                if raw.starts_with(BOM) {
+                    raw.drain(..BOM.len());
+                }
+                if raw.contains(&0) {
+                    return Err(self.error(ReadErrorKind::NotCsv));
+                }
+                if raw.is_empty() {
+                    continue; // a blank line before the header
+                }
+                let names = split_fields(&raw)
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+                self.header = Header { raw, names };
+                return Ok(());
+            }
+            if self.eof {
+                return Err(self.error(ReadErrorKind::Empty));
+            }
+            self.fill()?;
+        }
+    }
+
+    /// Streams every data record to `tx` in batches; ends with `Done` or `Failed`.
+    /// Stops early, silently, when the receiver is dropped (the job was cancelled).
+    pub fn stream(mut self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>) {
+        let msg = match self.stream_batches(key_col, tx) {
+            Ok(Some(stats)) => ReadMsg::Done(stats),
+            Ok(None) => return,
+            Err(e) => ReadMsg::Failed(e),
+        };
+        let _ = tx.send_blocking(msg);
+    }
+
+    fn stream_batches(
+        &mut self,
+        key_col: Option<usize>,
+        tx: &async_channel::Sender<ReadMsg>,
+    ) -> Result<Option<ReadStats>, ReadError> {
+        let scanner = Scanner::new(key_col);
+        let expected = self.header.names.len() as u32;
+        let mut row: u64 = 0;
+        let mut records: Vec<Record> = Vec::with_capacity(16 * 1024);
+        loop {
+            if !self.eof {
+                self.fill()?;
+            }
+            let mut line = self.next_line;
+            let consumed = scanner.scan(&self.work, self.eof, |r| {
+                let start_line = line;
+                line += 1 + u64::from(r.newlines);
+                if r.span.is_empty() && r.fields == 1 {
+                    return; // blank line: no data
+                }
+                let defect = if r.unterminated {
+                    Some(Defect::UnterminatedQuote)
+                } else if r.fields != expected {
+                    Some(Defect::FieldCount {
+                        expected,
+                        found: r.fields,
+                    })
+                } else {
+                    None
+                };
+                records.push(Record {
+                    span: r.span,
+                    key: r.key,
+                    row,
+                    line: start_line,
+                    defect,
+                });
+                row += 1;
+            });
+            self.next_line = line;
+            if consumed > 0 || self.eof {
+                // Hand the complete records over with their buffer; keep the partial tail.
+                let mut tail = Vec::with_capacity(2 * CHUNK);
+                tail.extend_from_slice(&self.work[consumed..]);
+                let mut data = std::mem::replace(&mut self.work, tail);
+                data.truncate(consumed);
+                if !records.is_empty() {
+                    let batch = Batch {
+                        data,
+                        records: std::mem::take(&mut records),
+                    };
+                    records.reserve(16 * 1024);
+                    if tx.send_blocking(ReadMsg::Batch(batch)).is_err() {
+                        return Ok(None);
+                    }
+                }
+            } else if self.work.len() > MAX_RECORD {
+                return Err(self.error(ReadErrorKind::RecordTooLong { line }));
+            }
+            if self.eof && self.work.is_empty() {
+                return Ok(Some(ReadStats {
+                    rows: row,
+                    input_bytes: self.source.input_read.load(Ordering::Relaxed),
+                }));
+            }
+        }
+    }
+}
+
+/// A small table read whole and decoded (the linker's tables: thousands of rows, not millions).
+#[derive(Debug, Default)]
+pub struct SmallTable {
+    pub path: PathBuf,
+    pub header: Header,
+    pub rows: Vec<SmallRow>,
+    /// Records with a defect (wrong field count, unterminated quote), kept verbatim.
+    pub rejects: Vec<(Record, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmallRow {
+    pub row: u64,
+    pub line: u64,
+    /// The record's verbatim bytes.
+    pub raw: Vec<u8>,
+    pub fields: Vec<Vec<u8>>,
+}
+
+impl SmallTable {
+    pub fn read(path: &Path) -> Result<Self, ReadError> {
+        let reader = TableReader::open(path)?;
+        let header = reader.header().clone();
+        let (tx, rx) = async_channel::bounded(4);
+        let handle = std::thread::spawn(move || reader.stream(None, &tx));
+        let mut table = SmallTable {
+            path: path.to_path_buf(),
+            header,
+            ..Default::default()
+        };
+        let mut failure = None;
+        while let Ok(msg) = rx.recv_blocking() {
+            match msg {
+                ReadMsg::Batch(b) => {
+                    for r in &b.records {
+                        let raw = r.span.slice(&b.data);
+                        if r.defect.is_some() {
+                            table.rejects.push((*r, raw.to_vec()));
+                        } else {
+                            table.rows.push(SmallRow {
+                                row: r.row,
+                                line: r.line,
+                                raw: raw.to_vec(),
+                                fields: split_fields(raw),
+                            });
+                        }
+                    }
+                }
+                ReadMsg::Done(_) => {}
+                ReadMsg::Failed(e) => failure = Some(e),
+            }
+        }
+        let _ = handle.join();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(table),
+        }
+    }
+
+    /// A column's index, or an error naming the file and the missing column.
+    pub fn require(&self, column: &str) -> Result<usize, ReadError> {
+        self.header.find(column).ok_or_else(|| ReadError {
+            path: self.path.clone(),
+            kind: ReadErrorKind::MissingColumn {
+                column: column.to_string(),
+                header: String::from_utf8_lossy(&self.header.raw).into_owned(),
+            },
+        })
+    }
+}

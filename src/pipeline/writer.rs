@@ -1,0 +1,525 @@
+//! The writer actor: routes records to per-patient files under a job's staging folder.
+//!
+//! Memory is bounded by a budget on buffered bytes, not by the number of patients: each patient
+//! has a pending buffer flushed in large writes, and when the buffers together pass the budget all
+//! are flushed and released. Open files are kept in an LRU sized to the open-file limit, so a
+//! shuffled table with thousands of patients neither reopens a file per row nor runs out of
+//! descriptors. Nothing here is visible in the output until the job is published.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::csvscan::write_field;
+use crate::ids::{DicomId, SubjectId};
+use crate::pipeline::batch::{Batch, ReadMsg, Record};
+use crate::pipeline::linker::Cohort;
+use crate::pipeline::reader::ReadError;
+use crate::telemetry;
+
+/// A patient's pending bytes are written once they reach this size.
+const PATIENT_FLUSH: usize = 64 << 10;
+/// When all pending buffers together hold more than this, every one is flushed and released.
+const BUFFER_BUDGET: usize = 16 << 20;
+
+/// How a table's records find their destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Every record to the whole-table file.
+    Whole,
+    /// By the key column as a `subject_id`.
+    BySubject,
+    /// By the key column as a `dicom_id`, through the cohort's dicom → subject map.
+    ByDicom,
+}
+
+/// Everything a writer needs to know about its table job.
+#[derive(Debug, Clone)]
+pub struct WriterSpec {
+    /// `<dataset or module>/<table>`, e.g. `hosp/labevents`.
+    pub table: String,
+    pub source: PathBuf,
+    pub header: Vec<u8>,
+    pub index_column: bool,
+    pub route: Route,
+    /// Relative to each patient's folder, e.g. `Hosp/labevents.csv`.
+    pub patient_file: Option<PathBuf>,
+    /// Relative to the output root, e.g. `spreadsheets/Hosp/d_labitems.csv`.
+    pub whole_file: Option<PathBuf>,
+    pub cohort: Arc<Cohort>,
+    /// The job's staging root: files are written at `<staging>/<relative output path>`.
+    pub staging: PathBuf,
+    pub max_open_files: usize,
+}
+
+/// The row balance of one table: read = written + outside_cohort + rejected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableCounts {
+    pub read: u64,
+    pub written: u64,
+    pub outside_cohort: u64,
+    pub rejected: u64,
+}
+
+impl TableCounts {
+    pub fn balanced(&self) -> bool {
+        self.read == self.written + self.outside_cohort + self.rejected
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct WriterOutcome {
+    pub counts: TableCounts,
+    /// Staged files, relative to the output root.
+    pub files: Vec<PathBuf>,
+    pub rejects_by_reason: BTreeMap<&'static str, u64>,
+    pub input_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("writing {}: {cause}", path.display())]
+    Write { path: PathBuf, cause: io::Error },
+    #[error("{0}: the reader stopped without finishing")]
+    Interrupted(String),
+}
+
+/// Where the record of the previous key went: grouped tables repeat keys, so this skips lookups.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Patient(usize),
+    Outside,
+    Reject(&'static str),
+}
+
+struct PatientFile {
+    path: PathBuf,
+    buf: Vec<u8>,
+    created: bool,
+    open_slot: Option<usize>,
+}
+
+struct OpenFile {
+    patient: usize,
+    file: File,
+    last_use: u64,
+}
+
+/// Fast hashing for numeric ids (SipHash is overkill for trusted small keys).
+#[derive(Default)]
+struct IdHasher(u64);
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E3779B97F4A7C15);
+    }
+}
+type IdMap<V> = HashMap<SubjectId, V, BuildHasherDefault<IdHasher>>;
+
+pub struct Writer {
+    spec: WriterSpec,
+    patients: Vec<PatientFile>,
+    by_subject: IdMap<usize>,
+    open: Vec<OpenFile>,
+    clock: u64,
+    buffered: usize,
+    whole: Option<(PathBuf, BufWriter<File>)>,
+    rejects: Option<(PathBuf, BufWriter<File>)>,
+    outcome: WriterOutcome,
+    last_key: Vec<u8>,
+    last_target: Option<Target>,
+    line: Vec<u8>,
+}
+
+impl Writer {
+    pub fn new(spec: WriterSpec) -> Result<Self, JobError> {
+        let mut w = Self {
+            spec,
+            patients: Vec::new(),
+            by_subject: IdMap::default(),
+            open: Vec::new(),
+            clock: 0,
+            buffered: 0,
+            whole: None,
+            rejects: None,
+            outcome: WriterOutcome::default(),
+            last_key: Vec::with_capacity(64),
+            last_target: None,
+            line: Vec::with_capacity(4096),
+        };
+        if let Some(rel) = w.spec.whole_file.clone() {
+            let path = w.spec.staging.join(&rel);
+            let mut file = create_file(&path)?;
+            let header = header_line(&w.spec.header, w.spec.index_column);
+            file.write_all(&header).map_err(|cause| JobError::Write {
+                path: path.clone(),
+                cause,
+            })?;
+            w.outcome.files.push(rel);
+            w.whole = Some((path, file));
+        }
+        Ok(w)
+    }
+
+    /// Receives batches until the reader is done, then flushes everything.
+    pub fn run(mut self, rx: async_channel::Receiver<ReadMsg>) -> Result<WriterOutcome, JobError> {
+        let table = self.spec.table.clone();
+        let metrics = telemetry::TableMetrics::new(&table);
+        while let Ok(msg) = rx.recv_blocking() {
+            match msg {
+                ReadMsg::Batch(batch) => {
+                    let before = self.outcome.counts;
+                    self.write_batch(&batch)?;
+                    metrics.add(&before, &self.outcome.counts);
+                    metrics.set_buffered(self.buffered, self.open.len());
+                }
+                ReadMsg::Done(stats) => {
+                    self.outcome.input_bytes = stats.input_bytes;
+                    metrics.add_bytes(stats.input_bytes);
+                    return self.finish();
+                }
+                ReadMsg::Failed(e) => return Err(e.into()),
+            }
+        }
+        Err(JobError::Interrupted(table))
+    }
+
+    pub fn write_batch(&mut self, batch: &Batch) -> Result<(), JobError> {
+        for record in &batch.records {
+            self.write_record(record, &batch.data)?;
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, record: &Record, data: &[u8]) -> Result<(), JobError> {
+        self.outcome.counts.read += 1;
+        let raw = record.span.slice(data);
+        if let Some(defect) = record.defect {
+            return self.reject(record, raw, defect.label(), &defect.to_string());
+        }
+        if self.spec.route == Route::Whole {
+            self.write_whole(record.row, raw)?;
+            self.outcome.counts.written += 1;
+            return Ok(());
+        }
+        let key = record.key.slice(data);
+        let target = match self.last_target {
+            Some(t) if key == self.last_key.as_slice() => t,
+            _ => {
+                let t = self.resolve(key);
+                self.last_key.clear();
+                self.last_key.extend_from_slice(key);
+                self.last_target = Some(t);
+                t
+            }
+        };
+        match target {
+            Target::Reject(label) => {
+                let reason = self.describe_bad_key(key);
+                return self.reject(record, raw, label, &reason);
+            }
+            Target::Outside => self.outcome.counts.outside_cohort += 1,
+            Target::Patient(p) => {
+                self.append_patient(p, record.row, raw)?;
+                self.outcome.counts.written += 1;
+            }
+        }
+        if self.whole.is_some() {
+            self.write_whole(record.row, raw)?;
+        }
+        Ok(())
+    }
+
+    fn resolve(&mut self, key: &[u8]) -> Target {
+        let subject = match self.spec.route {
+            Route::BySubject => match SubjectId::parse(key) {
+                Ok(s) if self.spec.cohort.contains(s) => s,
+                Ok(_) => return Target::Outside,
+                Err(_) => return Target::Reject("bad_subject_id"),
+            },
+            Route::ByDicom => match DicomId::parse(key) {
+                Ok(d) => match self.spec.cohort.subject_of_dicom(&d) {
+                    Some(s) => s,
+                    None => return Target::Outside,
+                },
+                // `<dicom_id>_calibration` and cut-short ids belong to no patient.
+                Err(_) if key.len() > DicomId::LEN && DicomId::is_valid(&key[..DicomId::LEN]) => {
+                    return Target::Outside
+                }
+                Err(_) if DicomId::is_valid_prefix(key) => return Target::Outside,
+                Err(_) => return Target::Reject("bad_dicom_id"),
+            },
+            Route::Whole => return Target::Outside,
+        };
+        let next = self.patients.len();
+        let index = *self.by_subject.entry(subject).or_insert(next);
+        if index == next {
+            let rel = self
+                .spec
+                .patient_file
+                .as_deref()
+                .unwrap_or(Path::new("table.csv"));
+            self.patients.push(PatientFile {
+                path: self.spec.staging.join(subject.folder()).join(rel),
+                buf: Vec::new(),
+                created: false,
+                open_slot: None,
+            });
+        }
+        Target::Patient(index)
+    }
+
+    fn describe_bad_key(&self, key: &[u8]) -> String {
+        match self.spec.route {
+            Route::ByDicom => match DicomId::parse(key) {
+                Err(e) => format!("unroutable DICOM id: {e}"),
+                Ok(_) => String::new(),
+            },
+            _ => match SubjectId::parse(key) {
+                Err(e) => format!("unroutable subject_id: {e}"),
+                Ok(_) => String::new(),
+            },
+        }
+    }
+
+    fn append_patient(&mut self, p: usize, row: u64, raw: &[u8]) -> Result<(), JobError> {
+        let index_column = self.spec.index_column;
+        let file = &mut self.patients[p];
+        let cap0 = file.buf.capacity();
+        push_line(&mut file.buf, index_column, row, raw);
+        self.buffered += file.buf.capacity() - cap0;
+        if file.buf.len() >= PATIENT_FLUSH {
+            self.flush_patient(p)?;
+        }
+        if self.buffered > BUFFER_BUDGET {
+            self.flush_all(true)?;
+        }
+        Ok(())
+    }
+
+    fn flush_patient(&mut self, p: usize) -> Result<(), JobError> {
+        if self.patients[p].buf.is_empty() {
+            return Ok(());
+        }
+        let slot = self.open_for(p)?;
+        let file = &mut self.patients[p];
+        let path = &file.path;
+        self.open[slot]
+            .file
+            .write_all(&file.buf)
+            .map_err(|cause| JobError::Write {
+                path: path.clone(),
+                cause,
+            })?;
+        file.buf.clear();
+        Ok(())
+    }
+
+    /// Flushes every pending buffer; with `release`, also gives their memory back.
+    fn flush_all(&mut self, release: bool) -> Result<(), JobError> {
+        for p in 0..self.patients.len() {
+            self.flush_patient(p)?;
+            if release {
+                self.patients[p].buf = Vec::new();
+            }
+        }
+        if release {
+            self.buffered = 0;
+        }
+        Ok(())
+    }
+
+    /// The open-file slot of patient `p`, opening (and evicting the least recently used) as needed.
+    fn open_for(&mut self, p: usize) -> Result<usize, JobError> {
+        self.clock += 1;
+        if let Some(slot) = self.patients[p].open_slot {
+            self.open[slot].last_use = self.clock;
+            return Ok(slot);
+        }
+        let file = {
+            let pf = &mut self.patients[p];
+            let file = if pf.created {
+                OpenOptions::new()
+                    .append(true)
+                    .open(&pf.path)
+                    .map_err(|cause| JobError::Write {
+                        path: pf.path.clone(),
+                        cause,
+                    })?
+            } else {
+                let mut f = create_file(&pf.path)?
+                    .into_inner()
+                    .map_err(|e| JobError::Write {
+                        path: pf.path.clone(),
+                        cause: e.into_error(),
+                    })?;
+                f.write_all(&header_line(&self.spec.header, self.spec.index_column))
+                    .map_err(|cause| JobError::Write {
+                        path: pf.path.clone(),
+                        cause,
+                    })?;
+                pf.created = true;
+                f
+            };
+            file
+        };
+        let entry = OpenFile {
+            patient: p,
+            file,
+            last_use: self.clock,
+        };
+        let slot = if self.open.len() < self.spec.max_open_files.max(1) {
+            self.open.push(entry);
+            self.open.len() - 1
+        } else {
+            let (victim, _) = self
+                .open
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, o)| o.last_use)
+                .unwrap_or((0, &self.open[0]));
+            let old = std::mem::replace(&mut self.open[victim], entry);
+            self.patients[old.patient].open_slot = None;
+            victim
+        };
+        self.patients[p].open_slot = Some(slot);
+        Ok(slot)
+    }
+
+    fn write_whole(&mut self, row: u64, raw: &[u8]) -> Result<(), JobError> {
+        if let Some((path, file)) = &mut self.whole {
+            self.line.clear();
+            push_line(&mut self.line, self.spec.index_column, row, raw);
+            file.write_all(&self.line)
+                .map_err(|cause| JobError::Write {
+                    path: path.clone(),
+                    cause,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn reject(
+        &mut self,
+        record: &Record,
+        raw: &[u8],
+        label: &'static str,
+        reason: &str,
+    ) -> Result<(), JobError> {
+        self.outcome.counts.rejected += 1;
+        *self.outcome.rejects_by_reason.entry(label).or_default() += 1;
+        tracing::debug!(table = %self.spec.table, line = record.line, reason, "row rejected");
+        if self.rejects.is_none() {
+            let rel = rejects_path(&self.spec.table);
+            let path = self.spec.staging.join(&rel);
+            let mut file = create_file(&path)?;
+            file.write_all(b"source_file,line,row,reason,record\n")
+                .map_err(|cause| JobError::Write {
+                    path: path.clone(),
+                    cause,
+                })?;
+            self.outcome.files.push(rel);
+            self.rejects = Some((path, file));
+        }
+        self.line.clear();
+        write_field(
+            &mut self.line,
+            self.spec.source.to_string_lossy().as_bytes(),
+        );
+        self.line.push(b',');
+        self.line
+            .extend_from_slice(itoa::Buffer::new().format(record.line).as_bytes());
+        self.line.push(b',');
+        self.line
+            .extend_from_slice(itoa::Buffer::new().format(record.row).as_bytes());
+        self.line.push(b',');
+        write_field(&mut self.line, reason.as_bytes());
+        self.line.push(b',');
+        write_field(&mut self.line, raw);
+        self.line.push(b'\n');
+        if let Some((path, file)) = &mut self.rejects {
+            file.write_all(&self.line)
+                .map_err(|cause| JobError::Write {
+                    path: path.clone(),
+                    cause,
+                })?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<WriterOutcome, JobError> {
+        self.flush_all(true)?;
+        self.open.clear(); // closes the files
+        for p in &self.patients {
+            if p.created {
+                if let Ok(rel) = p.path.strip_prefix(&self.spec.staging) {
+                    self.outcome.files.push(rel.to_path_buf());
+                }
+            }
+        }
+        for (path, file) in [self.whole.take(), self.rejects.take()]
+            .into_iter()
+            .flatten()
+        {
+            file.into_inner().map_err(|e| JobError::Write {
+                path: path.clone(),
+                cause: e.into_error(),
+            })?;
+        }
+        self.outcome.files.sort();
+        Ok(self.outcome)
+    }
+}
+
+/// `<output>/.mimic-eye/rejects/<table>.csv`, relative to the output root.
+pub fn rejects_path(table: &str) -> PathBuf {
+    PathBuf::from(".mimic-eye/rejects").join(format!("{table}.csv"))
+}
+
+fn create_file(path: &Path) -> Result<BufWriter<File>, JobError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|cause| JobError::Write {
+            path: dir.to_path_buf(),
+            cause,
+        })?;
+    }
+    let file = File::create(path).map_err(|cause| JobError::Write {
+        path: path.to_path_buf(),
+        cause,
+    })?;
+    Ok(BufWriter::with_capacity(256 << 10, file))
+}
+
+/// The output header: the source header, after an empty index column name when enabled.
+pub fn header_line(header: &[u8], index_column: bool) -> Vec<u8> {
+    let mut line = Vec::with_capacity(header.len() + 2);
+    if index_column {
+        line.push(b',');
+    }
+    line.extend_from_slice(header);
+    line.push(b'\n');
+    line
+}
+
+/// One output line: `<row>,<verbatim record>\n` (or just the record without the index column).
+#[inline]
+pub fn push_line(out: &mut Vec<u8>, index_column: bool, row: u64, raw: &[u8]) {
+    if index_column {
+        out.extend_from_slice(itoa::Buffer::new().format(row).as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(raw);
+    out.push(b'\n');
+}

@@ -1,0 +1,284 @@
+//! `synth`: a deterministic generator of a whole fake input tree (SPEC §2), every dataset in its
+//! exact schema (`schemas.md`), with the defects and linking cases of SPEC §3–4 planted.
+//!
+//! The big tables (labevents, chartevents) are generated row by row straight into the (gzip)
+//! writer, so a multi-GB table needs no memory; `--order shuffled` draws each row's subject at
+//! random instead of grouping rows by subject.
+
+mod clinical;
+mod imaging;
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    Grouped,
+    Shuffled,
+}
+
+#[derive(Debug, Clone)]
+pub struct SynthSpec {
+    /// Patients in the cohort (they get chest X-rays and eye-tracking data).
+    pub patients: usize,
+    pub seed: u64,
+    /// Rows per subject in labevents and chartevents.
+    pub rows_per_patient: usize,
+    pub order: Order,
+    /// Subjects outside the cohort (clinical rows only, plus CXR images not in REFLACX/EyeGaze).
+    pub others: usize,
+    /// MIMIC tables as `.csv.gz` (with several gzip members) rather than `.csv`.
+    pub gzip: bool,
+    /// Real MIMIC-IV tables to use (e.g. the demo) instead of fake hosp/icu tables.
+    pub mimiciv: Option<PathBuf>,
+}
+
+impl SynthSpec {
+    /// The small world `mimic-eye demo` builds.
+    pub fn demo() -> Self {
+        Self {
+            patients: 24,
+            seed: 7,
+            rows_per_patient: 30,
+            order: Order::Grouped,
+            others: 24,
+            gzip: true,
+            mimiciv: None,
+        }
+    }
+}
+
+/// What the generator planted: the counts a build of this tree must find.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Planted {
+    pub patients: usize,
+    pub images: usize,
+    pub linked_images_paper: usize,
+    pub linked_images_release: usize,
+    pub linked_images_window7: usize,
+    pub stays_paper: usize,
+    pub eye_gaze_short_ids: ShortIds,
+    pub reflacx_readings: usize,
+    pub reflacx_bad_ids: usize,
+    pub cohort: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ShortIds {
+    /// (short id, rows) per case, for eye_gaze.csv; fixations.csv has the same cases.
+    pub dropped_rows: usize,
+    pub replaced_rows: usize,
+    pub no_candidate_rows: usize,
+    pub ambiguous_rows: usize,
+    pub calibration_rows: usize,
+    pub replaced_id: String,
+}
+
+impl Planted {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} patients, {} images, linked images {} (paper) / {} (release) / {} (window 7 days), {} REFLACX readings",
+            self.patients, self.images, self.linked_images_paper, self.linked_images_release, self.linked_images_window7, self.reflacx_readings
+        )
+    }
+}
+
+/// SplitMix64: small, fast, deterministic across platforms.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+    pub fn hex8(&mut self) -> String {
+        format!("{:08x}", self.next() as u32)
+    }
+    pub fn dicom(&mut self) -> String {
+        (0..5).map(|_| self.hex8()).collect::<Vec<_>>().join("-")
+    }
+}
+
+/// A CSV table being written: plain or gzip, with a new gzip member every `member_rows` rows.
+pub struct TableOut {
+    path: PathBuf,
+    inner: Out,
+    rows: u64,
+    member_rows: u64,
+    crlf: bool,
+}
+
+enum Out {
+    Plain(BufWriter<File>),
+    Gzip(GzEncoder<BufWriter<File>>),
+}
+
+impl TableOut {
+    pub fn create(path: &Path, header: &str, gzip: bool) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        let file = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        let inner = if gzip {
+            Out::Gzip(GzEncoder::new(file, Compression::fast()))
+        } else {
+            Out::Plain(file)
+        };
+        let mut t = Self {
+            path: path.to_path_buf(),
+            inner,
+            rows: 0,
+            member_rows: 0,
+            crlf: false,
+        };
+        t.line(header)?;
+        t.rows = 0;
+        Ok(t)
+    }
+
+    /// A MIMIC table: `<dir>/<name>.csv[.gz]`.
+    pub fn mimic(dir: &Path, name: &str, header: &str, gzip: bool) -> io::Result<Self> {
+        let file = if gzip {
+            format!("{name}.csv.gz")
+        } else {
+            format!("{name}.csv")
+        };
+        let mut t = Self::create(&dir.join(file), header, gzip)?;
+        t.member_rows = 50_000; // several gzip members, as concatenated downloads have
+        Ok(t)
+    }
+
+    /// CRLF line ends (REFLACX files are written that way).
+    pub fn crlf(mut self) -> Self {
+        self.crlf = true;
+        self
+    }
+
+    pub fn line(&mut self, line: &str) -> io::Result<()> {
+        let eol: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
+        let w: &mut dyn Write = match &mut self.inner {
+            Out::Plain(w) => w,
+            Out::Gzip(w) => w,
+        };
+        w.write_all(line.as_bytes())?;
+        w.write_all(eol)?;
+        self.rows += 1;
+        if self.member_rows > 0 && self.rows % self.member_rows == 0 {
+            self.new_member()?;
+        }
+        Ok(())
+    }
+
+    fn new_member(&mut self) -> io::Result<()> {
+        if let Out::Gzip(_) = self.inner {
+            let old = std::mem::replace(
+                &mut self.inner,
+                Out::Plain(BufWriter::new(File::open("/dev/null")?)),
+            );
+            if let Out::Gzip(enc) = old {
+                let file = enc.finish()?;
+                self.inner = Out::Gzip(GzEncoder::new(file, Compression::fast()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> io::Result<()> {
+        let file = match self.inner {
+            Out::Plain(w) => w,
+            Out::Gzip(enc) => enc.finish()?,
+        };
+        file.into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
+            .with_context_io(&self.path)
+    }
+}
+
+trait IoContext<T> {
+    fn with_context_io(self, path: &Path) -> io::Result<T>;
+}
+impl<T> IoContext<T> for io::Result<T> {
+    fn with_context_io(self, path: &Path) -> io::Result<T> {
+        self.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+}
+
+/// Writes a small whole file, creating its folder.
+pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::write(path, bytes)
+}
+
+/// A subject in the generated world, and what the imaging part planted for it.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub id: u64,
+    pub in_cohort: bool,
+    pub index: usize,
+}
+
+/// Writes the whole input tree under `root`.
+pub fn generate(root: &Path, spec: &SynthSpec) -> anyhow::Result<Planted> {
+    fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let mut rng = Rng::new(spec.seed);
+    let subjects: Vec<Subject> = match &spec.mimiciv {
+        Some(dir) => clinical::copy_mimiciv(dir, &root.join("mimiciv"), spec.patients)?,
+        None => {
+            let cohort = (0..spec.patients).map(|i| Subject {
+                id: 10_000_000 + 1_009 * i as u64 + 32,
+                in_cohort: true,
+                index: i,
+            });
+            let others = (0..spec.others).map(|i| Subject {
+                id: 11_000_000 + 1_013 * i as u64 + 7,
+                in_cohort: false,
+                index: i,
+            });
+            cohort.chain(others).collect()
+        }
+    };
+    let world = imaging::plan_world(&subjects, &mut rng);
+    if spec.mimiciv.is_none() {
+        clinical::write_mimiciv(&root.join("mimiciv"), &subjects, &world, spec, &mut rng)?;
+    }
+    clinical::write_ed(
+        &root.join("mimic-iv-ed/ed"),
+        &subjects,
+        &world,
+        spec.gzip,
+        &mut rng,
+    )?;
+    let planted = imaging::write_imaging(root, &subjects, &world, spec, &mut rng)?;
+    write_file(
+        &root.join("synth-planted.json"),
+        &serde_json::to_vec_pretty(&planted)?,
+    )?;
+    Ok(planted)
+}

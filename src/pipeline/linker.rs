@@ -495,9 +495,14 @@ mod tests {
         assert!(study_time(b"21800723", b"80556.875", Profile::Release).is_none());
         let r = study_time(b"21800506", b"213014.531", Profile::Release).unwrap();
         assert_eq!(format_study_time(r), "2180-05-06 21:30:14.531");
+        // Python's repr(float("21800506213014.531")) is "21800506213014.53": pandas wrote that.
         assert_eq!(
             release_study_datetime(b"21800506", b"213014.531"),
-            "21800506213014.531"
+            "21800506213014.53"
+        );
+        assert_eq!(
+            release_study_datetime(b"21800723", b"80556.875"),
+            "2180072380556.875"
         );
         assert_eq!(
             release_study_datetime(b"21800506", b"151208.0"),

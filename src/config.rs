@@ -104,8 +104,7 @@ pub struct Overrides {
 
 impl ConfigFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
     }
 }
@@ -168,16 +167,9 @@ mod tests {
 
     #[test]
     fn example_config_parses_and_flags_override() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/config/mimic-eye.toml"
-        ))
-        .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/mimic-eye.toml")).unwrap();
         let file: ConfigFile = toml::from_str(&text).unwrap();
-        let flags = Overrides {
-            profile: Some(Profile::Release),
-            ..Default::default()
-        };
+        let flags = Overrides { profile: Some(Profile::Release), ..Default::default() };
         let c = Config::resolve(file, flags).unwrap();
         assert_eq!(c.profile, Profile::Release);
         assert!(c.metrics_addr.ip().is_loopback());
@@ -186,8 +178,7 @@ mod tests {
 
     #[test]
     fn non_loopback_metrics_are_refused() {
-        let file: ConfigFile =
-            toml::from_str("input='/i'\noutput='/o'\nmetrics_addr='0.0.0.0:9898'").unwrap();
+        let file: ConfigFile = toml::from_str("input='/i'\noutput='/o'\nmetrics_addr='0.0.0.0:9898'").unwrap();
         assert!(Config::resolve(file, Overrides::default()).is_err());
     }
 }

@@ -88,24 +88,8 @@ impl Scanner {
                     field_start = i + 1;
                     field_quoted = false;
                 } else if b == b'\n' {
-                    let end = if i > start && buf[i - 1] == b'\r' {
-                        i - 1
-                    } else {
-                        i
-                    };
-                    return Some((
-                        finish(
-                            rec,
-                            buf,
-                            start,
-                            end,
-                            field,
-                            field_start,
-                            field_quoted,
-                            self.key_col,
-                        ),
-                        i + 1,
-                    ));
+                    let end = if i > start && buf[i - 1] == b'\r' { i - 1 } else { i };
+                    return Some((finish(rec, buf, start, end, field, field_start, field_quoted, self.key_col), i + 1));
                 } else if b == b'"' && i == field_start {
                     field_quoted = true;
                     entered_quotes = true;
@@ -118,24 +102,8 @@ impl Scanner {
                 if !eof {
                     return None;
                 }
-                let end = if n > start && buf[n - 1] == b'\r' {
-                    n - 1
-                } else {
-                    n
-                };
-                return Some((
-                    finish(
-                        rec,
-                        buf,
-                        start,
-                        end,
-                        field,
-                        field_start,
-                        field_quoted,
-                        self.key_col,
-                    ),
-                    n,
-                ));
+                let end = if n > start && buf[n - 1] == b'\r' { n - 1 } else { n };
+                return Some((finish(rec, buf, start, end, field, field_start, field_quoted, self.key_col), n));
             }
             // Inside quotes: only a quote can end this state.
             loop {
@@ -146,10 +114,7 @@ impl Scanner {
                         }
                         rec.newlines += count_newlines(&buf[i..]);
                         rec.unterminated = true;
-                        return Some((
-                            finish(rec, buf, start, n, field, field_start, false, self.key_col),
-                            n,
-                        ));
+                        return Some((finish(rec, buf, start, n, field, field_start, false, self.key_col), n));
                     }
                     Some(k) => {
                         rec.newlines += count_newlines(&buf[i..i + k]);
@@ -182,10 +147,7 @@ fn key_span(buf: &[u8], start: usize, end: usize, quoted: bool) -> Span {
         s += 1;
         e -= 1;
     }
-    Span {
-        start: s as u32,
-        end: e as u32,
-    }
+    Span { start: s as u32, end: e as u32 }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -204,10 +166,7 @@ fn finish(
         rec.key = key_span(buf, field_start.min(end), end, field_quoted);
     }
     rec.fields = field + 1;
-    rec.span = Span {
-        start: start as u32,
-        end: end as u32,
-    };
+    rec.span = Span { start: start as u32, end: end as u32 };
     rec
 }
 
@@ -251,9 +210,7 @@ pub fn split_fields(record: &[u8]) -> Vec<Vec<u8>> {
 
 /// Writes `value` as one CSV field, quoting only when needed (as pandas and the csv crate do).
 pub fn write_field(out: &mut Vec<u8>, value: &[u8]) {
-    let needs_quotes = value
-        .iter()
-        .any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
+    let needs_quotes = value.iter().any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
     if !needs_quotes {
         out.extend_from_slice(value);
         return;
@@ -275,13 +232,7 @@ mod tests {
     fn scan_all(input: &[u8], key: Option<usize>) -> Vec<(Vec<u8>, u32, Vec<u8>, u32, bool)> {
         let mut v = Vec::new();
         let used = Scanner::new(key).scan(input, true, |r| {
-            v.push((
-                r.span.slice(input).to_vec(),
-                r.fields,
-                r.key.slice(input).to_vec(),
-                r.newlines,
-                r.unterminated,
-            ))
+            v.push((r.span.slice(input).to_vec(), r.fields, r.key.slice(input).to_vec(), r.newlines, r.unterminated))
         });
         assert_eq!(used, input.len());
         v
@@ -296,10 +247,7 @@ mod tests {
         assert_eq!(recs[1].1, 3);
         assert_eq!(recs[1].3, 1);
         assert_eq!(recs[2].2, b"7");
-        assert_eq!(
-            split_fields(&recs[1].0),
-            vec![b"1".to_vec(), b"x, \"y\"\nz".to_vec(), b"3".to_vec()]
-        );
+        assert_eq!(split_fields(&recs[1].0), vec![b"1".to_vec(), b"x, \"y\"\nz".to_vec(), b"3".to_vec()]);
     }
 
     #[test]

@@ -12,21 +12,13 @@ pub enum IdError {
     #[error("empty {0}")]
     Empty(&'static str),
     #[error("{kind} is not {expected}: {value:?}")]
-    Malformed {
-        kind: &'static str,
-        expected: &'static str,
-        value: String,
-    },
+    Malformed { kind: &'static str, expected: &'static str, value: String },
 }
 
 fn malformed(kind: &'static str, expected: &'static str, raw: &[u8]) -> IdError {
     // Keep the error short: a hostile value may be megabytes long.
     let shown: Vec<u8> = raw.iter().copied().take(60).collect();
-    IdError::Malformed {
-        kind,
-        expected,
-        value: String::from_utf8_lossy(&shown).into_owned(),
-    }
+    IdError::Malformed { kind, expected, value: String::from_utf8_lossy(&shown).into_owned() }
 }
 
 /// Parses 1–18 ASCII digits (MIMIC ids are 8). Anything else is an error.
@@ -92,11 +84,7 @@ impl DicomId {
             return Err(IdError::Empty("dicom_id"));
         }
         if !Self::is_valid(raw) {
-            return Err(malformed(
-                "dicom_id",
-                "5 groups of 8 lower-case hex digits",
-                raw,
-            ));
+            return Err(malformed("dicom_id", "5 groups of 8 lower-case hex digits", raw));
         }
         // is_valid admits only ASCII, so this conversion cannot fail.
         Ok(Self(String::from_utf8_lossy(raw).into_owned()))
@@ -175,15 +163,7 @@ mod tests {
     #[test]
     fn subject_ids_are_digits_only() {
         assert_eq!(SubjectId::parse(b"10000032").unwrap().get(), 10000032);
-        for bad in [
-            &b""[..],
-            b"../1",
-            b"/etc",
-            b"1\0",
-            b"12a",
-            b" 1",
-            b"1234567890123456789",
-        ] {
+        for bad in [&b""[..], b"../1", b"/etc", b"1\0", b"12a", b" 1", b"1234567890123456789"] {
             assert!(SubjectId::parse(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -196,9 +176,7 @@ mod tests {
         assert!(DicomId::parse(b"../../../../../../../../../../../../etc/passwd").is_err());
         assert!(DicomId::is_valid_prefix(b"02aa804e-bde0"));
         assert!(!DicomId::is_valid_prefix(good));
-        assert!(!DicomId::is_valid_prefix(
-            b"02aa804e-bde0afdd-112c0b34-7bc16630-4e384014_calibration"
-        ));
+        assert!(!DicomId::is_valid_prefix(b"02aa804e-bde0afdd-112c0b34-7bc16630-4e384014_calibration"));
     }
 
     #[test]

@@ -57,9 +57,7 @@ pub fn table_name(path: &Path) -> Option<String> {
     // The stem becomes a file name in the output: keep it to safe characters.
     let safe = !stem.is_empty()
         && !stem.starts_with('.')
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        && stem.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     safe.then(|| stem.to_string())
 }
 
@@ -94,10 +92,7 @@ pub fn tables_in(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// A table file by base name, `.csv` or `.csv.gz`.
 pub fn find_table(dir: &Path, base: &str) -> Option<PathBuf> {
-    tables_in(dir)
-        .into_iter()
-        .find(|(n, _)| n == base)
-        .map(|(_, p)| p)
+    tables_in(dir).into_iter().find(|(n, _)| n == base).map(|(_, p)| p)
 }
 
 /// Where the linker's and the fixed datasets' files are.
@@ -115,15 +110,10 @@ pub fn side_inputs(config: &Config) -> SideInputs {
     let d = &config.datasets;
     let cxr_tables = ["chexpert", "negbio", "split"]
         .iter()
-        .filter_map(|t| {
-            find_table(&d.mimic_cxr_jpg, &format!("mimic-cxr-2.0.0-{t}"))
-                .map(|p| (t.to_string(), p))
-        })
+        .filter_map(|t| find_table(&d.mimic_cxr_jpg, &format!("mimic-cxr-2.0.0-{t}")).map(|p| (t.to_string(), p)))
         .collect();
     let main = d.reflacx.join("main_data");
-    let reflacx_phases = (1..=3)
-        .filter_map(|n| find_table(&main, &format!("metadata_phase_{n}")))
-        .collect();
+    let reflacx_phases = (1..=3).filter_map(|n| find_table(&main, &format!("metadata_phase_{n}"))).collect();
     let eye_gaze_tables = ["eye_gaze", "fixations", "bounding_boxes"]
         .iter()
         .filter_map(|t| find_table(&d.egd_cxr, t).map(|p| (t.to_string(), p)))
@@ -144,21 +134,12 @@ mod tests {
 
     #[test]
     fn table_names() {
-        assert_eq!(
-            table_name(Path::new("a/labevents.csv.gz")).as_deref(),
-            Some("labevents")
-        );
-        assert_eq!(
-            table_name(Path::new("a/provider.CSV")).as_deref(),
-            Some("provider")
-        );
+        assert_eq!(table_name(Path::new("a/labevents.csv.gz")).as_deref(), Some("labevents"));
+        assert_eq!(table_name(Path::new("a/provider.CSV")).as_deref(), Some("provider"));
         assert_eq!(table_name(Path::new("a/index.html")), None);
         assert_eq!(table_name(Path::new("a/.csv")), None);
         assert_eq!(table_name(Path::new("a/bad name.csv")), None);
-        assert_eq!(
-            table_name(Path::new("a/mimic-cxr-2.0.0-split.csv.gz")).as_deref(),
-            Some("mimic-cxr-2.0.0-split")
-        );
+        assert_eq!(table_name(Path::new("a/mimic-cxr-2.0.0-split.csv.gz")).as_deref(), Some("mimic-cxr-2.0.0-split"));
         assert_eq!(table_name(Path::new("a/..csv")), None);
     }
 }

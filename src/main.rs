@@ -94,20 +94,13 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-        .replace('\n', " ")
+    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
 }
 
 fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("MIMIC_EYE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("MIMIC_EYE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -115,60 +108,27 @@ fn init_logging(format: LogFormat, default: &str) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Build {
-            input,
-            output,
-            profile,
-            config,
-            window_days,
-        } => {
+        Command::Build { input, output, profile, config, window_days } => {
             let file = match &config {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
             };
-            let config = Config::resolve(
-                file,
-                Overrides {
-                    input,
-                    output,
-                    profile,
-                    window_days,
-                    metrics_addr: None,
-                },
-            )?;
-            let summary =
-                runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true)))?;
+            let config = Config::resolve(file, Overrides { input, output, profile, window_days, metrics_addr: None })?;
+            let summary = runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true)))?;
             println!("{}", summary.headline());
             println!("output: {}", config.output.display());
             if !summary.failed.is_empty() {
-                let first = summary
-                    .failed
-                    .iter()
-                    .next()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .unwrap_or_default();
+                let first = summary.failed.iter().next().map(|(k, v)| format!("{k}: {v}")).unwrap_or_default();
                 anyhow::bail!("{} table(s) failed, first: {first}", summary.failed.len());
             }
             Ok(())
         }
-        Command::Synth {
-            output,
-            patients,
-            seed,
-            rows_per_patient,
-            order,
-            others,
-            plain,
-            mimiciv,
-        } => {
+        Command::Synth { output, patients, seed, rows_per_patient, order, others, plain, mimiciv } => {
             let spec = synth::SynthSpec {
                 patients,
                 seed,
@@ -187,9 +147,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let (root, _tmp) = match dir {
                 Some(d) => (d, None),
                 None => {
-                    let t = tempfile::Builder::new()
-                        .prefix("mimic-eye-demo-")
-                        .tempdir()?;
+                    let t = tempfile::Builder::new().prefix("mimic-eye-demo-").tempdir()?;
                     (t.path().to_path_buf(), Some(t))
                 }
             };
@@ -206,27 +164,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 },
             )?;
             let summary = runtime()?.block_on(pipeline::build(config, Progress::new(true)))?;
-            println!(
-                "MIMIC-Eye demo build (synthetic data, profile {})",
-                summary.profile
-            );
+            println!("MIMIC-Eye demo build (synthetic data, profile {})", summary.profile);
             println!("  {}", summary.headline());
             println!("  planted: {}", planted.describe());
             let rejected: u64 = summary.tables.values().map(|c| c.rejected).sum();
-            println!(
-                "  tables: {}, rows rejected (planted defects): {rejected}",
-                summary.tables.len()
-            );
+            println!("  tables: {}, rows rejected (planted defects): {rejected}", summary.tables.len());
             if _tmp.is_some() {
-                println!(
-                    "  (built in a temporary folder, removed on exit; use --dir DIR to keep it)"
-                );
+                println!("  (built in a temporary folder, removed on exit; use --dir DIR to keep it)");
             } else {
-                println!(
-                    "  input:  {}\n  output: {}",
-                    input.display(),
-                    output.display()
-                );
+                println!("  input:  {}\n  output: {}", input.display(), output.display());
             }
             Ok(())
         }

@@ -26,11 +26,9 @@ impl Progress {
             return ProgressBar::hidden();
         };
         let bar = multi.add(ProgressBar::new(total_bytes));
-        let style = ProgressStyle::with_template(
-            "{prefix:>28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style = ProgressStyle::with_template("{prefix:>28} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(name.to_string());
         bar

@@ -42,8 +42,7 @@ impl<R: Read> Read for Counting<R> {
 }
 
 pub fn is_gzip_name(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 
 /// A table's decoded byte stream.
@@ -63,20 +62,13 @@ impl Source {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         let input_read = Arc::new(AtomicU64::new(0));
-        let counting = Counting {
-            inner: file,
-            read: Arc::clone(&input_read),
-        };
+        let counting = Counting { inner: file, read: Arc::clone(&input_read) };
         let kind = if is_gzip_name(path) {
             Kind::Gzip(spawn_decoder(path.to_path_buf(), counting)?)
         } else {
             Kind::Plain(counting)
         };
-        Ok(Self {
-            kind,
-            input_read,
-            decoded: 0,
-        })
+        Ok(Self { kind, input_read, decoded: 0 })
     }
 
     /// Appends up to one chunk of decoded bytes to `buf`; returns 0 at the end of the input.
@@ -117,17 +109,9 @@ impl Source {
     }
 }
 
-fn spawn_decoder(
-    path: PathBuf,
-    file: Counting<File>,
-) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
+fn spawn_decoder(path: PathBuf, file: Counting<File>) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
     let (tx, rx) = async_channel::bounded(DECODE_QUEUE);
-    let name = format!(
-        "gunzip {}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    );
+    let name = format!("gunzip {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
     std::thread::Builder::new().name(name).spawn(move || {
         let mut decoder = MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, file));
         loop {

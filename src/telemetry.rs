@@ -40,8 +40,7 @@ impl TableMetrics {
     pub fn add(&self, before: &TableCounts, after: &TableCounts) {
         self.read.increment(after.read - before.read);
         self.written.increment(after.written - before.written);
-        self.outside
-            .increment(after.outside_cohort - before.outside_cohort);
+        self.outside.increment(after.outside_cohort - before.outside_cohort);
         self.rejected.increment(after.rejected - before.rejected);
     }
 

@@ -65,14 +65,12 @@ impl fmt::Display for Defect {
                 write!(f, "wrong field count: expected {expected}, found {found}")
             }
             Defect::UnterminatedQuote => f.write_str("unterminated quote at end of file"),
-            Defect::ShortIdDuplicate => {
-                f.write_str("truncated DICOM_ID whose full id is also present: row dropped")
-            }
+            Defect::ShortIdDuplicate => f.write_str("truncated DICOM_ID whose full id is also present: row dropped"),
             Defect::ShortIdNoCandidate => f.write_str("truncated DICOM_ID matches no valid id"),
             Defect::ShortIdAmbiguous => f.write_str("truncated DICOM_ID matches several valid ids"),
-            Defect::ShortIdUnrepaired => f.write_str(
-                "truncated DICOM_ID whose full id is absent (profile release does not repair)",
-            ),
+            Defect::ShortIdUnrepaired => {
+                f.write_str("truncated DICOM_ID whose full id is absent (profile release does not repair)")
+            }
         }
     }
 }
@@ -92,7 +90,5 @@ pub struct ReadStats {
 }
 
 /// A path relative to the output root, built only from validated parts.
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct RelPath(pub PathBuf);

@@ -33,24 +33,14 @@ impl<'a> FolderJob<'a> {
     fn new(ctx: &'a BuildContext, key: &'static str) -> Self {
         let staging = publish::staging_dir(&ctx.config.output, key);
         let _ = fs::remove_dir_all(&staging);
-        let input_root =
-            fs::canonicalize(&ctx.config.input).unwrap_or_else(|_| ctx.config.input.clone());
-        Self {
-            ctx,
-            key,
-            staging,
-            input_root,
-            files: Vec::new(),
-            counts: TableCounts::default(),
-        }
+        let _ = fs::create_dir_all(&staging);
+        let input_root = fs::canonicalize(&ctx.config.input).unwrap_or_else(|_| ctx.config.input.clone());
+        Self { ctx, key, staging, input_root, files: Vec::new(), counts: TableCounts::default() }
     }
 
     fn err(&self, path: &Path) -> impl Fn(io::Error) -> JobError + '_ {
         let path = path.to_path_buf();
-        move |cause| JobError::Write {
-            path: path.clone(),
-            cause,
-        }
+        move |cause| JobError::Write { path: path.clone(), cause }
     }
 
     /// Places every file under `src` (recursively) at `dest` (relative to the output root).
@@ -99,15 +89,12 @@ impl<'a> FolderJob<'a> {
     fn file(&mut self, src: &Path, dest: &Path, content: Option<Vec<u8>>) -> Result<(), JobError> {
         self.counts.read += 1;
         let final_path = self.ctx.config.output.join(dest);
-        let staged = self.staging.join(dest);
+        let staged = publish::staged_path(&self.staging, dest);
         let unchanged = match &content {
             Some(bytes) => fs::read(&final_path).is_ok_and(|old| &old == bytes),
             None => same_file(src, &final_path, self.ctx.config.files),
         };
         if !unchanged {
-            if let Some(dir) = staged.parent() {
-                fs::create_dir_all(dir).map_err(self.err(dir))?;
-            }
             match content {
                 Some(bytes) => fs::write(&staged, bytes).map_err(self.err(&staged))?,
                 None => place(src, &staged, self.ctx.config.files).map_err(self.err(src))?,
@@ -128,16 +115,9 @@ impl<'a> FolderJob<'a> {
         let mut files = self.files;
         files.sort();
         files.dedup();
-        let manifest = publish::Manifest {
-            job: self.key.to_string(),
-            files,
-            counts: self.counts,
-            inputs: Vec::new(),
-        };
-        publish::publish(&self.ctx.config.output, manifest).map_err(|cause| JobError::Write {
-            path: self.ctx.config.output.clone(),
-            cause,
-        })?;
+        let manifest = publish::Manifest { job: self.key.to_string(), files, counts: self.counts, inputs: Vec::new() };
+        publish::publish(&self.ctx.config.output, manifest)
+            .map_err(|cause| JobError::Write { path: self.ctx.config.output.clone(), cause })?;
         Ok((self.key.to_string(), self.counts))
     }
 }
@@ -172,36 +152,21 @@ pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
     let mut done = Vec::new();
 
     // Chest X-ray study folders and their reports, for each study in a patient's subset rows.
-    let studies: BTreeSet<(SubjectId, StudyId)> = ctx
-        .links
-        .cxr_rows
-        .iter()
-        .filter_map(|r| r.study.map(|s| (r.subject, s)))
-        .collect();
+    let studies: BTreeSet<(SubjectId, StudyId)> =
+        ctx.links.cxr_rows.iter().filter_map(|r| r.study.map(|s| (r.subject, s))).collect();
     let mut jpg = FolderJob::new(ctx, "files/cxr-jpg");
     let mut reports = FolderJob::new(ctx, "files/cxr-reports");
     for (subject, study) in &studies {
         let sdir = cxr_subject_dir(*subject);
         jpg.folder(
-            &d.mimic_cxr_jpg
-                .join("files")
-                .join(&sdir)
-                .join(format!("s{study}")),
-            &PathBuf::from(subject.folder())
-                .join("CXR-JPG")
-                .join(format!("s{study}")),
+            &d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}")),
+            &PathBuf::from(subject.folder()).join("CXR-JPG").join(format!("s{study}")),
         )?;
-        let report = d
-            .mimic_cxr
-            .join("files")
-            .join(&sdir)
-            .join(format!("s{study}.txt"));
+        let report = d.mimic_cxr.join("files").join(&sdir).join(format!("s{study}.txt"));
         if report.is_file() {
             reports.file(
                 &report,
-                &PathBuf::from(subject.folder())
-                    .join("CXR-DICOM")
-                    .join(format!("s{study}.txt")),
+                &PathBuf::from(subject.folder()).join("CXR-DICOM").join(format!("s{study}.txt")),
                 None,
             )?;
         }
@@ -219,26 +184,16 @@ pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
             let id = match ReflacxId::parse(raw_id) {
                 Ok(id) => id,
                 Err(e) => {
-                    readings.reject(
-                        "REFLACX id",
-                        &format!("{}: line {}: {e}", phase.display(), row.line),
-                    );
+                    readings.reject("REFLACX id", &format!("{}: line {}: {e}", phase.display(), row.line));
                     continue;
                 }
             };
-            let Ok(subject) =
-                SubjectId::parse(row.fields.get(s_col).map_or(&[][..], Vec::as_slice))
-            else {
+            let Ok(subject) = SubjectId::parse(row.fields.get(s_col).map_or(&[][..], Vec::as_slice)) else {
                 continue;
             };
             let dest = PathBuf::from(subject.folder()).join("REFLACX");
             let main = d.reflacx.join("main_data").join(id.as_str());
-            sync_reading(
-                &mut readings,
-                &main,
-                &dest.join("main_data").join(id.as_str()),
-                ctx.config.profile,
-            )?;
+            sync_reading(&mut readings, &main, &dest.join("main_data").join(id.as_str()), ctx.config.profile)?;
             let gaze = d.reflacx.join("gaze_data").join(id.as_str());
             readings.folder(&gaze, &dest.join("gaze_data").join(id.as_str()))?;
         }
@@ -254,9 +209,7 @@ pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
         };
         transcripts.folder(
             &root.join(dicom.as_str()),
-            &PathBuf::from(subject.folder())
-                .join("EyeGaze/audio_segmentation_transcripts")
-                .join(dicom.as_str()),
+            &PathBuf::from(subject.folder()).join("EyeGaze/audio_segmentation_transcripts").join(dicom.as_str()),
         )?;
     }
     done.push(transcripts.publish()?);
@@ -264,12 +217,7 @@ pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
 }
 
 /// One REFLACX reading folder: files copied, except the merged ellipses file in `paper`.
-fn sync_reading(
-    job: &mut FolderJob,
-    src: &Path,
-    dest: &Path,
-    profile: Profile,
-) -> Result<(), JobError> {
+fn sync_reading(job: &mut FolderJob, src: &Path, dest: &Path, profile: Profile) -> Result<(), JobError> {
     if profile == Profile::Release {
         return job.folder(src, dest);
     }
@@ -281,9 +229,7 @@ fn sync_reading(
     for entry in entries {
         let name = entry.file_name();
         let path = entry.path();
-        if name == "anomaly_location_ellipses.csv"
-            && job.resolve(&path).is_some_and(|m| m.is_file())
-        {
+        if name == "anomaly_location_ellipses.csv" && job.resolve(&path).is_some_and(|m| m.is_file()) {
             let table = SmallTable::read(&path)?;
             let crlf = fs::read(&path).is_ok_and(|b| b.windows(2).any(|w| w == b"\r\n"));
             let columns = reflacx::Columns {
@@ -291,11 +237,7 @@ fn sync_reading(
                 rows: table.rows.iter().map(|r| r.fields.clone()).collect(),
             };
             let merged = reflacx::merge(&columns, reflacx::any_true);
-            job.file(
-                &path,
-                &dest.join(&name),
-                Some(reflacx::encode(&merged, crlf)),
-            )?;
+            job.file(&path, &dest.join(&name), Some(reflacx::encode(&merged, crlf)))?;
         } else if name.eq_ignore_ascii_case("index.html") {
             continue;
         } else if let Some(meta) = job.resolve(&path) {

@@ -21,10 +21,7 @@ pub struct Cohort {
 
 impl Cohort {
     pub fn from_subjects(subjects: impl IntoIterator<Item = SubjectId>) -> Self {
-        Self {
-            subjects: subjects.into_iter().collect(),
-            dicom_subject: HashMap::new(),
-        }
+        Self { subjects: subjects.into_iter().collect(), dicom_subject: HashMap::new() }
     }
     pub fn contains(&self, s: SubjectId) -> bool {
         self.subjects.contains(&s)
@@ -107,11 +104,7 @@ impl Links {
         self.cxr_rows.iter().filter(|r| r.stay.is_some()).count()
     }
     pub fn stays(&self) -> usize {
-        self.cxr_rows
-            .iter()
-            .filter_map(|r| r.stay)
-            .collect::<HashSet<_>>()
-            .len()
+        self.cxr_rows.iter().filter_map(|r| r.stay).collect::<HashSet<_>>().len()
     }
 }
 
@@ -124,11 +117,7 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
     let mut links = Links::default();
     let mut warn = |table: &str, line: u64, reason: String| {
         links_warn(table, line, &reason);
-        LinkReject {
-            table: table.to_string(),
-            line,
-            reason,
-        }
+        LinkReject { table: table.to_string(), line, reason }
     };
     let mut warnings = Vec::new();
 
@@ -137,18 +126,13 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
         let d = sheet.require("dicom_id")?;
         let p = sheet.require("patient_id")?;
         for row in &sheet.rows {
-            match (
-                DicomId::parse(field(&row.fields, d)),
-                SubjectId::parse(field(&row.fields, p)),
-            ) {
+            match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, p))) {
                 (Ok(dicom), Ok(subject)) => {
                     links.eye_gaze_subjects.insert(subject);
                     links.cohort.dicom_subject.insert(dicom.clone(), subject);
                     links.eye_gaze_dicoms.insert(dicom);
                 }
-                (Err(e), _) | (_, Err(e)) => {
-                    warnings.push(warn("egd-cxr/master_sheet", row.line, e.to_string()))
-                }
+                (Err(e), _) | (_, Err(e)) => warnings.push(warn("egd-cxr/master_sheet", row.line, e.to_string())),
             }
         }
     }
@@ -157,22 +141,13 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
         let d = phase.require("dicom_id")?;
         let s = phase.require("subject_id")?;
         for row in &phase.rows {
-            match (
-                DicomId::parse(field(&row.fields, d)),
-                SubjectId::parse(field(&row.fields, s)),
-            ) {
+            match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, s))) {
                 (Ok(dicom), Ok(subject)) => {
                     links.reflacx_subjects.insert(subject);
-                    links
-                        .cohort
-                        .dicom_subject
-                        .entry(dicom.clone())
-                        .or_insert(subject);
+                    links.cohort.dicom_subject.entry(dicom.clone()).or_insert(subject);
                     links.reflacx_dicoms.insert(dicom);
                 }
-                (Err(e), _) | (_, Err(e)) => {
-                    warnings.push(warn("reflacx/metadata", row.line, e.to_string()))
-                }
+                (Err(e), _) | (_, Err(e)) => warnings.push(warn("reflacx/metadata", row.line, e.to_string())),
             }
         }
     }
@@ -214,11 +189,7 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
                 Profile::Paper => when.map(format_study_time).unwrap_or_default(),
                 Profile::Release => release_study_datetime(date_raw, time_raw),
             };
-            let stay = when.and_then(|t| {
-                stays
-                    .get(&subject)
-                    .and_then(|list| pick_stay(list, t, window_days))
-            });
+            let stay = when.and_then(|t| stays.get(&subject).and_then(|list| pick_stay(list, t, window_days)));
             links.cohort.subjects.insert(subject);
             links.cohort.dicom_subject.insert(dicom.clone(), subject);
             if let Some(stay) = stay {
@@ -237,14 +208,8 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
             });
         }
     }
-    links
-        .cohort
-        .subjects
-        .extend(links.eye_gaze_subjects.iter().copied());
-    links
-        .cohort
-        .subjects
-        .extend(links.reflacx_subjects.iter().copied());
+    links.cohort.subjects.extend(links.eye_gaze_subjects.iter().copied());
+    links.cohort.subjects.extend(links.reflacx_subjects.iter().copied());
     links.warnings = warnings;
     Ok(links)
 }
@@ -269,14 +234,7 @@ fn read_stays(
             let stay_id = StayId::parse(field(&row.fields, id)).map_err(|e| e.to_string())?;
             let intime = parse_datetime(field(&row.fields, it))?;
             let outtime = parse_datetime(field(&row.fields, ot))?;
-            Ok((
-                subject,
-                Stay {
-                    stay_id,
-                    intime,
-                    outtime,
-                },
-            ))
+            Ok((subject, Stay { stay_id, intime, outtime }))
         })();
         match parsed {
             Ok((subject, stay)) => stays.entry(subject).or_default().push(stay),
@@ -315,11 +273,7 @@ pub fn study_time(date: &[u8], time: &[u8], profile: Profile) -> Option<NaiveDat
         return None;
     }
     let padded = format!("{int:0>6}");
-    let (h, m, s) = (
-        padded[0..2].parse().ok()?,
-        padded[2..4].parse().ok()?,
-        padded[4..6].parse().ok()?,
-    );
+    let (h, m, s) = (padded[0..2].parse().ok()?, padded[2..4].parse().ok()?, padded[4..6].parse().ok()?);
     let mut digits: String = frac.chars().take(9).collect();
     while digits.len() < 9 {
         digits.push('0');
@@ -339,11 +293,7 @@ pub fn format_study_time(t: NaiveDateTime) -> String {
 
 /// Profile `release`: the original build's float of the concatenated `StudyDate`·`StudyTime` text.
 pub fn release_study_datetime(date: &[u8], time: &[u8]) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(date).trim(),
-        String::from_utf8_lossy(time).trim()
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(date).trim(), String::from_utf8_lossy(time).trim());
     match text.parse::<f64>() {
         Ok(v) => python_float_repr(v),
         Err(_) => "nan".to_string(),
@@ -365,10 +315,8 @@ pub fn python_float_repr(v: f64) -> String {
 
 /// SPEC §3.5: exactly one stay with `intime < t < outtime`; else, with a window, the one nearest.
 pub fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<StayId> {
-    let strict: Vec<&Stay> = stays
-        .iter()
-        .filter(|s| s.intime.is_none_or(|i| i < t) && s.outtime.is_none_or(|o| t < o))
-        .collect();
+    let strict: Vec<&Stay> =
+        stays.iter().filter(|s| s.intime.is_none_or(|i| i < t) && s.outtime.is_none_or(|o| t < o)).collect();
     match strict.len() {
         1 => return Some(strict[0].stay_id),
         0 if window_days > 0 => {}
@@ -429,10 +377,7 @@ pub fn batch_of<'a>(rows: impl IntoIterator<Item = (u64, Vec<u8>, &'a [u8])>) ->
         let key_end = batch.data.len() as u32;
         batch.records.push(Record {
             span: Span { start, end },
-            key: Span {
-                start: end,
-                end: key_end,
-            },
+            key: Span { start: end, end: key_end },
             row,
             line: row + 2,
             defect: None,
@@ -447,11 +392,7 @@ pub fn append_rejects(batch: &mut Batch, rejects: &[(Record, Vec<u8>)]) {
         let start = batch.data.len() as u32;
         batch.data.extend_from_slice(raw);
         let end = batch.data.len() as u32;
-        batch.records.push(Record {
-            span: Span { start, end },
-            key: Span { start: end, end },
-            ..*record
-        });
+        batch.records.push(Record { span: Span { start, end }, key: Span { start: end, end }, ..*record });
     }
 }
 
@@ -465,10 +406,7 @@ pub fn load_inputs(
     Ok(LinkInputs {
         cxr_metadata: cxr_metadata.map(SmallTable::read).transpose()?,
         edstays: edstays.map(SmallTable::read).transpose()?,
-        reflacx_metadata: reflacx_phases
-            .iter()
-            .map(|p| SmallTable::read(p))
-            .collect::<Result<_, _>>()?,
+        reflacx_metadata: reflacx_phases.iter().map(|p| SmallTable::read(p)).collect::<Result<_, _>>()?,
         master_sheet: master_sheet.map(SmallTable::read).transpose()?,
     })
 }
@@ -496,52 +434,24 @@ mod tests {
         let r = study_time(b"21800506", b"213014.531", Profile::Release).unwrap();
         assert_eq!(format_study_time(r), "2180-05-06 21:30:14.531");
         // Python's repr(float("21800506213014.531")) is "21800506213014.53": pandas wrote that.
-        assert_eq!(
-            release_study_datetime(b"21800506", b"213014.531"),
-            "21800506213014.53"
-        );
-        assert_eq!(
-            release_study_datetime(b"21800723", b"80556.875"),
-            "2180072380556.875"
-        );
-        assert_eq!(
-            release_study_datetime(b"21800506", b"151208.0"),
-            "21800506151208.0"
-        );
+        assert_eq!(release_study_datetime(b"21800506", b"213014.531"), "21800506213014.53");
+        assert_eq!(release_study_datetime(b"21800723", b"80556.875"), "2180072380556.875");
+        assert_eq!(release_study_datetime(b"21800506", b"151208.0"), "21800506151208.0");
     }
 
     #[test]
     fn strict_window_exactly_one() {
-        let stays = [
-            stay(31, "2180-05-06 19:17:00", "2180-05-06 23:30:00"),
-            stay(32, "2180-06-01 10:00:00", ""),
-        ];
+        let stays = [stay(31, "2180-05-06 19:17:00", "2180-05-06 23:30:00"), stay(32, "2180-06-01 10:00:00", "")];
         let id = |v: Option<StayId>| v.map(StayId::get);
         assert_eq!(id(pick_stay(&stays, t("2180-05-06 21:30:14"), 0)), Some(31));
-        assert_eq!(
-            id(pick_stay(&stays, t("2180-05-06 19:17:00"), 0)),
-            None,
-            "exactly at intime"
-        );
-        assert_eq!(
-            id(pick_stay(&stays, t("2190-01-01 00:00:00"), 0)),
-            Some(32),
-            "open-ended outtime"
-        );
+        assert_eq!(id(pick_stay(&stays, t("2180-05-06 19:17:00"), 0)), None, "exactly at intime");
+        assert_eq!(id(pick_stay(&stays, t("2190-01-01 00:00:00"), 0)), Some(32), "open-ended outtime");
         assert_eq!(id(pick_stay(&stays, t("2180-05-08 00:00:00"), 0)), None);
-        assert_eq!(
-            id(pick_stay(&stays, t("2180-05-08 00:00:00"), 7)),
-            Some(31),
-            "within window"
-        );
+        assert_eq!(id(pick_stay(&stays, t("2180-05-08 00:00:00"), 7)), Some(31), "within window");
         let overlapping = [
             stay(41, "2180-01-01 00:00:00", "2180-01-02 00:00:00"),
             stay(42, "2180-01-01 12:00:00", "2180-01-03 00:00:00"),
         ];
-        assert_eq!(
-            id(pick_stay(&overlapping, t("2180-01-01 18:00:00"), 7)),
-            None,
-            "two strict matches"
-        );
+        assert_eq!(id(pick_stay(&overlapping, t("2180-01-01 18:00:00"), 7)), None, "two strict matches");
     }
 }

@@ -99,11 +99,7 @@ pub fn plan_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
     for module in Module::ALL {
         for (name, path) in input::tables_in(&module.dir(config)) {
             let key = format!("{}/{name}", module.key());
-            jobs.push(TableJob {
-                key,
-                path,
-                kind: JobKind::Clinical { module, name },
-            });
+            jobs.push(TableJob { key, path, kind: JobKind::Clinical { module, name } });
         }
     }
     for (name, path) in &side.cxr_tables {
@@ -121,9 +117,7 @@ pub fn plan_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
         });
     }
     // Big tables first, so the long poles start early and small ones fill the gaps.
-    jobs.sort_by_key(|j| {
-        std::cmp::Reverse(std::fs::metadata(&j.path).map(|m| m.len()).unwrap_or(0))
-    });
+    jobs.sort_by_key(|j| std::cmp::Reverse(std::fs::metadata(&j.path).map(|m| m.len()).unwrap_or(0)));
     jobs
 }
 
@@ -140,9 +134,7 @@ fn plan_routing(job: &TableJob, reader: &TableReader, profile: Profile) -> Resul
     Ok(match &job.kind {
         JobKind::Clinical { module, name } => {
             let folder = module.folder();
-            let whole = PathBuf::from("spreadsheets")
-                .join(folder)
-                .join(format!("{name}.csv"));
+            let whole = PathBuf::from("spreadsheets").join(folder).join(format!("{name}.csv"));
             match reader.header().find("subject_id") {
                 // patients goes to spreadsheets only, as the authors did.
                 Some(_) if name == "patients" => Plan {
@@ -195,10 +187,7 @@ fn plan_routing(job: &TableJob, reader: &TableReader, profile: Profile) -> Resul
 }
 
 /// Runs one table job end to end and publishes it. The previous output stays on failure.
-pub async fn run_table_job(
-    ctx: Arc<BuildContext>,
-    job: TableJob,
-) -> Result<WriterOutcome, JobError> {
+pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<WriterOutcome, JobError> {
     let started = Instant::now();
     let path = job.path.clone();
     let reader = tokio::task::spawn_blocking(move || TableReader::open(&path))
@@ -219,10 +208,7 @@ pub async fn run_table_job(
         staging,
         max_open_files: ctx.max_open_files,
     };
-    let bar = ctx.progress.table(
-        &job.key,
-        std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0),
-    );
+    let bar = ctx.progress.table(&job.key, std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0));
     let counter = reader.progress_counter();
 
     let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
@@ -247,27 +233,18 @@ pub async fn run_table_job(
             }
         })
     };
-    let outcome = write_task
-        .await
-        .map_err(|e| JobError::Interrupted(e.to_string()));
+    let outcome = write_task.await.map_err(|e| JobError::Interrupted(e.to_string()));
     ticker.abort();
     let _ = read_task.await;
     let outcome = outcome??;
     bar.finish();
-    let manifest = Manifest {
-        job: job.key.clone(),
-        files: outcome.files.clone(),
-        counts: outcome.counts,
-        inputs: Vec::new(),
-    };
+    let manifest =
+        Manifest { job: job.key.clone(), files: outcome.files.clone(), counts: outcome.counts, inputs: Vec::new() };
     let output = ctx.config.output.clone();
     tokio::task::spawn_blocking(move || publish::publish(&output, manifest))
         .await
         .map_err(|e| JobError::Interrupted(e.to_string()))?
-        .map_err(|cause| JobError::Write {
-            path: ctx.config.output.clone(),
-            cause,
-        })?;
+        .map_err(|cause| JobError::Write { path: ctx.config.output.clone(), cause })?;
     tracing::info!(
         table = %job.key, read = outcome.counts.read, written = outcome.counts.written,
         outside = outcome.counts.outside_cohort, rejected = outcome.counts.rejected,
@@ -305,16 +282,9 @@ pub fn write_derived(
     let mut writer = Writer::new(spec)?;
     writer.write_batch(&batch)?;
     let outcome = writer.finish()?;
-    let manifest = Manifest {
-        job: job.to_string(),
-        files: outcome.files,
-        counts: outcome.counts,
-        inputs: Vec::new(),
-    };
-    publish::publish(&ctx.config.output, manifest).map_err(|cause| JobError::Write {
-        path: ctx.config.output.clone(),
-        cause,
-    })?;
+    let manifest = Manifest { job: job.to_string(), files: outcome.files, counts: outcome.counts, inputs: Vec::new() };
+    publish::publish(&ctx.config.output, manifest)
+        .map_err(|cause| JobError::Write { path: ctx.config.output.clone(), cause })?;
     Ok(outcome.counts)
 }
 
@@ -331,27 +301,14 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
             let mut rec = r.raw.clone();
             let stay = r.stay.map(|s| s.to_string()).unwrap_or_default();
             rec.extend_from_slice(
-                format!(
-                    ",{},{},{},{stay}",
-                    tf(r.in_eye_gaze),
-                    tf(r.in_reflacx),
-                    r.study_datetime
-                )
-                .as_bytes(),
+                format!(",{},{},{},{stay}", tf(r.in_eye_gaze), tf(r.in_reflacx), r.study_datetime).as_bytes(),
             );
             (r.row, rec, r.subject.to_string(), r.stay.is_some())
         })
         .collect();
-    let mut all = batch_of(
-        rows.iter()
-            .map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())),
-    );
+    let mut all = batch_of(rows.iter().map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())));
     linker::append_rejects(&mut all, &links.cxr_rejects);
-    let linked = batch_of(
-        rows.iter()
-            .filter(|r| r.3)
-            .map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())),
-    );
+    let linked = batch_of(rows.iter().filter(|r| r.3).map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())));
     let meta = write_derived(
         ctx,
         "cxr_meta",
@@ -372,18 +329,12 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
         None,
         Some(PathBuf::from("spreadsheets/cxr_meta_with_stay_id_only.csv")),
     )?;
-    Ok(vec![
-        ("cxr_meta".into(), meta),
-        ("cxr_meta_with_stay_id_only".into(), only),
-    ])
+    Ok(vec![("cxr_meta".into(), meta), ("cxr_meta_with_stay_id_only".into(), only)])
 }
 
 /// Raises the soft open-file limit to the hard one; returns how many output files to keep open.
 pub fn raise_open_file_limit() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
@@ -408,10 +359,7 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
         .with_context(|| format!("creating output directory {}", output.display()))?;
     let recovered = publish::recover(&output).context("recovering interrupted publishes")?;
     if recovered > 0 {
-        tracing::info!(
-            jobs = recovered,
-            "finished publishes interrupted by a crash"
-        );
+        tracing::info!(jobs = recovered, "finished publishes interrupted by a crash");
     }
     let side = input::side_inputs(&config);
     let missing = check_inputs(&config, &side)?;
@@ -429,11 +377,7 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
         })
         .await??
     };
-    tracing::info!(
-        patients = links.cohort.len(),
-        images = links.cxr_rows.len(),
-        "cohort linked"
-    );
+    tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");
 
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(links.cohort.clone()),
@@ -471,14 +415,13 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
     }
 
     let derived_ctx = Arc::clone(&ctx);
-    let derived =
-        tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
-            let mut v = write_cxr_meta(&derived_ctx)?;
-            v.extend(fixer::write_fixed_side_tables(&derived_ctx)?);
-            v.extend(folders::sync_all(&derived_ctx)?);
-            Ok(v)
-        })
-        .await?;
+    let derived = tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
+        let mut v = write_cxr_meta(&derived_ctx)?;
+        v.extend(fixer::write_fixed_side_tables(&derived_ctx)?);
+        v.extend(folders::sync_all(&derived_ctx)?);
+        Ok(v)
+    })
+    .await?;
     match derived {
         Ok(v) => tables.extend(v),
         Err(e) => {
@@ -487,43 +430,25 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
     }
 
     let links = &ctx.links;
-    let both_dicoms = links
-        .eye_gaze_dicoms
-        .intersection(&links.reflacx_dicoms)
-        .count();
-    let both_subjects = links
-        .eye_gaze_subjects
-        .intersection(&links.reflacx_subjects)
-        .count();
+    let both_dicoms = links.eye_gaze_dicoms.intersection(&links.reflacx_dicoms).count();
+    let both_subjects = links.eye_gaze_subjects.intersection(&links.reflacx_subjects).count();
     let summary = Summary {
         profile: config.profile.as_str(),
         patients: links.cohort.len(),
         stays: links.stays(),
         images: links.cxr_rows.len(),
         linked_images: links.linked_images(),
-        eye_gaze: SourceCounts {
-            patients: links.eye_gaze_subjects.len(),
-            images: links.eye_gaze_dicoms.len(),
-        },
-        reflacx: SourceCounts {
-            patients: links.reflacx_subjects.len(),
-            images: links.reflacx_dicoms.len(),
-        },
-        both: SourceCounts {
-            patients: both_subjects,
-            images: both_dicoms,
-        },
+        eye_gaze: SourceCounts { patients: links.eye_gaze_subjects.len(), images: links.eye_gaze_dicoms.len() },
+        reflacx: SourceCounts { patients: links.reflacx_subjects.len(), images: links.reflacx_dicoms.len() },
+        both: SourceCounts { patients: both_subjects, images: both_dicoms },
         window_days: config.window_days,
         tables,
         failed,
         missing_datasets: missing,
         duration_seconds: started.elapsed().as_secs_f64(),
     };
-    publish::write_atomic(
-        &output.join("summary.json"),
-        &serde_json::to_vec_pretty(&summary)?,
-    )
-    .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
+    publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
+        .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
     Ok(summary)
 }
 
@@ -534,10 +459,7 @@ fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec
     }
     let hosp = Module::Hosp.dir(config);
     if input::tables_in(&hosp).is_empty() {
-        anyhow::bail!(
-            "required dataset MIMIC-IV is missing: no tables in {}",
-            hosp.display()
-        );
+        anyhow::bail!("required dataset MIMIC-IV is missing: no tables in {}", hosp.display());
     }
     if side.cxr_metadata.is_none() {
         anyhow::bail!(
@@ -559,30 +481,10 @@ fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec
             missing.push(name.to_string());
         }
     };
-    note(
-        side.master_sheet.is_some(),
-        "egd-cxr",
-        &config.datasets.egd_cxr,
-    );
-    note(
-        !side.reflacx_phases.is_empty(),
-        "reflacx",
-        &config.datasets.reflacx,
-    );
-    note(
-        side.edstays.is_some(),
-        "mimic-iv-ed",
-        &config.datasets.mimic_iv_ed,
-    );
-    note(
-        !input::tables_in(&Module::Icu.dir(config)).is_empty(),
-        "mimiciv/icu",
-        &Module::Icu.dir(config),
-    );
-    note(
-        config.datasets.mimic_cxr.is_dir(),
-        "mimic-cxr",
-        &config.datasets.mimic_cxr,
-    );
+    note(side.master_sheet.is_some(), "egd-cxr", &config.datasets.egd_cxr);
+    note(!side.reflacx_phases.is_empty(), "reflacx", &config.datasets.reflacx);
+    note(side.edstays.is_some(), "mimic-iv-ed", &config.datasets.mimic_iv_ed);
+    note(!input::tables_in(&Module::Icu.dir(config)).is_empty(), "mimiciv/icu", &Module::Icu.dir(config));
+    note(config.datasets.mimic_cxr.is_dir(), "mimic-cxr", &config.datasets.mimic_cxr);
     Ok(missing)
 }

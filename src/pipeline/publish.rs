@@ -40,16 +40,19 @@ pub fn staging_dir(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("staging").join(job_file_name(job))
 }
 
+/// Where a file of a job is staged: flat in the job's staging folder, named after its final
+/// relative path (`/` → `%2F`), so staging needs no directory tree of its own.
+pub fn staged_path(staging: &Path, rel: &Path) -> PathBuf {
+    let name = rel.to_string_lossy().replace('%', "%25").replace('/', "%2F");
+    staging.join(name)
+}
+
 fn manifest_path(output: &Path, job: &str) -> PathBuf {
-    state_dir(output)
-        .join("jobs")
-        .join(format!("{}.json", job_file_name(job)))
+    state_dir(output).join("jobs").join(format!("{}.json", job_file_name(job)))
 }
 
 fn journal_path(output: &Path, job: &str) -> PathBuf {
-    state_dir(output)
-        .join("journal")
-        .join(format!("{}.json", job_file_name(job)))
+    state_dir(output).join("journal").join(format!("{}.json", job_file_name(job)))
 }
 
 pub fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
@@ -95,10 +98,7 @@ pub fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
     let staging = staging_dir(output, &manifest.job);
     sync_fs(output);
     let journal = journal_path(output, &manifest.job);
-    write_atomic(
-        &journal,
-        &serde_json::to_vec(&manifest).map_err(io::Error::other)?,
-    )?;
+    write_atomic(&journal, &serde_json::to_vec(&manifest).map_err(io::Error::other)?)?;
     finish_publish(output, &staging, &manifest)?;
     let _ = fs::remove_file(&journal);
     Ok(())
@@ -107,14 +107,22 @@ pub fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
 /// The idempotent part: rename what is still staged, delete what the job no longer produces,
 /// record the manifest.
 fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Result<()> {
+    let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     for rel in &manifest.files {
-        let from = staging.join(rel);
+        let from = staged_path(staging, rel);
         let to = output.join(rel);
-        if from.exists() {
-            if let Some(dir) = to.parent() {
-                fs::create_dir_all(dir)?;
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            // Not staged: unchanged since the last publish, or already renamed before a crash.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let dir = to.parent().unwrap_or(output).to_path_buf();
+                if made.insert(dir.clone()) {
+                    fs::create_dir_all(&dir)?;
+                }
+                fs::rename(&from, &to)?;
             }
-            fs::rename(&from, &to)?;
+            Err(e) => return Err(e),
         }
     }
     let new: BTreeSet<&PathBuf> = manifest.files.iter().collect();

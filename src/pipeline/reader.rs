@@ -51,9 +51,7 @@ pub struct Header {
 impl Header {
     /// The index of a column, matched by name case-insensitively.
     pub fn find(&self, name: &str) -> Option<usize> {
-        self.names
-            .iter()
-            .position(|n| n.trim().eq_ignore_ascii_case(name))
+        self.names.iter().position(|n| n.trim().eq_ignore_ascii_case(name))
     }
 }
 
@@ -69,10 +67,7 @@ pub struct TableReader {
 
 impl TableReader {
     pub fn open(path: &Path) -> Result<Self, ReadError> {
-        let err = |kind| ReadError {
-            path: path.to_path_buf(),
-            kind,
-        };
+        let err = |kind| ReadError { path: path.to_path_buf(), kind };
         let source = Source::open(path).map_err(|e| err(ReadErrorKind::Open(e)))?;
         let mut reader = Self {
             path: path.to_path_buf(),
@@ -111,10 +106,7 @@ impl TableReader {
     }
 
     fn error(&self, kind: ReadErrorKind) -> ReadError {
-        ReadError {
-            path: self.path.clone(),
-            kind,
-        }
+        ReadError { path: self.path.clone(), kind }
     }
 
     fn fill(&mut self) -> Result<(), ReadError> {
@@ -141,10 +133,7 @@ impl TableReader {
                 let mut raw = r.span.slice(&self.work).to_vec();
                 let end = r.span.end as usize;
                 // Consume just the header record and its terminator.
-                let next = self.work[end..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(consumed, |p| end + p + 1);
+                let next = self.work[end..].iter().position(|&b| b == b'\n').map_or(consumed, |p| end + p + 1);
                 self.work.drain(..next.min(self.work.len()));
                 self.next_line += 1 + u64::from(r.newlines);
                 if raw.starts_with(BOM) {
@@ -156,10 +145,7 @@ impl TableReader {
                 if raw.is_empty() {
                     continue; // a blank line before the header
                 }
-                let names = split_fields(&raw)
-                    .iter()
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
-                    .collect();
+                let names = split_fields(&raw).iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
                 self.header = Header { raw, names };
                 return Ok(());
             }
@@ -204,20 +190,11 @@ impl TableReader {
                 let defect = if r.unterminated {
                     Some(Defect::UnterminatedQuote)
                 } else if r.fields != expected {
-                    Some(Defect::FieldCount {
-                        expected,
-                        found: r.fields,
-                    })
+                    Some(Defect::FieldCount { expected, found: r.fields })
                 } else {
                     None
                 };
-                records.push(Record {
-                    span: r.span,
-                    key: r.key,
-                    row,
-                    line: start_line,
-                    defect,
-                });
+                records.push(Record { span: r.span, key: r.key, row, line: start_line, defect });
                 row += 1;
             });
             self.next_line = line;
@@ -228,10 +205,7 @@ impl TableReader {
                 let mut data = std::mem::replace(&mut self.work, tail);
                 data.truncate(consumed);
                 if !records.is_empty() {
-                    let batch = Batch {
-                        data,
-                        records: std::mem::take(&mut records),
-                    };
+                    let batch = Batch { data, records: std::mem::take(&mut records) };
                     records.reserve(16 * 1024);
                     if tx.send_blocking(ReadMsg::Batch(batch)).is_err() {
                         return Ok(None);
@@ -241,10 +215,7 @@ impl TableReader {
                 return Err(self.error(ReadErrorKind::RecordTooLong { line }));
             }
             if self.eof && self.work.is_empty() {
-                return Ok(Some(ReadStats {
-                    rows: row,
-                    input_bytes: self.source.input_read.load(Ordering::Relaxed),
-                }));
+                return Ok(Some(ReadStats { rows: row, input_bytes: self.source.input_read.load(Ordering::Relaxed) }));
             }
         }
     }
@@ -275,11 +246,7 @@ impl SmallTable {
         let header = reader.header().clone();
         let (tx, rx) = async_channel::bounded(4);
         let handle = std::thread::spawn(move || reader.stream(None, &tx));
-        let mut table = SmallTable {
-            path: path.to_path_buf(),
-            header,
-            ..Default::default()
-        };
+        let mut table = SmallTable { path: path.to_path_buf(), header, ..Default::default() };
         let mut failure = None;
         while let Ok(msg) = rx.recv_blocking() {
             match msg {

@@ -17,6 +17,7 @@ use crate::csvscan::write_field;
 use crate::ids::{DicomId, SubjectId};
 use crate::pipeline::batch::{Batch, ReadMsg, Record};
 use crate::pipeline::linker::Cohort;
+use crate::pipeline::publish;
 use crate::pipeline::reader::ReadError;
 use crate::telemetry;
 
@@ -98,6 +99,9 @@ enum Target {
 }
 
 struct PatientFile {
+    /// Relative to the output root.
+    rel: PathBuf,
+    /// The staged file.
     path: PathBuf,
     buf: Vec<u8>,
     created: bool,
@@ -145,6 +149,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(spec: WriterSpec) -> Result<Self, JobError> {
+        fs::create_dir_all(&spec.staging).map_err(|cause| JobError::Write { path: spec.staging.clone(), cause })?;
         let mut w = Self {
             spec,
             patients: Vec::new(),
@@ -160,13 +165,10 @@ impl Writer {
             line: Vec::with_capacity(4096),
         };
         if let Some(rel) = w.spec.whole_file.clone() {
-            let path = w.spec.staging.join(&rel);
+            let path = publish::staged_path(&w.spec.staging, &rel);
             let mut file = create_file(&path)?;
             let header = header_line(&w.spec.header, w.spec.index_column);
-            file.write_all(&header).map_err(|cause| JobError::Write {
-                path: path.clone(),
-                cause,
-            })?;
+            file.write_all(&header).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
             w.outcome.files.push(rel);
             w.whole = Some((path, file));
         }
@@ -266,13 +268,11 @@ impl Writer {
         let next = self.patients.len();
         let index = *self.by_subject.entry(subject).or_insert(next);
         if index == next {
-            let rel = self
-                .spec
-                .patient_file
-                .as_deref()
-                .unwrap_or(Path::new("table.csv"));
+            let file = self.spec.patient_file.as_deref().unwrap_or(Path::new("table.csv"));
+            let rel = PathBuf::from(subject.folder()).join(file);
             self.patients.push(PatientFile {
-                path: self.spec.staging.join(subject.folder()).join(rel),
+                path: publish::staged_path(&self.spec.staging, &rel),
+                rel,
                 buf: Vec::new(),
                 created: false,
                 open_slot: None,
@@ -316,13 +316,7 @@ impl Writer {
         let slot = self.open_for(p)?;
         let file = &mut self.patients[p];
         let path = &file.path;
-        self.open[slot]
-            .file
-            .write_all(&file.buf)
-            .map_err(|cause| JobError::Write {
-                path: path.clone(),
-                cause,
-            })?;
+        self.open[slot].file.write_all(&file.buf).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
         file.buf.clear();
         Ok(())
     }
@@ -354,42 +348,25 @@ impl Writer {
                 OpenOptions::new()
                     .append(true)
                     .open(&pf.path)
-                    .map_err(|cause| JobError::Write {
-                        path: pf.path.clone(),
-                        cause,
-                    })?
+                    .map_err(|cause| JobError::Write { path: pf.path.clone(), cause })?
             } else {
                 let mut f = create_file(&pf.path)?
                     .into_inner()
-                    .map_err(|e| JobError::Write {
-                        path: pf.path.clone(),
-                        cause: e.into_error(),
-                    })?;
+                    .map_err(|e| JobError::Write { path: pf.path.clone(), cause: e.into_error() })?;
                 f.write_all(&header_line(&self.spec.header, self.spec.index_column))
-                    .map_err(|cause| JobError::Write {
-                        path: pf.path.clone(),
-                        cause,
-                    })?;
+                    .map_err(|cause| JobError::Write { path: pf.path.clone(), cause })?;
                 pf.created = true;
                 f
             };
             file
         };
-        let entry = OpenFile {
-            patient: p,
-            file,
-            last_use: self.clock,
-        };
+        let entry = OpenFile { patient: p, file, last_use: self.clock };
         let slot = if self.open.len() < self.spec.max_open_files.max(1) {
             self.open.push(entry);
             self.open.len() - 1
         } else {
-            let (victim, _) = self
-                .open
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, o)| o.last_use)
-                .unwrap_or((0, &self.open[0]));
+            let (victim, _) =
+                self.open.iter().enumerate().min_by_key(|(_, o)| o.last_use).unwrap_or((0, &self.open[0]));
             let old = std::mem::replace(&mut self.open[victim], entry);
             self.patients[old.patient].open_slot = None;
             victim
@@ -402,59 +379,37 @@ impl Writer {
         if let Some((path, file)) = &mut self.whole {
             self.line.clear();
             push_line(&mut self.line, self.spec.index_column, row, raw);
-            file.write_all(&self.line)
-                .map_err(|cause| JobError::Write {
-                    path: path.clone(),
-                    cause,
-                })?;
+            file.write_all(&self.line).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
         }
         Ok(())
     }
 
-    fn reject(
-        &mut self,
-        record: &Record,
-        raw: &[u8],
-        label: &'static str,
-        reason: &str,
-    ) -> Result<(), JobError> {
+    fn reject(&mut self, record: &Record, raw: &[u8], label: &'static str, reason: &str) -> Result<(), JobError> {
         self.outcome.counts.rejected += 1;
         *self.outcome.rejects_by_reason.entry(label).or_default() += 1;
         tracing::debug!(table = %self.spec.table, line = record.line, reason, "row rejected");
         if self.rejects.is_none() {
             let rel = rejects_path(&self.spec.table);
-            let path = self.spec.staging.join(&rel);
+            let path = publish::staged_path(&self.spec.staging, &rel);
             let mut file = create_file(&path)?;
             file.write_all(b"source_file,line,row,reason,record\n")
-                .map_err(|cause| JobError::Write {
-                    path: path.clone(),
-                    cause,
-                })?;
+                .map_err(|cause| JobError::Write { path: path.clone(), cause })?;
             self.outcome.files.push(rel);
             self.rejects = Some((path, file));
         }
         self.line.clear();
-        write_field(
-            &mut self.line,
-            self.spec.source.to_string_lossy().as_bytes(),
-        );
+        write_field(&mut self.line, self.spec.source.to_string_lossy().as_bytes());
         self.line.push(b',');
-        self.line
-            .extend_from_slice(itoa::Buffer::new().format(record.line).as_bytes());
+        self.line.extend_from_slice(itoa::Buffer::new().format(record.line).as_bytes());
         self.line.push(b',');
-        self.line
-            .extend_from_slice(itoa::Buffer::new().format(record.row).as_bytes());
+        self.line.extend_from_slice(itoa::Buffer::new().format(record.row).as_bytes());
         self.line.push(b',');
         write_field(&mut self.line, reason.as_bytes());
         self.line.push(b',');
         write_field(&mut self.line, raw);
         self.line.push(b'\n');
         if let Some((path, file)) = &mut self.rejects {
-            file.write_all(&self.line)
-                .map_err(|cause| JobError::Write {
-                    path: path.clone(),
-                    cause,
-                })?;
+            file.write_all(&self.line).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
         }
         Ok(())
     }
@@ -464,19 +419,11 @@ impl Writer {
         self.open.clear(); // closes the files
         for p in &self.patients {
             if p.created {
-                if let Ok(rel) = p.path.strip_prefix(&self.spec.staging) {
-                    self.outcome.files.push(rel.to_path_buf());
-                }
+                self.outcome.files.push(p.rel.clone());
             }
         }
-        for (path, file) in [self.whole.take(), self.rejects.take()]
-            .into_iter()
-            .flatten()
-        {
-            file.into_inner().map_err(|e| JobError::Write {
-                path: path.clone(),
-                cause: e.into_error(),
-            })?;
+        for (path, file) in [self.whole.take(), self.rejects.take()].into_iter().flatten() {
+            file.into_inner().map_err(|e| JobError::Write { path: path.clone(), cause: e.into_error() })?;
         }
         self.outcome.files.sort();
         Ok(self.outcome)
@@ -489,16 +436,7 @@ pub fn rejects_path(table: &str) -> PathBuf {
 }
 
 fn create_file(path: &Path) -> Result<BufWriter<File>, JobError> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|cause| JobError::Write {
-            path: dir.to_path_buf(),
-            cause,
-        })?;
-    }
-    let file = File::create(path).map_err(|cause| JobError::Write {
-        path: path.to_path_buf(),
-        cause,
-    })?;
+    let file = File::create(path).map_err(|cause| JobError::Write { path: path.to_path_buf(), cause })?;
     Ok(BufWriter::with_capacity(256 << 10, file))
 }
 

@@ -11,17 +11,15 @@ use super::{Order, Rng, Subject, SynthSpec, TableOut};
 use crate::pipeline::reader::SmallTable;
 
 const LABEVENTS: &str = "labevent_id,subject_id,hadm_id,specimen_id,itemid,order_provider_id,charttime,storetime,value,valuenum,valueuom,ref_range_lower,ref_range_upper,flag,priority,comments";
-const CHARTEVENTS: &str = "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,valuenum,valueuom,warning";
+const CHARTEVENTS: &str =
+    "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,valuenum,valueuom,warning";
 
 /// Copies real hosp/icu tables; the first `patients` subjects (by id) form the cohort.
 pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize) -> anyhow::Result<Vec<Subject>> {
     for module in ["hosp", "icu"] {
         let (from, to) = (src.join(module), dest.join(module));
         fs::create_dir_all(&to)?;
-        for entry in fs::read_dir(&from)
-            .with_context(|| format!("reading {}", from.display()))?
-            .flatten()
-        {
+        for entry in fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))?.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_file()) {
                 fs::copy(entry.path(), to.join(entry.file_name()))?;
             }
@@ -31,20 +29,13 @@ pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize) -> anyhow::Result<
         .context("no hosp/patients table in the MIMIC-IV folder")?;
     let patients_table = SmallTable::read(&table)?;
     let col = patients_table.require("subject_id")?;
-    let mut ids: Vec<u64> = patients_table
-        .rows
-        .iter()
-        .filter_map(|r| std::str::from_utf8(&r.fields[col]).ok()?.parse().ok())
-        .collect();
+    let mut ids: Vec<u64> =
+        patients_table.rows.iter().filter_map(|r| std::str::from_utf8(&r.fields[col]).ok()?.parse().ok()).collect();
     ids.sort_unstable();
     Ok(ids
         .into_iter()
         .enumerate()
-        .map(|(i, id)| Subject {
-            id,
-            in_cohort: i < patients,
-            index: if i < patients { i } else { i - patients },
-        })
+        .map(|(i, id)| Subject { id, in_cohort: i < patients, index: if i < patients { i } else { i - patients } })
         .collect())
 }
 
@@ -57,34 +48,14 @@ pub fn write_mimiciv(
     rng: &mut Rng,
 ) -> anyhow::Result<()> {
     let (hosp, icu, gz) = (root.join("hosp"), root.join("icu"), spec.gzip);
-    let hadm_of = |s: u64| {
-        world
-            .stays
-            .iter()
-            .find(|st| st.subject == s)
-            .map(|st| st.hadm_id)
-            .unwrap_or(29_999_999)
-    };
+    let hadm_of = |s: u64| world.stays.iter().find(|st| st.subject == s).map(|st| st.hadm_id).unwrap_or(29_999_999);
 
-    let mut patients = TableOut::mimic(
-        &hosp,
-        "patients",
-        "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod",
-        gz,
-    )?;
+    let mut patients =
+        TableOut::mimic(&hosp, "patients", "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod", gz)?;
     let mut admissions = TableOut::mimic(&hosp, "admissions", "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,admission_location,discharge_location,insurance,language,marital_status,race,edregtime,edouttime,hospital_expire_flag", gz)?;
-    let mut diagnoses = TableOut::mimic(
-        &hosp,
-        "diagnoses_icd",
-        "subject_id,hadm_id,seq_num,icd_code,icd_version",
-        gz,
-    )?;
-    let mut transfers = TableOut::mimic(
-        &hosp,
-        "transfers",
-        "subject_id,hadm_id,transfer_id,eventtype,careunit,intime,outtime",
-        gz,
-    )?;
+    let mut diagnoses = TableOut::mimic(&hosp, "diagnoses_icd", "subject_id,hadm_id,seq_num,icd_code,icd_version", gz)?;
+    let mut transfers =
+        TableOut::mimic(&hosp, "transfers", "subject_id,hadm_id,transfer_id,eventtype,careunit,intime,outtime", gz)?;
     let mut icustays = TableOut::mimic(
         &icu,
         "icustays",
@@ -93,12 +64,7 @@ pub fn write_mimiciv(
     )?;
     for s in subjects {
         let dod = if s.id % 7 == 0 { "2180-09-09" } else { "" };
-        patients.line(&format!(
-            "{},{},{},2180,2011 - 2013,{dod}",
-            s.id,
-            rng.pick(&["F", "M"]),
-            20 + rng.below(70)
-        ))?;
+        patients.line(&format!("{},{},{},2180,2011 - 2013,{dod}", s.id, rng.pick(&["F", "M"]), 20 + rng.below(70)))?;
         let hadm = hadm_of(s.id);
         admissions.line(&format!(
             "{},{hadm},2180-05-06 22:23:00,2180-05-07 17:15:00,,URGENT,P{:05X},TRANSFER FROM HOSPITAL,HOME,Other,ENGLISH,WIDOWED,WHITE,2180-05-06 19:17:00,2180-05-06 23:30:00,0",
@@ -106,7 +72,11 @@ pub fn write_mimiciv(
         ))?;
         diagnoses.line(&format!("{},{hadm},1,5723,9", s.id))?;
         diagnoses.line(&format!("{},{hadm},2,V707,9", s.id))?;
-        icustays.line(&format!("{},{hadm},3{:07},MICU,MICU,2180-07-23 14:00:00,2180-07-23 23:50:47,0.41025462962962965", s.id, rng.below(9_999_999)))?;
+        icustays.line(&format!(
+            "{},{hadm},3{:07},MICU,MICU,2180-07-23 14:00:00,2180-07-23 23:50:47,0.41025462962962965",
+            s.id,
+            rng.below(9_999_999)
+        ))?;
     }
     for st in &world.stays {
         transfers.line(&format!(
@@ -122,23 +92,21 @@ pub fn write_mimiciv(
     d_labitems.line("50808,Free Calcium,Blood,Blood Gas")?;
     d_labitems.line("51277,\"RDW, whole blood\",Blood,Hematology")?;
     d_labitems.finish()?;
-    let mut d_hcpcs = TableOut::mimic(
-        &hosp,
-        "d_hcpcs",
-        "code,category,long_description,short_description",
-        gz,
-    )?;
+    let mut d_hcpcs = TableOut::mimic(&hosp, "d_hcpcs", "code,category,long_description,short_description", gz)?;
     d_hcpcs.line("TD   ,,Rn,Rn")?;
-    d_hcpcs.line(
-        "A0428,,\"Ambulance service, basic life support, non-emergency transport, (bls)\",Bls",
-    )?;
+    d_hcpcs.line("A0428,,\"Ambulance service, basic life support, non-emergency transport, (bls)\",Bls")?;
     d_hcpcs.finish()?;
     let mut provider = TableOut::mimic(&hosp, "provider", "provider_id", gz)?;
     for _ in 0..20 {
         provider.line(&format!("P{:05X}", rng.below(0xFFFFF)))?;
     }
     provider.finish()?;
-    let mut d_items = TableOut::mimic(&icu, "d_items", "itemid,label,abbreviation,linksto,category,unitname,param_type,lownormalvalue,highnormalvalue", gz)?;
+    let mut d_items = TableOut::mimic(
+        &icu,
+        "d_items",
+        "itemid,label,abbreviation,linksto,category,unitname,param_type,lownormalvalue,highnormalvalue",
+        gz,
+    )?;
     d_items.line("220045,Heart Rate,HR,chartevents,Routine Vital Signs,bpm,Numeric,,")?;
     d_items.line("227969,Safety Measures,Safety Measures,chartevents,Safety,,Text,,")?;
     d_items.finish()?;
@@ -148,56 +116,36 @@ pub fn write_mimiciv(
     }
     caregiver.finish()?;
 
-    write_big(
-        &hosp,
-        "labevents",
-        LABEVENTS,
-        subjects,
-        spec,
-        rng,
-        |rng, s, n| {
-            let comment = match n % 997 {
-                0 => "\"Hemolyzed, results may be affected.\nLine two: \"\"repeat\"\" advised\"",
-                1..=20 => "\"Verified by repeat analysis, see note.\"",
-                _ => "",
-            };
-            let value = if n % 50 == 0 {
-                "___".to_string()
-            } else {
-                format!("{}.{}", rng.below(200), rng.below(10))
-            };
-            format!(
+    write_big(&hosp, "labevents", LABEVENTS, subjects, spec, rng, |rng, s, n| {
+        let comment = match n % 997 {
+            0 => "\"Hemolyzed, results may be affected.\nLine two: \"\"repeat\"\" advised\"",
+            1..=20 => "\"Verified by repeat analysis, see note.\"",
+            _ => "",
+        };
+        let value = if n % 50 == 0 { "___".to_string() } else { format!("{}.{}", rng.below(200), rng.below(10)) };
+        format!(
             "{n},{s},{},{},{},,2180-05-06 {:02}:{:02}:00,2180-05-06 23:59:00,{value},{value},mg/dL,10.5,15.5,{},ROUTINE,{comment}",
             hadm_of(s), 1_000_000 + n / 8, 50800 + rng.below(900), rng.below(24), rng.below(60),
             if n % 9 == 0 { "abnormal" } else { "" }
         )
-        },
-    )?;
-    write_big(
-        &icu,
-        "chartevents",
-        CHARTEVENTS,
-        subjects,
-        spec,
-        rng,
-        |rng, s, n| {
-            let value = match n % 11 {
-                0 => "On ,,".to_string(),
-                1 => "\"Quiet, calm space\",,".to_string(),
-                _ => {
-                    let v = 40 + rng.below(100);
-                    format!("{v},{v},bpm")
-                }
-            };
-            format!(
-                "{s},{},3{:07},6770,2180-05-06 {:02}:00:00,2180-05-06 23:45:00,{},{value},0",
-                hadm_of(s),
-                s % 9_999_999,
-                n % 24,
-                220000 + rng.below(8000)
-            )
-        },
-    )?;
+    })?;
+    write_big(&icu, "chartevents", CHARTEVENTS, subjects, spec, rng, |rng, s, n| {
+        let value = match n % 11 {
+            0 => "On ,,".to_string(),
+            1 => "\"Quiet, calm space\",,".to_string(),
+            _ => {
+                let v = 40 + rng.below(100);
+                format!("{v},{v},bpm")
+            }
+        };
+        format!(
+            "{s},{},3{:07},6770,2180-05-06 {:02}:00:00,2180-05-06 23:45:00,{},{value},0",
+            hadm_of(s),
+            s % 9_999_999,
+            n % 24,
+            220000 + rng.below(8000)
+        )
+    })?;
     Ok(())
 }
 
@@ -236,60 +184,44 @@ fn write_big(
         }
     }
     let bad = row(rng, 1, 0);
-    t.line(
-        &bad.replacen('1', "1000003X", 1)
-            .replacen("1000003X", "1000003X", 1),
-    )?;
+    t.line(&bad.replacen('1', "1000003X", 1).replacen("1000003X", "1000003X", 1))?;
     t.line("1,2,3")?;
     t.finish()?;
     Ok(())
 }
 
 /// MIMIC-IV-ED tables for the planned stays (and one stay per subject outside the cohort).
-pub fn write_ed(
-    dir: &Path,
-    _subjects: &[Subject],
-    world: &World,
-    gz: bool,
-    rng: &mut Rng,
-) -> anyhow::Result<()> {
+pub fn write_ed(dir: &Path, _subjects: &[Subject], world: &World, gz: bool, rng: &mut Rng) -> anyhow::Result<()> {
     let mut edstays = TableOut::mimic(
         dir,
         "edstays",
         "subject_id,hadm_id,stay_id,intime,outtime,gender,race,arrival_transport,disposition",
         gz,
     )?;
-    let mut triage = TableOut::mimic(dir, "triage", "subject_id,stay_id,temperature,heartrate,resprate,o2sat,sbp,dbp,pain,acuity,chiefcomplaint", gz)?;
+    let mut triage = TableOut::mimic(
+        dir,
+        "triage",
+        "subject_id,stay_id,temperature,heartrate,resprate,o2sat,sbp,dbp,pain,acuity,chiefcomplaint",
+        gz,
+    )?;
     let mut vitalsign = TableOut::mimic(
         dir,
         "vitalsign",
         "subject_id,stay_id,charttime,temperature,heartrate,resprate,o2sat,sbp,dbp,rhythm,pain",
         gz,
     )?;
-    let mut diagnosis = TableOut::mimic(
-        dir,
-        "diagnosis",
-        "subject_id,stay_id,seq_num,icd_code,icd_version,icd_title",
-        gz,
-    )?;
+    let mut diagnosis =
+        TableOut::mimic(dir, "diagnosis", "subject_id,stay_id,seq_num,icd_code,icd_version,icd_title", gz)?;
     let mut medrecon = TableOut::mimic(
         dir,
         "medrecon",
         "subject_id,stay_id,charttime,name,gsn,ndc,etc_rn,etccode,etcdescription",
         gz,
     )?;
-    let mut pyxis = TableOut::mimic(
-        dir,
-        "pyxis",
-        "subject_id,stay_id,charttime,med_rn,name,gsn_rn,gsn",
-        gz,
-    )?;
+    let mut pyxis = TableOut::mimic(dir, "pyxis", "subject_id,stay_id,charttime,med_rn,name,gsn_rn,gsn", gz)?;
     for st in &world.stays {
         let (s, id) = (st.subject, st.stay_id);
-        edstays.line(&format!(
-            "{s},{},{id},{},{},F,WHITE,AMBULANCE,ADMITTED",
-            st.hadm_id, st.intime, st.outtime
-        ))?;
+        edstays.line(&format!("{s},{},{id},{},{},F,WHITE,AMBULANCE,ADMITTED", st.hadm_id, st.intime, st.outtime))?;
         triage.line(&format!(
             "{s},{id},98.{},{}.0,18.0,97.0,116.0,88.0,{},3.0,\"Abdominal distention, SOB\"",
             rng.below(10),
@@ -303,10 +235,7 @@ pub fn write_ed(
             ))?;
         }
         diagnosis.line(&format!("{s},{id},1,R188,10,OTHER ASCITES"))?;
-        medrecon.line(&format!(
-            "{s},{id},{},furosemide,008209,00054429731,1,00000564,Diuretic - Loop",
-            st.intime
-        ))?;
+        medrecon.line(&format!("{s},{id},{},furosemide,008209,00054429731,1,00000564,Diuretic - Loop", st.intime))?;
         pyxis.line(&format!("{s},{id},{},1,Ondansetron,1,061716", st.intime))?;
     }
     for t in [edstays, triage, vitalsign, diagnosis, medrecon, pyxis] {

@@ -55,13 +55,7 @@ pub fn plan_world(subjects: &[Subject], rng: &mut Rng) -> World {
         let mut stay = |w: &mut World, intime: NaiveDateTime, outtime: NaiveDateTime| {
             next_stay += 1 + next_stay % 37;
             next_hadm += 1 + next_hadm % 41;
-            w.stays.push(StayPlan {
-                subject: s.id,
-                stay_id: next_stay,
-                hadm_id: next_hadm,
-                intime,
-                outtime,
-            });
+            w.stays.push(StayPlan { subject: s.id, stay_id: next_stay, hadm_id: next_hadm, intime, outtime });
             next_stay
         };
         let mut study = |w: &mut World,
@@ -89,110 +83,46 @@ pub fn plan_world(subjects: &[Subject], rng: &mut Rng) -> World {
         };
         if !s.in_cohort {
             let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-            study(
-                &mut w,
-                rng,
-                at(base, 13, 0, 0),
-                "130000.0".into(),
-                [Some(a), Some(a), Some(a)],
-                &["PA"],
-            );
+            study(&mut w, rng, at(base, 13, 0, 0), "130000.0".into(), [Some(a), Some(a), Some(a)], &["PA"]);
             continue;
         }
-        let views: &[&'static str] = if s.index % 3 == 0 {
-            &["PA", "LATERAL"]
-        } else {
-            &["AP"]
-        };
+        let views: &[&'static str] = if s.index % 3 == 0 { &["PA", "LATERAL"] } else { &["AP"] };
         match s.index % 6 {
             0 => {
                 let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-                study(
-                    &mut w,
-                    rng,
-                    at(base, 14, 30, 15),
-                    "143015.25".into(),
-                    [Some(a); 3],
-                    views,
-                );
+                study(&mut w, rng, at(base, 14, 30, 15), "143015.25".into(), [Some(a); 3], views);
             }
             1 => {
                 // Exactly at intime: the strict rule fails; the window rule finds the stay.
                 let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-                study(
-                    &mut w,
-                    rng,
-                    at(base, 12, 0, 0),
-                    "120000.0".into(),
-                    [None, None, Some(a)],
-                    views,
-                );
+                study(&mut w, rng, at(base, 12, 0, 0), "120000.0".into(), [None, None, Some(a)], views);
             }
             2 => {
                 // Inside two overlapping stays: never linked.
                 stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-                stay(
-                    &mut w,
-                    at(base, 15, 0, 0),
-                    at(base + Duration::days(1), 2, 0, 0),
-                );
-                study(
-                    &mut w,
-                    rng,
-                    at(base, 16, 0, 0),
-                    "160000.0".into(),
-                    [None; 3],
-                    views,
-                );
+                stay(&mut w, at(base, 15, 0, 0), at(base + Duration::days(1), 2, 0, 0));
+                study(&mut w, rng, at(base, 16, 0, 0), "160000.0".into(), [None; 3], views);
             }
             3 => {
                 // Before 10:00: links when padded (paper), never in release.
                 let a = stay(&mut w, at(base, 7, 0, 0), at(base, 11, 0, 0));
-                study(
-                    &mut w,
-                    rng,
-                    at(base, 8, 5, 56),
-                    "80556.875".into(),
-                    [Some(a), None, Some(a)],
-                    views,
-                );
+                study(&mut w, rng, at(base, 8, 5, 56), "80556.875".into(), [Some(a), None, Some(a)], views);
             }
             4 => {
                 // Three days after the stay: only within a 7-day window.
                 let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
                 let t = at(base + Duration::days(3), 10, 30, 0);
-                study(
-                    &mut w,
-                    rng,
-                    t,
-                    "103000.0".into(),
-                    [None, None, Some(a)],
-                    views,
-                );
+                study(&mut w, rng, t, "103000.0".into(), [None, None, Some(a)], views);
             }
             _ => {
                 // No ED stay at all.
-                study(
-                    &mut w,
-                    rng,
-                    at(base, 14, 0, 0),
-                    "140000.0".into(),
-                    [None; 3],
-                    views,
-                );
+                study(&mut w, rng, at(base, 14, 0, 0), "140000.0".into(), [None; 3], views);
             }
         }
         if s.index % 2 == 0 {
             let day = base + Duration::days(20);
             let c = stay(&mut w, at(day, 9, 30, 0), at(day, 18, 0, 0));
-            study(
-                &mut w,
-                rng,
-                at(day, 13, 20, 5),
-                "132005.0".into(),
-                [Some(c); 3],
-                &["PA"],
-            );
+            study(&mut w, rng, at(day, 13, 20, 5), "132005.0".into(), [Some(c); 3], &["PA"]);
         }
     }
     // Two EyeGaze images sharing a long prefix, so a short id matching both is ambiguous.
@@ -221,8 +151,7 @@ const MASTER_SHEET: &str = "dicom_id,path,study_id,patient_id,stay_id,gender,anc
 const GAZE: &str = "SESSION_ID,MEDIA_ID,DICOM_ID,CNT,Time (in secs),TIMETICK(f=10000000),FPOGX,FPOGY,FPOGS,FPOGD,FPOGID,FPOGV,BPOGX,BPOGY,BPOGV,LPCX,LPCY,LPD,LPS,LPV,RPCX,RPCY,RPD,RPS,RPV,BKID,BKDUR,BKPMIN,LPMM,LPMMV,RPMM,RPMMV,SACCADE_MAG,SACCADE_DIR,VID_FRAME,X_ORIGINAL,Y_ORIGINAL";
 const REFLACX_FIX: &str = "timestamp_start_fixation,timestamp_end_fixation,x_position,y_position,pupil_area_normalized,angular_resolution_x_pixels_per_degree,angular_resolution_y_pixels_per_degree,window_width,window_level,xmin_shown_from_image,ymin_shown_from_image,xmax_shown_from_image,ymax_shown_from_image,xmin_in_screen_coordinates,ymin_in_screen_coordinates,xmax_in_screen_coordinates,ymax_in_screen_coordinates";
 const REFLACX_GAZE: &str = "timestamp_sample,x_position,y_position,pupil_area_normalized,angular_resolution_x_pixels_per_degree,angular_resolution_y_pixels_per_degree,window_width,window_level,xmin_shown_from_image,ymin_shown_from_image,xmax_shown_from_image,ymax_shown_from_image,xmin_in_screen_coordinates,ymin_in_screen_coordinates,xmax_in_screen_coordinates,ymax_in_screen_coordinates";
-const INDEX_HTML: &[u8] =
-    b"<html><head><title>Index of /</title></head><body>wget mirror listing</body></html>\n";
+const INDEX_HTML: &[u8] = b"<html><head><title>Index of /</title></head><body>wget mirror listing</body></html>\n";
 
 fn subject_dir(subject: u64) -> String {
     let s = subject.to_string();
@@ -243,12 +172,7 @@ pub fn write_imaging(
     let mut meta = TableOut::mimic(&jpg, "mimic-cxr-2.0.0-metadata", CXR_METADATA, gz)?;
     let mut chexpert = TableOut::mimic(&jpg, "mimic-cxr-2.0.0-chexpert", CHEXPERT, gz)?;
     let mut negbio = TableOut::mimic(&jpg, "mimic-cxr-2.0.0-negbio", CHEXPERT, gz)?;
-    let mut split = TableOut::mimic(
-        &jpg,
-        "mimic-cxr-2.0.0-split",
-        "dicom_id,study_id,subject_id,split",
-        gz,
-    )?;
+    let mut split = TableOut::mimic(&jpg, "mimic-cxr-2.0.0-split", "dicom_id,study_id,subject_id,split", gz)?;
     let labels = ["", "1.0", "0.0", "-1.0"];
     for st in &w.studies {
         for (dicom, view) in &st.dicoms {
@@ -270,12 +194,7 @@ pub fn write_imaging(
         }
         for t in [&mut chexpert, &mut negbio] {
             let vals: Vec<&str> = (0..14).map(|_| *rng.pick(&labels)).collect();
-            t.line(&format!(
-                "{},{},{}",
-                st.subject,
-                st.study_id,
-                vals.join(",")
-            ))?;
+            t.line(&format!("{},{},{}", st.subject, st.study_id, vals.join(",")))?;
         }
         if !st.in_cohort {
             continue;
@@ -284,10 +203,7 @@ pub fn write_imaging(
         planted.linked_images_paper += st.dicoms.len() * usize::from(st.link_paper.is_some());
         planted.linked_images_release += st.dicoms.len() * usize::from(st.link_release.is_some());
         planted.linked_images_window7 += st.dicoms.len() * usize::from(st.link_window7.is_some());
-        let sdir = jpg
-            .join("files")
-            .join(subject_dir(st.subject))
-            .join(format!("s{}", st.study_id));
+        let sdir = jpg.join("files").join(subject_dir(st.subject)).join(format!("s{}", st.study_id));
         for (dicom, _) in &st.dicoms {
             let mut bytes = vec![0xFF, 0xD8, 0xFF, 0xE0];
             bytes.extend_from_slice(format!("fake jpeg {dicom}").as_bytes());
@@ -300,29 +216,16 @@ pub fn write_imaging(
             st.study_id
         );
         write_file(
-            &root
-                .join("mimic-cxr/files")
-                .join(subject_dir(st.subject))
-                .join(format!("s{}.txt", st.study_id)),
+            &root.join("mimic-cxr/files").join(subject_dir(st.subject)).join(format!("s{}.txt", st.study_id)),
             report.as_bytes(),
         )?;
     }
     for t in [meta, chexpert, negbio, split] {
         t.finish()?;
     }
-    planted.stays_paper = w
-        .studies
-        .iter()
-        .filter(|s| s.in_cohort)
-        .filter_map(|s| s.link_paper)
-        .collect::<BTreeSet<_>>()
-        .len();
-    let mut cohort: BTreeSet<u64> = w
-        .studies
-        .iter()
-        .filter(|s| s.in_cohort)
-        .map(|s| s.subject)
-        .collect();
+    planted.stays_paper =
+        w.studies.iter().filter(|s| s.in_cohort).filter_map(|s| s.link_paper).collect::<BTreeSet<_>>().len();
+    let mut cohort: BTreeSet<u64> = w.studies.iter().filter(|s| s.in_cohort).map(|s| s.subject).collect();
     write_reflacx(&root.join("reflacx"), w, rng, &mut planted)?;
     write_eye_gaze(&root.join("egd-cxr"), w, rng, &mut planted)?;
     planted.patients = cohort.len();
@@ -330,12 +233,7 @@ pub fn write_imaging(
     Ok(planted)
 }
 
-fn write_reflacx(
-    root: &Path,
-    w: &World,
-    rng: &mut Rng,
-    planted: &mut Planted,
-) -> anyhow::Result<()> {
+fn write_reflacx(root: &Path, w: &World, rng: &mut Rng, planted: &mut Planted) -> anyhow::Result<()> {
     let main = root.join("main_data");
     let mut phases = [
         TableOut::create(&main.join("metadata_phase_1.csv"), REFLACX_V1, false)?.crlf(),
@@ -343,27 +241,15 @@ fn write_reflacx(
         TableOut::create(&main.join("metadata_phase_3.csv"), REFLACX_V2, false)?.crlf(),
     ];
     write_file(&main.join("index.html"), INDEX_HTML)?;
-    let images: Vec<(&StudyPlan, &String)> = w
-        .studies
-        .iter()
-        .filter(|s| s.reflacx)
-        .flat_map(|s| s.dicoms.iter().map(move |(d, _)| (s, d)))
-        .collect();
+    let images: Vec<(&StudyPlan, &String)> =
+        w.studies.iter().filter(|s| s.reflacx).flat_map(|s| s.dicoms.iter().map(move |(d, _)| (s, d))).collect();
     let mut serial = 100_000u64;
     for (n, (study, dicom)) in images.iter().enumerate() {
         // The first image is read twice (two radiologists of phase 1).
-        let readings = if n == 0 {
-            vec![1, (n % 3) + 1]
-        } else {
-            vec![(n % 3) + 1]
-        };
+        let readings = if n == 0 { vec![1, (n % 3) + 1] } else { vec![(n % 3) + 1] };
         for phase in readings {
             serial += 1 + rng.below(7);
-            let id = if phase == 3 {
-                format!("P300R{serial}")
-            } else {
-                format!("P{phase}{:02}R{serial}", n % 100)
-            };
+            let id = if phase == 3 { format!("P300R{serial}") } else { format!("P{phase}{:02}R{serial}", n % 100) };
             let discarded = n == 3;
             let image = format!(
                 "physionet.org/files/mimic-cxr/2.0.0/files/{}/s{}/{dicom}.dcm",
@@ -373,13 +259,8 @@ fn write_reflacx(
             let v1 = phase == 1;
             let label_count = if v1 { 18 } else { 16 };
             let other_pos = if v1 { 10 } else { 11 };
-            let mut labels: Vec<String> =
-                (0..label_count).map(|_| rng.below(6).to_string()).collect();
-            labels[other_pos] = if n % 4 == 0 {
-                "\"scoliosis, mild\"".into()
-            } else {
-                String::new()
-            };
+            let mut labels: Vec<String> = (0..label_count).map(|_| rng.below(6).to_string()).collect();
+            labels[other_pos] = if n % 4 == 0 { "\"scoliosis, mild\"".into() } else { String::new() };
             let last = labels.len() - 1;
             if v1 {
                 labels[15] = rng.pick(&["True", "False"]).to_string(); // Quality issue
@@ -414,23 +295,15 @@ fn write_reflacx(
     Ok(())
 }
 
-fn write_reading(
-    root: &Path,
-    id: &str,
-    v1: bool,
-    discarded: bool,
-    rng: &mut Rng,
-) -> anyhow::Result<()> {
+fn write_reading(root: &Path, id: &str, v1: bool, discarded: bool, rng: &mut Rng) -> anyhow::Result<()> {
     let dir = root.join("main_data").join(id);
     let labels = if v1 {
         &REFLACX_V1[REFLACX_V1.find("Airway").unwrap_or(0)..]
     } else {
         &REFLACX_V2[REFLACX_V2.find("Abnormal").unwrap_or(0)..]
     };
-    let label_list: Vec<&str> = labels
-        .split(',')
-        .filter(|l| !matches!(*l, "Other" | "Quality issue" | "Support devices"))
-        .collect();
+    let label_list: Vec<&str> =
+        labels.split(',').filter(|l| !matches!(*l, "Other" | "Quality issue" | "Support devices")).collect();
     let mut ell = TableOut::create(
         &dir.join("anomaly_location_ellipses.csv"),
         &format!("xmin,ymin,xmax,ymax,certainty,{}", label_list.join(",")),
@@ -438,27 +311,13 @@ fn write_reading(
     )?
     .crlf();
     for _ in 0..(1 + rng.below(2)) {
-        let flags: Vec<&str> = label_list
-            .iter()
-            .map(|_| if rng.below(4) == 0 { "True" } else { "False" })
-            .collect();
+        let flags: Vec<&str> = label_list.iter().map(|_| if rng.below(4) == 0 { "True" } else { "False" }).collect();
         let x = 200 + rng.below(1000);
         let y = 300 + rng.below(1000);
-        ell.line(&format!(
-            "{x},{y},{},{},{},{}",
-            x + 500,
-            y + 600,
-            1 + rng.below(5),
-            flags.join(",")
-        ))?;
+        ell.line(&format!("{x},{y},{},{},{},{}", x + 500, y + 600, 1 + rng.below(5), flags.join(",")))?;
     }
     ell.finish()?;
-    let mut bbox = TableOut::create(
-        &dir.join("chest_bounding_box.csv"),
-        "xmin,ymin,xmax,ymax",
-        false,
-    )?
-    .crlf();
+    let mut bbox = TableOut::create(&dir.join("chest_bounding_box.csv"), "xmin,ymin,xmax,ymax", false)?.crlf();
     bbox.line("212,301,2398,2731")?;
     bbox.finish()?;
     write_file(&dir.join("index.html"), INDEX_HTML)?;
@@ -485,21 +344,14 @@ fn write_reading(
     )?
     .crlf();
     for (k, word) in ["the", "lungs", "are", "clear", "."].iter().enumerate() {
-        ts.line(&format!(
-            "{word},{:.3},{:.3}",
-            1.2 + k as f64 * 0.3,
-            1.4 + k as f64 * 0.3
-        ))?;
+        ts.line(&format!("{word},{:.3},{:.3}", 1.2 + k as f64 * 0.3, 1.4 + k as f64 * 0.3))?;
     }
     ts.finish()?;
     write_file(&dir.join("transcription.txt"), b"the lungs are clear .")?;
     let mut gaze = TableOut::create(&gaze_dir.join("gaze.csv"), REFLACX_GAZE, false)?.crlf();
     for k in 0..20 {
         if k == 7 {
-            gaze.line(&format!(
-                "{:.3},,,,,,0.81412,0.42155,0,0,2544,3056,660,0,2459,2160",
-                k as f64 * 0.001
-            ))?;
+            gaze.line(&format!("{:.3},,,,,,0.81412,0.42155,0,0,2544,3056,660,0,2459,2160", k as f64 * 0.001))?;
         } else {
             gaze.line(&format!(
                 "{:.3},{},{},0.958,54,54,0.81412,0.42155,0,0,2544,3056,660,0,2459,2160",
@@ -524,18 +376,9 @@ fn gaze_row(rng: &mut Rng, session: u64, dicom: &str, cnt: u64) -> String {
     )
 }
 
-fn write_eye_gaze(
-    root: &Path,
-    w: &World,
-    rng: &mut Rng,
-    planted: &mut Planted,
-) -> anyhow::Result<()> {
-    let images: Vec<(&StudyPlan, &String)> = w
-        .studies
-        .iter()
-        .filter(|s| s.eye_gaze)
-        .flat_map(|s| s.dicoms.iter().map(move |(d, _)| (s, d)))
-        .collect();
+fn write_eye_gaze(root: &Path, w: &World, rng: &mut Rng, planted: &mut Planted) -> anyhow::Result<()> {
+    let images: Vec<(&StudyPlan, &String)> =
+        w.studies.iter().filter(|s| s.eye_gaze).flat_map(|s| s.dicoms.iter().map(move |(d, _)| (s, d))).collect();
     let mut sheet = TableOut::create(&root.join("master_sheet.csv"), MASTER_SHEET, false)?;
     let flags = vec!["0"; 14].join(",");
     let chx = vec![""; 14].join(",");
@@ -547,28 +390,17 @@ fn write_eye_gaze(
             subject_dir(study.subject), study.study_id, study.study_id, study.subject,
             rng.pick(&["F", "M"]), rng.pick(&["40 - 50", "50 - 60", "60 - 70"])
         ))?;
-        let t = root
-            .join("audio_segmentation_transcripts")
-            .join(dicom.as_str());
+        let t = root.join("audio_segmentation_transcripts").join(dicom.as_str());
         write_file(&t.join("transcript.json"), b"{\n  \"full_text\": \"The lungs are clear. \",\n  \"time_stamped_text\": [\n    {\n      \"begin_time\": 0.6,\n      \"end_time\": 1.4,\n      \"phrase\": \"The lungs are clear.\"\n    }\n  ]\n}")?;
         write_file(&t.join("audio.wav"), b"RIFF\x24\0\0\0WAVEfmt ")?;
-        for mask in [
-            "left_lung.png",
-            "right_lung.png",
-            "mediastanum.png",
-            "aortic_knob.png",
-        ] {
+        for mask in ["left_lung.png", "right_lung.png", "mediastanum.png", "aortic_knob.png"] {
             write_file(&t.join(mask), b"\x89PNG\r\n\x1a\nfake")?;
         }
         write_file(&t.join("index.html"), INDEX_HTML)?;
     }
     sheet.finish()?;
     write_file(&root.join("index.html"), INDEX_HTML)?;
-    let mut bbox = TableOut::create(
-        &root.join("bounding_boxes.csv"),
-        "dicom_id,bbox_name,x1,x2,y1,y2",
-        false,
-    )?;
+    let mut bbox = TableOut::create(&root.join("bounding_boxes.csv"), "dicom_id,bbox_name,x1,x2,y1,y2", false)?;
     for (_, dicom) in &images {
         for name in ["cardiac silhouette", "left clavicle", "right lung"] {
             bbox.line(&format!(
@@ -593,11 +425,7 @@ fn write_eye_gaze(
         for (k, (_, dicom)) in images.iter().enumerate() {
             let session = 1 + k as u64 / 30;
             // Image 1 appears only under a cut-short id with one candidate: replaced.
-            let id: String = if k == 1 {
-                dicom[..30].to_string()
-            } else {
-                dicom.to_string()
-            };
+            let id: String = if k == 1 { dicom[..30].to_string() } else { dicom.to_string() };
             if k == 1 {
                 count(&mut short.replaced_rows, per_image);
                 short.replaced_id = dicom.to_string();

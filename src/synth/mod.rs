@@ -85,7 +85,12 @@ impl Planted {
     pub fn describe(&self) -> String {
         format!(
             "{} patients, {} images, linked images {} (paper) / {} (release) / {} (window 7 days), {} REFLACX readings",
-            self.patients, self.images, self.linked_images_paper, self.linked_images_release, self.linked_images_window7, self.reflacx_readings
+            self.patients,
+            self.images,
+            self.linked_images_paper,
+            self.linked_images_release,
+            self.linked_images_window7,
+            self.reflacx_readings
         )
     }
 }
@@ -143,18 +148,8 @@ impl TableOut {
             fs::create_dir_all(dir)?;
         }
         let file = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        let inner = if gzip {
-            Out::Gzip(GzEncoder::new(file, Compression::fast()))
-        } else {
-            Out::Plain(file)
-        };
-        let mut t = Self {
-            path: path.to_path_buf(),
-            inner,
-            rows: 0,
-            member_rows: 0,
-            crlf: false,
-        };
+        let inner = if gzip { Out::Gzip(GzEncoder::new(file, Compression::fast())) } else { Out::Plain(file) };
+        let mut t = Self { path: path.to_path_buf(), inner, rows: 0, member_rows: 0, crlf: false };
         t.line(header)?;
         t.rows = 0;
         Ok(t)
@@ -162,11 +157,7 @@ impl TableOut {
 
     /// A MIMIC table: `<dir>/<name>.csv[.gz]`.
     pub fn mimic(dir: &Path, name: &str, header: &str, gzip: bool) -> io::Result<Self> {
-        let file = if gzip {
-            format!("{name}.csv.gz")
-        } else {
-            format!("{name}.csv")
-        };
+        let file = if gzip { format!("{name}.csv.gz") } else { format!("{name}.csv") };
         let mut t = Self::create(&dir.join(file), header, gzip)?;
         t.member_rows = 50_000; // several gzip members, as concatenated downloads have
         Ok(t)
@@ -195,10 +186,7 @@ impl TableOut {
 
     fn new_member(&mut self) -> io::Result<()> {
         if let Out::Gzip(_) = self.inner {
-            let old = std::mem::replace(
-                &mut self.inner,
-                Out::Plain(BufWriter::new(File::open("/dev/null")?)),
-            );
+            let old = std::mem::replace(&mut self.inner, Out::Plain(BufWriter::new(File::open("/dev/null")?)));
             if let Out::Gzip(enc) = old {
                 let file = enc.finish()?;
                 self.inner = Out::Gzip(GzEncoder::new(file, Compression::fast()));
@@ -212,10 +200,7 @@ impl TableOut {
             Out::Plain(w) => w,
             Out::Gzip(enc) => enc.finish()?,
         };
-        file.into_inner()
-            .map_err(|e| e.into_error())?
-            .sync_all()
-            .with_context_io(&self.path)
+        file.into_inner().map_err(|e| e.into_error())?.sync_all().with_context_io(&self.path)
     }
 }
 
@@ -256,11 +241,8 @@ pub fn generate(root: &Path, spec: &SynthSpec) -> anyhow::Result<Planted> {
                 in_cohort: true,
                 index: i,
             });
-            let others = (0..spec.others).map(|i| Subject {
-                id: 11_000_000 + 1_013 * i as u64 + 7,
-                in_cohort: false,
-                index: i,
-            });
+            let others =
+                (0..spec.others).map(|i| Subject { id: 11_000_000 + 1_013 * i as u64 + 7, in_cohort: false, index: i });
             cohort.chain(others).collect()
         }
     };
@@ -268,17 +250,8 @@ pub fn generate(root: &Path, spec: &SynthSpec) -> anyhow::Result<Planted> {
     if spec.mimiciv.is_none() {
         clinical::write_mimiciv(&root.join("mimiciv"), &subjects, &world, spec, &mut rng)?;
     }
-    clinical::write_ed(
-        &root.join("mimic-iv-ed/ed"),
-        &subjects,
-        &world,
-        spec.gzip,
-        &mut rng,
-    )?;
+    clinical::write_ed(&root.join("mimic-iv-ed/ed"), &subjects, &world, spec.gzip, &mut rng)?;
     let planted = imaging::write_imaging(root, &subjects, &world, spec, &mut rng)?;
-    write_file(
-        &root.join("synth-planted.json"),
-        &serde_json::to_vec_pretty(&planted)?,
-    )?;
+    write_file(&root.join("synth-planted.json"), &serde_json::to_vec_pretty(&planted)?)?;
     Ok(planted)
 }

@@ -38,12 +38,7 @@ pub fn synth(dir: &Path, args: &[&str]) -> serde_json::Value {
 
 pub fn build(input: &Path, output: &Path, args: &[&str]) -> serde_json::Value {
     let mut cmd = bin();
-    cmd.arg("build")
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(args);
+    cmd.arg("build").arg("--input").arg(input).arg("--output").arg(output).args(args);
     run_ok(&mut cmd);
     summary(output)
 }
@@ -57,9 +52,7 @@ pub fn read_table(path: &Path) -> Vec<u8> {
     let raw = fs::read(path).unwrap();
     if path.extension().is_some_and(|e| e == "gz") {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .unwrap();
+        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
         out
     } else {
         raw
@@ -91,10 +84,6 @@ pub fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 pub fn assert_balanced(summary: &serde_json::Value) {
     for (table, c) in summary["tables"].as_object().unwrap() {
         let n = |k: &str| c[k].as_u64().unwrap();
-        assert_eq!(
-            n("read"),
-            n("written") + n("outside_cohort") + n("rejected"),
-            "row balance of {table}"
-        );
+        assert_eq!(n("read"), n("written") + n("outside_cohort") + n("rejected"), "row balance of {table}");
     }
 }

@@ -25,25 +25,14 @@ pub struct Repair {
 
 /// Decides every short id of a table. `valid_known` are the master sheet's ids; `in_table` are
 /// the distinct ids of the table itself.
-pub fn decide(
-    valid_known: &BTreeSet<String>,
-    in_table: &BTreeSet<Vec<u8>>,
-    profile: Profile,
-) -> Repair {
-    let table_valid: BTreeSet<String> = in_table
-        .iter()
-        .filter(|k| DicomId::is_valid(k))
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect();
+pub fn decide(valid_known: &BTreeSet<String>, in_table: &BTreeSet<Vec<u8>>, profile: Profile) -> Repair {
+    let table_valid: BTreeSet<String> =
+        in_table.iter().filter(|k| DicomId::is_valid(k)).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
     let candidates_of = |short: &str| -> Vec<&String> {
         let mut c: Vec<&String> = valid_known
             .range(short.to_string()..)
             .take_while(|v| v.starts_with(short))
-            .chain(
-                table_valid
-                    .range(short.to_string()..)
-                    .take_while(|v| v.starts_with(short)),
-            )
+            .chain(table_valid.range(short.to_string()..).take_while(|v| v.starts_with(short)))
             .collect();
         c.sort();
         c.dedup();
@@ -131,24 +120,15 @@ impl Repair {
                     data.extend_from_slice(full);
                     let key_end = data.len() as u32;
                     data.extend_from_slice(&old[ke..r.span.end as usize]);
-                    r.key = Span {
-                        start: key_start,
-                        end: key_end,
-                    };
+                    r.key = Span { start: key_start, end: key_end };
                 }
                 None => {
                     let shift = |p: u32| p - r.span.start + start;
                     data.extend_from_slice(r.span.slice(old));
-                    r.key = Span {
-                        start: shift(r.key.start),
-                        end: shift(r.key.end),
-                    };
+                    r.key = Span { start: shift(r.key.start), end: shift(r.key.end) };
                 }
             }
-            r.span = Span {
-                start,
-                end: data.len() as u32,
-            };
+            r.span = Span { start, end: data.len() as u32 };
         }
         batch.data = data;
         batch
@@ -169,10 +149,7 @@ mod tests {
 
     #[test]
     fn each_repair_case() {
-        let known: BTreeSet<String> = [FULL_A, FULL_B, FULL_C]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let known: BTreeSet<String> = [FULL_A, FULL_B, FULL_C].iter().map(|s| s.to_string()).collect();
         let table = set(&[
             FULL_C,
             "12345678-bbbb",
@@ -182,31 +159,17 @@ mod tests {
             &format!("{FULL_A}_calibration"),
         ]);
         let r = decide(&known, &table, Profile::Paper);
-        assert_eq!(
-            r.decisions[b"12345678-bbbb".as_slice()],
-            Decision::Reject(Defect::ShortIdDuplicate)
-        );
+        assert_eq!(r.decisions[b"12345678-bbbb".as_slice()], Decision::Reject(Defect::ShortIdDuplicate));
         assert_eq!(
             r.decisions[b"aaaaaaaa-bbbbbbbb-cccccccc-dddddddd-e".as_slice()],
             Decision::Replace(FULL_A.as_bytes().to_vec())
         );
-        assert_eq!(
-            r.decisions[b"aaaaaaaa-bbbb".as_slice()],
-            Decision::Reject(Defect::ShortIdAmbiguous)
-        );
-        assert_eq!(
-            r.decisions[b"99999999-aa".as_slice()],
-            Decision::Reject(Defect::ShortIdNoCandidate)
-        );
-        assert!(!r
-            .decisions
-            .contains_key(format!("{FULL_A}_calibration").as_bytes()));
+        assert_eq!(r.decisions[b"aaaaaaaa-bbbb".as_slice()], Decision::Reject(Defect::ShortIdAmbiguous));
+        assert_eq!(r.decisions[b"99999999-aa".as_slice()], Decision::Reject(Defect::ShortIdNoCandidate));
+        assert!(!r.decisions.contains_key(format!("{FULL_A}_calibration").as_bytes()));
 
         let r = decide(&known, &table, Profile::Release);
-        assert_eq!(
-            r.decisions[b"12345678-bbbb".as_slice()],
-            Decision::Reject(Defect::ShortIdDuplicate)
-        );
+        assert_eq!(r.decisions[b"12345678-bbbb".as_slice()], Decision::Reject(Defect::ShortIdDuplicate));
         assert_eq!(
             r.decisions[b"aaaaaaaa-bbbbbbbb-cccccccc-dddddddd-e".as_slice()],
             Decision::Reject(Defect::ShortIdUnrepaired)

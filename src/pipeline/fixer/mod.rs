@@ -42,11 +42,7 @@ impl Fix {
         match self {
             Fix::EyeGazeIds { profile } => {
                 let ids = eyegaze::distinct_ids(path)?;
-                let known = links
-                    .eye_gaze_dicoms
-                    .iter()
-                    .map(|d| d.as_str().to_string())
-                    .collect();
+                let known = links.eye_gaze_dicoms.iter().map(|d| d.as_str().to_string()).collect();
                 let repair = eyegaze::decide(&known, &ids, *profile);
                 tracing::info!(table = %path.display(), short_ids = repair.decisions.len(), "EyeGaze DICOM_ID repair decided");
                 Ok(PreparedFix { repair })
@@ -79,19 +75,13 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
     let side = crate::input::side_inputs(&ctx.config);
     let mut done = Vec::new();
     if !side.reflacx_phases.is_empty() {
-        let phases: Vec<SmallTable> = side
-            .reflacx_phases
-            .iter()
-            .map(|p| SmallTable::read(p))
-            .collect::<Result<_, _>>()?;
+        let phases: Vec<SmallTable> =
+            side.reflacx_phases.iter().map(|p| SmallTable::read(p)).collect::<Result<_, _>>()?;
         let mut table = reflacx::stack(&phases);
         if ctx.config.profile == Profile::Paper {
             table = reflacx::merge(&table, reflacx::max_certainty);
         }
-        let rejects: Vec<_> = phases
-            .iter()
-            .flat_map(|p| p.rejects.iter().cloned())
-            .collect();
+        let rejects: Vec<_> = phases.iter().flat_map(|p| p.rejects.iter().cloned()).collect();
         done.push((
             "reflacx/metadata".to_string(),
             write_columns(
@@ -110,10 +100,7 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
         let sheet = SmallTable::read(path)?;
         let d = sheet.require("dicom_id")?;
         let s = sheet.require("stay_id")?;
-        let mut table = reflacx::Columns {
-            names: sheet.header.names.clone(),
-            rows: Vec::new(),
-        };
+        let mut table = reflacx::Columns { names: sheet.header.names.clone(), rows: Vec::new() };
         for row in &sheet.rows {
             let mut fields = row.fields.clone();
             let stay = crate::ids::DicomId::parse(field(&fields, d))
@@ -150,18 +137,12 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
         if from.exists() {
             let job = "egd-cxr/eye_gaze_release_copy";
             let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
-            let staged = publish::staging_dir(&ctx.config.output, job).join(&rel);
-            let io = |cause| JobError::Write {
-                path: staged.clone(),
-                cause,
-            };
-            std::fs::create_dir_all(staged.parent().unwrap_or(Path::new("."))).map_err(io)?;
+            let staging = publish::staging_dir(&ctx.config.output, job);
+            let staged = publish::staged_path(&staging, &rel);
+            let io = |cause| JobError::Write { path: staged.clone(), cause };
+            std::fs::create_dir_all(&staging).map_err(io)?;
             std::fs::copy(&from, &staged).map_err(io)?;
-            let manifest = publish::Manifest {
-                job: job.into(),
-                files: vec![rel],
-                ..Default::default()
-            };
+            let manifest = publish::Manifest { job: job.into(), files: vec![rel], ..Default::default() };
             publish::publish(&ctx.config.output, manifest).map_err(io)?;
         }
     }
@@ -184,18 +165,9 @@ fn write_columns(
     let k = table.names.iter().position(|n| n.eq_ignore_ascii_case(key));
     let names: Vec<Vec<u8>> = table.names.iter().map(|n| n.as_bytes().to_vec()).collect();
     let header = raw_record(&names);
-    let keys: Vec<Vec<u8>> = table
-        .rows
-        .iter()
-        .map(|r| k.map(|k| field(r, k).to_vec()).unwrap_or_default())
-        .collect();
+    let keys: Vec<Vec<u8>> = table.rows.iter().map(|r| k.map(|k| field(r, k).to_vec()).unwrap_or_default()).collect();
     let mut batch = batch_of(
-        table
-            .rows
-            .iter()
-            .zip(&keys)
-            .enumerate()
-            .map(|(i, (r, key))| (i as u64, raw_record(r), key.as_slice())),
+        table.rows.iter().zip(&keys).enumerate().map(|(i, (r, key))| (i as u64, raw_record(r), key.as_slice())),
     );
     append_rejects(&mut batch, rejects);
     write_derived(

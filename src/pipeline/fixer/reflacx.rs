@@ -5,22 +5,9 @@ use crate::pipeline::reader::SmallTable;
 
 /// Each merged class and the labels it takes (the first is the class itself).
 pub const MERGES: [(&str, &[&str]); 3] = [
-    (
-        "Lung nodule or mass",
-        &["Lung nodule or mass", "Mass", "Nodule"],
-    ),
-    (
-        "High lung volume / emphysema",
-        &["High lung volume / emphysema", "Emphysema"],
-    ),
-    (
-        "Pleural abnormality",
-        &[
-            "Pleural abnormality",
-            "Pleural thickening",
-            "Pleural effusion",
-        ],
-    ),
+    ("Lung nodule or mass", &["Lung nodule or mass", "Mass", "Nodule"]),
+    ("High lung volume / emphysema", &["High lung volume / emphysema", "Emphysema"]),
+    ("Pleural abnormality", &["Pleural abnormality", "Pleural thickening", "Pleural effusion"]),
 ];
 
 /// A decoded table: column names and rows of fields.
@@ -42,19 +29,9 @@ pub fn stack(phases: &[SmallTable]) -> Columns {
     }
     let mut rows = Vec::new();
     for p in phases {
-        let map: Vec<Option<usize>> = names
-            .iter()
-            .map(|n| p.header.names.iter().position(|m| m == n))
-            .collect();
+        let map: Vec<Option<usize>> = names.iter().map(|n| p.header.names.iter().position(|m| m == n)).collect();
         for row in &p.rows {
-            rows.push(
-                map.iter()
-                    .map(|i| {
-                        i.and_then(|i| row.fields.get(i).cloned())
-                            .unwrap_or_default()
-                    })
-                    .collect(),
-            );
+            rows.push(map.iter().map(|i| i.and_then(|i| row.fields.get(i).cloned()).unwrap_or_default()).collect());
         }
     }
     Columns { names, rows }
@@ -66,10 +43,7 @@ pub fn stack(phases: &[SmallTable]) -> Columns {
 pub fn merge(table: &Columns, combine: fn(&[&[u8]]) -> Vec<u8>) -> Columns {
     let mut out = table.clone();
     for (target, sources) in MERGES {
-        let present: Vec<usize> = sources
-            .iter()
-            .filter_map(|s| out.names.iter().position(|n| n == s))
-            .collect();
+        let present: Vec<usize> = sources.iter().filter_map(|s| out.names.iter().position(|n| n == s)).collect();
         if present.is_empty() {
             continue;
         }
@@ -88,15 +62,8 @@ pub fn merge(table: &Columns, combine: fn(&[&[u8]]) -> Vec<u8>) -> Columns {
             row[target_col] = combine(&values);
         }
     }
-    let drop: Vec<bool> = out
-        .names
-        .iter()
-        .map(|n| {
-            MERGES
-                .iter()
-                .any(|(t, s)| n != t && s.contains(&n.as_str()))
-        })
-        .collect();
+    let drop: Vec<bool> =
+        out.names.iter().map(|n| MERGES.iter().any(|(t, s)| n != t && s.contains(&n.as_str()))).collect();
     retain_columns(&mut out.names, &drop);
     for row in &mut out.rows {
         retain_columns(row, &drop);
@@ -117,14 +84,7 @@ pub fn max_certainty(values: &[&[u8]]) -> Vec<u8> {
     values
         .iter()
         .filter(|v| !v.is_empty())
-        .filter_map(|v| {
-            std::str::from_utf8(v)
-                .ok()?
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .map(|f| (f, *v))
-        })
+        .filter_map(|v| std::str::from_utf8(v).ok()?.trim().parse::<f64>().ok().map(|f| (f, *v)))
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, v)| v.to_vec())
         .unwrap_or_default()
@@ -135,9 +95,7 @@ pub fn any_true(values: &[&[u8]]) -> Vec<u8> {
     if values.iter().all(|v| v.is_empty()) {
         return Vec::new();
     }
-    let t = values
-        .iter()
-        .any(|v| v.eq_ignore_ascii_case(b"true") || *v == b"1" || *v == b"1.0");
+    let t = values.iter().any(|v| v.eq_ignore_ascii_case(b"true") || *v == b"1" || *v == b"1.0");
     if t {
         b"True".to_vec()
     } else {
@@ -164,26 +122,14 @@ mod tests {
     fn cols(names: &[&str], rows: &[&[&str]]) -> Columns {
         Columns {
             names: names.iter().map(|s| s.to_string()).collect(),
-            rows: rows
-                .iter()
-                .map(|r| r.iter().map(|v| v.as_bytes().to_vec()).collect())
-                .collect(),
+            rows: rows.iter().map(|r| r.iter().map(|v| v.as_bytes().to_vec()).collect()).collect(),
         }
     }
 
     #[test]
     fn v1_ellipses_gain_targets_and_lose_sources() {
         let v1 = cols(
-            &[
-                "xmin",
-                "certainty",
-                "Emphysema",
-                "Fracture",
-                "Mass",
-                "Nodule",
-                "Pleural effusion",
-                "Pleural thickening",
-            ],
+            &["xmin", "certainty", "Emphysema", "Fracture", "Mass", "Nodule", "Pleural effusion", "Pleural thickening"],
             &[&["1", "4", "False", "True", "False", "True", "False", "False"]],
         );
         let m = merge(&v1, any_true);
@@ -206,12 +152,7 @@ mod tests {
     #[test]
     fn v2_ellipses_are_unchanged() {
         let v2 = cols(
-            &[
-                "xmin",
-                "Acute fracture",
-                "Lung nodule or mass",
-                "Pleural abnormality",
-            ],
+            &["xmin", "Acute fracture", "Lung nodule or mass", "Pleural abnormality"],
             &[&["1", "False", "True", "False"]],
         );
         assert_eq!(merge(&v2, any_true), v2);
@@ -220,14 +161,7 @@ mod tests {
     #[test]
     fn metadata_takes_the_max_of_non_empty_sources() {
         let stacked = cols(
-            &[
-                "id",
-                "Mass",
-                "Nodule",
-                "Lung nodule or mass",
-                "Emphysema",
-                "High lung volume / emphysema",
-            ],
+            &["id", "Mass", "Nodule", "Lung nodule or mass", "Emphysema", "High lung volume / emphysema"],
             &[&["P1", "2", "4", "", "0", ""], &["P3", "", "", "3", "", ""]],
         );
         let m = merge(&stacked, max_certainty);

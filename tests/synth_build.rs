@@ -1,0 +1,236 @@
+//! End to end on a synth tree: headline counts, linking, fixes and copied folders in both
+//! profiles, checked against what the generator planted.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use common::*;
+
+fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::ReaderBuilder::new().has_headers(true).from_path(path).unwrap();
+    let header = r.headers().unwrap().iter().map(str::to_string).collect();
+    let rows = r.records().map(|x| x.unwrap().iter().map(str::to_string).collect()).collect();
+    (header, rows)
+}
+
+fn col(header: &[String], name: &str) -> usize {
+    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+fn walk(root: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in fs::read_dir(root).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            walk(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
+    }
+}
+
+struct World {
+    _tmp: tempfile::TempDir,
+    input: std::path::PathBuf,
+    planted: serde_json::Value,
+}
+
+fn world() -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let planted = synth(&input, &["--patients", "30", "--others", "20", "--seed", "3"]);
+    World { _tmp: tmp, input, planted }
+}
+
+#[test]
+fn paper_profile_matches_what_was_planted() {
+    let w = world();
+    let out = w.input.parent().unwrap().join("out");
+    let s = build(&w.input, &out, &[]);
+    let p = &w.planted;
+    assert_balanced(&s);
+    assert_eq!(s["profile"], "paper");
+    assert_eq!(s["patients"], p["patients"]);
+    assert_eq!(s["images"], p["images"]);
+    assert_eq!(s["linked_images"], p["linked_images_paper"]);
+    assert_eq!(s["stays"], p["stays_paper"]);
+    assert!(s["failed"].as_object().unwrap().is_empty(), "{}", s["failed"]);
+
+    // cxr_meta: every subset row; the stay-only file holds exactly the linked ones.
+    let (h, rows) = csv_rows(&out.join("spreadsheets/cxr_meta.csv"));
+    assert_eq!(rows.len() as u64, p["images"].as_u64().unwrap());
+    assert_eq!(&h[h.len() - 4..], ["in_eye_gaze", "in_reflacx", "StudyDateTime", "stay_id"]);
+    let stay_col = col(&h, "stay_id");
+    let linked: Vec<&Vec<String>> = rows.iter().filter(|r| !r[stay_col].is_empty()).collect();
+    let (_, only) = csv_rows(&out.join("spreadsheets/cxr_meta_with_stay_id_only.csv"));
+    assert_eq!(only.len(), linked.len());
+    // A study before 10:00 is padded and linked in paper.
+    let t = col(&h, "StudyTime");
+    let early = rows.iter().find(|r| r[t] == "80556.875").expect("planted early study");
+    assert!(!early[stay_col].is_empty(), "early study not linked in paper");
+    assert!(early[col(&h, "StudyDateTime")].ends_with(" 08:05:56.875"));
+
+    // EyeGaze repair: counts per planted case, and the replaced rows land at their patient.
+    let sh = &p["eye_gaze_short_ids"];
+    let n = |k: &str| sh[k].as_u64().unwrap();
+    let eg = &s["tables"]["egd-cxr/eye_gaze"];
+    assert_eq!(eg["rejected"].as_u64().unwrap(), n("dropped_rows") + n("no_candidate_rows") + n("ambiguous_rows"));
+    assert_eq!(eg["outside_cohort"].as_u64().unwrap(), n("calibration_rows"));
+    let replaced = sh["replaced_id"].as_str().unwrap();
+    let (mh, master) = csv_rows(&out.join("spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv"));
+    let owner = &master.iter().find(|r| r[col(&mh, "dicom_id")] == replaced).unwrap()[col(&mh, "patient_id")];
+    let (gh, gaze) = csv_rows(&out.join(format!("patient_{owner}/EyeGaze/eye_gaze.csv")));
+    let with_full = gaze.iter().filter(|r| r[col(&gh, "DICOM_ID")] == replaced).count() as u64;
+    assert_eq!(with_full, n("replaced_rows"));
+    assert!(gaze.iter().all(|r| r[col(&gh, "DICOM_ID")].len() == 44));
+    let rejects = fs::read_to_string(out.join(".mimic-eye/rejects/egd-cxr/eye_gaze.csv")).unwrap();
+    assert!(
+        rejects.contains("matches several valid ids")
+            && rejects.contains("matches no valid id")
+            && rejects.contains("dropped")
+    );
+
+    // Master sheet: the stale stay_id is replaced by the linked one (integer or empty).
+    let cxr_stay: BTreeMap<&str, &str> =
+        rows.iter().map(|r| (r[col(&h, "dicom_id")].as_str(), r[stay_col].as_str())).collect();
+    for r in &master {
+        assert_eq!(r[col(&mh, "stay_id")], cxr_stay[r[col(&mh, "dicom_id")].as_str()]);
+    }
+    assert_eq!(master.len(), s["eye_gaze"]["images"].as_u64().unwrap() as usize);
+
+    // REFLACX: 21 merged classes, source-only columns gone, every reading's subject has it.
+    let (rh, readings) = csv_rows(&out.join("spreadsheets/REFLACX/metadata.csv"));
+    for gone in ["Mass", "Nodule", "Emphysema", "Pleural effusion", "Pleural thickening"] {
+        assert!(!rh.contains(&gone.to_string()), "{gone} still in merged metadata");
+    }
+    for kept in
+        ["Lung nodule or mass", "High lung volume / emphysema", "Pleural abnormality", "Fracture", "Acute fracture"]
+    {
+        assert!(rh.contains(&kept.to_string()));
+    }
+    assert_eq!(readings.len() as u64, p["reflacx_readings"].as_u64().unwrap());
+    let sid = readings[0][col(&rh, "subject_id")].clone();
+    let (ph, prow) = csv_rows(&out.join(format!("patient_{sid}/REFLACX/metadata.csv")));
+    // A per-patient subset keeps all columns of the whole table.
+    assert_eq!(ph, rh);
+    assert!(!prow.is_empty());
+}
+
+#[test]
+fn release_profile_reproduces_the_original_build() {
+    let w = world();
+    let out = w.input.parent().unwrap().join("out");
+    let s = build(&w.input, &out, &["--profile", "release"]);
+    assert_balanced(&s);
+    assert_eq!(s["linked_images"], w.planted["linked_images_release"]);
+    let (h, rows) = csv_rows(&out.join("spreadsheets/cxr_meta.csv"));
+    let t = col(&h, "StudyTime");
+    let early = rows.iter().find(|r| r[t] == "80556.875").unwrap();
+    assert!(early[col(&h, "stay_id")].is_empty(), "a study before 10:00 must not link in release");
+    assert!(!early[col(&h, "StudyDateTime")].contains(' '), "release writes the float of the text");
+    // Master sheet stays as pandas floats.
+    let (mh, master) = csv_rows(&out.join("spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv"));
+    for r in &master {
+        let v = &r[col(&mh, "stay_id")];
+        assert!(v == "nan" || v.ends_with(".0"), "{v}");
+    }
+    // The original's slip: spreadsheets/EyeGaze/eye_gaze.csv is fixations.csv.
+    assert_eq!(
+        fs::read(out.join("spreadsheets/EyeGaze/eye_gaze.csv")).unwrap(),
+        fs::read(out.join("spreadsheets/EyeGaze/fixations.csv")).unwrap()
+    );
+    // Labels untouched; fixations not repaired (short ids belong to nobody).
+    let (rh, _) = csv_rows(&out.join("spreadsheets/REFLACX/metadata.csv"));
+    assert!(rh.contains(&"Mass".to_string()) && rh.contains(&"Lung nodule or mass".to_string()));
+    let sh = &w.planted["eye_gaze_short_ids"];
+    let n = |k: &str| sh[k].as_u64().unwrap();
+    assert_eq!(s["tables"]["egd-cxr/fixations"]["rejected"].as_u64().unwrap(), 0);
+    assert_eq!(
+        s["tables"]["egd-cxr/eye_gaze"]["rejected"].as_u64().unwrap(),
+        n("dropped_rows") + n("replaced_rows") + n("no_candidate_rows") + n("ambiguous_rows")
+    );
+}
+
+#[test]
+fn window_days_links_studies_near_a_stay() {
+    let w = world();
+    let out = w.input.parent().unwrap().join("out");
+    let s = build(&w.input, &out, &["--window-days", "7"]);
+    assert_eq!(s["linked_images"], w.planted["linked_images_window7"]);
+    assert_eq!(s["window_days"], 7);
+}
+
+#[test]
+fn copied_folders_are_byte_identical_hard_links_without_index_html() {
+    let w = world();
+    let out = w.input.parent().unwrap().join("out");
+    let s = build(&w.input, &out, &[]);
+    let mut files = Vec::new();
+    walk(&out, &mut files);
+    assert!(files.iter().all(|f| f.file_name().unwrap() != "index.html"), "index.html copied");
+    let (mut jpgs, mut ellipses, mut reports) = (0, 0, 0);
+    for f in &files {
+        let rel = f.strip_prefix(&out).unwrap().to_string_lossy().to_string();
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".jpg") {
+            // patient_<sid>/CXR-JPG/s<study>/<dicom>.jpg
+            let parts: Vec<&str> = rel.split('/').collect();
+            let sid = parts[0].trim_start_matches("patient_");
+            let src = w.input.join(format!("mimic-cxr-jpg/files/p{}/p{sid}/{}/{}", &sid[..2], parts[2], parts[3]));
+            assert_eq!(fs::read(f).unwrap(), fs::read(&src).unwrap());
+            assert_eq!(fs::metadata(f).unwrap().ino(), fs::metadata(&src).unwrap().ino(), "not hard-linked");
+            jpgs += 1;
+        } else if name == "anomaly_location_ellipses.csv" {
+            let text = fs::read_to_string(f).unwrap();
+            let header = text.lines().next().unwrap();
+            assert!(!header.split(',').any(|c| c == "Mass" || c == "Nodule" || c == "Emphysema"), "{header}");
+            assert!(text.contains("\r\n"), "CRLF kept");
+            ellipses += 1;
+        } else if rel.contains("/CXR-DICOM/") {
+            reports += 1;
+        }
+    }
+    assert_eq!(jpgs, s["images"].as_u64().unwrap());
+    assert!(ellipses > 0 && reports > 0);
+    // The hostile REFLACX id was rejected, counted, and nothing escaped the output folder.
+    assert_eq!(
+        s["tables"]["files/reflacx"]["rejected"].as_u64().unwrap(),
+        w.planted["reflacx_bad_ids"].as_u64().unwrap()
+    );
+    assert!(!w.input.parent().unwrap().join("escape").exists());
+    let top: Vec<String> = fs::read_dir(w.input.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(top.len(), 2, "{top:?}");
+}
+
+#[test]
+fn copy_mode_from_the_config_copies_and_flags_override_the_file() {
+    let w = world();
+    let root = w.input.parent().unwrap();
+    let out = root.join("out");
+    let config = root.join("mimic-eye.toml");
+    fs::write(
+        &config,
+        format!(
+            "input = {:?}\noutput = {:?}\nprofile = \"release\"\nfiles = \"copy\"\nindex_column = false\n",
+            w.input, out
+        ),
+    )
+    .unwrap();
+    let mut cmd = bin();
+    cmd.args(["build", "--config"]).arg(&config).args(["--profile", "paper"]);
+    run_ok(&mut cmd);
+    let s = summary(&out);
+    assert_eq!(s["profile"], "paper", "the flag overrides the file");
+    let mut files = Vec::new();
+    walk(&out, &mut files);
+    let jpg = files.iter().find(|f| f.extension().is_some_and(|e| e == "jpg")).unwrap();
+    assert_eq!(fs::metadata(jpg).unwrap().nlink(), 1, "copied, not linked");
+    // index_column = false: the header is the source header.
+    let first = fs::read_to_string(out.join("spreadsheets/cxr_meta.csv")).unwrap();
+    assert!(first.starts_with("dicom_id,"));
+}

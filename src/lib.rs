@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod csvscan;
+pub mod fingerprint;
 pub mod ids;
 pub mod input;
 pub mod pipeline;

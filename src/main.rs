@@ -45,6 +45,9 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         window_days: Option<u32>,
+        /// Rewrite every output even if its inputs did not change.
+        #[arg(long)]
+        full: bool,
     },
     /// Write a fake input tree in the layout of the parent datasets, defects planted.
     Synth {
@@ -113,13 +116,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Build { input, output, profile, config, window_days } => {
+        Command::Build { input, output, profile, config, window_days, full } => {
             let file = match &config {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
             };
             let config = Config::resolve(file, Overrides { input, output, profile, window_days, metrics_addr: None })?;
-            let summary = runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true)))?;
+            let _lock = pipeline::publish::lock_output(&config.output)?;
+            let options = pipeline::BuildOptions { force_full: full, ..Default::default() };
+            let summary = runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true), options))?;
             println!("{}", summary.headline());
             println!("output: {}", config.output.display());
             if !summary.failed.is_empty() {
@@ -163,7 +168,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             )?;
-            let summary = runtime()?.block_on(pipeline::build(config, Progress::new(true)))?;
+            let summary = runtime()?.block_on(pipeline::build(config, Progress::new(true), Default::default()))?;
             println!("MIMIC-Eye demo build (synthetic data, profile {})", summary.profile);
             println!("  {}", summary.headline());
             println!("  planted: {}", planted.describe());

@@ -115,7 +115,8 @@ impl<'a> FolderJob<'a> {
         let mut files = self.files;
         files.sort();
         files.dedup();
-        let manifest = publish::Manifest { job: self.key.to_string(), files, counts: self.counts, inputs: Vec::new() };
+        let manifest =
+            publish::Manifest { job: self.key.to_string(), files, counts: self.counts, ..Default::default() };
         publish::publish(&self.ctx.config.output, manifest)
             .map_err(|cause| JobError::Write { path: self.ctx.config.output.clone(), cause })?;
         Ok((self.key.to_string(), self.counts))

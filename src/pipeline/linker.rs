@@ -397,18 +397,52 @@ pub fn append_rejects(batch: &mut Batch, rejects: &[(Record, Vec<u8>)]) {
 }
 
 /// Loads whichever linker tables exist; `None` (or empty) for a dataset that is absent.
+///
+/// The CXR metadata (377k rows in MIMIC-CXR-JPG) and edstays (425k) are streamed and only the
+/// rows that matter are kept: the images of REFLACX and EyeGaze, then the stays of their subjects.
 pub fn load_inputs(
     cxr_metadata: Option<&Path>,
     edstays: Option<&Path>,
     reflacx_phases: &[std::path::PathBuf],
     master_sheet: Option<&Path>,
 ) -> Result<LinkInputs, ReadError> {
-    Ok(LinkInputs {
-        cxr_metadata: cxr_metadata.map(SmallTable::read).transpose()?,
-        edstays: edstays.map(SmallTable::read).transpose()?,
-        reflacx_metadata: reflacx_phases.iter().map(|p| SmallTable::read(p)).collect::<Result<_, _>>()?,
-        master_sheet: master_sheet.map(SmallTable::read).transpose()?,
-    })
+    let master_sheet = master_sheet.map(SmallTable::read).transpose()?;
+    let reflacx_metadata: Vec<SmallTable> =
+        reflacx_phases.iter().map(|p| SmallTable::read(p)).collect::<Result<_, _>>()?;
+    let mut dicoms: HashSet<Vec<u8>> = HashSet::new();
+    let mut subjects: HashSet<Vec<u8>> = HashSet::new();
+    for (table, subject_col) in
+        master_sheet.iter().map(|t| (t, "patient_id")).chain(reflacx_metadata.iter().map(|t| (t, "subject_id")))
+    {
+        let (d, s) = (table.require("dicom_id")?, table.require(subject_col)?);
+        for row in &table.rows {
+            dicoms.insert(field(&row.fields, d).to_vec());
+            subjects.insert(field(&row.fields, s).to_vec());
+        }
+    }
+    let cxr_metadata = cxr_metadata
+        .map(|p| {
+            let mut dicom_col = None;
+            SmallTable::read_where(p, |h, f| {
+                let d = *dicom_col.get_or_insert_with(|| h.find("dicom_id").unwrap_or(usize::MAX));
+                dicoms.contains(field(f, d))
+            })
+        })
+        .transpose()?;
+    if let Some(meta) = &cxr_metadata {
+        let s = meta.require("subject_id")?;
+        subjects.extend(meta.rows.iter().map(|r| field(&r.fields, s).to_vec()));
+    }
+    let edstays = edstays
+        .map(|p| {
+            let mut subject_col = None;
+            SmallTable::read_where(p, |h, f| {
+                let s = *subject_col.get_or_insert_with(|| h.find("subject_id").unwrap_or(usize::MAX));
+                subjects.contains(field(f, s))
+            })
+        })
+        .transpose()?;
+    Ok(LinkInputs { cxr_metadata, edstays, reflacx_metadata, master_sheet })
 }
 
 #[cfg(test)]

@@ -7,13 +7,14 @@ pub mod batch;
 pub mod fixer;
 pub mod folders;
 pub mod linker;
+pub mod planner;
 pub mod publish;
 pub mod reader;
 pub mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,10 @@ pub struct TableJob {
 /// Shared, read-only context of a build.
 pub struct BuildContext {
     pub config: Config,
+    /// Set to stop the build: readers stop, nothing unfinished is published.
+    pub cancel: Arc<AtomicBool>,
+    /// Ignore manifests: rewrite everything.
+    pub force_full: bool,
     pub cohort: Arc<Cohort>,
     pub links: Arc<Links>,
     pub progress: Progress,
@@ -80,7 +85,10 @@ pub struct Summary {
     pub window_days: u32,
     pub tables: BTreeMap<String, TableCounts>,
     pub failed: BTreeMap<String, String>,
+    /// Tables whose input was still being written: previous output kept.
+    pub pending: Vec<String>,
     pub missing_datasets: Vec<String>,
+    pub peak_rss_bytes: u64,
     pub duration_seconds: f64,
 }
 
@@ -194,7 +202,32 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
         .await
         .map_err(|e| JobError::Interrupted(e.to_string()))??;
     let plan = plan_routing(&job, &reader, ctx.config.profile)?;
-    let staging = publish::staging_dir(&ctx.config.output, &job.key);
+    let output = ctx.config.output.clone();
+
+    // What must be done, from the last manifest of this job.
+    let mut input = format!("{};{}", planner::settings_key(&ctx.config), crate::fingerprint::of_file(&job.path));
+    if plan.route == Route::ByDicom {
+        input = format!("{input};dicoms={}", planner::dicom_map_key(&ctx.cohort));
+    }
+    let previous = if ctx.force_full { None } else { publish::load_manifest(&output, &job.key) };
+    let split = plan.route == Route::BySubject;
+    let action = planner::decide(previous.as_ref(), &input, &ctx.cohort, split);
+    let (only, kept_files) = match (&action, &previous) {
+        (planner::Action::Skip, Some(prev)) => {
+            tracing::debug!(table = %job.key, "unchanged: skipped");
+            return Ok(WriterOutcome { counts: prev.counts, files: prev.files.clone(), ..Default::default() });
+        }
+        (planner::Action::Patients { added, removed }, Some(prev)) => {
+            tracing::info!(table = %job.key, added = added.len(), removed = removed.len(), "cohort changed: writing new patients only");
+            // Keep the files of patients still in the cohort; drop those of patients who left.
+            let gone: Vec<String> = removed.iter().map(|s| s.folder()).collect();
+            let kept: Vec<PathBuf> =
+                prev.files.iter().filter(|f| !gone.iter().any(|g| f.starts_with(g))).cloned().collect();
+            (Some(Arc::new(added.iter().copied().collect::<std::collections::HashSet<_>>())), kept)
+        }
+        _ => (None, Vec::new()),
+    };
+    let staging = publish::staging_dir(&output, &job.key);
     let _ = std::fs::remove_dir_all(&staging);
     let spec = WriterSpec {
         table: job.key.clone(),
@@ -203,20 +236,26 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
         index_column: ctx.config.index_column,
         route: plan.route,
         patient_file: plan.patient_file,
-        whole_file: plan.whole_file,
+        // A patients-only pass leaves the whole-table file (same input) as it is.
+        whole_file: if only.is_some() { None } else { plan.whole_file },
         cohort: Arc::clone(&ctx.cohort),
         staging,
         max_open_files: ctx.max_open_files,
+        only,
     };
     let bar = ctx.progress.table(&job.key, std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0));
     let counter = reader.progress_counter();
 
     let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
     let key_column = plan.key_column;
-    let read_task = tokio::task::spawn_blocking(move || reader.stream(key_column, &tx));
+    let cancel = Arc::clone(&ctx.cancel);
+    let read_task = tokio::task::spawn_blocking(move || reader.stream_until(key_column, &tx, &cancel));
     let rx = match plan.fix {
         Some(fix) => {
-            let fix = fix.prepare(&job.path, &ctx.links)?;
+            let (path, links) = (job.path.clone(), Arc::clone(&ctx.links));
+            let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links))
+                .await
+                .map_err(|e| JobError::Interrupted(e.to_string()))??;
             let (ftx, frx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
             tokio::task::spawn_blocking(move || fix.run(rx, ftx));
             frx
@@ -236,11 +275,19 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     let outcome = write_task.await.map_err(|e| JobError::Interrupted(e.to_string()));
     ticker.abort();
     let _ = read_task.await;
-    let outcome = outcome??;
+    let mut outcome = outcome??;
     bar.finish();
-    let manifest =
-        Manifest { job: job.key.clone(), files: outcome.files.clone(), counts: outcome.counts, inputs: Vec::new() };
-    let output = ctx.config.output.clone();
+    outcome.files.extend(kept_files);
+    outcome.files.sort();
+    outcome.files.dedup();
+    let manifest = Manifest {
+        job: job.key.clone(),
+        files: outcome.files.clone(),
+        counts: outcome.counts,
+        input,
+        cohort: planner::cohort_list(&ctx.cohort),
+        per_patient: outcome.per_patient.clone(),
+    };
     tokio::task::spawn_blocking(move || publish::publish(&output, manifest))
         .await
         .map_err(|e| JobError::Interrupted(e.to_string()))?
@@ -278,11 +325,13 @@ pub fn write_derived(
         cohort: Arc::clone(&ctx.cohort),
         staging,
         max_open_files: ctx.max_open_files,
+        only: None,
     };
     let mut writer = Writer::new(spec)?;
     writer.write_batch(&batch)?;
     let outcome = writer.finish()?;
-    let manifest = Manifest { job: job.to_string(), files: outcome.files, counts: outcome.counts, inputs: Vec::new() };
+    let manifest =
+        Manifest { job: job.to_string(), files: outcome.files, counts: outcome.counts, ..Default::default() };
     publish::publish(&ctx.config.output, manifest)
         .map_err(|cause| JobError::Write { path: ctx.config.output.clone(), cause })?;
     Ok(outcome.counts)
@@ -351,8 +400,24 @@ pub fn raise_open_file_limit() -> usize {
     ((lim.rlim_cur as usize).saturating_sub(64) / 4).clamp(16, 4096)
 }
 
-/// One full build: link, every table job, derived tables, copied folders, summary.
-pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary> {
+/// How a build runs (the daemon sets these; a one-shot build uses the defaults).
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub cancel: Arc<AtomicBool>,
+    /// Rewrite everything, ignoring what earlier builds recorded.
+    pub force_full: bool,
+    /// Input files that are not complete yet (still being written): their tables keep their
+    /// previous output this time.
+    pub unstable: std::collections::HashSet<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the build was cancelled")]
+pub struct Cancelled;
+
+/// One build: link, every table job (each redoing only what changed), derived tables, copied
+/// folders, summary.
+pub async fn build(config: Config, progress: Progress, options: BuildOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let output = config.output.clone();
     std::fs::create_dir_all(publish::state_dir(&output))
@@ -363,6 +428,11 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
     }
     let side = input::side_inputs(&config);
     let missing = check_inputs(&config, &side)?;
+    let linker_inputs =
+        side.cxr_metadata.iter().chain(&side.edstays).chain(&side.reflacx_phases).chain(&side.master_sheet);
+    if let Some(p) = linker_inputs.into_iter().find(|p| options.unstable.contains(*p)) {
+        anyhow::bail!("{} is still being written; the build waits for it", p.display());
+    }
 
     let links = {
         let (cfg, side) = (config.clone(), side.clone());
@@ -385,13 +455,24 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
         config: config.clone(),
         progress,
         max_open_files: raise_open_file_limit(),
+        cancel: Arc::clone(&options.cancel),
+        force_full: options.force_full,
     });
 
     let mut tables = BTreeMap::new();
     let mut failed = BTreeMap::new();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
     let mut set = tokio::task::JoinSet::new();
+    let mut pending = Vec::new();
     for job in plan_jobs(&config, &side) {
+        if options.unstable.contains(&job.path) {
+            tracing::info!(table = %job.key, "input still being written: previous output kept");
+            if let Some(m) = publish::load_manifest(&output, &job.key) {
+                tables.insert(job.key.clone(), m.counts);
+            }
+            pending.push(job.key);
+            continue;
+        }
         let (ctx, sem) = (Arc::clone(&ctx), Arc::clone(&semaphore));
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
@@ -414,6 +495,9 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
         }
     }
 
+    if options.cancel.load(Ordering::Relaxed) {
+        return Err(Cancelled.into());
+    }
     let derived_ctx = Arc::clone(&ctx);
     let derived = tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
         let mut v = write_cxr_meta(&derived_ctx)?;
@@ -444,12 +528,23 @@ pub async fn build(config: Config, progress: Progress) -> anyhow::Result<Summary
         window_days: config.window_days,
         tables,
         failed,
+        pending,
         missing_datasets: missing,
+        peak_rss_bytes: peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),
     };
     publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
     Ok(summary)
+}
+
+/// The process's peak resident memory (VmHWM), for the summary and the benchmarks.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Fails at start-up when a required dataset is missing; names the optional ones that are.

@@ -22,9 +22,15 @@ pub struct Manifest {
     pub job: String,
     pub files: Vec<PathBuf>,
     pub counts: TableCounts,
-    /// Fingerprints of the inputs the job read (used by the daemon).
+    /// The input fingerprint and settings the job ran with (the planner compares it).
     #[serde(default)]
-    pub inputs: Vec<(PathBuf, String)>,
+    pub input: String,
+    /// The cohort the per-patient files were written for.
+    #[serde(default)]
+    pub cohort: Vec<u64>,
+    /// Rows written per patient, so patients who leave can be dropped without rereading.
+    #[serde(default)]
+    pub per_patient: std::collections::BTreeMap<u64, u64>,
 }
 
 pub fn state_dir(output: &Path) -> PathBuf {
@@ -111,6 +117,11 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
     for rel in &manifest.files {
         let from = staged_path(staging, rel);
         let to = output.join(rel);
+        if same_content(&from, &to) {
+            // Unchanged output keeps its mtime: readers and rsync see no change.
+            fs::remove_file(&from)?;
+            continue;
+        }
         match fs::rename(&from, &to) {
             Ok(()) => {}
             // Not staged: unchanged since the last publish, or already renamed before a crash.
@@ -144,6 +155,27 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
     Ok(())
 }
 
+/// True when both files exist with the same bytes.
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read;
+    let (Ok(ma), Ok(mb)) = (fs::metadata(a), fs::metadata(b)) else { return false };
+    if ma.len() != mb.len() || !ma.is_file() || !mb.is_file() {
+        return false;
+    }
+    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else { return false };
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = match fa.read(&mut ba) {
+            Ok(0) => return true,
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        if fb.read_exact(&mut bb[..n]).is_err() || ba[..n] != bb[..n] {
+            return false;
+        }
+    }
+}
+
 /// Removes folders left empty by a deletion, up to (not including) the output root.
 fn remove_empty_parents(output: &Path, path: &Path) {
     let mut dir = path.parent();
@@ -153,6 +185,28 @@ fn remove_empty_parents(output: &Path, path: &Path) {
         }
         dir = d.parent();
     }
+}
+
+/// An exclusive lock on an output folder, held for the life of a build or a daemon.
+pub struct OutputLock {
+    _file: fs::File,
+}
+
+/// Takes the output's lock, or fails at once if another mimic-eye holds it.
+pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(state_dir(output))?;
+    let path = state_dir(output).join("lock");
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    // SAFETY: flock on a descriptor we own; the lock is released when the file is closed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("{} is locked: another mimic-eye is using this output", path.display()),
+        ));
+    }
+    Ok(OutputLock { _file: file })
 }
 
 /// Finishes publishes interrupted by a crash and discards unpublished staging folders.

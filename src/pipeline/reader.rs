@@ -5,7 +5,7 @@
 //! bounded channel, so memory stays constant whatever the size of the table.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
@@ -158,8 +158,13 @@ impl TableReader {
 
     /// Streams every data record to `tx` in batches; ends with `Done` or `Failed`.
     /// Stops early, silently, when the receiver is dropped (the job was cancelled).
-    pub fn stream(mut self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>) {
-        let msg = match self.stream_batches(key_col, tx) {
+    pub fn stream(self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>) {
+        self.stream_until(key_col, tx, &AtomicBool::new(false));
+    }
+
+    /// Like `stream`, but stops (without `Done`) as soon as `cancel` is set.
+    pub fn stream_until(mut self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>, cancel: &AtomicBool) {
+        let msg = match self.stream_batches(key_col, tx, cancel) {
             Ok(Some(stats)) => ReadMsg::Done(stats),
             Ok(None) => return,
             Err(e) => ReadMsg::Failed(e),
@@ -171,12 +176,16 @@ impl TableReader {
         &mut self,
         key_col: Option<usize>,
         tx: &async_channel::Sender<ReadMsg>,
+        cancel: &AtomicBool,
     ) -> Result<Option<ReadStats>, ReadError> {
         let scanner = Scanner::new(key_col);
         let expected = self.header.names.len() as u32;
         let mut row: u64 = 0;
         let mut records: Vec<Record> = Vec::with_capacity(16 * 1024);
         loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
             if !self.eof {
                 self.fill()?;
             }
@@ -242,6 +251,12 @@ pub struct SmallRow {
 
 impl SmallTable {
     pub fn read(path: &Path) -> Result<Self, ReadError> {
+        Self::read_where(path, |_, _| true)
+    }
+
+    /// Streams the table and keeps only the rows `keep` accepts (given the header and the
+    /// decoded fields), so a big table costs memory only for the rows that matter.
+    pub fn read_where(path: &Path, mut keep: impl FnMut(&Header, &[Vec<u8>]) -> bool) -> Result<Self, ReadError> {
         let reader = TableReader::open(path)?;
         let header = reader.header().clone();
         let (tx, rx) = async_channel::bounded(4);
@@ -255,13 +270,11 @@ impl SmallTable {
                         let raw = r.span.slice(&b.data);
                         if r.defect.is_some() {
                             table.rejects.push((*r, raw.to_vec()));
-                        } else {
-                            table.rows.push(SmallRow {
-                                row: r.row,
-                                line: r.line,
-                                raw: raw.to_vec(),
-                                fields: split_fields(raw),
-                            });
+                            continue;
+                        }
+                        let fields = split_fields(raw);
+                        if keep(&table.header, &fields) {
+                            table.rows.push(SmallRow { row: r.row, line: r.line, raw: raw.to_vec(), fields });
                         }
                     }
                 }

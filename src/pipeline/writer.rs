@@ -54,6 +54,8 @@ pub struct WriterSpec {
     /// The job's staging root: files are written at `<staging>/<relative output path>`.
     pub staging: PathBuf,
     pub max_open_files: usize,
+    /// Write only these patients' files (the others are counted, not rewritten).
+    pub only: Option<Arc<std::collections::HashSet<SubjectId>>>,
 }
 
 /// The row balance of one table: read = written + outside_cohort + rejected.
@@ -78,6 +80,8 @@ pub struct WriterOutcome {
     pub files: Vec<PathBuf>,
     pub rejects_by_reason: BTreeMap<&'static str, u64>,
     pub input_bytes: u64,
+    /// Rows per patient (every patient of the cohort seen, written or kept).
+    pub per_patient: BTreeMap<u64, u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,10 @@ enum Target {
 }
 
 struct PatientFile {
+    subject: SubjectId,
+    rows: u64,
+    /// False when this build keeps the patient's existing file.
+    write: bool,
     /// Relative to the output root.
     rel: PathBuf,
     /// The staged file.
@@ -270,7 +278,11 @@ impl Writer {
         if index == next {
             let file = self.spec.patient_file.as_deref().unwrap_or(Path::new("table.csv"));
             let rel = PathBuf::from(subject.folder()).join(file);
+            let write = self.spec.only.as_ref().is_none_or(|o| o.contains(&subject));
             self.patients.push(PatientFile {
+                subject,
+                rows: 0,
+                write,
                 path: publish::staged_path(&self.spec.staging, &rel),
                 rel,
                 buf: Vec::new(),
@@ -297,6 +309,10 @@ impl Writer {
     fn append_patient(&mut self, p: usize, row: u64, raw: &[u8]) -> Result<(), JobError> {
         let index_column = self.spec.index_column;
         let file = &mut self.patients[p];
+        file.rows += 1;
+        if !file.write {
+            return Ok(());
+        }
         let cap0 = file.buf.capacity();
         push_line(&mut file.buf, index_column, row, raw);
         self.buffered += file.buf.capacity() - cap0;
@@ -421,6 +437,7 @@ impl Writer {
             if p.created {
                 self.outcome.files.push(p.rel.clone());
             }
+            self.outcome.per_patient.insert(p.subject.get(), p.rows);
         }
         for (path, file) in [self.whole.take(), self.rejects.take()].into_iter().flatten() {
             file.into_inner().map_err(|e| JobError::Write { path: path.clone(), cause: e.into_error() })?;

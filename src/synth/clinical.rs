@@ -48,7 +48,9 @@ pub fn write_mimiciv(
     rng: &mut Rng,
 ) -> anyhow::Result<()> {
     let (hosp, icu, gz) = (root.join("hosp"), root.join("icu"), spec.gzip);
-    let hadm_of = |s: u64| world.stays.iter().find(|st| st.subject == s).map(|st| st.hadm_id).unwrap_or(29_999_999);
+    let first_hadm: std::collections::HashMap<u64, u64> =
+        world.stays.iter().rev().map(|st| (st.subject, st.hadm_id)).collect();
+    let hadm_of = |s: u64| first_hadm.get(&s).copied().unwrap_or(29_999_999);
 
     let mut patients =
         TableOut::mimic(&hosp, "patients", "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod", gz)?;

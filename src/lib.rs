@@ -7,11 +7,13 @@
 
 pub mod config;
 pub mod csvscan;
+pub mod daemon;
 pub mod fingerprint;
 pub mod ids;
 pub mod input;
 pub mod pipeline;
 pub mod progress;
+pub mod shutdown;
 pub mod source;
 pub mod synth;
 pub mod telemetry;

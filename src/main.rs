@@ -49,6 +49,20 @@ enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// The daemon: build, then keep the output current as the input changes.
+    Run {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        input: Option<PathBuf>,
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        profile: Option<Profile>,
+        /// Where /metrics, /healthz and /status listen (loopback unless the config allows more).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
     /// Write a fake input tree in the layout of the parent datasets, defects planted.
     Synth {
         #[arg(long)]
@@ -85,7 +99,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Build, synth and demo print their result; their logs stay at warnings unless asked.
-    init_logging(cli.log_format, "warn");
+    let default_log = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    init_logging(cli.log_format, default_log);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -132,6 +147,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("{} table(s) failed, first: {first}", summary.failed.len());
             }
             Ok(())
+        }
+        Command::Run { config, input, output, profile, metrics_addr } => {
+            let overrides = Overrides { input, output, profile, window_days: None, metrics_addr };
+            let rt = runtime()?;
+            let result = rt.block_on(mimic_eye::daemon::run(config, overrides));
+            // Blocking threads of a cancelled build get a moment to finish, not forever.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            result
         }
         Command::Synth { output, patients, seed, rows_per_patient, order, others, plain, mimiciv } => {
             let spec = synth::SynthSpec {

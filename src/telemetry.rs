@@ -1,8 +1,19 @@
-//! Metric names in one place, and the per-table counters the actors update once per batch.
+//! Metric names in one place, the per-table counters the actors update once per batch, the
+//! build status, and the HTTP listener serving `/metrics`, `/healthz` and `/status`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
 use metrics::{counter, gauge, Counter, Gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::pipeline::writer::TableCounts;
+use crate::shutdown::Shutdown;
 
 pub const ROWS_READ: &str = "mimic_eye_rows_read_total";
 pub const ROWS_WRITTEN: &str = "mimic_eye_rows_written_total";
@@ -11,16 +22,79 @@ pub const ROWS_REJECTED: &str = "mimic_eye_rows_rejected_total";
 pub const BYTES_READ: &str = "mimic_eye_bytes_read_total";
 pub const WRITER_BUFFERED: &str = "mimic_eye_writer_buffered_bytes";
 pub const OPEN_FILES: &str = "mimic_eye_open_output_files";
+pub const CHANNEL_DEPTH: &str = "mimic_eye_channel_depth";
+pub const CHANNEL_CAPACITY: &str = "mimic_eye_channel_capacity";
+pub const TABLE_PROGRESS: &str = "mimic_eye_table_progress_ratio";
+pub const BUILDS: &str = "mimic_eye_builds_total";
+pub const BUILD_DURATION: &str = "mimic_eye_build_duration_seconds";
+pub const LAST_SUCCESS: &str = "mimic_eye_last_success_timestamp_seconds";
+pub const BUILD_RUNNING: &str = "mimic_eye_build_running";
+pub const COHORT_PATIENTS: &str = "mimic_eye_cohort_patients";
+pub const LINKED_IMAGES: &str = "mimic_eye_linked_images";
+pub const IMAGES: &str = "mimic_eye_images";
+pub const STAYS: &str = "mimic_eye_linked_stays";
+pub const TABLES_FAILED: &str = "mimic_eye_tables_failed";
+pub const INPUTS_PENDING: &str = "mimic_eye_inputs_pending";
+pub const WATCH_EVENTS: &str = "mimic_eye_watch_events_total";
+pub const WATCH_ERRORS: &str = "mimic_eye_watch_errors_total";
+pub const RESIDENT_MEMORY: &str = "mimic_eye_process_resident_memory_bytes";
+pub const CPU_SECONDS: &str = "mimic_eye_process_cpu_seconds_total";
+pub const UP: &str = "mimic_eye_up";
+
+/// Build durations: seconds for an incremental pass up to hours for a full one.
+const DURATION_BUCKETS: [f64; 12] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0];
+
+/// Installs the Prometheus recorder (once per process).
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(BUILD_DURATION.to_string()), &DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(ROWS_READ, "Data rows read from input tables");
+    describe_counter!(ROWS_WRITTEN, "Rows written to patient folders (or whole-table files)");
+    describe_counter!(ROWS_OUTSIDE, "Rows of subjects outside the cohort");
+    describe_counter!(ROWS_REJECTED, "Rows rejected (kept in .mimic-eye/rejects), by reason");
+    describe_counter!(BYTES_READ, Unit::Bytes, "Input bytes read (compressed bytes for .gz)");
+    describe_gauge!(WRITER_BUFFERED, Unit::Bytes, "Bytes buffered by a table's writer");
+    describe_gauge!(OPEN_FILES, "Output files a table's writer holds open");
+    describe_gauge!(CHANNEL_DEPTH, "Batches waiting on an actor link");
+    describe_gauge!(CHANNEL_CAPACITY, "Capacity of an actor link, in batches");
+    describe_gauge!(TABLE_PROGRESS, "Fraction of a table's input read");
+    describe_counter!(BUILDS, "Builds by kind (full, incremental) and result (success, failure, cancelled)");
+    describe_histogram!(BUILD_DURATION, Unit::Seconds, "Build duration");
+    describe_gauge!(LAST_SUCCESS, Unit::Seconds, "Unix time of the last successful build");
+    describe_gauge!(BUILD_RUNNING, "1 while a build runs");
+    describe_gauge!(COHORT_PATIENTS, "Patients in the cohort");
+    describe_gauge!(LINKED_IMAGES, "Images linked to an ED stay");
+    describe_gauge!(IMAGES, "Images in the CXR subset");
+    describe_gauge!(STAYS, "Distinct ED stays linked");
+    describe_gauge!(TABLES_FAILED, "Tables that failed in the last build");
+    describe_gauge!(INPUTS_PENDING, "Input files seen changing but not yet complete");
+    describe_counter!(WATCH_EVENTS, "File watch events by kind (inotify, overflow, rescan)");
+    describe_counter!(WATCH_ERRORS, "Failures to watch the input tree");
+    describe_gauge!(RESIDENT_MEMORY, Unit::Bytes, "Resident memory of the process");
+    describe_counter!(CPU_SECONDS, Unit::Seconds, "CPU time used by the process");
+    describe_gauge!(UP, "1 while the daemon runs");
+}
 
 /// Handles to one table's counters, looked up once per job rather than per row.
 pub struct TableMetrics {
     read: Counter,
     written: Counter,
     outside: Counter,
-    rejected: Counter,
     bytes: Counter,
     buffered: Gauge,
     open_files: Gauge,
+    table: String,
 }
 
 impl TableMetrics {
@@ -30,10 +104,10 @@ impl TableMetrics {
             read: counter!(ROWS_READ, "table" => t.clone()),
             written: counter!(ROWS_WRITTEN, "table" => t.clone()),
             outside: counter!(ROWS_OUTSIDE, "table" => t.clone()),
-            rejected: counter!(ROWS_REJECTED, "table" => t.clone()),
             bytes: counter!(BYTES_READ, "table" => t.clone()),
             buffered: gauge!(WRITER_BUFFERED, "table" => t.clone()),
-            open_files: gauge!(OPEN_FILES, "table" => t),
+            open_files: gauge!(OPEN_FILES, "table" => t.clone()),
+            table: t,
         }
     }
 
@@ -41,7 +115,10 @@ impl TableMetrics {
         self.read.increment(after.read - before.read);
         self.written.increment(after.written - before.written);
         self.outside.increment(after.outside_cohort - before.outside_cohort);
-        self.rejected.increment(after.rejected - before.rejected);
+    }
+
+    pub fn rejected(&self, reason: &'static str, n: u64) {
+        counter!(ROWS_REJECTED, "table" => self.table.clone(), "reason" => reason).increment(n);
     }
 
     pub fn add_bytes(&self, n: u64) {
@@ -52,4 +129,127 @@ impl TableMetrics {
         self.buffered.set(bytes as f64);
         self.open_files.set(open_files as f64);
     }
+}
+
+/// Samples process memory and CPU into gauges (Prometheus-style process metrics).
+pub fn sample_process() {
+    if let Ok(s) = std::fs::read_to_string("/proc/self/statm") {
+        if let Some(rss_pages) = s.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()) {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+            gauge!(RESIDENT_MEMORY).set(rss_pages * page);
+        }
+    }
+    if let Ok(s) = std::fs::read_to_string("/proc/self/stat") {
+        // Fields after the command name: utime and stime are the 12th and 13th.
+        if let Some(rest) = s.rsplit_once(')').map(|(_, r)| r) {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(u), Some(st)) =
+                (f.get(11).and_then(|v| v.parse::<u64>().ok()), f.get(12).and_then(|v| v.parse::<u64>().ok()))
+            {
+                // SAFETY: sysconf has no preconditions.
+                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+                counter!(CPU_SECONDS).absolute((u + st) / hz);
+            }
+        }
+    }
+}
+
+/// What `/status` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub phase: String,
+    pub build: u64,
+    /// Tables being read now: bytes done of total.
+    pub tables: BTreeMap<String, Progress>,
+    pub last_result: Option<String>,
+    pub last_success_unix: Option<u64>,
+    pub headline: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+pub fn status() -> &'static Mutex<Status> {
+    static STATUS: OnceLock<Mutex<Status>> = OnceLock::new();
+    STATUS.get_or_init(|| Mutex::new(Status { phase: "starting".into(), ..Default::default() }))
+}
+
+pub fn update_status(f: impl FnOnce(&mut Status)) {
+    if let Ok(mut s) = status().lock() {
+        f(&mut s);
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/status` until shutdown. `alive` tells `/healthz`.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    alive: impl Fn() -> bool + Send + Sync + 'static,
+    mut shutdown: Shutdown,
+) {
+    let alive = std::sync::Arc::new(alive);
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let (handle, alive) = (handle.clone(), std::sync::Arc::clone(&alive));
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &handle, &*alive)).await;
+                });
+            }
+        }
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))
+}
+
+async fn respond(
+    mut stream: TcpStream,
+    handle: &PrometheusHandle,
+    alive: &(dyn Fn() -> bool + Send + Sync),
+) -> std::io::Result<()> {
+    let mut req = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (code, ctype, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            sample_process();
+            handle.run_upkeep();
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", handle.render())
+        }
+        ("GET" | "HEAD", "/healthz") if alive() => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET" | "HEAD", "/healthz") => ("503 Service Unavailable", "text/plain", "pipeline stopped\n".to_string()),
+        ("GET" | "HEAD", "/status") => {
+            let s = status().lock().map(|s| s.clone()).unwrap_or_default();
+            ("200 OK", "application/json", serde_json::to_string_pretty(&s).unwrap_or_default())
+        }
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
+    };
+    let head = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if method != "HEAD" {
+        stream.write_all(body.as_bytes()).await?;
+    }
+    stream.shutdown().await
 }

@@ -198,6 +198,9 @@ impl Writer {
                 ReadMsg::Done(stats) => {
                     self.outcome.input_bytes = stats.input_bytes;
                     metrics.add_bytes(stats.input_bytes);
+                    for (reason, n) in &self.outcome.rejects_by_reason {
+                        metrics.rejected(reason, *n);
+                    }
                     return self.finish();
                 }
                 ReadMsg::Failed(e) => return Err(e.into()),

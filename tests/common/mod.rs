@@ -87,3 +87,134 @@ pub fn assert_balanced(summary: &serde_json::Value) {
         assert_eq!(n("read"), n("written") + n("outside_cohort") + n("rejected"), "row balance of {table}");
     }
 }
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A plain HTTP GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// A running daemon on a config of its own; killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn write_config(dir: &Path, input: &Path, output: &Path, port: u16, extra: &str) -> PathBuf {
+    let config = dir.join(format!("daemon-{port}.toml"));
+    fs::write(
+        &config,
+        format!(
+            "input = {input:?}\noutput = {output:?}\nmetrics_addr = \"127.0.0.1:{port}\"\nsettle_seconds = 1\nrescan_seconds = 2\n{extra}"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+impl Daemon {
+    pub fn start(config: &Path, port: u16) -> Daemon {
+        let log = config.with_extension(format!(
+            "log{}",
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        let file = fs::File::create(&log).unwrap();
+        let child = bin()
+            .env("MIMIC_EYE_LOG", "info")
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Daemon { child, port, config: config.to_path_buf(), log }
+    }
+
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(self.port, "/metrics")?;
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .reduce(|a, b| a + b)
+    }
+
+    /// Waits until the daemon is idle with no pending inputs, twice in a row over a second.
+    pub fn wait_idle(&self, timeout_secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+        let mut calm = 0;
+        while std::time::Instant::now() < deadline {
+            let idle = http_get(self.port, "/status").is_some_and(|(_, b)| b.contains("\"phase\": \"idle\""));
+            let pending = self.metric("mimic_eye_inputs_pending").unwrap_or(1.0);
+            let running = self.metric("mimic_eye_build_running").unwrap_or(1.0);
+            calm = if idle && pending == 0.0 && running == 0.0 { calm + 1 } else { 0 };
+            if calm >= 6 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        panic!("daemon not idle after {timeout_secs}s; log:\n{}", self.log_text());
+    }
+
+    pub fn builds(&self) -> f64 {
+        self.metric("mimic_eye_builds_total").unwrap_or(0.0)
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, then the exit status and how long it took.
+    pub fn stop(mut self) -> (std::process::ExitStatus, std::time::Duration) {
+        let t = std::time::Instant::now();
+        self.signal(libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        (status, t.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Modification times of every output file (state folder excluded).
+pub fn mtimes(root: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, std::time::SystemTime>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            if rel.starts_with(".mimic-eye") || rel == Path::new("summary.json") {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, e.metadata().unwrap().modified().unwrap());
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}

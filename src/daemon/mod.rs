@@ -1,0 +1,203 @@
+//! `mimic-eye run`: the daemon. Builds, then watches the input tree and applies each change
+//! incrementally (the planner redoes only affected tables and patients), for weeks, unattended.
+//!
+//! Shutdown (SIGTERM, SIGINT) cancels a running build: readers stop, nothing unfinished is
+//! published, and the next start resumes from the last published state. SIGHUP reloads the
+//! config. systemd is told READY, STATUS, WATCHDOG and STOPPING through `NOTIFY_SOCKET`.
+
+pub mod notify;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use metrics::{counter, gauge, histogram};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Config, ConfigFile, Overrides};
+use crate::pipeline::{self, publish, BuildOptions, Cancelled};
+use crate::progress::Progress;
+use crate::shutdown::ShutdownTrigger;
+use crate::telemetry;
+
+/// How long a cancelled build may take to stop before the daemon exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(4);
+
+fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+    let file = match path {
+        Some(p) => ConfigFile::load(p)?,
+        None => ConfigFile::default(),
+    };
+    Config::resolve(file, overrides.clone())
+}
+
+pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
+    let mut config = load(config_path.as_deref(), &overrides)?;
+    let _lock = publish::lock_output(&config.output)?;
+    let metrics = telemetry::install_recorder()?;
+    let trigger = ShutdownTrigger::new();
+    let alive = Arc::new(AtomicBool::new(true));
+    let listener = telemetry::bind(config.metrics_addr).await?;
+    tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz and /status");
+    {
+        let alive = Arc::clone(&alive);
+        tokio::spawn(telemetry::serve(listener, metrics, move || alive.load(Ordering::Relaxed), trigger.subscribe()));
+    }
+    gauge!(telemetry::UP).set(1.0);
+
+    let (reload_tx, reload_rx) = async_channel::bounded::<()>(1);
+    spawn_signal_handler(trigger.clone(), reload_tx)?;
+    notify::spawn_watchdog(trigger.subscribe());
+
+    let watch_config = |c: &Config| watch::WatchConfig {
+        root: c.input.clone(),
+        ignore: vec![c.output.clone()],
+        settle: Duration::from_secs(c.settle_seconds),
+        rescan: Duration::from_secs(c.rescan_seconds.max(1)),
+    };
+    let (mut watch, mut events) = watch::spawn(watch_config(&config), trigger.subscribe());
+    notify::send("READY=1\nSTATUS=starting the first build");
+    let mut shutdown = trigger.subscribe();
+    let mut dirty = true;
+    let mut first = true;
+    loop {
+        if dirty {
+            dirty = false;
+            let cancel = Arc::new(AtomicBool::new(false));
+            let options = BuildOptions { cancel: Arc::clone(&cancel), force_full: false, unstable: watch.unstable() };
+            let kind = if first && !config.output.join("summary.json").exists() { "full" } else { "incremental" };
+            first = false;
+            let started = Instant::now();
+            telemetry::update_status(|s| {
+                s.phase = "building".into();
+                s.build += 1;
+            });
+            gauge!(telemetry::BUILD_RUNNING).set(1.0);
+            notify::send(&format!("STATUS=building ({kind})"));
+            let build = pipeline::build(config.clone(), Progress::hidden(), options);
+            tokio::pin!(build);
+            let result = tokio::select! {
+                r = &mut build => r,
+                _ = shutdown.recv() => {
+                    tracing::info!("stopping: cancelling the running build");
+                    notify::send("STOPPING=1\nSTATUS=stopping");
+                    cancel.store(true, Ordering::Relaxed);
+                    let _ = tokio::time::timeout(STOP_GRACE, &mut build).await;
+                    counter!(telemetry::BUILDS, "kind" => kind, "result" => "cancelled").increment(1);
+                    break;
+                }
+            };
+            gauge!(telemetry::BUILD_RUNNING).set(0.0);
+            record(kind, started.elapsed(), &result);
+            // Changes that completed during the build call for another pass.
+            while events.try_recv().is_ok() {
+                dirty = true;
+            }
+            if dirty {
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = shutdown.recv() => {
+                notify::send("STOPPING=1\nSTATUS=stopping");
+                break;
+            }
+            ev = events.recv() => match ev {
+                Ok(watch::WatchEvent::Changed(paths)) => {
+                    tracing::info!(files = paths.len(), first = %paths[0].display(), "input changed");
+                    dirty = true;
+                }
+                Err(_) => break,
+            },
+            _ = reload_rx.recv() => match load(config_path.as_deref(), &overrides) {
+                Ok(new) if new.output != config.output => {
+                    tracing::error!("reload refused: the output directory cannot change while running");
+                }
+                Ok(new) => {
+                    tracing::info!("configuration reloaded");
+                    if new.input != config.input || new.settle_seconds != config.settle_seconds || new.rescan_seconds != config.rescan_seconds {
+                        (watch, events) = watch::spawn(watch_config(&new), trigger.subscribe());
+                    }
+                    config = new;
+                    dirty = true;
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+            },
+        }
+    }
+    alive.store(false, Ordering::Relaxed);
+    gauge!(telemetry::UP).set(0.0);
+    trigger.trigger();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipeline::Summary>) {
+    histogram!(telemetry::BUILD_DURATION, "kind" => kind).record(elapsed.as_secs_f64());
+    match result {
+        Ok(summary) => {
+            let outcome = if summary.failed.is_empty() { "success" } else { "failure" };
+            counter!(telemetry::BUILDS, "kind" => kind, "result" => outcome).increment(1);
+            gauge!(telemetry::COHORT_PATIENTS).set(summary.patients as f64);
+            gauge!(telemetry::LINKED_IMAGES).set(summary.linked_images as f64);
+            gauge!(telemetry::IMAGES).set(summary.images as f64);
+            gauge!(telemetry::STAYS).set(summary.stays as f64);
+            gauge!(telemetry::TABLES_FAILED).set(summary.failed.len() as f64);
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            if summary.failed.is_empty() {
+                gauge!(telemetry::LAST_SUCCESS).set(now as f64);
+            } else {
+                for (table, error) in &summary.failed {
+                    tracing::error!(table, error, "table failed; its previous output is kept");
+                }
+            }
+            tracing::info!(
+                kind,
+                seconds = elapsed.as_secs_f64(),
+                failed = summary.failed.len(),
+                "build finished: {}",
+                summary.headline()
+            );
+            notify::send(&format!("STATUS=idle: {}", summary.headline()));
+            telemetry::update_status(|s| {
+                s.phase = "idle".into();
+                s.tables.clear();
+                s.last_result = Some(outcome.into());
+                if summary.failed.is_empty() {
+                    s.last_success_unix = Some(now);
+                }
+                s.headline = Some(summary.headline());
+            });
+        }
+        Err(e) => {
+            let outcome = if e.is::<Cancelled>() { "cancelled" } else { "failure" };
+            counter!(telemetry::BUILDS, "kind" => kind, "result" => outcome).increment(1);
+            tracing::error!(error = %format!("{e:#}"), "build failed; waiting for the input to change");
+            notify::send(&format!("STATUS=build failed: {e}"));
+            telemetry::update_status(|s| {
+                s.phase = "idle".into();
+                s.tables.clear();
+                s.last_result = Some(format!("failure: {e:#}"));
+            });
+        }
+    }
+}
+
+fn spawn_signal_handler(trigger: ShutdownTrigger, reload: async_channel::Sender<()>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); trigger.trigger(); }
+                _ = int.recv() => { tracing::info!("SIGINT"); trigger.trigger(); }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading the configuration"); let _ = reload.try_send(()); }
+            }
+        }
+    });
+    Ok(())
+}

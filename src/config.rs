@@ -60,6 +60,7 @@ pub struct ConfigFile {
     pub parallel_tables: Option<usize>,
     pub settle_seconds: Option<u64>,
     pub rescan_seconds: Option<u64>,
+    pub alert_max_age_hours: Option<u64>,
     #[serde(default)]
     pub datasets: DatasetsFile,
 }
@@ -87,6 +88,7 @@ pub struct Config {
     pub parallel_tables: usize,
     pub settle_seconds: u64,
     pub rescan_seconds: u64,
+    pub alert_max_age_hours: u64,
     pub datasets: Datasets,
 }
 
@@ -156,6 +158,7 @@ impl Config {
             parallel_tables: file.parallel_tables.unwrap_or(2).clamp(1, 16),
             settle_seconds: file.settle_seconds.unwrap_or(5),
             rescan_seconds: file.rescan_seconds.unwrap_or(300),
+            alert_max_age_hours: file.alert_max_age_hours.unwrap_or(24),
             datasets,
         })
     }

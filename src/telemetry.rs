@@ -40,6 +40,7 @@ pub const WATCH_ERRORS: &str = "mimic_eye_watch_errors_total";
 pub const RESIDENT_MEMORY: &str = "mimic_eye_process_resident_memory_bytes";
 pub const CPU_SECONDS: &str = "mimic_eye_process_cpu_seconds_total";
 pub const UP: &str = "mimic_eye_up";
+pub const SUCCESS_MAX_AGE: &str = "mimic_eye_success_max_age_seconds";
 
 /// Build durations: seconds for an incremental pass up to hours for a full one.
 const DURATION_BUCKETS: [f64; 12] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0];
@@ -84,6 +85,19 @@ fn describe() {
     describe_gauge!(RESIDENT_MEMORY, Unit::Bytes, "Resident memory of the process");
     describe_counter!(CPU_SECONDS, Unit::Seconds, "CPU time used by the process");
     describe_gauge!(UP, "1 while the daemon runs");
+    describe_gauge!(
+        SUCCESS_MAX_AGE,
+        Unit::Seconds,
+        "Alert when no build succeeded for this long (config alert_max_age_hours)"
+    );
+    // Exported from the start, so dashboards and alerts see zeros rather than gaps.
+    counter!(WATCH_ERRORS).absolute(0);
+    counter!(WATCH_EVENTS, "kind" => "inotify").absolute(0);
+    gauge!(TABLES_FAILED).set(0.0);
+    gauge!(BUILD_RUNNING).set(0.0);
+    gauge!(INPUTS_PENDING).set(0.0);
+    gauge!(LAST_SUCCESS).set(0.0);
+    sample_process();
 }
 
 /// Handles to one table's counters, looked up once per job rather than per row.

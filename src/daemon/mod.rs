@@ -47,6 +47,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
         tokio::spawn(telemetry::serve(listener, metrics, move || alive.load(Ordering::Relaxed), trigger.subscribe()));
     }
     gauge!(telemetry::UP).set(1.0);
+    gauge!(telemetry::SUCCESS_MAX_AGE).set(config.alert_max_age_hours as f64 * 3600.0);
 
     let (reload_tx, reload_rx) = async_channel::bounded::<()>(1);
     spawn_signal_handler(trigger.clone(), reload_tx)?;
@@ -121,6 +122,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
                     if new.input != config.input || new.settle_seconds != config.settle_seconds || new.rescan_seconds != config.rescan_seconds {
                         (watch, events) = watch::spawn(watch_config(&new), trigger.subscribe());
                     }
+                    gauge!(telemetry::SUCCESS_MAX_AGE).set(new.alert_max_age_hours as f64 * 3600.0);
                     config = new;
                     dirty = true;
                 }

@@ -247,6 +247,8 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     let counter = reader.progress_counter();
 
     let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
+    // Weak: the probe must not keep the link open when an actor ends.
+    let mut probes = vec![("reader", tx.downgrade())];
     let key_column = plan.key_column;
     let cancel = Arc::clone(&ctx.cancel);
     let read_task = tokio::task::spawn_blocking(move || reader.stream_until(key_column, &tx, &cancel));
@@ -257,6 +259,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
                 .await
                 .map_err(|e| JobError::Interrupted(e.to_string()))??;
             let (ftx, frx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
+            probes = vec![("reader->fixer", probes.remove(0).1), ("fixer->writer", ftx.downgrade())];
             tokio::task::spawn_blocking(move || fix.run(rx, ftx));
             frx
         }
@@ -264,16 +267,37 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     };
     let write_task = tokio::task::spawn_blocking(move || Writer::new(spec)?.run(rx));
     let ticker = {
-        let bar = bar.clone();
+        let (bar, key) = (bar.clone(), job.key.clone());
+        let total = std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0);
+        let progress = metrics::gauge!(crate::telemetry::TABLE_PROGRESS, "table" => key.clone());
+        let probes: Vec<_> = probes
+            .into_iter()
+            .map(|(name, weak)| {
+                let name = if name == "reader" { "reader->writer" } else { name };
+                metrics::gauge!(crate::telemetry::CHANNEL_CAPACITY, "link" => name).set(CHANNEL_CAPACITY as f64);
+                (metrics::gauge!(crate::telemetry::CHANNEL_DEPTH, "table" => key.clone(), "link" => name), weak)
+            })
+            .collect();
         tokio::spawn(async move {
             loop {
-                bar.set_position(counter.load(Ordering::Relaxed));
+                let done = counter.load(Ordering::Relaxed);
+                bar.set_position(done);
+                progress.set(if total > 0 { done as f64 / total as f64 } else { 0.0 });
+                for (gauge, weak) in &probes {
+                    gauge.set(weak.upgrade().map_or(0, |tx| tx.len()) as f64);
+                }
+                crate::telemetry::update_status(|s| {
+                    s.tables.insert(key.clone(), crate::telemetry::Progress { bytes_done: done, bytes_total: total });
+                });
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
     };
     let outcome = write_task.await.map_err(|e| JobError::Interrupted(e.to_string()));
     ticker.abort();
+    crate::telemetry::update_status(|s| {
+        s.tables.remove(&job.key);
+    });
     let _ = read_task.await;
     let mut outcome = outcome??;
     bar.finish();

@@ -97,6 +97,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Past a file size limit, writes must fail with EFBIG (a clean table failure) instead of the
+    // default SIGXFSZ killing the process mid-publish.
+    // SAFETY: setting a signal's disposition to "ignore" before any thread starts.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let cli = Cli::parse();
     // Build, synth and demo print their result; their logs stay at warnings unless asked.
     let default_log = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };

@@ -1,0 +1,302 @@
+//! Broken and hostile inputs: each case feeds the real binary and checks for a clear error
+//! (file, line or byte offset, cause), no lost rows, and nothing written outside the output.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+
+struct World {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    input: PathBuf,
+    output: PathBuf,
+    planted: serde_json::Value,
+}
+
+fn world(rows_per_patient: u32) -> World {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let input = root.join("in");
+    let rows = rows_per_patient.to_string();
+    let planted = synth(&input, &["--patients", "8", "--others", "4", "--rows-per-patient", &rows, "--plain"]);
+    World { _tmp: tmp, output: root.join("out"), root, input, planted }
+}
+
+impl World {
+    fn build(&self) -> Output {
+        bin().arg("build").arg("--input").arg(&self.input).arg("--output").arg(&self.output).output().unwrap()
+    }
+    fn subject(&self, i: usize) -> u64 {
+        self.planted["cohort"][i].as_u64().unwrap()
+    }
+    fn summary(&self) -> serde_json::Value {
+        summary(&self.output)
+    }
+    /// Nothing but the input, the output (and test scratch files) under the root.
+    fn assert_nothing_outside(&self) {
+        for e in fs::read_dir(&self.root).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            assert!(n == "in" || n == "out" || n.starts_with("keep"), "unexpected {n} next to the output");
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// The one-line cause a failed command ends with (log lines may come before it).
+fn cause(o: &Output) -> String {
+    let err = stderr(o);
+    let last = err.lines().last().unwrap_or("").to_string();
+    assert!(last.starts_with("mimic-eye: "), "no one-line cause at the end: {err}");
+    last
+}
+
+#[test]
+fn bad_rows_are_rejected_with_file_line_and_reason_and_nothing_is_lost() {
+    let w = world(5);
+    let s = w.subject(0);
+    let path = w.input.join("mimiciv/hosp/labevents.csv");
+    let header = "labevent_id,subject_id,hadm_id,specimen_id,itemid,order_provider_id,charttime,storetime,value,valuenum,valueuom,ref_range_lower,ref_range_upper,flag,priority,comments";
+    let good = format!("1,{s},2,3,50808,,2180-01-01 00:00:00,,1,1,mg,,,,ROUTINE,");
+    let body = [
+        header.to_string(),
+        good.clone(),                                               // line 2
+        format!("2,{s},too,few"),                                   // line 3: too few fields
+        format!("{good},extra"),                                    // line 4: too many
+        good.replacen(&s.to_string(), "10000X32", 1),               // line 5: non-numeric id
+        good.replacen(&s.to_string(), "", 1),                       // line 6: empty id
+        good.replacen(&s.to_string(), "../../etc", 1),              // line 7: a path
+        good.replacen(&s.to_string(), "1234567890123456789012", 1), // line 8: over-long
+        format!("9,{s},2,3,50808,,x,,\"unterminated"),              // line 9: quote never closed
+    ]
+    .join("\n");
+    fs::write(&path, body).unwrap();
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t = &w.summary()["tables"]["hosp/labevents"];
+    assert_eq!(t["read"], 8);
+    assert_eq!(t["written"], 1);
+    assert_eq!(t["rejected"], 7);
+    assert_balanced(&w.summary());
+    let mut r = csv::Reader::from_path(w.output.join(".mimic-eye/rejects/hosp/labevents.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    let lines: Vec<&str> = rows.iter().map(|r| &r[1]).collect();
+    assert_eq!(lines, ["3", "4", "5", "6", "7", "8", "9"]);
+    for r in &rows {
+        assert!(r[0].ends_with("mimiciv/hosp/labevents.csv"), "source file: {}", &r[0]);
+    }
+    assert!(rows[0][3].contains("wrong field count: expected 16, found 4"));
+    assert!(rows[2][3].contains("subject_id is not a number"));
+    assert!(rows[3][3].contains("empty subject_id"));
+    assert!(rows[5][3].contains("at most 18 digits"));
+    assert!(rows[6][3].contains("unterminated quote"));
+    // The rejected record is kept verbatim.
+    assert_eq!(&rows[4][4], good.replacen(&s.to_string(), "../../etc", 1));
+    w.assert_nothing_outside();
+}
+
+#[test]
+fn unreadable_tables_fail_with_file_offset_and_cause_and_keep_their_previous_output() {
+    let w = world(5);
+    assert!(w.build().status.success());
+    let labevents = w.output.join(format!("patient_{}/Hosp/labevents.csv", w.subject(0)));
+    let before = fs::read(&labevents).unwrap();
+    let plain = fs::read(w.input.join("mimiciv/hosp/labevents.csv")).unwrap();
+    fs::remove_file(w.input.join("mimiciv/hosp/labevents.csv")).unwrap();
+    let gz_path = w.input.join("mimiciv/hosp/labevents.csv.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(&plain).unwrap();
+    let gz = enc.finish().unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated gzip", gz[..gz.len() * 2 / 3].to_vec(), "byte"),
+        ("trailing garbage", [&gz[..], b"this is not gzip at all"].concat(), "byte"),
+        ("not gzip", plain.clone(), "byte"),
+        ("empty", Vec::new(), "byte"),
+    ];
+    for (name, bytes, _) in &cases {
+        fs::write(&gz_path, bytes).unwrap();
+        let out = w.build();
+        assert!(!out.status.success(), "{name}: the build must fail");
+        let err = cause(&out);
+        assert!(err.contains("labevents.csv.gz"), "{name}: error names no file: {err}");
+        assert!(err.contains("at input byte") && err.contains("decoded byte"), "{name}: no offset: {err}");
+        if *name == "empty" {
+            assert!(err.contains("unexpected end of file (at input byte 0"), "{err}");
+        }
+        assert_eq!(fs::read(&labevents).unwrap(), before, "{name}: previous output changed");
+        assert!(w.summary()["failed"]["hosp/labevents"].is_string());
+    }
+    // A table missing a required column, and a file that is only a header.
+    fs::write(&gz_path, &gz).unwrap();
+    let chexpert = w.input.join("mimic-cxr-jpg/mimic-cxr-2.0.0-chexpert.csv");
+    fs::write(&chexpert, "study_id,Atelectasis\n50000001,1.0\n").unwrap();
+    fs::write(w.input.join("mimiciv/hosp/omr.csv"), "subject_id,chartdate,seq_num,result_name,result_value\n").unwrap();
+    fs::write(w.input.join("mimiciv/hosp/services.csv"), "").unwrap();
+    let out = w.build();
+    assert!(!out.status.success());
+    let s = w.summary();
+    let empty = s["failed"]["hosp/services"].as_str().unwrap();
+    assert!(empty.contains("services.csv: the file is empty (no header line)"), "{empty}");
+    let err = s["failed"]["mimic-cxr-jpg/chexpert"].as_str().unwrap();
+    assert!(
+        err.contains("mimic-cxr-2.0.0-chexpert.csv") && err.contains("missing required column \"subject_id\""),
+        "{err}"
+    );
+    assert_eq!(s["tables"]["hosp/omr"]["read"], 0);
+    assert!(!w.output.join(format!("patient_{}/Hosp/omr.csv", w.subject(0))).exists());
+    assert_eq!(s["tables"]["hosp/labevents"]["read"].as_u64().unwrap() > 0, true, "labevents recovered once fixed");
+    assert_balanced(&s);
+}
+
+#[test]
+fn hostile_ids_never_become_paths_and_symlinks_out_of_the_input_are_not_followed() {
+    let w = world(5);
+    // EyeGaze rows and bounding boxes with path-like DICOM ids.
+    let eye_gaze = w.input.join("egd-cxr/bounding_boxes.csv");
+    let mut f = fs::OpenOptions::new().append(true).open(&eye_gaze).unwrap();
+    for bad in ["../../../../tmp/evil", "/etc/passwd", "a\0b", "x/y", &"f".repeat(5000)] {
+        writeln!(f, "{bad},cardiac silhouette,1.0,2.0,3.0,4.0").unwrap();
+    }
+    drop(f);
+    // A symlink inside a copied study folder pointing outside the input tree, and one inside it.
+    let secret = w.root.join("keep-secret.txt");
+    fs::write(&secret, "not for the output").unwrap();
+    let sid = w.subject(0).to_string();
+    let study_dir = fs::read_dir(w.input.join(format!("mimic-cxr-jpg/files/p{}/p{sid}", &sid[..2])))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::os::unix::fs::symlink(&secret, study_dir.join("escape.jpg")).unwrap();
+    let inside = fs::read_dir(&study_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "jpg") && !e.file_type().unwrap().is_symlink())
+        .unwrap()
+        .path();
+    std::os::unix::fs::symlink(&inside, study_dir.join("alias.jpg")).unwrap();
+
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = w.summary();
+    assert_balanced(&s);
+    assert_eq!(s["tables"]["egd-cxr/bounding_boxes"]["rejected"], 5);
+    let rejects = fs::read_to_string(w.output.join(".mimic-eye/rejects/egd-cxr/bounding_boxes.csv")).unwrap();
+    assert!(rejects.contains("unroutable DICOM id"));
+    assert_eq!(s["tables"]["files/cxr-jpg"]["rejected"], 1, "the escaping symlink is refused and counted");
+    let study = study_dir.file_name().unwrap().to_string_lossy().to_string();
+    let copied = w.output.join(format!("patient_{sid}/CXR-JPG/{study}"));
+    assert!(!copied.join("escape.jpg").exists());
+    assert_eq!(fs::read(copied.join("alias.jpg")).unwrap(), fs::read(&inside).unwrap());
+    assert!(!Path::new("/tmp/evil").exists());
+    w.assert_nothing_outside();
+    // Every output path is made of safe parts.
+    let mut files = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                walk(&e.path(), out)
+            } else {
+                out.push(e.path())
+            }
+        }
+    }
+    walk(&w.output, &mut files);
+    for f in files {
+        let rel = f.strip_prefix(&w.output).unwrap().to_string_lossy().to_string();
+        assert!(!rel.contains("..") && !rel.contains("passwd") && !rel.contains("evil"), "{rel}");
+    }
+}
+
+#[test]
+fn missing_datasets_optional_goes_on_required_fails_at_start() {
+    let w = world(5);
+    fs::rename(w.input.join("egd-cxr"), w.root.join("keep-egd")).unwrap();
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("dataset missing"), "not said: {}", stderr(&out));
+    let s = w.summary();
+    assert_eq!(s["missing_datasets"][0], "egd-cxr");
+    assert_eq!(s["eye_gaze"]["images"], 0);
+    assert!(s["reflacx"]["images"].as_u64().unwrap() > 0);
+
+    fs::rename(w.input.join("mimiciv"), w.root.join("keep-mimiciv")).unwrap();
+    let out = w.build();
+    assert!(!out.status.success());
+    let err = cause(&out);
+    assert!(err.contains("required dataset MIMIC-IV is missing") && err.contains("mimiciv/hosp"), "{err}");
+}
+
+#[test]
+fn an_unreadable_input_file_fails_its_table_only() {
+    let w = world(5);
+    // Root ignores permissions: run the build as nobody on a world it may read and write.
+    for dir in [&w.root] {
+        std::process::Command::new("chmod").args(["-R", "a+rwX"]).arg(dir).status().unwrap();
+    }
+    let locked = w.input.join("mimiciv/hosp/diagnoses_icd.csv");
+    std::process::Command::new("chmod").arg("000").arg(&locked).status().unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_mimic-eye"))
+        .args(["build", "--input"])
+        .arg(&w.input)
+        .arg("--output")
+        .arg(&w.output)
+        .env("MIMIC_EYE_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = cause(&out);
+    assert!(err.contains("diagnoses_icd.csv") && err.contains("Permission denied"), "{err}");
+    let s = w.summary();
+    assert!(s["failed"]["hosp/diagnoses_icd"].is_string());
+    assert!(s["tables"]["hosp/labevents"]["written"].as_u64().unwrap() > 0, "other tables still built");
+}
+
+#[test]
+fn hitting_the_file_size_limit_fails_cleanly_and_the_next_build_succeeds() {
+    let w = world(400);
+    assert!(w.build().status.success());
+    let before = tree(&w.output);
+    // A new version of labevents: every patient's file must be rewritten.
+    let path = w.input.join("mimiciv/hosp/labevents.csv");
+    fs::write(&path, fs::read_to_string(&path).unwrap().replace("ROUTINE", "STAT")).unwrap();
+    let out = std::process::Command::new("prlimit")
+        .arg("--fsize=20000")
+        .arg(env!("CARGO_BIN_EXE_mimic-eye"))
+        .args(["build", "--input"])
+        .arg(&w.input)
+        .arg("--output")
+        .arg(&w.output)
+        .env("MIMIC_EYE_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the limited build must fail");
+    let err = cause(&out);
+    assert!(err.contains("File too large"), "{err}");
+    // The previous output is intact: every file as it was (none half-written, none lost).
+    let during = tree(&w.output);
+    for (k, v) in &during {
+        if let Some(old) = before.get(k) {
+            assert!(v == old || !k.to_string_lossy().contains("labevents"), "{} was half-rewritten", k.display());
+        }
+    }
+    for k in before.keys() {
+        assert!(during.contains_key(k), "{} lost", k.display());
+    }
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let clean = w.root.join("keep-clean");
+    build(&w.input, &clean, &[]);
+    assert_eq!(tree(&w.output), tree(&clean));
+}

@@ -69,6 +69,36 @@ impl Scanner {
     /// Scans one record starting at `start`; `None` when it is not complete in `buf`.
     #[inline]
     fn scan_one(&self, buf: &[u8], start: usize, eof: bool) -> Option<(ScannedRecord, usize)> {
+        // Fast path, the common case: a line without any quote. The line end and the quote test
+        // are SIMD searches (memchr), the comma count vectorises; no per-byte state machine.
+        let rest = &buf[start..];
+        let (line_len, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (i, start + i + 1),
+            None if eof => (rest.len(), buf.len()),
+            None => return None,
+        };
+        let line = &rest[..line_len];
+        if memchr::memchr(b'"', line).is_none() {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let fields = 1 + memchr::memchr_iter(b',', line).count() as u32;
+            let mut rec = ScannedRecord { fields, ..Default::default() };
+            rec.span = Span { start: start as u32, end: (start + line.len()) as u32 };
+            if self.key_col < fields {
+                let mut from = 0;
+                let mut commas = memchr::memchr_iter(b',', line);
+                for _ in 0..self.key_col {
+                    from = commas.next().map_or(line.len(), |c| c + 1);
+                }
+                let to = commas.next().unwrap_or(line.len());
+                rec.key = Span { start: (start + from) as u32, end: (start + to) as u32 };
+            }
+            return Some((rec, next));
+        }
+        self.scan_quoted(buf, start, eof)
+    }
+
+    /// The full RFC 4180 state machine, for records holding quotes.
+    fn scan_quoted(&self, buf: &[u8], start: usize, eof: bool) -> Option<(ScannedRecord, usize)> {
         let n = buf.len();
         let mut rec = ScannedRecord::default();
         let mut field: u32 = 0;

@@ -86,6 +86,17 @@ enum Command {
         #[arg(long)]
         mimiciv: Option<PathBuf>,
     },
+    /// Split one table by subject_id for a cohort (the per-patient split alone; for benchmarks).
+    Split {
+        /// The table (.csv or .csv.gz) with a subject_id column.
+        #[arg(long)]
+        table: PathBuf,
+        /// A CSV with a subject_id column: the cohort.
+        #[arg(long)]
+        cohort: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Synthesise a small input, build it, print the headline counts.
     Demo {
         /// Keep the demo here instead of a temporary folder.
@@ -173,6 +184,31 @@ fn run(command: Command) -> anyhow::Result<()> {
             let planted = synth::generate(&output, &spec)?;
             println!("wrote a synthetic input tree to {}", output.display());
             println!("{}", planted.describe());
+            Ok(())
+        }
+        Command::Split { table, cohort, output } => {
+            let ids = mimic_eye::pipeline::reader::SmallTable::read(&cohort)?;
+            let col = ids.require("subject_id")?;
+            let subjects = ids
+                .rows
+                .iter()
+                .map(|r| mimic_eye::ids::SubjectId::parse(&r.fields[col]))
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("reading the cohort {}", cohort.display()))?;
+            let config = Config::resolve(
+                ConfigFile::default(),
+                Overrides { input: table.parent().map(PathBuf::from), output: Some(output), ..Default::default() },
+            )?;
+            let _lock = pipeline::publish::lock_output(&config.output)?;
+            let started = std::time::Instant::now();
+            let cohort = mimic_eye::pipeline::linker::Cohort::from_subjects(subjects);
+            let outcome = runtime()?.block_on(pipeline::split_one(config, table, cohort))?;
+            let secs = started.elapsed().as_secs_f64();
+            let c = outcome.counts;
+            println!(
+                "{{\"rows\": {}, \"written\": {}, \"outside_cohort\": {}, \"rejected\": {}, \"input_bytes\": {}, \"seconds\": {secs:.3}, \"rows_per_second\": {:.0}, \"peak_rss_bytes\": {}}}",
+                c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, pipeline::peak_rss_bytes()
+            );
             Ok(())
         }
         Command::Demo { dir, profile } => {

@@ -1,12 +1,12 @@
 //! Opening an input table as a stream of decoded bytes.
 //!
-//! `.csv.gz` files are decoded on their own thread (every gzip member, with flate2's zlib-rs
-//! backend) and handed over in chunks through a bounded channel, so decompression and record
-//! scanning run on two cores at once. Plain `.csv` files are read directly by the caller.
+//! Every file is read on its own thread and handed over in 1 MiB chunks through a bounded
+//! channel, so reading (for `.csv.gz`: decoding every gzip member with flate2's zlib-rs backend)
+//! and record scanning run on two cores at once.
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -47,15 +47,10 @@ pub fn is_gzip_name(path: &Path) -> bool {
 
 /// A table's decoded byte stream.
 pub struct Source {
-    kind: Kind,
+    chunks: async_channel::Receiver<io::Result<Vec<u8>>>,
     /// Bytes of the input file consumed so far (compressed bytes for gzip).
     pub input_read: Arc<AtomicU64>,
     decoded: u64,
-}
-
-enum Kind {
-    Plain(Counting<File>),
-    Gzip(async_channel::Receiver<io::Result<Vec<u8>>>),
 }
 
 impl Source {
@@ -63,84 +58,66 @@ impl Source {
         let file = File::open(path)?;
         let input_read = Arc::new(AtomicU64::new(0));
         let counting = Counting { inner: file, read: Arc::clone(&input_read) };
-        let kind = if is_gzip_name(path) {
-            Kind::Gzip(spawn_decoder(path.to_path_buf(), counting)?)
+        let chunks = if is_gzip_name(path) {
+            let decoder = MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, counting));
+            spawn_producer(path, decoder)?
         } else {
-            Kind::Plain(counting)
+            spawn_producer(path, counting)?
         };
-        Ok(Self { kind, input_read, decoded: 0 })
+        Ok(Self { chunks, input_read, decoded: 0 })
     }
 
     /// Appends up to one chunk of decoded bytes to `buf`; returns 0 at the end of the input.
     pub fn fill(&mut self, buf: &mut Vec<u8>) -> Result<usize, SourceError> {
-        let result = match &mut self.kind {
-            Kind::Plain(file) => {
-                let old = buf.len();
-                buf.resize(old + CHUNK, 0);
-                let r = loop {
-                    match file.read(&mut buf[old..]) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        r => break r,
-                    }
-                };
-                buf.truncate(old + *r.as_ref().unwrap_or(&0));
-                r
+        match self.chunks.recv_blocking() {
+            Ok(Ok(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                self.decoded += chunk.len() as u64;
+                Ok(chunk.len())
             }
-            Kind::Gzip(chunks) => match chunks.recv_blocking() {
-                Ok(Ok(chunk)) => {
-                    buf.extend_from_slice(&chunk);
-                    Ok(chunk.len())
-                }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Ok(0), // the decoder finished and closed the channel
-            },
-        };
-        match result {
-            Ok(n) => {
-                self.decoded += n as u64;
-                Ok(n)
-            }
-            Err(cause) => Err(SourceError {
+            Ok(Err(cause)) => Err(SourceError {
                 input_offset: self.input_read.load(Ordering::Relaxed),
                 decoded_offset: self.decoded,
                 cause,
             }),
+            Err(_) => Ok(0), // the producer finished and closed the channel
         }
     }
 }
 
-fn spawn_decoder(path: PathBuf, file: Counting<File>) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
+/// Reads `reader` to its end on a thread of its own, in chunks, into a bounded channel.
+fn spawn_producer<R: Read + Send + 'static>(
+    path: &Path,
+    mut reader: R,
+) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
     let (tx, rx) = async_channel::bounded(DECODE_QUEUE);
-    let name = format!("gunzip {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-    std::thread::Builder::new().name(name).spawn(move || {
-        let mut decoder = MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, file));
-        loop {
-            let mut chunk = vec![0u8; CHUNK];
-            let mut filled = 0;
-            let status = loop {
-                match decoder.read(&mut chunk[filled..]) {
-                    Ok(0) => break Ok(true),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == chunk.len() {
-                            break Ok(false);
-                        }
+    let name = format!("read {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    std::thread::Builder::new().name(name).spawn(move || loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut filled = 0;
+        let status = loop {
+            match reader.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(true),
+                Ok(n) => {
+                    filled += n;
+                    if filled == chunk.len() {
+                        break Ok(false);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
                 }
-            };
-            chunk.truncate(filled);
-            if filled > 0 && tx.send_blocking(Ok(chunk)).is_err() {
-                return; // the reader went away
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
             }
-            match status {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(e) => {
-                    let _ = tx.send_blocking(Err(e));
-                    return;
-                }
+        };
+        chunk.truncate(filled);
+        if filled > 0 && tx.send_blocking(Ok(chunk)).is_err() {
+            return; // the reader went away
+        }
+        match status {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                let _ = tx.send_blocking(Err(e));
+                return;
             }
         }
     })?;

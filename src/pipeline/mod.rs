@@ -571,6 +571,27 @@ pub fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Splits one table by `subject_id` for a cohort, through the same table job as a build
+/// (`<output>/patient_<sid>/Hosp/<table>.csv`). Used by `mimic-eye split` and the benchmarks.
+pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow::Result<WriterOutcome> {
+    let name =
+        input::table_name(&table).with_context(|| format!("{} is not a .csv or .csv.gz table", table.display()))?;
+    std::fs::create_dir_all(publish::state_dir(&config.output))?;
+    publish::recover(&config.output)?;
+    let ctx = Arc::new(BuildContext {
+        cohort: Arc::new(cohort),
+        links: Arc::new(Links::default()),
+        config,
+        progress: Progress::new(true),
+        max_open_files: raise_open_file_limit(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        force_full: true,
+    });
+    let job =
+        TableJob { key: format!("hosp/{name}"), path: table, kind: JobKind::Clinical { module: Module::Hosp, name } };
+    Ok(run_table_job(ctx, job).await?)
+}
+
 /// Fails at start-up when a required dataset is missing; names the optional ones that are.
 fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec<String>> {
     if !config.input.is_dir() {

@@ -1,0 +1,111 @@
+"""Runs mimic-eye's split and DuckDB's on the same synthetic tables; see benches/duckdb.sh."""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SUBJECTS = 300_000
+COHORT = 3_000
+BYTES_PER_ROW = 118  # labevents rows of synth, measured
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def peak_rss_of(cmd):
+    """Runs cmd under /usr/bin/time -v: (stdout, seconds, peak RSS bytes)."""
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
+    secs = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    rss = next(int(l.split(":")[1]) * 1024 for l in p.stderr.splitlines() if "Maximum resident set size" in l)
+    return p.stdout, secs, rss
+
+
+def world(bin_, work, size, order):
+    d = os.path.join(work, f"{order}-{size}g")
+    planted = os.path.join(d, "in", "synth-planted.json")
+    if not os.path.exists(planted):
+        shutil.rmtree(d, ignore_errors=True)
+        rpp = max(1, round(size * 1e9 / (SUBJECTS * BYTES_PER_ROW)))
+        sh([bin_, "synth", "--output", os.path.join(d, "in"), "--patients", str(COHORT),
+            "--others", str(SUBJECTS - COHORT), "--rows-per-patient", str(rpp), "--order", order, "--plain"],
+           stdout=subprocess.DEVNULL)
+    files = {}
+    for table, sub in (("labevents", "hosp"), ("chartevents", "icu")):
+        plain = os.path.join(d, "in", "mimiciv", sub, f"{table}.csv")
+        gz = os.path.join(d, f"{table}.csv.gz")
+        if not os.path.exists(gz):
+            with open(gz + ".tmp", "wb") as out:
+                sh(["gzip", "-c", "-6", plain], stdout=out)
+            os.rename(gz + ".tmp", gz)
+        files[(table, "csv")] = plain
+        files[(table, "csv.gz")] = gz
+    cohort = os.path.join(d, "cohort.csv")
+    if not os.path.exists(cohort):
+        ids = json.load(open(planted))["cohort"]
+        with open(cohort, "w") as f:
+            f.write("subject_id\n" + "\n".join(map(str, ids)) + "\n")
+    return d, files, cohort
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--sizes", nargs="+", type=float, required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+    rows_out = []
+    for size in a.sizes:
+        for order in ("grouped", "shuffled"):
+            d, files, cohort = world(a.bin, a.work, size, order)
+            for (table, fmt), path in files.items():
+                res = {"mimic-eye": [], "duckdb": []}
+                rows = None
+                for run in range(a.runs):
+                    for tool in (("mimic-eye", "duckdb") if run % 2 == 0 else ("duckdb", "mimic-eye")):
+                        out = os.path.join(d, f"out-{tool}")
+                        shutil.rmtree(out, ignore_errors=True)
+                        if tool == "mimic-eye":
+                            stdout, secs, rss = peak_rss_of([a.bin, "split", "--table", path, "--cohort", cohort, "--output", out])
+                            rows = json.loads(stdout.strip().splitlines()[-1])["rows"]
+                        else:
+                            _, secs, rss = peak_rss_of([sys.executable, os.path.join(HERE, "duckdb_split.py"), path, cohort, out])
+                        res[tool].append((secs, rss))
+                        shutil.rmtree(out, ignore_errors=True)
+                mb = os.path.getsize(files[(table, "csv")]) / 1e6
+                line = {"size_gb": size, "order": order, "table": table, "format": fmt, "rows": rows, "uncompressed_mb": round(mb)}
+                for tool, v in res.items():
+                    med = statistics.median(s for s, _ in v)
+                    line[tool] = {"median_s": round(med, 2), "rows_per_s": round(rows / med), "mb_per_s": round(mb / med),
+                                  "peak_rss_mib": round(max(r for _, r in v) / 2**20, 1)}
+                line["ratio"] = round(line["duckdb"]["median_s"] / line["mimic-eye"]["median_s"], 2)
+                rows_out.append(line)
+                print(json.dumps(line), flush=True)
+        # End to end: a whole synthetic world build (every dataset, both big tables).
+        d = os.path.join(a.work, f"grouped-{size:g}g")
+        out = os.path.join(d, "out-build")
+        shutil.rmtree(out, ignore_errors=True)
+        _, secs, rss = peak_rss_of([a.bin, "build", "--input", os.path.join(d, "in"), "--output", out])
+        shutil.rmtree(out, ignore_errors=True)
+        print(json.dumps({"size_gb": size, "end_to_end_build_s": round(secs, 1), "peak_rss_mib": round(rss / 2**20, 1)}), flush=True)
+
+    print()
+    print(f"| size | order | table | input | mimic-eye rows/s | MB/s | RSS MiB | DuckDB rows/s | MB/s | RSS MiB | ratio |")
+    print(f"|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for l in rows_out:
+        m, k = l["mimic-eye"], l["duckdb"]
+        print(f"| {l['size_gb']:g} GB | {l['order']} | {l['table']} | .{l['format']} | {m['rows_per_s']:,} | {m['mb_per_s']} | {m['peak_rss_mib']} "
+              f"| {k['rows_per_s']:,} | {k['mb_per_s']} | {k['peak_rss_mib']} | {l['ratio']}x |")
+
+
+if __name__ == "__main__":
+    main()

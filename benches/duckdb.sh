@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Side by side: mimic-eye's per-patient split against DuckDB doing the same job, same files,
+# same cohort, same machine, alternating runs. Prints rows/s, MB/s, peak RSS and the ratio.
+#
+#   bash benches/duckdb.sh [--sizes "2 8"] [--runs 3] [--workdir DIR]
+#
+# Sizes are GB of uncompressed labevents (chartevents is about 0.8x); about 300,000 subjects of
+# which 3,000 form the cohort. Needs about 9x the largest size in free disk, and time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes="2 8"; runs=3; work=/tmp/mimic-eye-bench
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sizes) sizes=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    --workdir) work=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+cargo build --release --locked -q
+mkdir -p "$work"
+if [ ! -x "$work/venv/bin/python" ]; then
+  python3 -m venv "$work/venv"
+  "$work/venv/bin/pip" install -q duckdb
+fi
+exec "$work/venv/bin/python" benches/compare.py --bin target/release/mimic-eye --work "$work" --sizes $sizes --runs "$runs"

@@ -14,10 +14,6 @@ impl Shutdown {
         Self { done: false, rx }
     }
 
-    pub fn is_shutdown(&self) -> bool {
-        self.done
-    }
-
     /// Waits until shutdown is signalled (returns at once if it already was).
     pub async fn recv(&mut self) {
         if self.done {

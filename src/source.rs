@@ -13,7 +13,7 @@ use std::sync::Arc;
 use flate2::bufread::MultiGzDecoder;
 
 /// Bytes handed over per chunk by the decode thread.
-pub const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 256 << 10;
 /// Chunks in flight between the decode thread and the scanner.
 const DECODE_QUEUE: usize = 4;
 
@@ -48,6 +48,8 @@ pub fn is_gzip_name(path: &Path) -> bool {
 /// A table's decoded byte stream.
 pub struct Source {
     chunks: async_channel::Receiver<io::Result<Vec<u8>>>,
+    /// Chunks go back to the producer to be refilled.
+    spare: async_channel::Sender<Vec<u8>>,
     /// Bytes of the input file consumed so far (compressed bytes for gzip).
     pub input_read: Arc<AtomicU64>,
     decoded: u64,
@@ -58,13 +60,14 @@ impl Source {
         let file = File::open(path)?;
         let input_read = Arc::new(AtomicU64::new(0));
         let counting = Counting { inner: file, read: Arc::clone(&input_read) };
+        let (spare, spares) = async_channel::bounded(DECODE_QUEUE + 1);
         let chunks = if is_gzip_name(path) {
             let decoder = MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, counting));
-            spawn_producer(path, decoder)?
+            spawn_producer(path, decoder, spares)?
         } else {
-            spawn_producer(path, counting)?
+            spawn_producer(path, counting, spares)?
         };
-        Ok(Self { chunks, input_read, decoded: 0 })
+        Ok(Self { chunks, spare, input_read, decoded: 0 })
     }
 
     /// Appends up to one chunk of decoded bytes to `buf`; returns 0 at the end of the input.
@@ -72,8 +75,10 @@ impl Source {
         match self.chunks.recv_blocking() {
             Ok(Ok(chunk)) => {
                 buf.extend_from_slice(&chunk);
-                self.decoded += chunk.len() as u64;
-                Ok(chunk.len())
+                let n = chunk.len();
+                self.decoded += n as u64;
+                let _ = self.spare.try_send(chunk);
+                Ok(n)
             }
             Ok(Err(cause)) => Err(SourceError {
                 input_offset: self.input_read.load(Ordering::Relaxed),
@@ -89,11 +94,13 @@ impl Source {
 fn spawn_producer<R: Read + Send + 'static>(
     path: &Path,
     mut reader: R,
+    spares: async_channel::Receiver<Vec<u8>>,
 ) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
     let (tx, rx) = async_channel::bounded(DECODE_QUEUE);
     let name = format!("read {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
     std::thread::Builder::new().name(name).spawn(move || loop {
-        let mut chunk = vec![0u8; CHUNK];
+        let mut chunk = spares.try_recv().unwrap_or_default();
+        chunk.resize(CHUNK, 0);
         let mut filled = 0;
         let status = loop {
             match reader.read(&mut chunk[filled..]) {

@@ -204,12 +204,12 @@ fn a_gzip_copied_in_slowly_is_never_read_half_written() {
 fn kill_dash_nine_at_random_points_then_restart_equals_a_clean_build() {
     let s = setup(&["--patients", "40", "--others", "400", "--rows-per-patient", "1500"]);
     let clean = s.root.join("clean");
-    build(&s.input, &clean, &[]);
+    let took = build(&s.input, &clean, &[])["duration_seconds"].as_f64().unwrap();
     let clean_tree = tree(&clean);
     let port = free_port();
     let config = write_config(&s.root, &s.input, &s.output, port, "");
-    // Deterministic "random" kill points spread over a build.
-    let delays = [120u64, 300, 550, 800, 1200, 1700];
+    // Kill points spread over a build, from the duration of the clean one.
+    let delays: Vec<u64> = [0.1, 0.3, 0.5, 0.7, 0.9, 0.2].iter().map(|f| 30 + (f * took * 1000.0) as u64).collect();
     let mut mid_build = 0;
     for (round, delay) in delays.iter().enumerate() {
         if round % 2 == 1 {

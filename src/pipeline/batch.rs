@@ -1,7 +1,6 @@
 //! The typed messages that flow between the actors of a table job.
 
 use std::fmt;
-use std::path::PathBuf;
 
 use crate::csvscan::Span;
 
@@ -75,6 +74,34 @@ impl fmt::Display for Defect {
     }
 }
 
+/// Batches handed back by the writer for the reader to refill: buffers are allocated once per
+/// job instead of once per batch on one thread and freed on another (glibc's per-thread arenas
+/// turned that churn into tens of MiB of resident memory).
+#[derive(Debug, Clone)]
+pub struct BatchPool {
+    tx: async_channel::Sender<Batch>,
+    rx: async_channel::Receiver<Batch>,
+}
+
+impl BatchPool {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, rx) = async_channel::bounded(capacity);
+        Self { tx, rx }
+    }
+
+    /// An empty batch, reusing a returned one when there is one.
+    pub fn take(&self) -> Batch {
+        self.rx.try_recv().unwrap_or_default()
+    }
+
+    /// Returns a batch for reuse (dropped when the pool is full).
+    pub fn give(&self, mut batch: Batch) {
+        batch.data.clear();
+        batch.records.clear();
+        let _ = self.tx.try_send(batch);
+    }
+}
+
 /// What the reader sends downstream. A job publishes only after `Done`.
 #[derive(Debug)]
 pub enum ReadMsg {
@@ -88,7 +115,3 @@ pub struct ReadStats {
     pub rows: u64,
     pub input_bytes: u64,
 }
-
-/// A path relative to the output root, built only from validated parts.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-pub struct RelPath(pub PathBuf);

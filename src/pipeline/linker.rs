@@ -75,8 +75,8 @@ pub struct LinkInputs {
     pub master_sheet: Option<SmallTable>,
 }
 
-/// Rows the linker could not use, kept for the rejects files.
-#[derive(Debug, Clone)]
+/// A row the linker could not use (its id or time is malformed); listed in `summary.json`.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct LinkReject {
     pub table: String,
     pub line: u64,
@@ -115,10 +115,6 @@ fn field<'a>(fields: &'a [Vec<u8>], i: usize) -> &'a [u8] {
 /// Phase 1: the cohort and the stay links.
 pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<Links, ReadError> {
     let mut links = Links::default();
-    let mut warn = |table: &str, line: u64, reason: String| {
-        links_warn(table, line, &reason);
-        LinkReject { table: table.to_string(), line, reason }
-    };
     let mut warnings = Vec::new();
 
     // EG: dicom_ids (and patients) of the EyeGaze master sheet.
@@ -132,7 +128,7 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
                     links.cohort.dicom_subject.insert(dicom.clone(), subject);
                     links.eye_gaze_dicoms.insert(dicom);
                 }
-                (Err(e), _) | (_, Err(e)) => warnings.push(warn("egd-cxr/master_sheet", row.line, e.to_string())),
+                (Err(e), _) | (_, Err(e)) => skip(&mut warnings, "egd-cxr/master_sheet", row.line, e.to_string()),
             }
         }
     }
@@ -147,13 +143,13 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
                     links.cohort.dicom_subject.entry(dicom.clone()).or_insert(subject);
                     links.reflacx_dicoms.insert(dicom);
                 }
-                (Err(e), _) | (_, Err(e)) => warnings.push(warn("reflacx/metadata", row.line, e.to_string())),
+                (Err(e), _) | (_, Err(e)) => skip(&mut warnings, "reflacx/metadata", row.line, e.to_string()),
             }
         }
     }
 
     let stays = match &inputs.edstays {
-        Some(t) => read_stays(t, &mut warnings, &mut warn)?,
+        Some(t) => read_stays(t, &mut warnings)?,
         None => HashMap::new(),
     };
 
@@ -179,7 +175,7 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
             let subject = match SubjectId::parse(field(&row.fields, s)) {
                 Ok(s) => s,
                 Err(e) => {
-                    warnings.push(warn("mimic-cxr-jpg/metadata", row.line, e.to_string()));
+                    skip(&mut warnings, "mimic-cxr-jpg/metadata", row.line, e.to_string());
                     continue;
                 }
             };
@@ -214,15 +210,12 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
     Ok(links)
 }
 
-fn links_warn(table: &str, line: u64, reason: &str) {
+fn skip(warnings: &mut Vec<LinkReject>, table: &str, line: u64, reason: String) {
     tracing::warn!(table, line, reason, "linker skipped a row");
+    warnings.push(LinkReject { table: table.to_string(), line, reason });
 }
 
-fn read_stays(
-    table: &SmallTable,
-    warnings: &mut Vec<LinkReject>,
-    warn: &mut impl FnMut(&str, u64, String) -> LinkReject,
-) -> Result<HashMap<SubjectId, Vec<Stay>>, ReadError> {
+fn read_stays(table: &SmallTable, warnings: &mut Vec<LinkReject>) -> Result<HashMap<SubjectId, Vec<Stay>>, ReadError> {
     let s = table.require("subject_id")?;
     let id = table.require("stay_id")?;
     let it = table.require("intime")?;
@@ -238,7 +231,7 @@ fn read_stays(
         })();
         match parsed {
             Ok((subject, stay)) => stays.entry(subject).or_default().push(stay),
-            Err(reason) => warnings.push(warn("mimic-iv-ed/edstays", row.line, reason)),
+            Err(reason) => skip(warnings, "mimic-iv-ed/edstays", row.line, reason),
         }
     }
     Ok(stays)

@@ -88,6 +88,8 @@ pub struct Summary {
     /// Tables whose input was still being written: previous output kept.
     pub pending: Vec<String>,
     pub missing_datasets: Vec<String>,
+    /// Rows of the linker's tables skipped for a malformed id or time (file, line, reason).
+    pub linker_skipped: Vec<linker::LinkReject>,
     pub peak_rss_bytes: u64,
     pub duration_seconds: f64,
 }
@@ -251,7 +253,10 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     let mut probes = vec![("reader", tx.downgrade())];
     let key_column = plan.key_column;
     let cancel = Arc::clone(&ctx.cancel);
-    let read_task = tokio::task::spawn_blocking(move || reader.stream_until(key_column, &tx, &cancel));
+    // Batches circulate: reader -> (fixer) -> writer -> back to the reader.
+    let pool = batch::BatchPool::new(CHANNEL_CAPACITY + 2);
+    let reader_pool = pool.clone();
+    let read_task = tokio::task::spawn_blocking(move || reader.stream_until(key_column, &tx, &cancel, &reader_pool));
     let rx = match plan.fix {
         Some(fix) => {
             let (path, links) = (job.path.clone(), Arc::clone(&ctx.links));
@@ -265,7 +270,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
         }
         None => rx,
     };
-    let write_task = tokio::task::spawn_blocking(move || Writer::new(spec)?.run(rx));
+    let write_task = tokio::task::spawn_blocking(move || Writer::new(spec)?.run(rx, &pool));
     let ticker = {
         let (bar, key) = (bar.clone(), job.key.clone());
         let total = std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0);
@@ -554,6 +559,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         failed,
         pending,
         missing_datasets: missing,
+        linker_skipped: links.warnings.clone(),
         peak_rss_bytes: peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),
     };

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
-use crate::pipeline::batch::{Batch, Defect, ReadMsg, ReadStats, Record};
+use crate::pipeline::batch::{Batch, BatchPool, Defect, ReadMsg, ReadStats, Record};
 use crate::source::{Source, SourceError, CHUNK};
 
 /// A record longer than this is taken as a broken file rather than buffered without end.
@@ -85,10 +85,6 @@ impl TableReader {
         &self.header
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Bytes of the input file consumed so far (for progress bars).
     pub fn progress_counter(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.source.input_read)
@@ -159,12 +155,18 @@ impl TableReader {
     /// Streams every data record to `tx` in batches; ends with `Done` or `Failed`.
     /// Stops early, silently, when the receiver is dropped (the job was cancelled).
     pub fn stream(self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>) {
-        self.stream_until(key_col, tx, &AtomicBool::new(false));
+        self.stream_until(key_col, tx, &AtomicBool::new(false), &BatchPool::new(1));
     }
 
     /// Like `stream`, but stops (without `Done`) as soon as `cancel` is set.
-    pub fn stream_until(mut self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>, cancel: &AtomicBool) {
-        let msg = match self.stream_batches(key_col, tx, cancel) {
+    pub fn stream_until(
+        mut self,
+        key_col: Option<usize>,
+        tx: &async_channel::Sender<ReadMsg>,
+        cancel: &AtomicBool,
+        pool: &BatchPool,
+    ) {
+        let msg = match self.stream_batches(key_col, tx, cancel, pool) {
             Ok(Some(stats)) => ReadMsg::Done(stats),
             Ok(None) => return,
             Err(e) => ReadMsg::Failed(e),
@@ -177,6 +179,7 @@ impl TableReader {
         key_col: Option<usize>,
         tx: &async_channel::Sender<ReadMsg>,
         cancel: &AtomicBool,
+        pool: &BatchPool,
     ) -> Result<Option<ReadStats>, ReadError> {
         let scanner = Scanner::new(key_col);
         let expected = self.header.names.len() as u32;
@@ -209,16 +212,19 @@ impl TableReader {
             self.next_line = line;
             if consumed > 0 || self.eof {
                 // Hand the complete records over with their buffer; keep the partial tail.
-                let mut tail = Vec::with_capacity(2 * CHUNK);
-                tail.extend_from_slice(&self.work[consumed..]);
-                let mut data = std::mem::replace(&mut self.work, tail);
-                data.truncate(consumed);
                 if !records.is_empty() {
-                    let batch = Batch { data, records: std::mem::take(&mut records) };
+                    let mut next = pool.take();
+                    next.data.reserve(2 * CHUNK);
+                    next.data.extend_from_slice(&self.work[consumed..]);
+                    let mut data = std::mem::replace(&mut self.work, std::mem::take(&mut next.data));
+                    data.truncate(consumed);
+                    let batch = Batch { data, records: std::mem::replace(&mut records, next.records) };
                     records.reserve(16 * 1024);
                     if tx.send_blocking(ReadMsg::Batch(batch)).is_err() {
                         return Ok(None);
                     }
+                } else {
+                    self.work.drain(..consumed);
                 }
             } else if self.work.len() > MAX_RECORD {
                 return Err(self.error(ReadErrorKind::RecordTooLong { line }));

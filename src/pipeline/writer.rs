@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::csvscan::write_field;
 use crate::ids::{DicomId, SubjectId};
-use crate::pipeline::batch::{Batch, ReadMsg, Record};
+use crate::pipeline::batch::{Batch, BatchPool, ReadMsg, Record};
 use crate::pipeline::linker::Cohort;
 use crate::pipeline::publish;
 use crate::pipeline::reader::ReadError;
@@ -24,7 +24,7 @@ use crate::telemetry;
 /// A patient's pending bytes are written once they reach this size.
 const PATIENT_FLUSH: usize = 64 << 10;
 /// When all pending buffers together hold more than this, every one is flushed and released.
-const BUFFER_BUDGET: usize = 16 << 20;
+const BUFFER_BUDGET: usize = 8 << 20;
 
 /// How a table's records find their destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +184,7 @@ impl Writer {
     }
 
     /// Receives batches until the reader is done, then flushes everything.
-    pub fn run(mut self, rx: async_channel::Receiver<ReadMsg>) -> Result<WriterOutcome, JobError> {
+    pub fn run(mut self, rx: async_channel::Receiver<ReadMsg>, pool: &BatchPool) -> Result<WriterOutcome, JobError> {
         let table = self.spec.table.clone();
         let metrics = telemetry::TableMetrics::new(&table);
         while let Ok(msg) = rx.recv_blocking() {
@@ -192,6 +192,7 @@ impl Writer {
                 ReadMsg::Batch(batch) => {
                     let before = self.outcome.counts;
                     self.write_batch(&batch)?;
+                    pool.give(batch);
                     metrics.add(&before, &self.outcome.counts);
                     metrics.set_buffered(self.buffered, self.open.len());
                 }

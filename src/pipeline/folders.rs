@@ -45,12 +45,7 @@ impl<'a> FolderJob<'a> {
 
     /// Places every file under `src` (recursively) at `dest` (relative to the output root).
     fn folder(&mut self, src: &Path, dest: &Path) -> Result<(), JobError> {
-        let Ok(entries) = fs::read_dir(src) else {
-            return Ok(());
-        };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
+        for entry in sorted_entries(src) {
             let name = entry.file_name();
             if name.eq_ignore_ascii_case("index.html") {
                 continue;
@@ -121,6 +116,13 @@ impl<'a> FolderJob<'a> {
             .map_err(|cause| JobError::Write { path: self.ctx.config.output.clone(), cause })?;
         Ok((self.key.to_string(), self.counts))
     }
+}
+
+/// A folder's entries in name order (none when it does not exist).
+fn sorted_entries(dir: &Path) -> Vec<fs::DirEntry> {
+    let mut entries: Vec<_> = fs::read_dir(dir).map(|e| e.flatten().collect()).unwrap_or_default();
+    entries.sort_by_key(|e| e.file_name());
+    entries
 }
 
 /// Already in place: the same inode (hard link), or a copy of the same size that is not older.
@@ -222,12 +224,7 @@ fn sync_reading(job: &mut FolderJob, src: &Path, dest: &Path, profile: Profile) 
     if profile == Profile::Release {
         return job.folder(src, dest);
     }
-    let Ok(entries) = fs::read_dir(src) else {
-        return Ok(());
-    };
-    let mut entries: Vec<_> = entries.flatten().collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
+    for entry in sorted_entries(src) {
         let name = entry.file_name();
         let path = entry.path();
         if name == "anomaly_location_ellipses.csv" && job.resolve(&path).is_some_and(|m| m.is_file()) {

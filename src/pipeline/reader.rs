@@ -53,6 +53,17 @@ impl Header {
     pub fn find(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n.trim().eq_ignore_ascii_case(name))
     }
+
+    /// Like `find`, but a missing column is an error naming the file, the column and the header.
+    pub fn require(&self, path: &Path, column: &str) -> Result<usize, ReadError> {
+        self.find(column).ok_or_else(|| ReadError {
+            path: path.to_path_buf(),
+            kind: ReadErrorKind::MissingColumn {
+                column: column.to_string(),
+                header: String::from_utf8_lossy(&self.raw).into_owned(),
+            },
+        })
+    }
 }
 
 /// An opened table, positioned after its header line.
@@ -90,15 +101,9 @@ impl TableReader {
         Arc::clone(&self.source.input_read)
     }
 
-    /// A required column's index, or an error naming the column and the header.
+    /// A required column's index, or an error naming the file, the column and the header.
     pub fn require(&self, column: &str) -> Result<usize, ReadError> {
-        self.header.find(column).ok_or_else(|| ReadError {
-            path: self.path.clone(),
-            kind: ReadErrorKind::MissingColumn {
-                column: column.to_string(),
-                header: String::from_utf8_lossy(&self.header.raw).into_owned(),
-            },
-        })
+        self.header.require(&self.path, column)
     }
 
     fn error(&self, kind: ReadErrorKind) -> ReadError {
@@ -297,12 +302,6 @@ impl SmallTable {
 
     /// A column's index, or an error naming the file and the missing column.
     pub fn require(&self, column: &str) -> Result<usize, ReadError> {
-        self.header.find(column).ok_or_else(|| ReadError {
-            path: self.path.clone(),
-            kind: ReadErrorKind::MissingColumn {
-                column: column.to_string(),
-                header: String::from_utf8_lossy(&self.header.raw).into_owned(),
-            },
-        })
+        self.header.require(&self.path, column)
     }
 }

@@ -59,25 +59,35 @@ pub fn read_table(path: &Path) -> Vec<u8> {
     }
 }
 
-/// Every file under `root` (relative path → bytes), skipping the state folder and summary.
-pub fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+/// Every output file (relative path → `value` of it), skipping the state folder and summary.
+pub fn output_files<T>(root: &Path, value: impl Fn(&Path) -> T + Copy) -> BTreeMap<PathBuf, T> {
     let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for e in fs::read_dir(dir).unwrap().flatten() {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_path_buf();
             if rel.starts_with(".mimic-eye") || rel == Path::new("summary.json") {
                 continue;
             }
             if e.file_type().unwrap().is_dir() {
-                walk(root, &p, out);
+                stack.push(p);
             } else {
-                out.insert(rel, fs::read(&p).unwrap());
+                out.insert(rel, value(&p));
             }
         }
     }
-    walk(root, root, &mut out);
     out
+}
+
+/// Every output file's bytes.
+pub fn tree(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    output_files(root, |p| fs::read(p).unwrap())
+}
+
+/// Every output file's modification time.
+pub fn mtimes(root: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
+    output_files(root, |p| fs::metadata(p).unwrap().modified().unwrap())
 }
 
 /// Asserts rows read = written + outside cohort + rejected for every table of a summary.
@@ -196,25 +206,4 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Modification times of every output file (state folder excluded).
-pub fn mtimes(root: &Path) -> BTreeMap<PathBuf, std::time::SystemTime> {
-    let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, std::time::SystemTime>) {
-        for e in fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            if rel.starts_with(".mimic-eye") || rel == Path::new("summary.json") {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, e.metadata().unwrap().modified().unwrap());
-            }
-        }
-    }
-    walk(root, root, &mut out);
-    out
 }

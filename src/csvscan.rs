@@ -202,6 +202,12 @@ fn finish(
 
 /// Splits one record's bytes into decoded fields (quotes removed, doubled quotes undone).
 /// Used for the small tables the linker reads, never on the hot path.
+///
+/// ```
+/// use mimic_eye::csvscan::split_fields;
+/// let fields = split_fields(b"1,\"Quiet, calm space\",\"say \"\"hi\"\"\",On ");
+/// assert_eq!(fields, [&b"1"[..], b"Quiet, calm space", b"say \"hi\"", b"On "]);
+/// ```
 pub fn split_fields(record: &[u8]) -> Vec<Vec<u8>> {
     let mut fields = Vec::new();
     let mut cur = Vec::new();

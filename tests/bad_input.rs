@@ -31,6 +31,19 @@ impl World {
     fn build(&self) -> Output {
         bin().arg("build").arg("--input").arg(&self.input).arg("--output").arg(&self.output).output().unwrap()
     }
+    /// The same build run through `wrapper` (setpriv, prlimit…), which ends with the binary.
+    fn build_via(&self, wrapper: &[&str]) -> Output {
+        std::process::Command::new(wrapper[0])
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_mimic-eye"))
+            .args(["build", "--input"])
+            .arg(&self.input)
+            .arg("--output")
+            .arg(&self.output)
+            .env("MIMIC_EYE_LOG", "error")
+            .output()
+            .unwrap()
+    }
     fn subject(&self, i: usize) -> u64 {
         self.planted["cohort"][i].as_u64().unwrap()
     }
@@ -245,16 +258,7 @@ fn an_unreadable_input_file_fails_its_table_only() {
     }
     let locked = w.input.join("mimiciv/hosp/diagnoses_icd.csv");
     std::process::Command::new("chmod").arg("000").arg(&locked).status().unwrap();
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_mimic-eye"))
-        .args(["build", "--input"])
-        .arg(&w.input)
-        .arg("--output")
-        .arg(&w.output)
-        .env("MIMIC_EYE_LOG", "error")
-        .output()
-        .unwrap();
+    let out = w.build_via(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
     assert!(!out.status.success());
     let err = cause(&out);
     assert!(err.contains("diagnoses_icd.csv") && err.contains("Permission denied"), "{err}");
@@ -271,16 +275,7 @@ fn hitting_the_file_size_limit_fails_cleanly_and_the_next_build_succeeds() {
     // A new version of labevents: every patient's file must be rewritten.
     let path = w.input.join("mimiciv/hosp/labevents.csv");
     fs::write(&path, fs::read_to_string(&path).unwrap().replace("ROUTINE", "STAT")).unwrap();
-    let out = std::process::Command::new("prlimit")
-        .arg("--fsize=20000")
-        .arg(env!("CARGO_BIN_EXE_mimic-eye"))
-        .args(["build", "--input"])
-        .arg(&w.input)
-        .arg("--output")
-        .arg(&w.output)
-        .env("MIMIC_EYE_LOG", "error")
-        .output()
-        .unwrap();
+    let out = w.build_via(&["prlimit", "--fsize=20000"]);
     assert!(!out.status.success(), "the limited build must fail");
     let err = cause(&out);
     assert!(err.contains("File too large"), "{err}");

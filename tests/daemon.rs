@@ -270,3 +270,25 @@ fn sigterm_during_a_build_stops_quickly_and_the_next_start_finishes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("locked"), "{}", String::from_utf8_lossy(&out.stderr));
     d.stop();
 }
+
+#[test]
+fn sighup_reloads_the_config() {
+    let s = setup(&["--patients", "8", "--others", "4"]);
+    let port = free_port();
+    let config = write_config(&s.root, &s.input, &s.output, port, "");
+    let d = Daemon::start(&config, port);
+    d.wait_idle(60);
+    assert_eq!(summary(&s.output)["profile"], "paper");
+    let builds = d.builds();
+    fs::write(&config, format!("{}profile = \"release\"\n", fs::read_to_string(&config).unwrap())).unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.builds() <= builds && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.wait_idle(60);
+    let s2 = summary(&s.output);
+    assert_eq!(s2["profile"], "release", "SIGHUP did not reload: {}", d.log_text());
+    assert_eq!(s2["linked_images"], s.planted["linked_images_release"]);
+    d.stop();
+}

@@ -197,3 +197,24 @@ fn systemd_unit_verifies_and_rates_ok() {
         assert!(fs::read_to_string(deploy("mimic-eye.service")).unwrap().contains(required), "unit lacks {required}");
     }
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    synth(&input, &["--patients", "4", "--others", "2"]);
+    let out = bin()
+        .env("MIMIC_EYE_LOG", "info")
+        .args(["--log-format", "json", "build", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let logs = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect();
+    assert!(lines.len() > 5);
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "table published" && l["level"] == "INFO"));
+}

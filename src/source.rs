@@ -1,6 +1,6 @@
 //! Opening an input table as a stream of decoded bytes.
 //!
-//! Every file is read on its own thread and handed over in 1 MiB chunks through a bounded
+//! Every file is read on its own thread and handed over in 256 KiB chunks through a bounded
 //! channel, so reading (for `.csv.gz`: decoding every gzip member with flate2's zlib-rs backend)
 //! and record scanning run on two cores at once.
 

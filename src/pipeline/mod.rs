@@ -32,7 +32,7 @@ use publish::Manifest;
 use reader::TableReader;
 use writer::{JobError, Route, TableCounts, Writer, WriterOutcome, WriterSpec};
 
-/// Batches in flight on each link between actors (memory: capacity × about 2 MiB).
+/// Batches in flight on each link between actors (memory: capacity × about 512 KiB).
 pub const CHANNEL_CAPACITY: usize = 4;
 
 /// What kind of table a job handles, which decides where its rows go.

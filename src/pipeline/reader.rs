@@ -1,7 +1,7 @@
 //! The reader actor: streams one table from its file as batches of verbatim records.
 //!
 //! It runs on a blocking thread (decoding and scanning are CPU-bound), extracts only the routing
-//! key of each record, and sends batches of about one chunk (1 MiB, thousands of records) down a
+//! key of each record, and sends batches of about one chunk (256 KiB, about 2,000 records) down a
 //! bounded channel, so memory stays constant whatever the size of the table.
 
 use std::path::{Path, PathBuf};

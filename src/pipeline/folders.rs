@@ -179,8 +179,8 @@ pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
 
     // REFLACX reading folders (ellipses merged in profile paper) and gaze samples.
     let mut readings = FolderJob::new(ctx, "files/reflacx");
-    for phase in crate::input::side_inputs(&ctx.config).reflacx_phases {
-        let table = SmallTable::read(&phase)?;
+    for table in &ctx.reflacx_phases {
+        let phase = &table.path;
         let (id_col, s_col) = (table.require("id")?, table.require("subject_id")?);
         for row in &table.rows {
             let raw_id = row.fields.get(id_col).map_or(&[][..], Vec::as_slice);

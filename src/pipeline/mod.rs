@@ -64,6 +64,10 @@ pub struct BuildContext {
     pub links: Arc<Links>,
     pub progress: Progress,
     pub max_open_files: usize,
+    /// The linker's REFLACX phases and EyeGaze master sheet, read once and reused by the fixer
+    /// and the folder sync.
+    pub reflacx_phases: Vec<reader::SmallTable>,
+    pub master_sheet: Option<reader::SmallTable>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -465,17 +469,18 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
 
     let links = {
         let (cfg, side) = (config.clone(), side.clone());
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Links> {
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
             let inputs = linker::load_inputs(
                 side.cxr_metadata.as_deref(),
                 side.edstays.as_deref(),
                 &side.reflacx_phases,
                 side.master_sheet.as_deref(),
             )?;
-            Ok(linker::link(&inputs, cfg.profile, cfg.window_days)?)
+            Ok((linker::link(&inputs, cfg.profile, cfg.window_days)?, inputs))
         })
         .await??
     };
+    let (links, linker::LinkInputs { reflacx_metadata, master_sheet, .. }) = links;
     tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");
 
     let ctx = Arc::new(BuildContext {
@@ -486,6 +491,8 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         max_open_files: raise_open_file_limit(),
         cancel: Arc::clone(&options.cancel),
         force_full: options.force_full,
+        reflacx_phases: reflacx_metadata,
+        master_sheet,
     });
 
     let mut tables = BTreeMap::new();
@@ -592,6 +599,8 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
         max_open_files: raise_open_file_limit(),
         cancel: Arc::new(AtomicBool::new(false)),
         force_full: true,
+        reflacx_phases: Vec::new(),
+        master_sheet: None,
     });
     let job =
         TableJob { key: format!("hosp/{name}"), path: table, kind: JobKind::Clinical { module: Module::Hosp, name } };

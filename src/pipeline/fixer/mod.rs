@@ -13,7 +13,6 @@ use crate::config::Profile;
 use crate::pipeline::batch::ReadMsg;
 use crate::pipeline::batch::Record;
 use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
-use crate::pipeline::reader::SmallTable;
 use crate::pipeline::writer::{JobError, Route, TableCounts};
 use crate::pipeline::{publish, write_derived, BuildContext};
 
@@ -72,12 +71,10 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 
 /// The fixed small tables: stacked REFLACX metadata and the EyeGaze master sheet.
 pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
-    let side = crate::input::side_inputs(&ctx.config);
     let mut done = Vec::new();
-    if !side.reflacx_phases.is_empty() {
-        let phases: Vec<SmallTable> =
-            side.reflacx_phases.iter().map(|p| SmallTable::read(p)).collect::<Result<_, _>>()?;
-        let mut table = reflacx::stack(&phases);
+    let phases = &ctx.reflacx_phases;
+    if let Some(first) = phases.first() {
+        let mut table = reflacx::stack(phases);
         if ctx.config.profile == Profile::Paper {
             table = reflacx::merge(&table, reflacx::max_certainty);
         }
@@ -87,7 +84,7 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
             write_columns(
                 ctx,
                 "reflacx/metadata",
-                &side.reflacx_phases[0],
+                &first.path,
                 &table,
                 &rejects,
                 "subject_id",
@@ -96,8 +93,8 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
             )?,
         ));
     }
-    if let Some(path) = &side.master_sheet {
-        let sheet = SmallTable::read(path)?;
+    if let Some(sheet) = &ctx.master_sheet {
+        let path = &sheet.path;
         let d = sheet.require("dicom_id")?;
         let s = sheet.require("stay_id")?;
         let mut table = reflacx::Columns { names: sheet.header.names.clone(), rows: Vec::new() };

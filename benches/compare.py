@@ -38,16 +38,20 @@ def world(bin_, work, size, order):
         sh([bin_, "synth", "--output", os.path.join(d, "in"), "--patients", str(COHORT),
             "--others", str(SUBJECTS - COHORT), "--rows-per-patient", str(rpp), "--order", order, "--plain"],
            stdout=subprocess.DEVNULL)
-    files = {}
+    files, gzips = {}, []
     for table, sub in (("labevents", "hosp"), ("chartevents", "icu")):
         plain = os.path.join(d, "in", "mimiciv", sub, f"{table}.csv")
         gz = os.path.join(d, f"{table}.csv.gz")
-        if not os.path.exists(gz):
-            with open(gz + ".tmp", "wb") as out:
-                sh(["gzip", "-c", "-6", plain], stdout=out)
-            os.rename(gz + ".tmp", gz)
+        if not os.path.exists(gz):  # both tables compressed at once, one core each
+            out = open(gz + ".tmp", "wb")
+            gzips.append((subprocess.Popen(["gzip", "-c", "-6", plain], stdout=out), out, gz))
         files[(table, "csv")] = plain
         files[(table, "csv.gz")] = gz
+    for proc, out, gz in gzips:
+        if proc.wait() != 0:
+            sys.exit(f"gzip failed for {gz}")
+        out.close()
+        os.rename(gz + ".tmp", gz)
     # Neither tool should pay for the writeback of the inputs just generated (mimic-eye's
     # publish barrier is a syncfs, which would wait for it; DuckDB never syncs).
     os.sync()
@@ -59,6 +63,19 @@ def world(bin_, work, size, order):
     return d, files, cohort
 
 
+def set_aside(work, path):
+    """Moves a finished run's output into the trash folder, emptied when the benchmark ends.
+
+    Deleting thousands of files right before the next run would bill that run for it: on an
+    ext4 without a journal (this machine's) the kernel skips inodes deleted in the last 60-360 s
+    when it allocates new ones (find_inode_bit / recently_deleted), so creating 6,000 files after
+    deleting 6,000 took 1-2 s longer and varied run to run, whichever tool ran next."""
+    if os.path.exists(path):
+        trash = os.path.join(work, "trash")
+        os.makedirs(trash, exist_ok=True)
+        os.rename(path, os.path.join(trash, f"{time.time_ns()}"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -66,6 +83,11 @@ def main():
     ap.add_argument("--sizes", nargs="+", type=float, required=True)
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
+    # A previous invocation's trash is deleted now and the first runs wait out the window above.
+    if os.path.exists(os.path.join(a.work, "trash")):
+        shutil.rmtree(os.path.join(a.work, "trash"))
+        os.sync()
+        time.sleep(60)
     rows_out = []
     for size in a.sizes:
         for order in ("grouped", "shuffled"):
@@ -76,14 +98,14 @@ def main():
                 for run in range(a.runs):
                     for tool in (("mimic-eye", "duckdb") if run % 2 == 0 else ("duckdb", "mimic-eye")):
                         out = os.path.join(d, f"out-{tool}")
-                        shutil.rmtree(out, ignore_errors=True)
+                        set_aside(a.work, out)
                         if tool == "mimic-eye":
                             stdout, secs, rss = peak_rss_of([a.bin, "split", "--table", path, "--cohort", cohort, "--output", out])
                             rows = json.loads(stdout.strip().splitlines()[-1])["rows"]
                         else:
                             _, secs, rss = peak_rss_of([sys.executable, os.path.join(HERE, "duckdb_split.py"), path, cohort, out])
                         res[tool].append((secs, rss))
-                        shutil.rmtree(out, ignore_errors=True)
+                        set_aside(a.work, out)
                 mb = os.path.getsize(files[(table, "csv")]) / 1e6
                 line = {"size_gb": size, "order": order, "table": table, "format": fmt, "rows": rows, "uncompressed_mb": round(mb)}
                 for tool, v in res.items():
@@ -96,9 +118,9 @@ def main():
         # End to end: a whole synthetic world build (every dataset, both big tables).
         d = os.path.join(a.work, f"grouped-{size}g")
         out = os.path.join(d, "out-build")
-        shutil.rmtree(out, ignore_errors=True)
+        set_aside(a.work, out)
         _, secs, rss = peak_rss_of([a.bin, "build", "--input", os.path.join(d, "in"), "--output", out])
-        shutil.rmtree(out, ignore_errors=True)
+        set_aside(a.work, out)
         print(json.dumps({"size_gb": size, "end_to_end_build_s": round(secs, 1), "peak_rss_mib": round(rss / 2**20, 1)}), flush=True)
 
     print()
@@ -108,6 +130,7 @@ def main():
         m, k = l["mimic-eye"], l["duckdb"]
         print(f"| {l['size_gb']:g} GB | {l['order']} | {l['table']} | .{l['format']} | {m['rows_per_s']:,} | {m['mb_per_s']} | {m['peak_rss_mib']} "
               f"| {k['rows_per_s']:,} | {k['mb_per_s']} | {k['peak_rss_mib']} | {l['ratio']}x |")
+    shutil.rmtree(os.path.join(a.work, "trash"), ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ use crate::csvscan::{split_fields, Scanner};
 use crate::pipeline::batch::{Batch, BatchPool, Defect, ReadMsg, ReadStats, Record};
 use crate::source::{Source, SourceError, CHUNK};
 
+/// Room reserved for a batch's records: a chunk of typical rows (60–200 bytes) fits, and shorter
+/// rows grow the vector once, after which the pooled batch keeps its capacity.
+const RECORDS_PER_BATCH: usize = CHUNK / 64;
+
 /// A record longer than this is taken as a broken file rather than buffered without end.
 const MAX_RECORD: usize = 64 << 20;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -189,7 +193,7 @@ impl TableReader {
         let scanner = Scanner::new(key_col);
         let expected = self.header.names.len() as u32;
         let mut row: u64 = 0;
-        let mut records: Vec<Record> = Vec::with_capacity(16 * 1024);
+        let mut records: Vec<Record> = Vec::with_capacity(RECORDS_PER_BATCH);
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(None);
@@ -224,7 +228,7 @@ impl TableReader {
                     let mut data = std::mem::replace(&mut self.work, std::mem::take(&mut next.data));
                     data.truncate(consumed);
                     let batch = Batch { data, records: std::mem::replace(&mut records, next.records) };
-                    records.reserve(16 * 1024);
+                    records.reserve(RECORDS_PER_BATCH);
                     if tx.send_blocking(ReadMsg::Batch(batch)).is_err() {
                         return Ok(None);
                     }

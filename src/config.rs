@@ -143,7 +143,8 @@ impl Config {
             reflacx: root(d.reflacx, "reflacx"),
             egd_cxr: root(d.egd_cxr, "egd-cxr"),
         };
-        if output.starts_with(&input) && output != input {
+        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        if absolute(&output).starts_with(absolute(&input)) && output != input {
             // Allowed, but the watcher must ignore it; said here so it is not a surprise.
             tracing::warn!("the output directory is inside the input directory");
         }

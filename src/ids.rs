@@ -5,6 +5,7 @@
 //! the file system.
 
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Why an id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -194,3 +195,24 @@ mod tests {
         assert!(ReflacxId::parse(b"../P300R984070").is_err());
     }
 }
+
+/// Hashing for numeric ids in hot lookups: ids are trusted and small, so SipHash's protection
+/// against chosen keys costs time (one lookup per row of a shuffled table) for nothing.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100000001b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E3779B97F4A7C15);
+    }
+}
+
+pub type IdBuildHasher = BuildHasherDefault<IdHasher>;

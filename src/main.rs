@@ -1,6 +1,6 @@
 //! The command line: parses flags, runs one command, turns errors into a one-line cause.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -201,7 +201,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("reading the cohort {}", cohort.display()))?;
             let config = Config::resolve(
                 ConfigFile::default(),
-                Overrides { input: table.parent().map(PathBuf::from), output: Some(output), ..Default::default() },
+                Overrides {
+                    // A bare file name's parent is "", which is the current directory.
+                    input: Some(table.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).into()),
+                    output: Some(output),
+                    ..Default::default()
+                },
             )?;
             let _lock = pipeline::publish::lock_output(&config.output)?;
             let started = std::time::Instant::now();

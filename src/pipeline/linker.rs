@@ -8,14 +8,14 @@ use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 
 use crate::config::Profile;
 use crate::csvscan::{write_field, Span};
-use crate::ids::{DicomId, StayId, SubjectId};
+use crate::ids::{DicomId, IdBuildHasher, StayId, SubjectId};
 use crate::pipeline::batch::{Batch, Record};
 use crate::pipeline::reader::{Header, ReadError, SmallTable};
 
 /// Who is in the dataset, and which patient each image belongs to.
 #[derive(Debug, Default, Clone)]
 pub struct Cohort {
-    subjects: HashSet<SubjectId>,
+    subjects: HashSet<SubjectId, IdBuildHasher>,
     dicom_subject: HashMap<DicomId, SubjectId>,
 }
 

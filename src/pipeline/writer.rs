@@ -8,13 +8,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::csvscan::write_field;
-use crate::ids::{DicomId, SubjectId};
+use crate::ids::{DicomId, IdBuildHasher, SubjectId};
 use crate::pipeline::batch::{Batch, BatchPool, ReadMsg, Record};
 use crate::pipeline::linker::Cohort;
 use crate::pipeline::publish;
@@ -122,23 +121,7 @@ struct OpenFile {
     last_use: u64,
 }
 
-/// Fast hashing for numeric ids (SipHash is overkill for trusted small keys).
-#[derive(Default)]
-struct IdHasher(u64);
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100000001b3);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (v ^ (v >> 29)).wrapping_mul(0x9E3779B97F4A7C15);
-    }
-}
-type IdMap<V> = HashMap<SubjectId, V, BuildHasherDefault<IdHasher>>;
+type IdMap<V> = HashMap<SubjectId, V, IdBuildHasher>;
 
 pub struct Writer {
     spec: WriterSpec,

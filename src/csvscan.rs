@@ -53,9 +53,15 @@ impl Scanner {
     /// were consumed. A record cut off by the end of `buf` is left for the next call unless
     /// `eof` is set, in which case it is the last record (flagged when inside quotes).
     pub fn scan(&self, buf: &[u8], eof: bool, mut out: impl FnMut(ScannedRecord)) -> usize {
+        let mut blocks = Blocks::default();
         let mut pos = 0;
         while pos < buf.len() {
-            match self.scan_one(buf, pos, eof) {
+            let found = match self.scan_plain(buf, pos, eof, &mut blocks) {
+                Line::Plain(record, next) => Some((record, next)),
+                Line::Quoted => self.scan_quoted(buf, pos, eof),
+                Line::Incomplete => None,
+            };
+            match found {
                 Some((record, next)) => {
                     out(record);
                     pos = next;
@@ -66,35 +72,68 @@ impl Scanner {
         pos
     }
 
-    /// Scans one record starting at `start`; `None` when it is not complete in `buf`.
+    /// The fast path, the common case: a line without any quote. One pass over 64-byte blocks
+    /// of bit masks (line feeds, commas, quotes; each block's masks computed once and shared by
+    /// the lines in it) gives the line end, the field count and the key field, with no per-byte
+    /// branching. A line holding a quote is handed to the state machine.
     #[inline]
-    fn scan_one(&self, buf: &[u8], start: usize, eof: bool) -> Option<(ScannedRecord, usize)> {
-        // Fast path, the common case: a line without any quote. The line end and the quote test
-        // are SIMD searches (memchr), the comma count vectorises; no per-byte state machine.
-        let rest = &buf[start..];
-        let (line_len, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (i, start + i + 1),
-            None if eof => (rest.len(), buf.len()),
-            None => return None,
-        };
-        let line = &rest[..line_len];
-        if memchr::memchr(b'"', line).is_none() {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let fields = 1 + memchr::memchr_iter(b',', line).count() as u32;
-            let mut rec = ScannedRecord { fields, ..Default::default() };
-            rec.span = Span { start: start as u32, end: (start + line.len()) as u32 };
-            if self.key_col < fields {
-                let mut from = 0;
-                let mut commas = memchr::memchr_iter(b',', line);
-                for _ in 0..self.key_col {
-                    from = commas.next().map_or(line.len(), |c| c + 1);
+    fn scan_plain(&self, buf: &[u8], start: usize, eof: bool, blocks: &mut Blocks) -> Line {
+        let mut base = start & !63;
+        // Bits of the first block that lie before `start` are not this line's.
+        let mut live = !0u64 << (start - base);
+        let mut commas: u32 = 0;
+        let mut key_start = (self.key_col == 0).then_some(start);
+        let mut key_end = None;
+        let (mut end, next) = loop {
+            if base >= buf.len() {
+                if !eof {
+                    return Line::Incomplete;
                 }
-                let to = commas.next().unwrap_or(line.len());
-                rec.key = Span { start: (start + from) as u32, end: (start + to) as u32 };
+                break (buf.len(), buf.len());
             }
-            return Some((rec, next));
+            let m = blocks.at(buf, base);
+            let line_feeds = m.line_feeds & live;
+            // Everything below the first line feed (all of the block when there is none).
+            let mine = live & line_feeds.wrapping_sub(1) & !line_feeds;
+            if m.quotes & mine != 0 {
+                return Line::Quoted;
+            }
+            let block_commas = m.commas & mine;
+            let count = block_commas.count_ones();
+            if self.key_col != NO_KEY && key_end.is_none() && commas + count >= self.key_col {
+                // The key field starts or ends in this block: walk its commas.
+                let mut rest = block_commas;
+                let mut seen = commas;
+                while rest != 0 {
+                    let at = base + rest.trailing_zeros() as usize;
+                    seen += 1;
+                    if seen == self.key_col {
+                        key_start = Some(at + 1);
+                    } else if seen == self.key_col + 1 {
+                        key_end = Some(at);
+                        break;
+                    }
+                    rest &= rest - 1;
+                }
+            }
+            commas += count;
+            if line_feeds != 0 {
+                let at = base + line_feeds.trailing_zeros() as usize;
+                break (at, at + 1);
+            }
+            base += 64;
+            live = !0;
+        };
+        if end > start && buf[end - 1] == b'\r' {
+            end -= 1;
         }
-        self.scan_quoted(buf, start, eof)
+        let mut record = ScannedRecord { fields: commas + 1, ..Default::default() };
+        record.span = Span { start: start as u32, end: end as u32 };
+        if let Some(from) = key_start {
+            let to = key_end.unwrap_or(end);
+            record.key = Span { start: from.min(to) as u32, end: to as u32 };
+        }
+        Line::Plain(record, next)
     }
 
     /// The full RFC 4180 state machine, for records holding quotes.
@@ -163,6 +202,80 @@ impl Scanner {
             }
         }
     }
+}
+
+/// What the fast path found at a line start.
+enum Line {
+    Plain(ScannedRecord, usize),
+    /// The line holds a quote: the state machine decides.
+    Quoted,
+    /// No line end before the end of the buffer (and more input is coming).
+    Incomplete,
+}
+
+/// Bit `i` of each mask is set when byte `i` of a 64-byte block is that character.
+#[derive(Debug, Clone, Copy, Default)]
+struct Masks {
+    line_feeds: u64,
+    commas: u64,
+    quotes: u64,
+}
+
+/// The masks of the block last asked for: lines are shorter than blocks, so most lookups hit.
+#[derive(Debug, Default)]
+struct Blocks {
+    base: Option<usize>,
+    masks: Masks,
+}
+
+impl Blocks {
+    #[inline]
+    fn at(&mut self, buf: &[u8], base: usize) -> Masks {
+        if self.base != Some(base) {
+            self.base = Some(base);
+            self.masks = match buf[base..].first_chunk::<64>() {
+                Some(block) => masks_of(block),
+                None => {
+                    // The last, partial block: zero padding matches none of the three characters.
+                    let mut block = [0u8; 64];
+                    block[..buf.len() - base].copy_from_slice(&buf[base..]);
+                    masks_of(&block)
+                }
+            };
+        }
+        self.masks
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn masks_of(block: &[u8; 64]) -> Masks {
+    use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+    let mut m = Masks::default();
+    // SAFETY: SSE2 is part of the x86_64 baseline; each unaligned 16-byte load lies inside `block`.
+    unsafe {
+        let (lf, comma, quote) = (_mm_set1_epi8(b'\n' as i8), _mm_set1_epi8(b',' as i8), _mm_set1_epi8(b'"' as i8));
+        for i in 0..4 {
+            let v = _mm_loadu_si128(block.as_ptr().add(16 * i).cast::<__m128i>());
+            let bits = |c| u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, c)) as u16) << (16 * i);
+            m.line_feeds |= bits(lf);
+            m.commas |= bits(comma);
+            m.quotes |= bits(quote);
+        }
+    }
+    m
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn masks_of(block: &[u8; 64]) -> Masks {
+    let mut m = Masks::default();
+    for (i, &b) in block.iter().enumerate() {
+        m.line_feeds |= u64::from(b == b'\n') << i;
+        m.commas |= u64::from(b == b',') << i;
+        m.quotes |= u64::from(b == b'"') << i;
+    }
+    m
 }
 
 #[inline]
@@ -265,7 +378,10 @@ pub fn write_field(out: &mut Vec<u8>, value: &[u8]) {
 mod tests {
     use super::*;
 
-    fn scan_all(input: &[u8], key: Option<usize>) -> Vec<(Vec<u8>, u32, Vec<u8>, u32, bool)> {
+    /// (record bytes, fields, key bytes, newlines, unterminated)
+    type Scanned = (Vec<u8>, u32, Vec<u8>, u32, bool);
+
+    fn scan_all(input: &[u8], key: Option<usize>) -> Vec<Scanned> {
         let mut v = Vec::new();
         let used = Scanner::new(key).scan(input, true, |r| {
             v.push((r.span.slice(input).to_vec(), r.fields, r.key.slice(input).to_vec(), r.newlines, r.unterminated))

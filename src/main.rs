@@ -31,34 +31,47 @@ enum LogFormat {
     Json,
 }
 
+/// What to build and where: each flag given overrides the config file.
+#[derive(clap::Args)]
+struct Settings {
+    /// The config file (TOML; see config/mimic-eye.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The folder holding the parent datasets (mimiciv/, mimic-iv-ed/, mimic-cxr-jpg/, …).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// The folder MIMIC-Eye is written to; nothing is written outside it.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// paper: the article's rules; release: what the published dataset's files show.
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
+    /// Link a study with no stay around it to the nearest stay within this many days (0: off).
+    #[arg(long)]
+    window_days: Option<u32>,
+}
+
+impl Settings {
+    fn split(self) -> (Option<PathBuf>, Overrides) {
+        let Settings { config, input, output, profile, window_days } = self;
+        (config, Overrides { input, output, profile, window_days, metrics_addr: None })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// One build of the output tree, then exit.
     Build {
-        #[arg(long)]
-        input: Option<PathBuf>,
-        #[arg(long)]
-        output: Option<PathBuf>,
-        #[arg(long, value_enum)]
-        profile: Option<Profile>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        window_days: Option<u32>,
+        #[command(flatten)]
+        settings: Settings,
         /// Rewrite every output even if its inputs did not change.
         #[arg(long)]
         full: bool,
     },
     /// The daemon: build, then keep the output current as the input changes.
     Run {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        input: Option<PathBuf>,
-        #[arg(long)]
-        output: Option<PathBuf>,
-        #[arg(long, value_enum)]
-        profile: Option<Profile>,
+        #[command(flatten)]
+        settings: Settings,
         /// Where /metrics, /healthz and /status listen (loopback unless the config allows more).
         #[arg(long)]
         metrics_addr: Option<std::net::SocketAddr>,
@@ -150,12 +163,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Build { input, output, profile, config, window_days, full } => {
+        Command::Build { settings, full } => {
+            let (config, overrides) = settings.split();
             let file = match &config {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
             };
-            let config = Config::resolve(file, Overrides { input, output, profile, window_days, metrics_addr: None })?;
+            let config = Config::resolve(file, overrides)?;
             let _lock = pipeline::publish::lock_output(&config.output)?;
             let options = pipeline::BuildOptions { force_full: full, ..Default::default() };
             let summary = runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true), options))?;
@@ -167,8 +181,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, input, output, profile, metrics_addr } => {
-            let overrides = Overrides { input, output, profile, window_days: None, metrics_addr };
+        Command::Run { settings, metrics_addr } => {
+            let (config, overrides) = settings.split();
+            let overrides = Overrides { metrics_addr, ..overrides };
             let rt = runtime()?;
             let result = rt.block_on(mimic_eye::daemon::run(config, overrides));
             // Blocking threads of a cancelled build get a moment to finish, not forever.

@@ -73,9 +73,15 @@ impl Source {
     /// Appends up to one chunk of decoded bytes to `buf`; returns 0 at the end of the input.
     pub fn fill(&mut self, buf: &mut Vec<u8>) -> Result<usize, SourceError> {
         match self.chunks.recv_blocking() {
-            Ok(Ok(chunk)) => {
-                buf.extend_from_slice(&chunk);
+            Ok(Ok(mut chunk)) => {
                 let n = chunk.len();
+                if buf.is_empty() {
+                    // Chunks end at a line end, so nothing is usually left over from the last
+                    // one: take this chunk as it is instead of copying it.
+                    std::mem::swap(buf, &mut chunk);
+                } else {
+                    buf.extend_from_slice(&chunk);
+                }
                 self.decoded += n as u64;
                 let _ = self.spare.try_send(chunk);
                 Ok(n)
@@ -98,33 +104,47 @@ fn spawn_producer<R: Read + Send + 'static>(
 ) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
     let (tx, rx) = async_channel::bounded(DECODE_QUEUE);
     let name = format!("read {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-    std::thread::Builder::new().name(name).spawn(move || loop {
-        let mut chunk = spares.try_recv().unwrap_or_default();
-        chunk.resize(CHUNK, 0);
-        let mut filled = 0;
-        let status = loop {
-            match reader.read(&mut chunk[filled..]) {
-                Ok(0) => break Ok(true),
-                Ok(n) => {
-                    filled += n;
-                    if filled == chunk.len() {
-                        break Ok(false);
+    std::thread::Builder::new().name(name).spawn(move || {
+        // What followed the last line feed of a full chunk starts the next one, so that chunks
+        // hold whole lines (unless a line is longer than a chunk or a quoted field spans lines).
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let mut chunk = spares.try_recv().unwrap_or_default();
+            chunk.clear();
+            chunk.extend_from_slice(&carry);
+            let mut filled = carry.len();
+            chunk.resize(CHUNK, 0);
+            carry.clear();
+            let status = loop {
+                match reader.read(&mut chunk[filled..]) {
+                    Ok(0) => break Ok(true),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == chunk.len() {
+                            break Ok(false);
+                        }
                     }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+            };
+            if matches!(status, Ok(false)) {
+                if let Some(last) = memchr::memrchr(b'\n', &chunk[..filled]) {
+                    carry.extend_from_slice(&chunk[last + 1..filled]);
+                    filled = last + 1;
+                }
             }
-        };
-        chunk.truncate(filled);
-        if filled > 0 && tx.send_blocking(Ok(chunk)).is_err() {
-            return; // the reader went away
-        }
-        match status {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => {
-                let _ = tx.send_blocking(Err(e));
-                return;
+            chunk.truncate(filled);
+            if filled > 0 && tx.send_blocking(Ok(chunk)).is_err() {
+                return; // the reader went away
+            }
+            match status {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = tx.send_blocking(Err(e));
+                    return;
+                }
             }
         }
     })?;

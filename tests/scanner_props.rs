@@ -28,6 +28,68 @@ fn scan_chunked(input: &[u8], chunk: usize, key: Option<usize>) -> Vec<(Vec<u8>,
     }
 }
 
+/// An independent, byte-at-a-time reading of the same rules, to hold the scanner's fast paths to:
+/// records end at a line feed outside quotes (one CR before it is not part of the record); a
+/// quote opens a quoted field only at the field's start; `""` inside quotes is a literal quote;
+/// the input ending inside quotes ends the record, flagged.
+fn oracle(input: &[u8], key: Option<usize>) -> Vec<(Vec<u8>, u32, Vec<u8>, bool)> {
+    let n = input.len();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let start = i;
+        let mut fields: Vec<(usize, usize, bool)> = Vec::new();
+        let (mut field_start, mut quoted, mut in_quotes) = (i, false, false);
+        let end = loop {
+            if i >= n {
+                break if in_quotes || !input[start..].ends_with(b"\r") { n } else { n - 1 };
+            }
+            let b = input[i];
+            if in_quotes {
+                if b == b'"' {
+                    if i + 1 < n && input[i + 1] == b'"' {
+                        i += 2;
+                        continue;
+                    }
+                    in_quotes = false;
+                }
+                i += 1;
+                continue;
+            }
+            if b == b',' {
+                fields.push((field_start, i, quoted));
+                field_start = i + 1;
+                quoted = false;
+            } else if b == b'\n' {
+                let end = if i > start && input[i - 1] == b'\r' { i - 1 } else { i };
+                i += 1;
+                break end;
+            } else if b == b'"' && i == field_start {
+                quoted = true;
+                in_quotes = true;
+            }
+            i += 1;
+        };
+        let unterminated = in_quotes;
+        fields.push((field_start.min(end), end, quoted && !unterminated));
+        let key_bytes = match key.and_then(|k| fields.get(k)) {
+            Some(&(s, e, q)) if q && e >= s + 2 && input[s] == b'"' && input[e - 1] == b'"' => {
+                input[s + 1..e - 1].to_vec()
+            }
+            Some(&(s, e, _)) => input[s..e].to_vec(),
+            None => Vec::new(),
+        };
+        out.push((input[start..end].to_vec(), fields.len() as u32, key_bytes, unterminated));
+    }
+    out
+}
+
+fn csv_ish_bytes() -> impl Strategy<Value = Vec<u8>> {
+    // Mostly plain text with the characters that matter, long enough to cross 64-byte blocks.
+    let byte = prop_oneof![8 => b'a'..=b'e', 3 => Just(b','), 2 => Just(b'\n'), 1 => Just(b'\r'), 1 => Just(b'"'), 1 => any::<u8>()];
+    proptest::collection::vec(byte, 0..700)
+}
+
 fn field_strategy() -> impl Strategy<Value = String> {
     prop_oneof!["[a-z0-9 ]{0,8}", "[a-z,\"\\r\\n ]{0,8}", any::<String>().prop_map(|s| s.chars().take(6).collect()),]
 }
@@ -40,6 +102,28 @@ proptest! {
         let whole = scan_chunked(&bytes, bytes.len().max(1), key);
         let chunked = scan_chunked(&bytes, chunk, key);
         prop_assert_eq!(whole, chunked);
+    }
+
+    #[test]
+    fn scanner_agrees_with_a_byte_at_a_time_reading(bytes in csv_ish_bytes(), chunk in 1usize..200, key in proptest::option::of(0usize..6)) {
+        let want = oracle(&bytes, key);
+        prop_assert_eq!(&scan_chunked(&bytes, bytes.len().max(1), key), &want);
+        prop_assert_eq!(&scan_chunked(&bytes, chunk, key), &want);
+    }
+
+    #[test]
+    fn long_quote_free_lines_cross_blocks(fields in proptest::collection::vec("[a-z0-9 ]{0,90}", 1..12), lines in 1usize..6, key in 0usize..12, crlf in any::<bool>()) {
+        let line = fields.join(",");
+        let eol = if crlf { "\r\n" } else { "\n" };
+        let text: String = (0..lines).map(|_| format!("{line}{eol}")).collect();
+        let got = scan_chunked(text.as_bytes(), 37, Some(key));
+        prop_assert_eq!(got.len(), lines);
+        for (raw, count, key_bytes, unterminated) in got {
+            prop_assert_eq!(raw, line.as_bytes().to_vec());
+            prop_assert_eq!(count as usize, fields.len());
+            prop_assert_eq!(key_bytes, fields.get(key).map(|f| f.as_bytes().to_vec()).unwrap_or_default());
+            prop_assert!(!unterminated);
+        }
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl Links {
     }
 }
 
-fn field<'a>(fields: &'a [Vec<u8>], i: usize) -> &'a [u8] {
+fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
     fields.get(i).map_or(&[][..], Vec::as_slice)
 }
 

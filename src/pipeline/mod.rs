@@ -335,6 +335,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
 
 /// Writes an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) through a writer
 /// and publishes it as one job.
+#[allow(clippy::too_many_arguments)] // each is one fact about the derived table; all are needed
 pub fn write_derived(
     ctx: &BuildContext,
     job: &str,
@@ -419,13 +420,11 @@ pub fn raise_open_file_limit() -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            if lim.rlim_cur < lim.rlim_max {
-                let mut raised = lim;
-                raised.rlim_cur = lim.rlim_max.min(1 << 20);
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                    lim = raised;
-                }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let mut raised = lim;
+            raised.rlim_cur = lim.rlim_max.min(1 << 20);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
             }
         }
     }

@@ -103,7 +103,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -114,14 +114,14 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
     pub fn hex8(&mut self) -> String {
-        format!("{:08x}", self.next() as u32)
+        format!("{:08x}", self.next_u64() as u32)
     }
     pub fn dicom(&mut self) -> String {
         (0..5).map(|_| self.hex8()).collect::<Vec<_>>().join("-")
@@ -139,7 +139,7 @@ pub struct TableOut {
 
 enum Out {
     Plain(BufWriter<File>),
-    Gzip(GzEncoder<BufWriter<File>>),
+    Gzip(Box<GzEncoder<BufWriter<File>>>),
 }
 
 impl TableOut {
@@ -148,7 +148,8 @@ impl TableOut {
             fs::create_dir_all(dir)?;
         }
         let file = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        let inner = if gzip { Out::Gzip(GzEncoder::new(file, Compression::fast())) } else { Out::Plain(file) };
+        let inner =
+            if gzip { Out::Gzip(Box::new(GzEncoder::new(file, Compression::fast()))) } else { Out::Plain(file) };
         let mut t = Self { path: path.to_path_buf(), inner, rows: 0, member_rows: 0, crlf: false };
         t.line(header)?;
         t.rows = 0;
@@ -189,7 +190,7 @@ impl TableOut {
             let old = std::mem::replace(&mut self.inner, Out::Plain(BufWriter::new(File::open("/dev/null")?)));
             if let Out::Gzip(enc) = old {
                 let file = enc.finish()?;
-                self.inner = Out::Gzip(GzEncoder::new(file, Compression::fast()));
+                self.inner = Out::Gzip(Box::new(GzEncoder::new(file, Compression::fast())));
             }
         }
         Ok(())

@@ -16,6 +16,8 @@ use flate2::bufread::MultiGzDecoder;
 pub const CHUNK: usize = 256 << 10;
 /// Chunks in flight between the decode thread and the scanner.
 const DECODE_QUEUE: usize = 4;
+/// Used buffers kept for the decode thread to refill.
+const SPARE_BUFFERS: usize = 16;
 
 /// A failure while reading the source: the cause and where it happened.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,8 @@ impl Source {
         let file = File::open(path)?;
         let input_read = Arc::new(AtomicU64::new(0));
         let counting = Counting { inner: file, read: Arc::clone(&input_read) };
-        let (spare, spares) = async_channel::bounded(DECODE_QUEUE + 1);
+        // Room for every buffer in flight (decode queue, batch link, reader, writer).
+        let (spare, spares) = async_channel::bounded(SPARE_BUFFERS);
         let chunks = if is_gzip_name(path) {
             let decoder = MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, counting));
             spawn_producer(path, decoder, spares)?
@@ -70,20 +73,27 @@ impl Source {
         Ok(Self { chunks, spare, input_read, decoded: 0 })
     }
 
+    /// Gives a used buffer back to the decode thread (dropped when it has enough).
+    pub fn recycle(&self, buf: Vec<u8>) {
+        if buf.capacity() >= CHUNK {
+            let _ = self.spare.try_send(buf);
+        }
+    }
+
     /// Appends up to one chunk of decoded bytes to `buf`; returns 0 at the end of the input.
     pub fn fill(&mut self, buf: &mut Vec<u8>) -> Result<usize, SourceError> {
         match self.chunks.recv_blocking() {
-            Ok(Ok(mut chunk)) => {
+            Ok(Ok(chunk)) => {
                 let n = chunk.len();
                 if buf.is_empty() {
                     // Chunks end at a line end, so nothing is usually left over from the last
                     // one: take this chunk as it is instead of copying it.
-                    std::mem::swap(buf, &mut chunk);
+                    *buf = chunk;
                 } else {
                     buf.extend_from_slice(&chunk);
+                    self.recycle(chunk);
                 }
                 self.decoded += n as u64;
-                let _ = self.spare.try_send(chunk);
                 Ok(n)
             }
             Ok(Err(cause)) => Err(SourceError {
@@ -109,11 +119,11 @@ fn spawn_producer<R: Read + Send + 'static>(
         // hold whole lines (unless a line is longer than a chunk or a quoted field spans lines).
         let mut carry: Vec<u8> = Vec::new();
         loop {
+            // A recycled buffer keeps its length, so this zeroes only bytes it never held.
             let mut chunk = spares.try_recv().unwrap_or_default();
-            chunk.clear();
-            chunk.extend_from_slice(&carry);
-            let mut filled = carry.len();
             chunk.resize(CHUNK, 0);
+            chunk[..carry.len()].copy_from_slice(&carry);
+            let mut filled = carry.len();
             carry.clear();
             let status = loop {
                 match reader.read(&mut chunk[filled..]) {

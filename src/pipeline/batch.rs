@@ -94,9 +94,9 @@ impl BatchPool {
         self.rx.try_recv().unwrap_or_default()
     }
 
-    /// Returns a batch for reuse (dropped when the pool is full).
+    /// Returns a batch for reuse (dropped when the pool is full). `data` keeps its length: the
+    /// reader hands it back to the decode thread, which refills it without zeroing it first.
     pub fn give(&self, mut batch: Batch) {
-        batch.data.clear();
         batch.records.clear();
         let _ = self.tx.try_send(batch);
     }

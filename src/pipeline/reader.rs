@@ -87,7 +87,7 @@ impl TableReader {
         let mut reader = Self {
             path: path.to_path_buf(),
             source,
-            work: Vec::with_capacity(2 * CHUNK),
+            work: Vec::new(),
             eof: false,
             next_line: 1,
             header: Header::default(),
@@ -223,10 +223,14 @@ impl TableReader {
                 // Hand the complete records over with their buffer; keep the partial tail.
                 if !records.is_empty() {
                     let mut next = pool.take();
-                    next.data.reserve(2 * CHUNK);
-                    next.data.extend_from_slice(&self.work[consumed..]);
-                    let mut data = std::mem::replace(&mut self.work, std::mem::take(&mut next.data));
+                    // The batch takes the buffer; the partial record left at its end (rare: chunks
+                    // end at line ends) moves to a new one, and a used buffer goes back to the
+                    // decode thread to be refilled.
+                    let tail = &self.work[consumed..];
+                    let rest = if tail.is_empty() { Vec::new() } else { tail_buffer(tail) };
+                    let mut data = std::mem::replace(&mut self.work, rest);
                     data.truncate(consumed);
+                    self.source.recycle(std::mem::take(&mut next.data));
                     let batch = Batch { data, records: std::mem::replace(&mut records, next.records) };
                     records.reserve(RECORDS_PER_BATCH);
                     if tx.send_blocking(ReadMsg::Batch(batch)).is_err() {
@@ -243,6 +247,13 @@ impl TableReader {
             }
         }
     }
+}
+
+/// A buffer starting with `tail`, with room for the next chunk.
+fn tail_buffer(tail: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(tail.len() + CHUNK);
+    buf.extend_from_slice(tail);
+    buf
 }
 
 /// A small table read whole and decoded (the linker's tables: thousands of rows, not millions).

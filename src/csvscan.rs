@@ -58,7 +58,7 @@ impl Scanner {
         while pos < buf.len() {
             let found = match self.scan_plain(buf, pos, eof, &mut blocks) {
                 Line::Plain(record, next) => Some((record, next)),
-                Line::Quoted => self.scan_quoted(buf, pos, eof),
+                Line::Quoted => self.scan_quoted(buf, pos, eof, &mut blocks),
                 Line::Incomplete => None,
             };
             match found {
@@ -136,8 +136,9 @@ impl Scanner {
         Line::Plain(record, next)
     }
 
-    /// The full RFC 4180 state machine, for records holding quotes.
-    fn scan_quoted(&self, buf: &[u8], start: usize, eof: bool) -> Option<(ScannedRecord, usize)> {
+    /// The full RFC 4180 state machine, for records holding quotes. Outside quotes it visits only
+    /// the commas, line feeds and quotes (from the block masks); inside, it jumps to the next quote.
+    fn scan_quoted(&self, buf: &[u8], start: usize, eof: bool, blocks: &mut Blocks) -> Option<(ScannedRecord, usize)> {
         let n = buf.len();
         let mut rec = ScannedRecord::default();
         let mut field: u32 = 0;
@@ -147,25 +148,40 @@ impl Scanner {
         loop {
             // Unquoted bytes: stop at the next comma, quote or line feed.
             let mut entered_quotes = false;
-            while i < n {
-                let b = buf[i];
-                if b == b',' {
-                    if field == self.key_col {
-                        rec.key = key_span(buf, field_start, i, field_quoted);
+            'blocks: while i < n {
+                let base = i & !63;
+                let m = blocks.at(buf, base);
+                let mut special = (m.commas | m.line_feeds | m.quotes) & (!0u64 << (i - base));
+                while special != 0 {
+                    // Zero padding past the end matches nothing, so `at < n`.
+                    let at = base + special.trailing_zeros() as usize;
+                    special &= special - 1;
+                    match buf[at] {
+                        b',' => {
+                            if field == self.key_col {
+                                rec.key = key_span(buf, field_start, at, field_quoted);
+                            }
+                            field += 1;
+                            field_start = at + 1;
+                            field_quoted = false;
+                        }
+                        b'\n' => {
+                            let end = if at > start && buf[at - 1] == b'\r' { at - 1 } else { at };
+                            let rec = finish(rec, buf, start, end, field, field_start, field_quoted, self.key_col);
+                            return Some((rec, at + 1));
+                        }
+                        // A quote opens a quoted field only at the field's start; elsewhere it
+                        // is a literal character.
+                        _ if at == field_start => {
+                            field_quoted = true;
+                            entered_quotes = true;
+                            i = at + 1;
+                            break 'blocks;
+                        }
+                        _ => {}
                     }
-                    field += 1;
-                    field_start = i + 1;
-                    field_quoted = false;
-                } else if b == b'\n' {
-                    let end = if i > start && buf[i - 1] == b'\r' { i - 1 } else { i };
-                    return Some((finish(rec, buf, start, end, field, field_start, field_quoted, self.key_col), i + 1));
-                } else if b == b'"' && i == field_start {
-                    field_quoted = true;
-                    entered_quotes = true;
-                    i += 1;
-                    break;
                 }
-                i += 1;
+                i = base + 64;
             }
             if !entered_quotes {
                 if !eof {

@@ -2,7 +2,9 @@
 # Side by side: mimic-eye's per-patient split against DuckDB doing the same job, same files,
 # same cohort, same machine, alternating runs. Prints rows/s, MB/s, peak RSS and the ratio.
 #
-#   bash benches/duckdb.sh [--sizes "2 8"] [--runs 3] [--workdir DIR]
+#   bash benches/duckdb.sh [--sizes "2 8"] [--runs 3] [--workdir DIR] [-- COMPARE_ARGS...]
+#
+# Arguments after `--` go to compare.py, e.g. `-- --tables chartevents --orders shuffled --no-build`.
 #
 # Sizes are GB of uncompressed labevents (chartevents is about 0.8x); about 300,000 subjects of
 # which 3,000 form the cohort. Needs about 9x the largest size in free disk, and time.
@@ -14,6 +16,7 @@ while [ $# -gt 0 ]; do
     --sizes) sizes=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --workdir) work=$2; shift 2 ;;
+    --) shift; break ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -23,4 +26,4 @@ if [ ! -x "$work/venv/bin/python" ]; then
   python3 -m venv "$work/venv"
   "$work/venv/bin/pip" install -q duckdb
 fi
-exec "$work/venv/bin/python" benches/compare.py --bin target/release/mimic-eye --work "$work" --sizes $sizes --runs "$runs"
+exec "$work/venv/bin/python" benches/compare.py --bin target/release/mimic-eye --work "$work" --sizes $sizes --runs "$runs" "$@"

@@ -64,7 +64,7 @@ def world(bin_, work, size, order):
 
 
 def set_aside(work, path):
-    """Moves a finished run's output into the trash folder, emptied when the benchmark ends.
+    """Moves a finished run's output into the trash folder, emptied by the next invocation.
 
     Deleting thousands of files right before the next run would bill that run for it: on an
     ext4 without a journal (this machine's) the kernel skips inodes deleted in the last 60-360 s

@@ -52,7 +52,8 @@ struct Settings {
 }
 
 impl Settings {
-    fn split(self) -> (Option<PathBuf>, Overrides) {
+    /// The config file to load, and the flags that override it.
+    fn into_parts(self) -> (Option<PathBuf>, Overrides) {
         let Settings { config, input, output, profile, window_days } = self;
         (config, Overrides { input, output, profile, window_days, metrics_addr: None })
     }
@@ -164,7 +165,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Build { settings, full } => {
-            let (config, overrides) = settings.split();
+            let (config, overrides) = settings.into_parts();
             let file = match &config {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
@@ -182,7 +183,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { settings, metrics_addr } => {
-            let (config, overrides) = settings.split();
+            let (config, overrides) = settings.into_parts();
             let overrides = Overrides { metrics_addr, ..overrides };
             let rt = runtime()?;
             let result = rt.block_on(mimic_eye::daemon::run(config, overrides));

@@ -89,7 +89,8 @@ impl BatchPool {
         Self { tx, rx }
     }
 
-    /// An empty batch, reusing a returned one when there is one.
+    /// A batch with no records, reusing a returned one when there is one. Its `data` is a used
+    /// buffer (stale bytes, length kept) that the reader passes on to the decode thread.
     pub fn take(&self) -> Batch {
         self.rx.try_recv().unwrap_or_default()
     }

@@ -117,13 +117,15 @@ def main():
                         os.sync()
                         if tool == "mimic-eye":
                             stdout, secs, rss = peak_rss_of([a.bin, "split", "--table", path, "--cohort", cohort, "--output", out])
-                            rows = json.loads(stdout.strip().splitlines()[-1])["rows"]
+                            report = json.loads(stdout.strip().splitlines()[-1])
+                            rows, backend = report["rows"], report["gzip_backend"]
                         else:
                             _, secs, rss = peak_rss_of([sys.executable, os.path.join(HERE, "duckdb_split.py"), path, cohort, out])
                         res[tool].append((secs, rss))
                         set_aside(a.work, out)
                 mb = os.path.getsize(files[(table, "csv")]) / 1e6
-                line = {"size_gb": size, "order": order, "table": table, "format": fmt, "rows": rows, "uncompressed_mb": round(mb)}
+                line = {"size_gb": size, "order": order, "table": table, "format": fmt, "rows": rows, "uncompressed_mb": round(mb),
+                        "input_mb": round(os.path.getsize(path) / 1e6), "gzip_backend": backend}
                 for tool, v in res.items():
                     med = statistics.median(s for s, _ in v)
                     line[tool] = {"median_s": round(med, 2), "rows_per_s": round(rows / med), "mb_per_s": round(mb / med),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod csvscan;
 pub mod daemon;
 pub mod fingerprint;
+pub mod gzip;
 pub mod ids;
 pub mod input;
 pub mod pipeline;

@@ -111,6 +111,12 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Read and decode one table and nothing else: the reading thread's ceiling (for benchmarks).
+    Decode {
+        /// The table (.csv or .csv.gz).
+        #[arg(long)]
+        table: PathBuf,
+    },
     /// Synthesise a small input, build it, print the headline counts.
     Demo {
         /// Keep the demo here instead of a temporary folder.
@@ -231,8 +237,32 @@ fn run(command: Command) -> anyhow::Result<()> {
             let secs = started.elapsed().as_secs_f64();
             let c = outcome.counts;
             println!(
-                "{{\"rows\": {}, \"written\": {}, \"outside_cohort\": {}, \"rejected\": {}, \"input_bytes\": {}, \"seconds\": {secs:.3}, \"rows_per_second\": {:.0}, \"peak_rss_bytes\": {}}}",
-                c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, pipeline::peak_rss_bytes()
+                "{{\"rows\": {}, \"written\": {}, \"outside_cohort\": {}, \"rejected\": {}, \"input_bytes\": {}, \"seconds\": {secs:.3}, \"rows_per_second\": {:.0}, \"peak_rss_bytes\": {}, \"gzip_backend\": \"{}\"}}",
+                c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, pipeline::peak_rss_bytes(),
+                mimic_eye::gzip::BACKEND
+            );
+            Ok(())
+        }
+        Command::Decode { table } => {
+            let started = std::time::Instant::now();
+            let mut source =
+                mimic_eye::source::Source::open(&table).with_context(|| format!("opening {}", table.display()))?;
+            let mut decoded = 0u64;
+            let mut buf = Vec::new();
+            loop {
+                let n = source.fill(&mut buf).with_context(|| format!("reading {}", table.display()))?;
+                if n == 0 {
+                    break;
+                }
+                decoded += n as u64;
+                source.recycle(std::mem::take(&mut buf));
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let input = source.input_read.load(std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "{{\"input_bytes\": {input}, \"decoded_bytes\": {decoded}, \"seconds\": {secs:.3}, \"decoded_mb_per_second\": {:.0}, \"gzip_backend\": \"{}\"}}",
+                decoded as f64 / secs / 1e6,
+                mimic_eye::gzip::BACKEND
             );
             Ok(())
         }

@@ -1,16 +1,14 @@
 //! Opening an input table as a stream of decoded bytes.
 //!
 //! Every file is read on its own thread and handed over in 256 KiB chunks through a bounded
-//! channel, so reading (for `.csv.gz`: decoding every gzip member with flate2's zlib-rs backend)
-//! and record scanning run on two cores at once.
+//! channel, so reading (for `.csv.gz`: decoding every gzip member, see [`crate::gzip`]) and
+//! record scanning run on two cores at once.
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use flate2::bufread::MultiGzDecoder;
 
 /// Bytes handed over per chunk by the decode thread.
 pub const CHUNK: usize = 256 << 10;
@@ -65,7 +63,7 @@ impl Source {
         // Room for every buffer in flight (decode queue, batch link, reader, writer).
         let (spare, spares) = async_channel::bounded(SPARE_BUFFERS);
         let chunks = if is_gzip_name(path) {
-            let decoder = MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, counting));
+            let decoder = crate::gzip::decoder(io::BufReader::with_capacity(256 << 10, counting))?;
             spawn_producer(path, decoder, spares)?
         } else {
             spawn_producer(path, counting, spares)?

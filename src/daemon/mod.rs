@@ -42,6 +42,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
     let alive = Arc::new(AtomicBool::new(true));
     let listener = telemetry::bind(config.metrics_addr).await?;
     tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz and /status");
+    tracing::info!(gzip_backend = crate::gzip::BACKEND, "inflating .csv.gz inputs with {}", crate::gzip::BACKEND);
     {
         let alive = Arc::clone(&alive);
         tokio::spawn(telemetry::serve(listener, metrics, move || alive.load(Ordering::Relaxed), trigger.subscribe()));

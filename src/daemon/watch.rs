@@ -271,7 +271,7 @@ impl WatchActor {
 /// True when every gzip member of the file decodes to its end.
 pub fn gzip_complete(path: &Path) -> bool {
     let Ok(file) = std::fs::File::open(path) else { return false };
-    let mut d = flate2::read::MultiGzDecoder::new(std::io::BufReader::with_capacity(1 << 16, file));
+    let Ok(mut d) = crate::gzip::decoder(std::io::BufReader::with_capacity(1 << 16, file)) else { return false };
     let mut buf = vec![0u8; 1 << 16];
     loop {
         match d.read(&mut buf) {

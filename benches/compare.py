@@ -172,6 +172,8 @@ def targets(rows_out):
     lines = []
     for fmt, want in (("csv.gz", 2.5), ("csv", 3.0)):
         ratios = [l["ratio"] for l in rows_out if l["format"] == fmt]
+        if not ratios:
+            continue
         lines.append(f"- .{fmt}: ratio {min(ratios)}x to {max(ratios)}x (target >= {want}x): "
                      + ("met" if min(ratios) >= want else "NOT met"))
     rss = {}

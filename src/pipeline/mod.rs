@@ -333,19 +333,27 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     Ok(outcome)
 }
 
-/// Writes an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) through a writer
-/// and publishes it as one job.
-#[allow(clippy::too_many_arguments)] // each is one fact about the derived table; all are needed
+/// Where an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) goes.
+pub struct DerivedTable<'a> {
+    /// The job (and manifest) name.
+    pub job: &'a str,
+    /// The file its rows came from, named in its rejects.
+    pub source: &'a Path,
+    pub route: Route,
+    /// Inside each patient folder, when split by subject.
+    pub patient_file: Option<PathBuf>,
+    /// The whole table, under the output root.
+    pub whole_file: Option<PathBuf>,
+}
+
+/// Writes a derived table's `rows` (under `header`) through a writer and publishes it as one job.
 pub fn write_derived(
     ctx: &BuildContext,
-    job: &str,
-    source: &Path,
+    table: DerivedTable<'_>,
     header: Vec<u8>,
-    batch: batch::Batch,
-    route: Route,
-    patient_file: Option<PathBuf>,
-    whole_file: Option<PathBuf>,
+    rows: batch::Batch,
 ) -> Result<TableCounts, JobError> {
+    let DerivedTable { job, source, route, patient_file, whole_file } = table;
     let staging = publish::staging_dir(&ctx.config.output, job);
     let _ = std::fs::remove_dir_all(&staging);
     let spec = WriterSpec {
@@ -362,7 +370,7 @@ pub fn write_derived(
         only: None,
     };
     let mut writer = Writer::new(spec)?;
-    writer.write_batch(&batch)?;
+    writer.write_batch(&rows)?;
     let outcome = writer.finish()?;
     let manifest =
         Manifest { job: job.to_string(), files: outcome.files, counts: outcome.counts, ..Default::default() };
@@ -394,23 +402,27 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
     let linked = batch_of(rows.iter().filter(|r| r.3).map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())));
     let meta = write_derived(
         ctx,
-        "cxr_meta",
-        &ctx.links.cxr_source,
+        DerivedTable {
+            job: "cxr_meta",
+            source: &ctx.links.cxr_source,
+            route: Route::BySubject,
+            patient_file: Some(PathBuf::from("CXR-JPG/cxr_meta.csv")),
+            whole_file: Some(PathBuf::from("spreadsheets/cxr_meta.csv")),
+        },
         header.clone(),
         all,
-        Route::BySubject,
-        Some(PathBuf::from("CXR-JPG/cxr_meta.csv")),
-        Some(PathBuf::from("spreadsheets/cxr_meta.csv")),
     )?;
     let only = write_derived(
         ctx,
-        "cxr_meta_with_stay_id_only",
-        &ctx.links.cxr_source,
+        DerivedTable {
+            job: "cxr_meta_with_stay_id_only",
+            source: &ctx.links.cxr_source,
+            route: Route::Whole,
+            patient_file: None,
+            whole_file: Some(PathBuf::from("spreadsheets/cxr_meta_with_stay_id_only.csv")),
+        },
         header,
         linked,
-        Route::Whole,
-        None,
-        Some(PathBuf::from("spreadsheets/cxr_meta_with_stay_id_only.csv")),
     )?;
     Ok(vec![("cxr_meta".into(), meta), ("cxr_meta_with_stay_id_only".into(), only)])
 }

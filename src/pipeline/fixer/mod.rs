@@ -14,7 +14,7 @@ use crate::pipeline::batch::ReadMsg;
 use crate::pipeline::batch::Record;
 use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
 use crate::pipeline::writer::{JobError, Route, TableCounts};
-use crate::pipeline::{publish, write_derived, BuildContext};
+use crate::pipeline::{publish, write_derived, BuildContext, DerivedTable};
 
 /// A streaming fix, chosen per table.
 #[derive(Debug, Clone)]
@@ -83,13 +83,15 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
             "reflacx/metadata".to_string(),
             write_columns(
                 ctx,
-                "reflacx/metadata",
-                &first.path,
+                by_subject(
+                    "reflacx/metadata",
+                    &first.path,
+                    "REFLACX/metadata.csv",
+                    "spreadsheets/REFLACX/metadata.csv",
+                ),
                 &table,
                 &rejects,
                 "subject_id",
-                "REFLACX/metadata.csv",
-                "spreadsheets/REFLACX/metadata.csv",
             )?,
         ));
     }
@@ -118,13 +120,15 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
             "egd-cxr/master_sheet".to_string(),
             write_columns(
                 ctx,
-                "egd-cxr/master_sheet",
-                path,
+                by_subject(
+                    "egd-cxr/master_sheet",
+                    path,
+                    "EyeGaze/master_sheet.csv",
+                    "spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv",
+                ),
                 &table,
                 &sheet.rejects,
                 "patient_id",
-                "EyeGaze/master_sheet.csv",
-                "spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv",
             )?,
         ));
     }
@@ -146,18 +150,25 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
     Ok(done)
 }
 
+/// A table written per patient (`patient_file` in each folder) and whole (`whole_file`).
+fn by_subject<'a>(job: &'a str, source: &'a Path, patient_file: &str, whole_file: &str) -> DerivedTable<'a> {
+    DerivedTable {
+        job,
+        source,
+        route: Route::BySubject,
+        patient_file: Some(PathBuf::from(patient_file)),
+        whole_file: Some(PathBuf::from(whole_file)),
+    }
+}
+
 /// Writes a decoded table split by `key` (a subject id column) and whole; the index column is
 /// the row's position in the (stacked) table.
-#[allow(clippy::too_many_arguments)]
 fn write_columns(
     ctx: &BuildContext,
-    job: &str,
-    source: &Path,
+    target: DerivedTable<'_>,
     table: &reflacx::Columns,
     rejects: &[(Record, Vec<u8>)],
     key: &str,
-    patient_file: &str,
-    whole_file: &str,
 ) -> Result<TableCounts, JobError> {
     let k = table.names.iter().position(|n| n.eq_ignore_ascii_case(key));
     let names: Vec<Vec<u8>> = table.names.iter().map(|n| n.as_bytes().to_vec()).collect();
@@ -167,14 +178,5 @@ fn write_columns(
         table.rows.iter().zip(&keys).enumerate().map(|(i, (r, key))| (i as u64, raw_record(r), key.as_slice())),
     );
     append_rejects(&mut batch, rejects);
-    write_derived(
-        ctx,
-        job,
-        source,
-        header,
-        batch,
-        Route::BySubject,
-        Some(PathBuf::from(patient_file)),
-        Some(PathBuf::from(whole_file)),
-    )
+    write_derived(ctx, target, header, batch)
 }

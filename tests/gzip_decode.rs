@@ -73,6 +73,24 @@ proptest! {
         prop_assume!(at != one.len());
         prop_assert!(decode(&file[..at], buffer, 4096).is_err(), "{} of {} bytes decoded without error", at, file.len());
     }
+
+    /// Corrupt bytes anywhere (header, deflate data, trailer) either fail the file or, where
+    /// they do not change what decodes (a header's MTIME, say), give the original bytes: the
+    /// CRC-32 and length trailer let nothing else through, and nothing hangs or crashes.
+    #[test]
+    fn corruption_never_passes_as_other_data(
+        data in table_bytes(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 1..4),
+    ) {
+        let mut file = gzip_member(&data, 6);
+        for (at, mask) in &flips {
+            let i = at.index(file.len());
+            file[i] ^= mask;
+        }
+        if let Ok(got) = decode(&file, 4096, 65536) {
+            prop_assert!(got == data, "corrupt file decoded to {} other bytes", got.len());
+        }
+    }
 }
 
 #[test]

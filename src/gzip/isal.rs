@@ -22,11 +22,18 @@ extern "C" {
 pub struct MultiGzDecoder<R> {
     input: R,
     state: NonNull<c_void>,
+    at: Position,
+}
+
+/// Where the decoder stands between the file's members.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Position {
+    /// Nothing read yet: an end of input here is an empty (so truncated) file.
+    Start,
     /// A member has begun and its trailer has not been read yet.
-    in_member: bool,
-    /// The last member ended: the next input byte starts a new one.
-    member_done: bool,
-    members: u64,
+    InMember,
+    /// The last member ended: the input may end, or its next byte starts a new member.
+    BetweenMembers,
 }
 
 // SAFETY: the state is owned by this value alone and ISA-L keeps no thread-local data.
@@ -37,7 +44,7 @@ impl<R: BufRead> MultiGzDecoder<R> {
         // SAFETY: returns a fresh heap state or null.
         let state = NonNull::new(unsafe { mimic_eye_isal_new() })
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate the ISA-L inflate state"))?;
-        Ok(Self { input, state, in_member: false, member_done: false, members: 0 })
+        Ok(Self { input, state, at: Position::Start })
     }
 }
 
@@ -72,18 +79,16 @@ impl<R: BufRead> Read for MultiGzDecoder<R> {
             let input = self.input.fill_buf()?;
             if input.is_empty() {
                 // No input at all, or a member cut short: the file is truncated.
-                return if self.in_member || self.members == 0 {
-                    Err(io::ErrorKind::UnexpectedEof.into())
-                } else {
-                    Ok(0)
+                return match self.at {
+                    Position::BetweenMembers => Ok(0),
+                    Position::Start | Position::InMember => Err(io::ErrorKind::UnexpectedEof.into()),
                 };
             }
-            if self.member_done {
+            if self.at == Position::BetweenMembers {
                 // SAFETY: state is live.
                 unsafe { mimic_eye_isal_reset(self.state.as_ptr()) };
-                self.member_done = false;
             }
-            self.in_member = true;
+            self.at = Position::InMember;
             let mut in_len = input.len().min(u32::MAX as usize) as u32;
             let mut out_len = out_cap as u32;
             let mut finished: c_int = 0;
@@ -103,9 +108,7 @@ impl<R: BufRead> Read for MultiGzDecoder<R> {
                 return Err(corrupt(code));
             }
             if finished != 0 {
-                self.in_member = false;
-                self.member_done = true;
-                self.members += 1;
+                self.at = Position::BetweenMembers;
             }
             if out_len > 0 {
                 return Ok(out_len as usize);

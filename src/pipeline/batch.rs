@@ -25,6 +25,15 @@ pub struct Record {
     pub defect: Option<Defect>,
 }
 
+/// Where a record came from in its source table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// 0-based data-row number (the index column).
+    pub row: u64,
+    /// 1-based line where the record starts (a quoted newline makes it differ from `row + 2`).
+    pub line: u64,
+}
+
 /// Why a record is rejected (or, for `Dropped`, deliberately left out by a fix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Defect {

@@ -230,11 +230,7 @@ fn sync_reading(job: &mut FolderJob, src: &Path, dest: &Path, profile: Profile) 
         if name == "anomaly_location_ellipses.csv" && job.resolve(&path).is_some_and(|m| m.is_file()) {
             let table = SmallTable::read(&path)?;
             let crlf = fs::read(&path).is_ok_and(|b| b.windows(2).any(|w| w == b"\r\n"));
-            let columns = reflacx::Columns {
-                names: table.header.names.clone(),
-                rows: table.rows.iter().map(|r| r.fields.clone()).collect(),
-            };
-            let merged = reflacx::merge(&columns, reflacx::any_true);
+            let merged = reflacx::merge(&reflacx::Columns::of(&table), reflacx::any_true);
             job.file(&path, &dest.join(&name), Some(reflacx::encode(&merged, crlf)))?;
         } else if name.eq_ignore_ascii_case("index.html") {
             continue;

@@ -9,7 +9,7 @@ use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 use crate::config::Profile;
 use crate::csvscan::{write_field, Span};
 use crate::ids::{DicomId, IdBuildHasher, StayId, SubjectId};
-use crate::pipeline::batch::{Batch, Record};
+use crate::pipeline::batch::{Batch, Origin, Record};
 use crate::pipeline::reader::{Header, ReadError, SmallTable};
 
 /// Who is in the dataset, and which patient each image belongs to.
@@ -80,7 +80,7 @@ pub struct Stay {
 /// A row of the CXR subset (SPEC §3.2): the metadata record verbatim plus what Phase 1 adds.
 #[derive(Debug, Clone)]
 pub struct CxrRow {
-    pub row: u64,
+    pub origin: Origin,
     pub raw: Vec<u8>,
     pub dicom: DicomId,
     pub subject: SubjectId,
@@ -218,7 +218,7 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
                 links.stays_by_dicom.insert(dicom.clone(), stay);
             }
             links.cxr_rows.push(CxrRow {
-                row: row.row,
+                origin: row.origin(),
                 raw: row.raw.clone(),
                 dicom,
                 subject,
@@ -386,10 +386,10 @@ pub fn raw_record(fields: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Builds a batch from in-memory rows so derived tables go through the same writer.
-/// Each row is (source row number, record bytes, key value).
-pub fn batch_of<'a>(rows: impl IntoIterator<Item = (u64, Vec<u8>, &'a [u8])>) -> Batch {
+/// Each row is (where it came from, record bytes, key value).
+pub fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>) -> Batch {
     let mut batch = Batch::default();
-    for (row, record, key) in rows {
+    for (Origin { row, line }, record, key) in rows {
         let start = batch.data.len() as u32;
         batch.data.extend_from_slice(&record);
         let end = batch.data.len() as u32;
@@ -399,7 +399,7 @@ pub fn batch_of<'a>(rows: impl IntoIterator<Item = (u64, Vec<u8>, &'a [u8])>) ->
             span: Span { start, end },
             key: Span { start: end, end: key_end },
             row,
-            line: row + 2,
+            line,
             defect: None,
         });
     }

@@ -385,7 +385,7 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
     let mut header = links.cxr_header.raw.clone();
     header.extend_from_slice(b",in_eye_gaze,in_reflacx,StudyDateTime,stay_id");
     let tf = |b: bool| if b { "True" } else { "False" };
-    let rows: Vec<(u64, Vec<u8>, String, bool)> = links
+    let rows: Vec<(batch::Origin, Vec<u8>, String, bool)> = links
         .cxr_rows
         .iter()
         .map(|r| {
@@ -394,12 +394,13 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
             rec.extend_from_slice(
                 format!(",{},{},{},{stay}", tf(r.in_eye_gaze), tf(r.in_reflacx), r.study_datetime).as_bytes(),
             );
-            (r.row, rec, r.subject.to_string(), r.stay.is_some())
+            (r.origin, rec, r.subject.to_string(), r.stay.is_some())
         })
         .collect();
-    let mut all = batch_of(rows.iter().map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())));
+    let mut all = batch_of(rows.iter().map(|(origin, rec, key, _)| (*origin, rec.clone(), key.as_bytes())));
     linker::append_rejects(&mut all, &links.cxr_rejects);
-    let linked = batch_of(rows.iter().filter(|r| r.3).map(|(row, rec, key, _)| (*row, rec.clone(), key.as_bytes())));
+    let linked =
+        batch_of(rows.iter().filter(|r| r.3).map(|(origin, rec, key, _)| (*origin, rec.clone(), key.as_bytes())));
     let meta = write_derived(
         ctx,
         DerivedTable {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
-use crate::pipeline::batch::{Batch, BatchPool, Defect, ReadMsg, ReadStats, Record};
+use crate::pipeline::batch::{Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record};
 use crate::source::{Source, SourceError, CHUNK};
 
 /// Room reserved for a batch's records: a chunk of typical rows (60–200 bytes) fits, and shorter
@@ -273,6 +273,12 @@ pub struct SmallRow {
     /// The record's verbatim bytes.
     pub raw: Vec<u8>,
     pub fields: Vec<Vec<u8>>,
+}
+
+impl SmallRow {
+    pub fn origin(&self) -> Origin {
+        Origin { row: self.row, line: self.line }
+    }
 }
 
 impl SmallTable {

@@ -99,10 +99,9 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
         let path = &sheet.path;
         let d = sheet.require("dicom_id")?;
         let s = sheet.require("stay_id")?;
-        let mut table = reflacx::Columns { names: sheet.header.names.clone(), rows: Vec::new() };
-        for row in &sheet.rows {
-            let mut fields = row.fields.clone();
-            let stay = crate::ids::DicomId::parse(field(&fields, d))
+        let mut table = reflacx::Columns::of(sheet);
+        for fields in &mut table.rows {
+            let stay = crate::ids::DicomId::parse(field(fields, d))
                 .ok()
                 .and_then(|dicom| ctx.links.stays_by_dicom.get(&dicom).copied());
             let value = match (ctx.config.profile, stay) {
@@ -114,7 +113,6 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
             if let Some(f) = fields.get_mut(s) {
                 *f = value.into_bytes();
             }
-            table.rows.push(fields);
         }
         done.push((
             "egd-cxr/master_sheet".to_string(),
@@ -162,7 +160,8 @@ fn by_subject<'a>(job: &'a str, source: &'a Path, patient_file: &str, whole_file
 }
 
 /// Writes a decoded table split by `key` (a subject id column) and whole; the index column is
-/// the row's position in the (stacked) table.
+/// the row's number in its own source file (each REFLACX phase starts at 0, as the authors'
+/// build wrote it).
 fn write_columns(
     ctx: &BuildContext,
     target: DerivedTable<'_>,
@@ -175,7 +174,12 @@ fn write_columns(
     let header = raw_record(&names);
     let keys: Vec<Vec<u8>> = table.rows.iter().map(|r| k.map(|k| field(r, k).to_vec()).unwrap_or_default()).collect();
     let mut batch = batch_of(
-        table.rows.iter().zip(&keys).enumerate().map(|(i, (r, key))| (i as u64, raw_record(r), key.as_slice())),
+        table
+            .rows
+            .iter()
+            .zip(&table.origins)
+            .zip(&keys)
+            .map(|((r, origin), key)| (*origin, raw_record(r), key.as_slice())),
     );
     append_rejects(&mut batch, rejects);
     write_derived(ctx, target, header, batch)

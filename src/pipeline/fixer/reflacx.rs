@@ -1,7 +1,8 @@
 //! REFLACX label merge (SPEC §4, profile `paper`): phase 1's label set v1 and phases 2–3's v2
 //! are merged to 21 classes, in the stacked metadata and in every `anomaly_location_ellipses.csv`.
 
-use crate::pipeline::reader::SmallTable;
+use crate::pipeline::batch::Origin;
+use crate::pipeline::reader::{SmallRow, SmallTable};
 
 /// Each merged class and the labels it takes (the first is the class itself).
 pub const MERGES: [(&str, &[&str]); 3] = [
@@ -10,11 +11,24 @@ pub const MERGES: [(&str, &[&str]); 3] = [
     ("Pleural abnormality", &["Pleural abnormality", "Pleural thickening", "Pleural effusion"]),
 ];
 
-/// A decoded table: column names and rows of fields.
+/// A decoded table: column names, rows of fields, and where each row came from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Columns {
     pub names: Vec<String>,
     pub rows: Vec<Vec<Vec<u8>>>,
+    /// Each row's number and line in its own source file (a stacked phase restarts at 0).
+    pub origins: Vec<Origin>,
+}
+
+impl Columns {
+    /// A small table's rows as they are.
+    pub fn of(table: &SmallTable) -> Self {
+        Self {
+            names: table.header.names.clone(),
+            rows: table.rows.iter().map(|r| r.fields.clone()).collect(),
+            origins: table.rows.iter().map(SmallRow::origin).collect(),
+        }
+    }
 }
 
 /// The three phases stacked in phase order, columns the outer union (a missing one is empty).
@@ -28,18 +42,20 @@ pub fn stack(phases: &[SmallTable]) -> Columns {
         }
     }
     let mut rows = Vec::new();
+    let mut origins = Vec::new();
     for p in phases {
         let map: Vec<Option<usize>> = names.iter().map(|n| p.header.names.iter().position(|m| m == n)).collect();
         for row in &p.rows {
             rows.push(map.iter().map(|i| i.and_then(|i| row.fields.get(i).cloned()).unwrap_or_default()).collect());
+            origins.push(row.origin());
         }
     }
-    Columns { names, rows }
+    Columns { names, rows, origins }
 }
 
-/// Merges the classes of [`MERGES`]: each target takes `combine` of its sources present, a
-/// missing target is appended (in MERGES order) when a source is present, and source-only
-/// columns are dropped.
+/// Merges the classes of [`MERGES`]: each target takes `combine` of its sources present, and a
+/// missing target is appended (in MERGES order) when a source is present. The source-only
+/// columns stay as they are: the authors' loaders select them and merge by themselves.
 pub fn merge(table: &Columns, combine: fn(&[&[u8]]) -> Vec<u8>) -> Columns {
     let mut out = table.clone();
     for (target, sources) in MERGES {
@@ -62,21 +78,7 @@ pub fn merge(table: &Columns, combine: fn(&[&[u8]]) -> Vec<u8>) -> Columns {
             row[target_col] = combine(&values);
         }
     }
-    let drop: Vec<bool> =
-        out.names.iter().map(|n| MERGES.iter().any(|(t, s)| n != t && s.contains(&n.as_str()))).collect();
-    retain_columns(&mut out.names, &drop);
-    for row in &mut out.rows {
-        retain_columns(row, &drop);
-    }
     out
-}
-
-fn retain_columns<T>(v: &mut Vec<T>, drop: &[bool]) {
-    let mut i = 0;
-    v.retain(|_| {
-        i += 1;
-        !drop[i - 1]
-    });
 }
 
 /// Metadata certainties (0–5): the largest non-empty source, written as that source wrote it.
@@ -123,11 +125,12 @@ mod tests {
         Columns {
             names: names.iter().map(|s| s.to_string()).collect(),
             rows: rows.iter().map(|r| r.iter().map(|v| v.as_bytes().to_vec()).collect()).collect(),
+            origins: Vec::new(),
         }
     }
 
     #[test]
-    fn v1_ellipses_gain_targets_and_lose_sources() {
+    fn v1_ellipses_gain_targets_and_keep_sources() {
         let v1 = cols(
             &["xmin", "certainty", "Emphysema", "Fracture", "Mass", "Nodule", "Pleural effusion", "Pleural thickening"],
             &[&["1", "4", "False", "True", "False", "True", "False", "False"]],
@@ -139,12 +142,17 @@ mod tests {
                 &[
                     "xmin",
                     "certainty",
+                    "Emphysema",
                     "Fracture",
+                    "Mass",
+                    "Nodule",
+                    "Pleural effusion",
+                    "Pleural thickening",
                     "Lung nodule or mass",
                     "High lung volume / emphysema",
                     "Pleural abnormality"
                 ],
-                &[&["1", "4", "True", "True", "False", "False"]],
+                &[&["1", "4", "False", "True", "False", "True", "False", "False", "True", "False", "False"]],
             )
         );
     }
@@ -168,8 +176,8 @@ mod tests {
         assert_eq!(
             m,
             cols(
-                &["id", "Lung nodule or mass", "High lung volume / emphysema"],
-                &[&["P1", "4", "0"], &["P3", "3", ""]]
+                &["id", "Mass", "Nodule", "Lung nodule or mass", "Emphysema", "High lung volume / emphysema"],
+                &[&["P1", "2", "4", "4", "0", "0"], &["P3", "", "", "3", "", ""]]
             )
         );
     }

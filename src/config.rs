@@ -143,12 +143,8 @@ impl Config {
             reflacx: root(d.reflacx, "reflacx"),
             egd_cxr: root(d.egd_cxr, "egd-cxr"),
         };
-        let absolute = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-        if absolute(&output).starts_with(absolute(&input)) && output != input {
-            // Allowed, but the watcher must ignore it; said here so it is not a surprise.
-            tracing::warn!("the output directory is inside the input directory");
-        }
-        Ok(Self {
+        check_no_overlap(&input, &output, &datasets)?;
+        let config = Self {
             input,
             output,
             profile: flags.profile.or(file.profile).unwrap_or_default(),
@@ -156,12 +152,76 @@ impl Config {
             index_column: file.index_column.unwrap_or(true),
             files: file.files.unwrap_or_default(),
             metrics_addr,
-            parallel_tables: file.parallel_tables.unwrap_or(2).clamp(1, 16),
+            parallel_tables: file.parallel_tables.unwrap_or(2),
             settle_seconds: file.settle_seconds.unwrap_or(5),
             rescan_seconds: file.rescan_seconds.unwrap_or(300),
             alert_max_age_hours: file.alert_max_age_hours.unwrap_or(24),
             datasets,
-        })
+        };
+        config.check_ranges()?;
+        Ok(config)
+    }
+
+    /// Every number within a range that the program can work with (a window of 10^8 days
+    /// overflowed the date arithmetic).
+    fn check_ranges(&self) -> anyhow::Result<()> {
+        let checks: [(&str, u64, u64, u64); 5] = [
+            ("window_days", u64::from(self.window_days), 0, 3_650),
+            ("parallel_tables", self.parallel_tables as u64, 1, 16),
+            ("settle_seconds", self.settle_seconds, 0, 86_400),
+            ("rescan_seconds", self.rescan_seconds, 1, 86_400),
+            ("alert_max_age_hours", self.alert_max_age_hours, 1, 8_760),
+        ];
+        for (name, value, lo, hi) in checks {
+            if !(lo..=hi).contains(&value) {
+                bail!("{name} = {value} is out of range: it must be from {lo} to {hi}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A path made absolute, with symbolic links resolved as far as it exists (the output may not
+/// exist yet).
+fn real_path(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    while let Some(parent) = existing.parent() {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        rest.extend(existing.file_name());
+        existing = parent;
+    }
+    absolute
+}
+
+/// Refuses an output that overlaps what the build reads: the same folder, an output holding
+/// the input, or an output inside a dataset root (it would copy itself into itself).
+fn check_no_overlap(input: &Path, output: &Path, datasets: &Datasets) -> anyhow::Result<()> {
+    let (input_real, output_real) = (real_path(input), real_path(output));
+    if output_real == input_real {
+        bail!("the output directory {} is the input directory: choose another", output.display());
+    }
+    if input_real.starts_with(&output_real) {
+        bail!("the input directory {} is inside the output directory {}", input.display(), output.display());
+    }
+    for root in datasets.all() {
+        if output_real.starts_with(real_path(root)) {
+            bail!("the output directory {} is inside the dataset folder {}", output.display(), root.display());
+        }
+    }
+    if output_real.starts_with(&input_real) {
+        // Allowed (it is not a dataset folder), but said so it is not a surprise.
+        tracing::warn!("the output directory is inside the input directory");
+    }
+    Ok(())
+}
+
+impl Datasets {
+    pub fn all(&self) -> [&PathBuf; 6] {
+        [&self.mimiciv, &self.mimic_iv_ed, &self.mimic_cxr_jpg, &self.mimic_cxr, &self.reflacx, &self.egd_cxr]
     }
 }
 

@@ -42,6 +42,50 @@ impl Module {
     }
 }
 
+/// MIMIC-IV (1.0–3.1) and MIMIC-IV-ED tables whose published schema has `subject_id`: they are
+/// split per patient whatever their header says, so a damaged header fails the table instead of
+/// publishing every patient's rows to `spreadsheets/`.
+const PER_PATIENT_TABLES: [&str; 30] = [
+    // hosp (and 1.0's core)
+    "admissions",
+    "diagnoses_icd",
+    "drgcodes",
+    "emar",
+    "emar_detail",
+    "hcpcsevents",
+    "labevents",
+    "microbiologyevents",
+    "omr",
+    "patients",
+    "pharmacy",
+    "poe",
+    "poe_detail",
+    "prescriptions",
+    "procedures_icd",
+    "services",
+    "transfers",
+    // icu
+    "chartevents",
+    "datetimeevents",
+    "icustays",
+    "ingredientevents",
+    "inputevents",
+    "outputevents",
+    "procedureevents",
+    // ed
+    "edstays",
+    "triage",
+    "vitalsign",
+    "diagnosis",
+    "medrecon",
+    "pyxis",
+];
+
+/// Whether a clinical table is known to hold one row per patient event (`subject_id`).
+pub fn is_per_patient_table(name: &str) -> bool {
+    PER_PATIENT_TABLES.contains(&name.to_ascii_lowercase().as_str())
+}
+
 /// The table name of a `.csv` or `.csv.gz` file (`labevents.csv.gz` → `labevents`).
 pub fn table_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;

@@ -132,6 +132,10 @@ fn main() -> ExitCode {
     // default SIGXFSZ killing the process mid-publish.
     // SAFETY: setting a signal's disposition to "ignore" before any thread starts.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    // The output is credentialed patient data: whatever the caller's umask, what the build
+    // creates is readable by owner and group only (files 0640, folders 0750).
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe { libc::umask(mimic_eye::pipeline::publish::UMASK) };
     let cli = Cli::parse();
     // Build, synth and demo print their result; their logs stay at warnings unless asked.
     let default_log = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
@@ -147,7 +151,8 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ")
+    let text = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ");
+    mimic_eye::telemetry::bounded_text(&text)
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -177,6 +182,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 None => ConfigFile::default(),
             };
             let config = Config::resolve(file, overrides)?;
+            // Checked before the lock: a wrong --input must leave no trace in the output.
+            anyhow::ensure!(config.input.is_dir(), "input directory {} does not exist", config.input.display());
             let _lock = pipeline::publish::lock_output(&config.output)?;
             let options = pipeline::BuildOptions { force_full: full, ..Default::default() };
             let summary = runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true), options))?;

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -55,18 +55,69 @@ pub struct Source {
     decoded: u64,
 }
 
+/// What identifies one version of a file: a rewrite in place changes the times, a truncation
+/// or an append the size, a replacement the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl Identity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The end of a read is trusted only if the file is the one that was opened, whole: a file
+/// truncated, appended to or rewritten while it was read must not be published in part.
+struct ReadCheck {
+    path: PathBuf,
+    start: Identity,
+    input_read: Arc<AtomicU64>,
+}
+
+impl ReadCheck {
+    fn verify(&self) -> io::Result<()> {
+        let read = self.input_read.load(Ordering::Relaxed);
+        let now = std::fs::metadata(&self.path).map(|m| Identity::of(&m));
+        let unchanged = now.as_ref().is_ok_and(|n| *n == self.start);
+        if unchanged && read == self.start.size {
+            return Ok(());
+        }
+        let now_size = now.map_or_else(|_| "gone".to_string(), |n| format!("{} bytes", n.size));
+        Err(io::Error::other(format!(
+            "the file changed while it was being read ({} bytes at the start, {read} read, now {now_size}): not published",
+            self.start.size
+        )))
+    }
+}
+
 impl Source {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
+        let start = Identity::of(&file.metadata()?);
         let input_read = Arc::new(AtomicU64::new(0));
+        let check = ReadCheck { path: path.to_path_buf(), start, input_read: Arc::clone(&input_read) };
         let counting = Counting { inner: file, read: Arc::clone(&input_read) };
         // Room for every buffer in flight (decode queue, batch link, reader, writer).
         let (spare, spares) = async_channel::bounded(SPARE_BUFFERS);
         let chunks = if is_gzip_name(path) {
-            let decoder = crate::gzip::decoder(io::BufReader::with_capacity(256 << 10, counting))?;
-            spawn_producer(path, decoder, spares)?
+            let decoder = crate::gzip::decoder(io::BufReader::with_capacity(CHUNK, counting))?;
+            spawn_producer(check, decoder, spares)?
         } else {
-            spawn_producer(path, counting, spares)?
+            spawn_producer(check, counting, spares)?
         };
         Ok(Self { chunks, spare, input_read, decoded: 0 })
     }
@@ -106,12 +157,12 @@ impl Source {
 
 /// Reads `reader` to its end on a thread of its own, in chunks, into a bounded channel.
 fn spawn_producer<R: Read + Send + 'static>(
-    path: &Path,
+    check: ReadCheck,
     mut reader: R,
     spares: async_channel::Receiver<Vec<u8>>,
 ) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
     let (tx, rx) = async_channel::bounded(DECODE_QUEUE);
-    let name = format!("read {}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
+    let name = format!("read {}", check.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
     std::thread::Builder::new().name(name).spawn(move || {
         // What followed the last line feed of a full chunk starts the next one, so that chunks
         // hold whole lines (unless a line is longer than a chunk or a quoted field spans lines).
@@ -125,7 +176,7 @@ fn spawn_producer<R: Read + Send + 'static>(
             carry.clear();
             let status = loop {
                 match reader.read(&mut chunk[filled..]) {
-                    Ok(0) => break Ok(true),
+                    Ok(0) => break check.verify().map(|()| true),
                     Ok(n) => {
                         filled += n;
                         if filled == chunk.len() {

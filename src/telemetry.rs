@@ -169,6 +169,23 @@ pub fn sample_process() {
     }
 }
 
+/// Error and status texts longer than this are cut: they go to one log line, the systemd STATUS
+/// line, `/status` and summary.json, and a hostile input (a million-column header) must not
+/// turn them into megabytes.
+pub const MAX_ERROR_TEXT: usize = 1000;
+
+/// `text` cut to [`MAX_ERROR_TEXT`] bytes on a character boundary, saying how much was cut.
+pub fn bounded_text(text: &str) -> String {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text.to_string();
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
+}
+
 /// What `/status` shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {

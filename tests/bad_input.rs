@@ -293,3 +293,265 @@ fn hitting_the_file_size_limit_fails_cleanly_and_the_next_build_succeeds() {
     build(&w.input, &clean, &[]);
     assert_eq!(tree(&w.output), tree(&clean));
 }
+
+// ---- Round two: nothing deleted, nothing leaked, memory bounded (issue 13) ----
+
+/// Every file under `dir` (relative path → bytes), the state folder left out.
+fn published(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    output_files(dir, |p| fs::read(p).unwrap())
+}
+
+fn labevents_header(w: &World) -> (PathBuf, String, String) {
+    let path = w.input.join("mimiciv/hosp/labevents.csv");
+    let text = fs::read_to_string(&path).unwrap();
+    let (header, body) = text.split_once('\n').unwrap();
+    (path, header.to_string(), body.to_string())
+}
+
+#[test]
+fn schema_drift_fails_the_table_and_never_deletes_or_publishes_every_patient() {
+    let w = world(5);
+    // A table no list knows, split per patient because it has subject_id: after that build
+    // its manifest says it is per patient.
+    let extra = w.input.join("mimiciv/hosp/notes_extra.csv");
+    fs::write(&extra, format!("note_id,subject_id,text\n1,{},a\n2,99999999,b\n", w.subject(0))).unwrap();
+    assert!(w.build().status.success());
+    let before = published(&w.output);
+    let (path, header, body) = labevents_header(&w);
+    let cases = [
+        ("renamed", header.replacen("subject_id", "subject", 1), "missing required column \"subject_id\""),
+        ("duplicated", header.replacen("hadm_id", "subject_id", 1), "\"subject_id\" appears 2 times"),
+        ("cut short", "labevent_id,subject_id,hadm_id".to_string(), "the header does not fit the data"),
+    ];
+    for (name, bad, expected) in cases {
+        fs::write(&path, format!("{bad}\n{body}")).unwrap();
+        let out = w.build();
+        assert!(!out.status.success(), "{name}: the build must fail");
+        let err = cause(&out);
+        assert!(err.contains("labevents.csv") && err.contains(expected), "{name}: {err}");
+        assert_eq!(published(&w.output), before, "{name}: the previous output changed");
+        assert!(!w.output.join("spreadsheets/Hosp/labevents.csv").exists(), "{name}: whole table published");
+        assert_balanced(&w.summary());
+    }
+    fs::write(&path, format!("{header}\n{body}")).unwrap();
+    // The unknown table loses its key column: its manifest says it was per patient.
+    fs::write(&extra, "note_id,subject,text\n1,1,a\n").unwrap();
+    let out = w.build();
+    assert!(!out.status.success());
+    assert!(cause(&out).contains("notes_extra.csv"), "{}", cause(&out));
+    assert!(!w.output.join("spreadsheets/Hosp/notes_extra.csv").exists());
+    assert!(w.output.join(format!("patient_{}/Hosp/notes_extra.csv", w.subject(0))).exists());
+    w.assert_nothing_outside();
+}
+
+#[test]
+fn a_headerless_table_is_named_without_echoing_its_first_row() {
+    let w = world(5);
+    let (path, _, body) = labevents_header(&w);
+    fs::write(&path, &body).unwrap();
+    let out = w.build();
+    assert!(!out.status.success());
+    let err = cause(&out);
+    assert!(err.contains("labevents.csv: line 1 does not look like a header: 16 fields"), "{err}");
+    // No value of the row reaches the error, the log or summary.json.
+    let first_row = body.lines().next().unwrap();
+    let summary = fs::read_to_string(w.output.join("summary.json")).unwrap();
+    for value in first_row.split(',').filter(|v| v.len() >= 4) {
+        assert!(!stderr(&out).contains(value), "{value} leaked to stderr: {}", stderr(&out));
+        assert!(!summary.contains(value), "{value} leaked to summary.json");
+    }
+    // An id that cannot be parsed is named by its kind and length, not its value.
+    let rejects_reason = w.build_via(&["env"]);
+    assert!(!String::from_utf8_lossy(&rejects_reason.stderr).contains(first_row));
+}
+
+#[test]
+fn output_is_owner_and_group_only_whatever_the_umask() {
+    let w = world(5);
+    // Input files open to everyone, as downloads often are; copies must not keep that mode.
+    std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(&w.input).status().unwrap();
+    let path = w.input.join("mimiciv/hosp/labevents.csv");
+    let mut text = fs::read_to_string(&path).unwrap();
+    text.push_str("1,2,too,few\n"); // a reject: its file holds a full row
+    fs::write(&path, text).unwrap();
+    let config = w.root.join("keep.toml");
+    fs::write(&config, format!("input = {:?}\noutput = {:?}\nfiles = \"copy\"\n", w.input, w.output)).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask 000; exec {} build --config {}", env!("CARGO_BIN_EXE_mimic-eye"), config.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    let (mut files, mut dirs) = (0, 0);
+    let mut stack = vec![w.output.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            if e.file_type().unwrap().is_dir() {
+                assert_eq!(mode, 0o750, "{}", e.path().display());
+                stack.push(e.path());
+                dirs += 1;
+            } else {
+                assert_eq!(mode, 0o640, "{}", e.path().display());
+                files += 1;
+            }
+        }
+    }
+    assert!(files > 50 && dirs > 10, "{files} files, {dirs} folders checked");
+    assert!(w.output.join(".mimic-eye/rejects/hosp/labevents.csv").exists());
+    assert!(w.output.join("summary.json").exists());
+}
+
+#[test]
+fn a_first_line_that_never_ends_fails_in_bounded_time_and_memory() {
+    let w = world(5);
+    let path = w.input.join("mimiciv/hosp/labevents.csv");
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+        ("no line feed", Box::new(|p| fs::write(p, vec![b'x'; 80 << 20]).unwrap()), "longer than"),
+        ("only quotes", Box::new(|p| fs::write(p, vec![b'"'; 80 << 20]).unwrap()), "longer than"),
+        ("sparse NUL file", Box::new(|p| fs::File::create(p).unwrap().set_len(4 << 30).unwrap()), "not a CSV file"),
+    ];
+    for (name, make, expected) in cases {
+        make(&path);
+        let started = std::time::Instant::now();
+        let out = w.build();
+        assert!(!out.status.success(), "{name}");
+        assert!(cause(&out).contains(expected), "{name}: {}", cause(&out));
+        let peak = w.summary()["peak_rss_bytes"].as_u64().unwrap();
+        assert!(peak < 256 << 20, "{name}: peak RSS {peak}");
+        println!("{name}: failed in {:?}, peak RSS {} MiB", started.elapsed(), peak >> 20);
+    }
+    // A gzip inflating to gigabytes without a line feed.
+    fs::remove_file(&path).unwrap();
+    let gz = w.input.join("mimiciv/hosp/labevents.csv.gz");
+    let mut enc = flate2::write::GzEncoder::new(fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+    let block = vec![b'y'; 1 << 20];
+    for _ in 0..1024 {
+        enc.write_all(&block).unwrap();
+    }
+    enc.finish().unwrap();
+    let out = w.build();
+    assert!(cause(&out).contains("longer than"), "{}", cause(&out));
+    assert!(w.summary()["peak_rss_bytes"].as_u64().unwrap() < 256 << 20);
+}
+
+#[test]
+fn a_table_growing_while_it_is_read_is_not_published_in_part() {
+    let w = world(2000);
+    assert!(w.build().status.success());
+    let before = published(&w.output);
+    let path = w.input.join("mimiciv/hosp/labevents.csv");
+    let s = w.subject(0);
+    let line = format!("1,{s},2,3,50808,,2180-01-01 00:00:00,,1,1,mg,,,,ROUTINE,\n");
+    // Append a row every millisecond for as long as the build runs, as `wget -c` does.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (stop, path, line) = (stop.clone(), path.clone(), line.clone());
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(line.as_bytes()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    };
+    let out = w.build();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    appender.join().unwrap();
+    assert!(!out.status.success(), "a table read while it grew must fail");
+    let err = w.summary()["failed"]["hosp/labevents"].as_str().unwrap().to_string();
+    assert!(err.contains("labevents.csv") && err.contains("changed while it was being read"), "{err}");
+    let after = published(&w.output);
+    for (k, v) in &before {
+        if k.to_string_lossy().contains("labevents") {
+            assert_eq!(after.get(k), Some(v), "{} changed", k.display());
+        }
+    }
+}
+
+#[test]
+fn overlapping_input_and_output_are_refused_before_anything_is_written() {
+    let w = world(1);
+    let run = |input: &Path, output: &Path| {
+        bin().arg("build").arg("--input").arg(input).arg("--output").arg(output).output().unwrap()
+    };
+    let cases = [
+        (w.input.clone(), w.input.clone(), "is the input directory"),
+        (w.input.clone(), w.root.clone(), "is inside the output directory"),
+        (w.input.clone(), w.input.join("mimic-cxr-jpg/files/out"), "inside the dataset folder"),
+    ];
+    for (input, output, expected) in cases {
+        let out = run(&input, &output);
+        assert!(!out.status.success(), "{}", output.display());
+        assert!(cause(&out).contains(expected), "{}", cause(&out));
+    }
+    assert!(!w.input.join("mimic-cxr-jpg/files/out").exists());
+    assert!(!w.input.join(".mimic-eye").exists() && !w.root.join(".mimic-eye").exists());
+    // A missing input: no lock file, no output folder.
+    let out = run(&w.root.join("nowhere"), &w.output);
+    assert!(cause(&out).contains("does not exist"), "{}", cause(&out));
+    assert!(!w.output.exists(), "the output was created for a build that could not start");
+}
+
+#[test]
+fn config_ranges_paths_and_leftovers_are_checked() {
+    let w = world(1);
+    let config = w.root.join("keep.toml");
+    fs::write(&config, format!("input = {:?}\noutput = {:?}\nwindow_days = 100000000\n", w.input, w.output)).unwrap();
+    let out = bin().args(["build", "--config"]).arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    assert!(cause(&out).contains("window_days = 100000000 is out of range"), "{}", cause(&out));
+    assert!(!stderr(&out).contains("panicked"));
+    // An output that cannot be created names its path.
+    let blocker = w.root.join("keep-file");
+    fs::write(&blocker, "a file, not a folder").unwrap();
+    let out =
+        bin().arg("build").arg("--input").arg(&w.input).arg("--output").arg(blocker.join("out")).output().unwrap();
+    assert!(cause(&out).contains("keep-file/out"), "{}", cause(&out));
+    // Temporary files a kill -9 left behind are cleaned at the next start.
+    assert!(w.build().status.success());
+    let orphans = [w.output.join(".tmpA1b2C3"), w.output.join(".mimic-eye/jobs/.tmpX9y8Z7")];
+    for o in &orphans {
+        fs::write(o, "{").unwrap();
+    }
+    assert!(w.build().status.success());
+    for o in &orphans {
+        assert!(!o.exists(), "{} left", o.display());
+    }
+    // A million-column header makes one short error line.
+    let path = w.input.join("mimiciv/hosp/labevents.csv");
+    fs::write(&path, format!("{}\n", vec!["c"; 1_000_000].join(","))).unwrap();
+    let out = w.build();
+    let last = stderr(&out).lines().last().unwrap_or("").len();
+    assert!(last < 2_000, "error line of {last} bytes");
+    assert!(w.summary()["failed"]["hosp/labevents"].as_str().unwrap().len() < 2_000);
+}
+
+#[test]
+fn derived_table_rejects_carry_the_line_where_the_record_starts() {
+    let w = world(1);
+    let phase = w.input.join("reflacx/main_data/metadata_phase_1.csv");
+    let text = fs::read_to_string(&phase).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // A record (data row j) gets a quoted newline in its `Other` field; the next one gets a bad
+    // subject_id, which the writer rejects. Rows without quotes, so a split on commas is exact.
+    let j = (1..lines.len() - 1).find(|&j| !lines[j].contains('"') && !lines[j + 1].contains('"')).unwrap();
+    let h: Vec<&str> = lines[0].split(',').collect();
+    let (other, subject) =
+        (h.iter().position(|c| *c == "Other").unwrap(), h.iter().position(|c| *c == "subject_id").unwrap());
+    let mut first: Vec<String> = lines[j].split(',').map(str::to_string).collect();
+    first[other] = "\"two\nlines\"".into();
+    lines[j] = first.join(",");
+    let mut second: Vec<String> = lines[j + 1].split(',').map(str::to_string).collect();
+    second[subject] = "1x".into();
+    lines[j + 1] = second.join(",");
+    fs::write(&phase, lines.join("\r\n") + "\r\n").unwrap();
+    // Data row j starts at line j + 1 and spans two lines; the rejected one starts at j + 3.
+    assert!(w.build().status.success());
+    let mut r = csv::Reader::from_path(w.output.join(".mimic-eye/rejects/reflacx/metadata.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][1], (j + 3).to_string(), "the line where the rejected record starts");
+    assert_eq!(rows[0][2], j.to_string(), "its row number in its phase file");
+}

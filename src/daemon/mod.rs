@@ -178,12 +178,16 @@ fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipelin
         Err(e) => {
             let outcome = if e.is::<Cancelled>() { "cancelled" } else { "failure" };
             counter!(telemetry::BUILDS, "kind" => kind, "result" => outcome).increment(1);
-            tracing::error!(error = %format!("{e:#}"), "build failed; waiting for the input to change");
-            notify::send(&format!("STATUS=build failed: {e}"));
+            let error = telemetry::bounded_text(&format!("{e:#}"));
+            tracing::error!(error, "build failed; waiting for the input to change");
+            notify::send(&format!(
+                "STATUS=build failed: {}",
+                telemetry::bounded_text(&e.to_string()).replace('\n', " ")
+            ));
             telemetry::update_status(|s| {
                 s.phase = "idle".into();
                 s.tables.clear();
-                s.last_result = Some(format!("failure: {e:#}"));
+                s.last_result = Some(format!("failure: {error}"));
             });
         }
     }

@@ -140,7 +140,9 @@ fn place(src: &Path, dest: &Path, mode: FilesMode) -> io::Result<()> {
     if mode == FilesMode::Hardlink && fs::hard_link(src, dest).is_ok() {
         return Ok(());
     }
-    fs::copy(src, dest).map(|_| ())
+    // fs::copy gives the copy its source's mode; the output's is owner and group only.
+    fs::copy(src, dest)?;
+    publish::set_output_mode(dest)
 }
 
 /// `p<first 2 digits>/p<subject_id>`: the MIMIC-CXR folder of a subject.

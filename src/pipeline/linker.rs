@@ -270,9 +270,10 @@ fn parse_datetime(raw: &[u8]) -> Result<Option<NaiveDateTime>, String> {
         return Ok(None);
     }
     let text = std::str::from_utf8(raw).map_err(|_| "time is not UTF-8".to_string())?;
+    // The value stays out of the reason: it is patient data, and reasons reach the logs.
     NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S")
         .map(Some)
-        .map_err(|e| format!("bad time {text:?}: {e}"))
+        .map_err(|e| format!("time is not YYYY-MM-DD HH:MM:SS ({} bytes): {e}", raw.len()))
 }
 
 /// The study time from `StudyDate` (`YYYYMMDD`) and `StudyTime` (`HHMMSS[.ffffff]` written as a

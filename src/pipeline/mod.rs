@@ -144,12 +144,21 @@ struct Plan {
     fix: Option<Fix>,
 }
 
-fn plan_routing(job: &TableJob, reader: &TableReader, profile: Profile) -> Result<Plan, JobError> {
+/// `split_before`: the previous build split this table per patient. A table known to be split
+/// (by name or by that record) must have its `subject_id`: whether its rows go to patients or
+/// whole to `spreadsheets/` never flips because of a damaged header.
+fn plan_routing(job: &TableJob, reader: &TableReader, profile: Profile, split_before: bool) -> Result<Plan, JobError> {
     Ok(match &job.kind {
         JobKind::Clinical { module, name } => {
             let folder = module.folder();
             let whole = PathBuf::from("spreadsheets").join(folder).join(format!("{name}.csv"));
-            match reader.header().find("subject_id") {
+            let per_patient = split_before || input::is_per_patient_table(name);
+            let key = if per_patient || reader.header().find("subject_id").is_some() {
+                Some(reader.require("subject_id")?)
+            } else {
+                None
+            };
+            match key {
                 // patients goes to spreadsheets only, as the authors did.
                 Some(_) if name == "patients" => Plan {
                     key_column: None,
@@ -207,15 +216,18 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     let reader = tokio::task::spawn_blocking(move || TableReader::open(&path))
         .await
         .map_err(|e| JobError::Interrupted(e.to_string()))??;
-    let plan = plan_routing(&job, &reader, ctx.config.profile)?;
     let output = ctx.config.output.clone();
+    // Read even with --full: it says whether this table was split per patient before.
+    let last = publish::load_manifest(&output, &job.key);
+    let split_before = last.as_ref().is_some_and(Manifest::was_split);
+    let plan = plan_routing(&job, &reader, ctx.config.profile, split_before)?;
 
     // What must be done, from the last manifest of this job.
     let mut input = format!("{};{}", planner::settings_key(&ctx.config), crate::fingerprint::of_file(&job.path));
     if plan.route == Route::ByDicom {
         input = format!("{input};dicoms={}", planner::dicom_map_key(&ctx.cohort));
     }
-    let previous = if ctx.force_full { None } else { publish::load_manifest(&output, &job.key) };
+    let previous = if ctx.force_full { None } else { last };
     let split = plan.route == Route::BySubject;
     let action = planner::decide(previous.as_ref(), &input, &ctx.cohort, split);
     let (only, kept_files) = match (&action, &previous) {
@@ -251,6 +263,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     };
     let bar = ctx.progress.table(&job.key, std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0));
     let counter = reader.progress_counter();
+    let reader_columns = reader.header().names.len();
 
     let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
     // Weak: the probe must not keep the link open when an actor ends.
@@ -310,11 +323,22 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     let _ = read_task.await;
     let mut outcome = outcome??;
     bar.finish();
+    let field_count_rejects = outcome.rejects_by_reason.get("field_count").copied().unwrap_or(0);
+    if field_count_rejects * 2 > outcome.counts.read {
+        // Most rows do not fit the header: it was cut short or extended, and publishing would
+        // replace every patient's file with nothing. The table fails; its previous output stays.
+        return Err(JobError::HeaderMismatch {
+            path: job.path.clone(),
+            columns: reader_columns,
+            rows: outcome.counts.read,
+        });
+    }
     outcome.files.extend(kept_files);
     outcome.files.sort();
     outcome.files.dedup();
     let manifest = Manifest {
         job: job.key.clone(),
+        split,
         files: outcome.files.clone(),
         counts: outcome.counts,
         input,
@@ -534,11 +558,12 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
                 tables.insert(key, outcome.counts);
             }
             Ok((key, Err(e))) => {
-                tracing::error!(table = %key, error = %e, "table failed; its previous output is kept");
-                failed.insert(key, e.to_string());
+                let error = crate::telemetry::bounded_text(&e.to_string());
+                tracing::error!(table = %key, error, "table failed; its previous output is kept");
+                failed.insert(key, error);
             }
             Err(e) => {
-                failed.insert("internal".into(), e.to_string());
+                failed.insert("internal".into(), crate::telemetry::bounded_text(&e.to_string()));
             }
         }
     }
@@ -557,7 +582,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     match derived {
         Ok(v) => tables.extend(v),
         Err(e) => {
-            failed.insert("derived".into(), e.to_string());
+            failed.insert("derived".into(), crate::telemetry::bounded_text(&e.to_string()));
         }
     }
 
@@ -619,6 +644,23 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
     Ok(run_table_job(ctx, job).await?)
 }
 
+/// Hard links share their source's inode and mode: say so (once per process) when the input
+/// tree is open to other users, since the linked output files then are too.
+fn warn_if_shared_by_links(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let mode = std::fs::metadata(&config.input).map_or(0, |m| m.permissions().mode());
+    if config.files == crate::config::FilesMode::Hardlink && mode & 0o007 != 0 {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                input = %config.input.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the input tree is open to other users: hard-linked images, reports and readings in the output share their source's mode (use files = \"copy\" for 0640 copies)"
+            );
+        });
+    }
+}
+
 /// Fails at start-up when a required dataset is missing; names the optional ones that are.
 fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec<String>> {
     if !config.input.is_dir() {
@@ -641,6 +683,7 @@ fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec
             config.datasets.reflacx.join("main_data").display()
         );
     }
+    warn_if_shared_by_links(config);
     let mut missing = Vec::new();
     let mut note = |present: bool, name: &str, path: &Path| {
         if !present {

@@ -15,11 +15,25 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline::writer::TableCounts;
 
 pub const STATE_DIR: &str = ".mimic-eye";
+/// The process's file-creation mask: files 0640, folders 0750.
+pub const UMASK: libc::mode_t = 0o027;
+/// The mode of every file the build creates, also where the creating call ignores the umask
+/// (temporary files are 0600, copies take their source's mode).
+pub const FILE_MODE: u32 = 0o640;
+
+/// Gives a file the output's mode.
+pub fn set_output_mode(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE))
+}
 
 /// What a published job produced: the record later jobs compare against.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Manifest {
     pub job: String,
+    /// The table was split per patient (its rows went to patient folders).
+    #[serde(default)]
+    pub split: bool,
     pub files: Vec<PathBuf>,
     pub counts: TableCounts,
     /// The input fingerprint and settings the job ran with (the planner compares it).
@@ -31,6 +45,14 @@ pub struct Manifest {
     /// Rows written per patient, so patients who leave can be dropped without rereading.
     #[serde(default)]
     pub per_patient: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Manifest {
+    /// Whether this job split its table per patient (manifests from before `split` was
+    /// recorded tell it by their per-patient row counts).
+    pub fn was_split(&self) -> bool {
+        self.split || !self.per_patient.is_empty()
+    }
 }
 
 pub fn state_dir(output: &Path) -> PathBuf {
@@ -85,6 +107,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
+    set_output_mode(tmp.path())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -155,6 +178,19 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
     Ok(())
 }
 
+/// `write_atomic`'s temporary files (`.tmpXXXXXX`) left by a crash between write and rename.
+fn remove_orphan_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_temp = name.to_str().is_some_and(|n| n.starts_with(".tmp"));
+        if is_temp && entry.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::info!(file = %entry.path().display(), "removing a temporary file left by an interrupted write");
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// True when both files exist with the same bytes.
 fn same_content(a: &Path, b: &Path) -> bool {
     use std::io::Read;
@@ -195,9 +231,15 @@ pub struct OutputLock {
 /// Takes the output's lock, or fails at once if another mimic-eye holds it.
 pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
     use std::os::fd::AsRawFd;
-    fs::create_dir_all(state_dir(output))?;
+    let named = |what: &str, path: &Path| {
+        let path = path.to_path_buf();
+        let what = what.to_string();
+        move |e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+    };
+    fs::create_dir_all(state_dir(output)).map_err(named("creating", &state_dir(output)))?;
     let path = state_dir(output).join("lock");
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let file =
+        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(named("opening", &path))?;
     // SAFETY: flock on a descriptor we own; the lock is released when the file is closed.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc != 0 {
@@ -209,8 +251,12 @@ pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
     Ok(OutputLock { _file: file })
 }
 
-/// Finishes publishes interrupted by a crash and discards unpublished staging folders.
+/// Finishes publishes interrupted by a crash and discards unpublished staging folders and the
+/// temporary files of atomic writes that a crash cut short.
 pub fn recover(output: &Path) -> io::Result<usize> {
+    for dir in [output.to_path_buf(), state_dir(output).join("jobs"), state_dir(output).join("journal")] {
+        remove_orphan_temporaries(&dir);
+    }
     let mut redone = 0;
     if let Ok(entries) = fs::read_dir(state_dir(output).join("journal")) {
         for entry in entries.flatten() {

@@ -39,8 +39,14 @@ pub enum ReadErrorKind {
     Empty,
     #[error("not a CSV file: the header line holds NUL bytes")]
     NotCsv,
-    #[error("missing required column {column:?} (header: {header})")]
-    MissingColumn { column: String, header: String },
+    /// Names the column and the header's shape, never its text: a headerless file's first
+    /// line is a patient's row.
+    #[error("missing required column {column:?} (the header has {fields} columns)")]
+    MissingColumn { column: String, fields: usize },
+    #[error("line 1 does not look like a header: {fields} fields, none of them {column:?}")]
+    NoHeader { column: String, fields: usize },
+    #[error("column {column:?} appears {count} times in the header")]
+    DuplicateColumn { column: String, count: usize },
     #[error("a record starting at line {line} is longer than {max} bytes (unterminated quote?)", max = MAX_RECORD)]
     RecordTooLong { line: u64 },
 }
@@ -58,14 +64,26 @@ impl Header {
         self.names.iter().position(|n| n.trim().eq_ignore_ascii_case(name))
     }
 
-    /// Like `find`, but a missing column is an error naming the file, the column and the header.
+    /// Like `find`, but a missing or repeated column is an error naming the file and the
+    /// column (a repeated key column would route rows by whichever copy came first).
     pub fn require(&self, path: &Path, column: &str) -> Result<usize, ReadError> {
-        self.find(column).ok_or_else(|| ReadError {
-            path: path.to_path_buf(),
-            kind: ReadErrorKind::MissingColumn {
-                column: column.to_string(),
-                header: String::from_utf8_lossy(&self.raw).into_owned(),
-            },
+        let err = |kind| ReadError { path: path.to_path_buf(), kind };
+        let (column, fields) = (column.to_string(), self.names.len());
+        let count = self.names.iter().filter(|n| n.trim().eq_ignore_ascii_case(&column)).count();
+        match self.find(&column) {
+            Some(_) if count > 1 => Err(err(ReadErrorKind::DuplicateColumn { column, count })),
+            Some(i) => Ok(i),
+            None if self.looks_like_header() => Err(err(ReadErrorKind::MissingColumn { column, fields })),
+            None => Err(err(ReadErrorKind::NoHeader { column, fields })),
+        }
+    }
+
+    /// Every name starts with a letter or `_` and is short: data rows of these tables start
+    /// with ids, times or numbers.
+    fn looks_like_header(&self) -> bool {
+        self.names.iter().all(|n| {
+            let n = n.trim();
+            n.len() <= 64 && n.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         })
     }
 }
@@ -125,39 +143,48 @@ impl TableReader {
         }
     }
 
+    /// Finds the header line in one pass over the bytes as they arrive (a first line that never
+    /// ends, such as a file of quotes or gigabytes without a line feed, is looked at once and
+    /// fails at [`MAX_RECORD`] bytes), and fails at once on a NUL byte, which no header holds.
     fn read_header(&mut self) -> Result<(), ReadError> {
-        let scanner = Scanner::new(None);
+        let mut searched = 0;
+        let mut in_quotes = false;
         loop {
-            let mut first = None;
-            let consumed = scanner.scan(&self.work, self.eof, |r| {
-                if first.is_none() {
-                    first = Some(r);
-                }
-            });
-            if let Some(r) = first {
-                let mut raw = r.span.slice(&self.work).to_vec();
-                let end = r.span.end as usize;
-                // Consume just the header record and its terminator.
-                let next = self.work[end..].iter().position(|&b| b == b'\n').map_or(consumed, |p| end + p + 1);
-                self.work.drain(..next.min(self.work.len()));
-                self.next_line += 1 + u64::from(r.newlines);
-                if raw.starts_with(BOM) {
-                    raw.drain(..BOM.len());
-                }
-                if raw.contains(&0) {
-                    return Err(self.error(ReadErrorKind::NotCsv));
-                }
-                if raw.is_empty() {
-                    continue; // a blank line before the header
-                }
-                let names = split_fields(&raw).iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
-                self.header = Header { raw, names };
-                return Ok(());
+            let fresh = &self.work[searched..];
+            let end = record_end(fresh, &mut in_quotes).map(|p| searched + p);
+            let nul = fresh[..end.map_or(fresh.len(), |e| e - searched)].contains(&0);
+            if nul {
+                return Err(self.error(ReadErrorKind::NotCsv));
             }
-            if self.eof {
-                return Err(self.error(ReadErrorKind::Empty));
+            let (record_len, consumed) = match end {
+                Some(lf) => (lf, lf + 1),
+                None if self.eof && !self.work.is_empty() => (self.work.len(), self.work.len()),
+                None if self.eof => return Err(self.error(ReadErrorKind::Empty)),
+                None => {
+                    searched = self.work.len();
+                    if searched > MAX_RECORD {
+                        return Err(self.error(ReadErrorKind::RecordTooLong { line: self.next_line }));
+                    }
+                    self.fill()?;
+                    continue;
+                }
+            };
+            let mut raw = self.work[..record_len].to_vec();
+            self.work.drain(..consumed);
+            (searched, in_quotes) = (0, false);
+            self.next_line += 1 + raw.iter().filter(|&&b| b == b'\n').count() as u64;
+            if raw.last() == Some(&b'\r') {
+                raw.pop();
             }
-            self.fill()?;
+            if raw.starts_with(BOM) {
+                raw.drain(..BOM.len());
+            }
+            if raw.is_empty() {
+                continue; // a blank line before the header
+            }
+            let names = split_fields(&raw).iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            self.header = Header { raw, names };
+            return Ok(());
         }
     }
 
@@ -247,6 +274,21 @@ impl TableReader {
             }
         }
     }
+}
+
+/// The offset of the line feed that ends the first record of `bytes`, carrying the quote state
+/// across calls so each byte is looked at once (a doubled quote toggles twice).
+fn record_end(bytes: &[u8], in_quotes: &mut bool) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr2(b'"', b'\n', &bytes[from..]).map(|i| from + i) {
+        if bytes[i] == b'"' {
+            *in_quotes = !*in_quotes;
+        } else if !*in_quotes {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
 }
 
 /// A buffer starting with `tail`, with room for the next chunk.

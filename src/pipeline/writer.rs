@@ -89,6 +89,11 @@ pub enum JobError {
     Read(#[from] ReadError),
     #[error("writing {}: {cause}", path.display())]
     Write { path: PathBuf, cause: io::Error },
+    #[error(
+        "{}: the header has {columns} columns but none of the {rows} data rows has that many: the header does not fit the data",
+        path.display()
+    )]
+    HeaderMismatch { path: PathBuf, columns: usize, rows: u64 },
     #[error("{0}: the reader stopped without finishing")]
     Interrupted(String),
 }

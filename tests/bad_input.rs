@@ -407,7 +407,8 @@ fn output_is_owner_and_group_only_whatever_the_umask() {
 fn a_first_line_that_never_ends_fails_in_bounded_time_and_memory() {
     let w = world(5);
     let path = w.input.join("mimiciv/hosp/labevents.csv");
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Case = (&'static str, Box<dyn Fn(&Path)>, &'static str);
+    let cases: Vec<Case> = vec![
         ("no line feed", Box::new(|p| fs::write(p, vec![b'x'; 80 << 20]).unwrap()), "longer than"),
         ("only quotes", Box::new(|p| fs::write(p, vec![b'"'; 80 << 20]).unwrap()), "longer than"),
         ("sparse NUL file", Box::new(|p| fs::File::create(p).unwrap().set_len(4 << 30).unwrap()), "not a CSV file"),

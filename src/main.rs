@@ -68,6 +68,10 @@ enum Command {
         /// Rewrite every output even if its inputs did not change.
         #[arg(long)]
         full: bool,
+        /// Accept a CXR metadata, edstays, REFLACX phase or master sheet that lost most of its
+        /// rows since the last build (otherwise the build fails and keeps the previous output).
+        #[arg(long)]
+        accept_shrink: bool,
     },
     /// The daemon: build, then keep the output current as the input changes.
     Run {
@@ -175,7 +179,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Build { settings, full } => {
+        Command::Build { settings, full, accept_shrink } => {
             let (config, overrides) = settings.into_parts();
             let file = match &config {
                 Some(path) => ConfigFile::load(path)?,
@@ -185,7 +189,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             // Checked before the lock: a wrong --input must leave no trace in the output.
             anyhow::ensure!(config.input.is_dir(), "input directory {} does not exist", config.input.display());
             let _lock = pipeline::publish::lock_output(&config.output)?;
-            let options = pipeline::BuildOptions { force_full: full, ..Default::default() };
+            let options = pipeline::BuildOptions { force_full: full, accept_shrink, ..Default::default() };
             let summary = runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true), options))?;
             println!("{}", summary.headline());
             println!("output: {}", config.output.display());

@@ -556,3 +556,73 @@ fn derived_table_rejects_carry_the_line_where_the_record_starts() {
     assert_eq!(rows[0][1], (j + 3).to_string(), "the line where the rejected record starts");
     assert_eq!(rows[0][2], j.to_string(), "its row number in its phase file");
 }
+
+#[test]
+fn a_linker_table_that_empties_fails_loudly_unless_the_shrink_is_accepted() {
+    let w = world(5);
+    assert!(w.build().status.success());
+    let before = published(&w.output);
+    let images = w.summary()["images"].as_u64().unwrap();
+    assert!(images > 0);
+    for table in ["mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv", "mimic-iv-ed/ed/edstays.csv"] {
+        let path = w.input.join(table);
+        let full = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{}\n", full.lines().next().unwrap())).unwrap(); // header only
+        let out = w.build();
+        assert!(!out.status.success(), "{table}: a header-only linker table must fail the build");
+        let err = cause(&out);
+        assert!(err.contains(table) && err.contains("--accept-shrink"), "{err}");
+        assert_eq!(published(&w.output), before, "{table}: the previous output changed");
+        fs::write(&path, full).unwrap();
+    }
+    // Deliberate: accepted once, then the smaller table is the new reference.
+    let meta = w.input.join("mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv");
+    let full = fs::read_to_string(&meta).unwrap();
+    fs::write(&meta, format!("{}\n", full.lines().next().unwrap())).unwrap();
+    let mut cmd = bin();
+    cmd.arg("build").arg("--input").arg(&w.input).arg("--output").arg(&w.output).arg("--accept-shrink");
+    run_ok(&mut cmd);
+    assert_eq!(w.summary()["images"], 0);
+    assert!(w.build().status.success(), "the accepted size is the new reference");
+}
+
+#[test]
+fn a_table_removed_from_the_input_loses_its_outputs_but_an_absent_module_folder_keeps_them() {
+    let w = world(5);
+    assert!(w.build().status.success());
+    let patient = w.output.join(format!("patient_{}", w.subject(0)));
+    assert!(patient.join("Hosp/transfers.csv").exists() && patient.join("ICU/icustays.csv").exists());
+    fs::remove_file(w.input.join("mimiciv/hosp/transfers.csv")).unwrap();
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = w.summary();
+    assert_eq!(s["removed_tables"], serde_json::json!(["hosp/transfers"]));
+    assert!(s["tables"].get("hosp/transfers").is_none());
+    let left = published(&w.output);
+    assert!(!left.keys().any(|k| k.ends_with("transfers.csv")), "a transfers file is left");
+    // The ICU folder gone (an unmounted disk, a moved download): its outputs stay.
+    fs::rename(w.input.join("mimiciv/icu"), w.root.join("keep-icu")).unwrap();
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.summary()["removed_tables"], serde_json::json!([]));
+    assert!(patient.join("ICU/icustays.csv").exists(), "ICU outputs wiped with the folder missing");
+    assert_eq!(published(&w.output), left);
+}
+
+#[test]
+fn a_linker_table_of_malformed_rows_is_counted_without_being_held_in_memory() {
+    let w = world(5);
+    let meta = w.input.join("mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv");
+    let mut f = fs::OpenOptions::new().append(true).open(&meta).unwrap();
+    for i in 0..5000 {
+        writeln!(f, "broken,{i}").unwrap();
+    }
+    drop(f);
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = w.summary();
+    assert_balanced(&s);
+    assert_eq!(s["tables"]["cxr_meta"]["rejected"], 5000);
+    let kept = fs::read_to_string(w.output.join(".mimic-eye/rejects/cxr_meta.csv")).unwrap();
+    assert_eq!(kept.lines().count(), 1 + 1000, "header and the first 1,000 malformed rows");
+}

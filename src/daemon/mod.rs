@@ -69,7 +69,12 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
         if dirty {
             dirty = false;
             let cancel = Arc::new(AtomicBool::new(false));
-            let options = BuildOptions { cancel: Arc::clone(&cancel), force_full: false, unstable: watch.unstable() };
+            let options = BuildOptions {
+                cancel: Arc::clone(&cancel),
+                force_full: false,
+                unstable: watch.unstable(),
+                accept_shrink: false,
+            };
             let kind = if first && !config.output.join("summary.json").exists() { "full" } else { "incremental" };
             first = false;
             let started = Instant::now();

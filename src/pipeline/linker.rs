@@ -121,7 +121,7 @@ pub struct Links {
     pub reflacx_subjects: BTreeSet<SubjectId>,
     pub warnings: Vec<LinkReject>,
     /// Records of the CXR metadata that could not be read (wrong field count…).
-    pub cxr_rejects: Vec<(Record, Vec<u8>)>,
+    pub cxr_rejects: crate::pipeline::reader::Rejects,
     pub cxr_source: std::path::PathBuf,
 }
 
@@ -407,9 +407,10 @@ pub fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>)
     batch
 }
 
-/// Appends records a small-table read rejected, so the writer keeps and counts them.
-pub fn append_rejects(batch: &mut Batch, rejects: &[(Record, Vec<u8>)]) {
-    for (record, raw) in rejects {
+/// Appends records a small-table read rejected, so the writer keeps and counts them (those
+/// only counted are added to the counts by `write_derived`).
+pub fn append_rejects(batch: &mut Batch, rejects: &crate::pipeline::reader::Rejects) {
+    for (record, raw) in &rejects.kept {
         let start = batch.data.len() as u32;
         batch.data.extend_from_slice(raw);
         let end = batch.data.len() as u32;

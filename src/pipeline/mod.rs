@@ -10,6 +10,8 @@ pub mod linker;
 pub mod planner;
 pub mod publish;
 pub mod reader;
+pub mod shrink;
+pub mod vanished;
 pub mod writer;
 
 use std::collections::BTreeMap;
@@ -92,6 +94,8 @@ pub struct Summary {
     /// Tables whose input was still being written: previous output kept.
     pub pending: Vec<String>,
     pub missing_datasets: Vec<String>,
+    /// Tables gone from the input whose outputs this build removed.
+    pub removed_tables: Vec<String>,
     /// Rows of the linker's tables skipped for a malformed id or time (file, line, reason).
     pub linker_skipped: Vec<linker::LinkReject>,
     pub peak_rss_bytes: u64,
@@ -368,6 +372,8 @@ pub struct DerivedTable<'a> {
     pub patient_file: Option<PathBuf>,
     /// The whole table, under the output root.
     pub whole_file: Option<PathBuf>,
+    /// Malformed source records past the ones kept for the rejects file: counted only.
+    pub rejects_not_kept: u64,
 }
 
 /// Writes a derived table's `rows` (under `header`) through a writer and publishes it as one job.
@@ -377,7 +383,7 @@ pub fn write_derived(
     header: Vec<u8>,
     rows: batch::Batch,
 ) -> Result<TableCounts, JobError> {
-    let DerivedTable { job, source, route, patient_file, whole_file } = table;
+    let DerivedTable { job, source, route, patient_file, whole_file, rejects_not_kept } = table;
     let staging = publish::staging_dir(&ctx.config.output, job);
     let _ = std::fs::remove_dir_all(&staging);
     let spec = WriterSpec {
@@ -395,7 +401,16 @@ pub fn write_derived(
     };
     let mut writer = Writer::new(spec)?;
     writer.write_batch(&rows)?;
-    let outcome = writer.finish()?;
+    let mut outcome = writer.finish()?;
+    if rejects_not_kept > 0 {
+        tracing::warn!(
+            table = job,
+            rows = rejects_not_kept,
+            "more malformed rows than the rejects file keeps: counted only"
+        );
+        outcome.counts.read += rejects_not_kept;
+        outcome.counts.rejected += rejects_not_kept;
+    }
     let manifest =
         Manifest { job: job.to_string(), files: outcome.files, counts: outcome.counts, ..Default::default() };
     publish::publish(&ctx.config.output, manifest)
@@ -433,6 +448,7 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
             route: Route::BySubject,
             patient_file: Some(PathBuf::from("CXR-JPG/cxr_meta.csv")),
             whole_file: Some(PathBuf::from("spreadsheets/cxr_meta.csv")),
+            rejects_not_kept: links.cxr_rejects.not_kept,
         },
         header.clone(),
         all,
@@ -445,6 +461,7 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
             route: Route::Whole,
             patient_file: None,
             whole_file: Some(PathBuf::from("spreadsheets/cxr_meta_with_stay_id_only.csv")),
+            rejects_not_kept: 0,
         },
         header,
         linked,
@@ -478,6 +495,8 @@ pub struct BuildOptions {
     /// Input files that are not complete yet (still being written): their tables keep their
     /// previous output this time.
     pub unstable: std::collections::HashSet<PathBuf>,
+    /// Accept linker tables that lost most of their rows since the last build.
+    pub accept_shrink: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -516,7 +535,13 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         })
         .await??
     };
-    let (links, linker::LinkInputs { reflacx_metadata, master_sheet, .. }) = links;
+    let (links, inputs) = links;
+    let linker_rows = shrink::LinkerRows::of(&inputs);
+    if !options.accept_shrink {
+        linker_rows.check(&output)?;
+    }
+    linker_rows.record(&output).with_context(|| format!("recording linker rows in {}", output.display()))?;
+    let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
     tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");
 
     let ctx = Arc::new(BuildContext {
@@ -536,7 +561,11 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
     let mut set = tokio::task::JoinSet::new();
     let mut pending = Vec::new();
-    for job in plan_jobs(&config, &side) {
+    let jobs = plan_jobs(&config, &side);
+    let planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
+    let removed_tables = vanished::remove_vanished(&config, &planned)
+        .with_context(|| format!("removing the outputs of tables gone from the input in {}", output.display()))?;
+    for job in jobs {
         if options.unstable.contains(&job.path) {
             tracing::info!(table = %job.key, "input still being written: previous output kept");
             if let Some(m) = publish::load_manifest(&output, &job.key) {
@@ -603,6 +632,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         failed,
         pending,
         missing_datasets: missing,
+        removed_tables,
         linker_skipped: links.warnings.clone(),
         peak_rss_bytes: peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),

@@ -101,6 +101,14 @@ pub fn all_manifests(output: &Path) -> Vec<Manifest> {
     v
 }
 
+/// Drops a job's record (its files are already gone).
+pub fn forget(output: &Path, job: &str) -> io::Result<()> {
+    match fs::remove_file(manifest_path(output, job)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));

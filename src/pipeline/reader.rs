@@ -304,8 +304,37 @@ pub struct SmallTable {
     pub path: PathBuf,
     pub header: Header,
     pub rows: Vec<SmallRow>,
-    /// Records with a defect (wrong field count, unterminated quote), kept verbatim.
-    pub rejects: Vec<(Record, Vec<u8>)>,
+    /// Records with a defect (wrong field count, unterminated quote).
+    pub rejects: Rejects,
+}
+
+/// A small table's malformed records: the first [`Rejects::KEPT`] verbatim (for the rejects
+/// file), the rest only counted, so a table of millions of broken rows costs no memory.
+#[derive(Debug, Clone, Default)]
+pub struct Rejects {
+    pub kept: Vec<(Record, Vec<u8>)>,
+    pub not_kept: u64,
+}
+
+impl Rejects {
+    pub const KEPT: usize = 1000;
+
+    fn push(&mut self, record: Record, raw: &[u8]) {
+        if self.kept.len() < Self::KEPT {
+            self.kept.push((record, raw.to_vec()));
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.kept.len() as u64 + self.not_kept
+    }
+
+    pub fn extend(&mut self, other: &Rejects) {
+        self.kept.extend(other.kept.iter().cloned());
+        self.not_kept += other.not_kept;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,7 +372,7 @@ impl SmallTable {
                     for r in &b.records {
                         let raw = r.span.slice(&b.data);
                         if r.defect.is_some() {
-                            table.rejects.push((*r, raw.to_vec()));
+                            table.rejects.push(*r, raw);
                             continue;
                         }
                         let fields = split_fields(raw);
@@ -366,5 +395,10 @@ impl SmallTable {
     /// A column's index, or an error naming the file and the missing column.
     pub fn require(&self, column: &str) -> Result<usize, ReadError> {
         self.header.require(&self.path, column)
+    }
+
+    /// Malformed records, kept or only counted.
+    pub fn rejected(&self) -> u64 {
+        self.rejects.total()
     }
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Profile;
 use crate::pipeline::batch::ReadMsg;
-use crate::pipeline::batch::Record;
 use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
+use crate::pipeline::reader::Rejects;
 use crate::pipeline::writer::{JobError, Route, TableCounts};
 use crate::pipeline::{publish, write_derived, BuildContext, DerivedTable};
 
@@ -78,7 +78,8 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
         if ctx.config.profile == Profile::Paper {
             table = reflacx::merge(&table, reflacx::max_certainty);
         }
-        let rejects: Vec<_> = phases.iter().flat_map(|p| p.rejects.iter().cloned()).collect();
+        let mut rejects = Rejects::default();
+        phases.iter().for_each(|p| rejects.extend(&p.rejects));
         done.push((
             "reflacx/metadata".to_string(),
             write_columns(
@@ -156,6 +157,7 @@ fn by_subject<'a>(job: &'a str, source: &'a Path, patient_file: &str, whole_file
         route: Route::BySubject,
         patient_file: Some(PathBuf::from(patient_file)),
         whole_file: Some(PathBuf::from(whole_file)),
+        rejects_not_kept: 0,
     }
 }
 
@@ -166,7 +168,7 @@ fn write_columns(
     ctx: &BuildContext,
     target: DerivedTable<'_>,
     table: &reflacx::Columns,
-    rejects: &[(Record, Vec<u8>)],
+    rejects: &Rejects,
     key: &str,
 ) -> Result<TableCounts, JobError> {
     let k = table.names.iter().position(|n| n.eq_ignore_ascii_case(key));
@@ -182,5 +184,5 @@ fn write_columns(
             .map(|((r, origin), key)| (*origin, raw_record(r), key.as_slice())),
     );
     append_rejects(&mut batch, rejects);
-    write_derived(ctx, target, header, batch)
+    write_derived(ctx, DerivedTable { rejects_not_kept: rejects.not_kept, ..target }, header, batch)
 }

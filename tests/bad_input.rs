@@ -626,3 +626,76 @@ fn a_linker_table_of_malformed_rows_is_counted_without_being_held_in_memory() {
     let kept = fs::read_to_string(w.output.join(".mimic-eye/rejects/cxr_meta.csv")).unwrap();
     assert_eq!(kept.lines().count(), 1 + 1000, "header and the first 1,000 malformed rows");
 }
+
+/// A copied study folder of the world's first cohort patient.
+fn study_dir(w: &World) -> PathBuf {
+    let sid = w.subject(0).to_string();
+    let mut dirs: Vec<PathBuf> = fs::read_dir(w.input.join(format!("mimic-cxr-jpg/files/p{}/p{sid}", &sid[..2])))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs.remove(0)
+}
+
+fn copied(w: &World, study: &Path) -> PathBuf {
+    w.output.join(format!("patient_{}/CXR-JPG/{}", w.subject(0), study.file_name().unwrap().to_string_lossy()))
+}
+
+#[test]
+fn copies_follow_the_source_content_not_its_size_and_mtime() {
+    let w = world(1);
+    let config = w.root.join("keep.toml");
+    fs::write(&config, format!("input = {:?}\noutput = {:?}\nfiles = \"copy\"\n", w.input, w.output)).unwrap();
+    let build = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["build", "--config"]).arg(&config).args(extra);
+        run_ok(&mut cmd);
+    };
+    build(&[]);
+    let study = study_dir(&w);
+    let jpg = fs::read_dir(&study)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .unwrap();
+    let out = copied(&w, &study).join(jpg.file_name().unwrap());
+    // Other bytes, same size, an older mtime: a re-download that kept the server's time.
+    let mut bytes = fs::read(&jpg).unwrap();
+    bytes.iter_mut().take(64).for_each(|b| *b ^= 0xff);
+    fs::write(&jpg, &bytes).unwrap();
+    let status = std::process::Command::new("touch").args(["-d", "2000-01-01"]).arg(&jpg).status().unwrap();
+    assert!(status.success());
+    build(&[]);
+    assert_eq!(fs::read(&out).unwrap(), bytes, "the changed source was not copied again");
+    // A copy changed behind the program's back is restored by --full.
+    fs::write(&out, vec![0u8; bytes.len()]).unwrap();
+    build(&["--full"]);
+    assert_eq!(fs::read(&out).unwrap(), bytes, "--full did not recopy");
+}
+
+#[test]
+fn a_long_file_name_or_a_link_loop_in_a_study_folder_is_skipped_and_the_rest_is_copied() {
+    let w = world(1);
+    let study = study_dir(&w);
+    let long = format!("{}.jpg", "a".repeat(226)); // 230 bytes: legal, but not once flattened
+    fs::write(study.join(&long), b"long-named image").unwrap();
+    std::os::unix::fs::symlink(".", study.join("loop")).unwrap();
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = w.summary();
+    assert_balanced(&s);
+    assert_eq!(fs::read(copied(&w, &study).join(&long)).unwrap(), b"long-named image");
+    assert_eq!(s["tables"]["files/cxr-jpg"]["rejected"], 1, "the loop is counted once");
+    assert!(stderr(&out).contains("a link back to a folder being copied"), "{}", stderr(&out));
+    // Every image of every patient is there.
+    assert_eq!(
+        s["tables"]["files/cxr-jpg"]["written"].as_u64().unwrap(),
+        w.summary()["images"].as_u64().unwrap() + 1,
+        "the images and the long-named file"
+    );
+    w.assert_nothing_outside();
+}

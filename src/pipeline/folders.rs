@@ -2,9 +2,11 @@
 //!
 //! Files are hard-linked (falling back to a copy across file systems) or copied into the job's
 //! staging folder and published like any table. A file whose output is already the same (same
-//! inode, or same size and not older) is not staged again, so a rebuild leaves it untouched.
-//! Symbolic links are followed only when their target stays inside the input tree, and
-//! `index.html` files from wget mirrors are never copied.
+//! inode; for a copy, a source with the identity recorded when it was copied) is not staged
+//! again, so a rebuild leaves it untouched. Symbolic links are followed only when their target
+//! stays inside the input tree (a link back to a folder being walked is skipped), and
+//! `index.html` files from wget mirrors are never copied. One entry that cannot be read is
+//! skipped, named and counted; the rest is copied.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -15,9 +17,13 @@ use std::path::{Path, PathBuf};
 use crate::config::{FilesMode, Profile};
 use crate::ids::{ReflacxId, StudyId, SubjectId};
 use crate::pipeline::fixer::reflacx;
+use crate::pipeline::publish::CopyRecord;
 use crate::pipeline::reader::SmallTable;
 use crate::pipeline::writer::{JobError, TableCounts};
 use crate::pipeline::{publish, BuildContext};
+
+/// Folders nested deeper than this below a copied folder are not walked.
+const MAX_DEPTH: usize = 32;
 
 /// One folder job being assembled.
 struct FolderJob<'a> {
@@ -27,6 +33,12 @@ struct FolderJob<'a> {
     input_root: PathBuf,
     files: Vec<PathBuf>,
     counts: TableCounts,
+    /// (device, inode) of the folders being walked, outermost first: a link back to one of
+    /// them would recurse without end.
+    walking: Vec<(u64, u64)>,
+    /// What each copy was made from, by the last publish of this job (empty with --full).
+    copied_before: std::collections::BTreeMap<PathBuf, CopyRecord>,
+    copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
 }
 
 impl<'a> FolderJob<'a> {
@@ -35,7 +47,28 @@ impl<'a> FolderJob<'a> {
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::create_dir_all(&staging);
         let input_root = fs::canonicalize(&ctx.config.input).unwrap_or_else(|_| ctx.config.input.clone());
-        Self { ctx, key, staging, input_root, files: Vec::new(), counts: TableCounts::default() }
+        let copied_before = match ctx.force_full {
+            true => Default::default(),
+            false => publish::load_manifest(&ctx.config.output, key).map(|m| m.copies).unwrap_or_default(),
+        };
+        Self {
+            ctx,
+            key,
+            staging,
+            input_root,
+            files: Vec::new(),
+            counts: TableCounts::default(),
+            walking: Vec::new(),
+            copied_before,
+            copies: Default::default(),
+        }
+    }
+
+    /// Skips one entry that cannot be placed: named (escaped) in the log and counted.
+    fn skip(&mut self, path: &Path, reason: &dyn std::fmt::Display) {
+        tracing::warn!(job = self.key, path = ?path, %reason, "not copied");
+        self.counts.read += 1;
+        self.counts.rejected += 1;
     }
 
     fn err(&self, path: &Path) -> impl Fn(io::Error) -> JobError + '_ {
@@ -45,6 +78,23 @@ impl<'a> FolderJob<'a> {
 
     /// Places every file under `src` (recursively) at `dest` (relative to the output root).
     fn folder(&mut self, src: &Path, dest: &Path) -> Result<(), JobError> {
+        let Ok(meta) = fs::metadata(src) else { return Ok(()) };
+        let id = (meta.dev(), meta.ino());
+        if self.walking.contains(&id) {
+            self.skip(src, &"a link back to a folder being copied");
+            return Ok(());
+        }
+        if self.walking.len() >= MAX_DEPTH {
+            self.skip(src, &format!("more than {MAX_DEPTH} folders deep"));
+            return Ok(());
+        }
+        self.walking.push(id);
+        let result = self.entries(src, dest);
+        self.walking.pop();
+        result
+    }
+
+    fn entries(&mut self, src: &Path, dest: &Path) -> Result<(), JobError> {
         for entry in sorted_entries(src) {
             let name = entry.file_name();
             if name.eq_ignore_ascii_case("index.html") {
@@ -89,15 +139,46 @@ impl<'a> FolderJob<'a> {
             Some(bytes) => fs::read(&final_path).is_ok_and(|old| &old == bytes),
             None => same_file(src, &final_path, self.ctx.config.files),
         };
+        let unchanged = unchanged && content.is_some() || unchanged && self.kept_copy(src, dest);
         if !unchanged {
-            match content {
-                Some(bytes) => fs::write(&staged, bytes).map_err(self.err(&staged))?,
-                None => place(src, &staged, self.ctx.config.files).map_err(self.err(src))?,
+            let placed = match content {
+                Some(bytes) => fs::write(&staged, bytes).map(|()| None),
+                None => place(src, &staged, self.ctx.config.files),
+            };
+            match placed {
+                Ok(Some(record)) => {
+                    self.copies.insert(dest.to_path_buf(), record);
+                }
+                Ok(None) => {}
+                // The output's file system failing fails the job; one unreadable entry does not.
+                Err(e) if is_output_failure(&e) => return Err(self.err(&staged)(e)),
+                Err(e) => {
+                    self.counts.read -= 1;
+                    self.skip(src, &e);
+                    return Ok(());
+                }
             }
         }
         self.files.push(dest.to_path_buf());
         self.counts.written += 1;
         Ok(())
+    }
+
+    /// A copy already in place is kept only if its source is the one it was copied from (a
+    /// hard link needs no record: it is the source). Keeps the record for the next build.
+    fn kept_copy(&mut self, src: &Path, dest: &Path) -> bool {
+        let Ok(out) = fs::metadata(self.ctx.config.output.join(dest)) else { return false };
+        let Ok(source) = fs::metadata(src) else { return false };
+        if out.nlink() > 1 && out.ino() == source.ino() && out.dev() == source.dev() {
+            return true;
+        }
+        match self.copied_before.get(dest) {
+            Some(record) if record.same_source(&CopyRecord::identity(&source)) && record.size == out.len() => {
+                self.copies.insert(dest.to_path_buf(), record.clone());
+                true
+            }
+            _ => false,
+        }
     }
 
     fn reject(&mut self, what: &str, error: &dyn std::fmt::Display) {
@@ -110,8 +191,13 @@ impl<'a> FolderJob<'a> {
         let mut files = self.files;
         files.sort();
         files.dedup();
-        let manifest =
-            publish::Manifest { job: self.key.to_string(), files, counts: self.counts, ..Default::default() };
+        let manifest = publish::Manifest {
+            job: self.key.to_string(),
+            files,
+            counts: self.counts,
+            copies: self.copies,
+            ..Default::default()
+        };
         publish::publish(&self.ctx.config.output, manifest)
             .map_err(|cause| JobError::Write { path: self.ctx.config.output.clone(), cause })?;
         Ok((self.key.to_string(), self.counts))
@@ -125,24 +211,53 @@ fn sorted_entries(dir: &Path) -> Vec<fs::DirEntry> {
     entries
 }
 
-/// Already in place: the same inode (hard link), or a copy of the same size that is not older.
+/// Possibly in place: the same inode (hard link), or a file of the same size (a copy, which
+/// `kept_copy` then checks against its record).
 fn same_file(src: &Path, dest: &Path, mode: FilesMode) -> bool {
     let (Ok(s), Ok(d)) = (fs::metadata(src), fs::metadata(dest)) else {
         return false;
     };
     match mode {
-        FilesMode::Hardlink if s.dev() == d.dev() => s.ino() == d.ino(),
-        _ => s.len() == d.len() && d.mtime() >= s.mtime(),
+        FilesMode::Hardlink if s.dev() == d.dev() && s.ino() == d.ino() => true,
+        _ => s.len() == d.len(),
     }
 }
 
-fn place(src: &Path, dest: &Path, mode: FilesMode) -> io::Result<()> {
+/// Errors that say the output cannot be written at all (as opposed to one source entry).
+fn is_output_failure(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EROFS | libc::EDQUOT | libc::EIO))
+}
+
+/// Hard-links or copies `src` to `dest`; a copy returns its record.
+fn place(src: &Path, dest: &Path, mode: FilesMode) -> io::Result<Option<CopyRecord>> {
     if mode == FilesMode::Hardlink && fs::hard_link(src, dest).is_ok() {
-        return Ok(());
+        return Ok(None);
     }
-    // fs::copy gives the copy its source's mode; the output's is owner and group only.
-    fs::copy(src, dest)?;
-    publish::set_output_mode(dest)
+    copy_recorded(src, dest).map(Some)
+}
+
+/// Copies `src` to a new `dest` (mode 0640, not the source's) and records the source's
+/// identity, taken before the copy, and the hash of the bytes copied.
+fn copy_recorded(src: &Path, dest: &Path) -> io::Result<CopyRecord> {
+    use std::io::{Read, Write};
+    let mut input = fs::File::open(src)?;
+    let mut record = CopyRecord::identity(&input.metadata()?);
+    let mut output = fs::File::create(dest)?;
+    let mut hash = crate::fingerprint::Fnv::default();
+    let mut buf = vec![0u8; crate::source::CHUNK];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hash = hash.bytes(&buf[..n]);
+        output.write_all(&buf[..n])?;
+    }
+    publish::set_output_mode(dest)?;
+    record.fnv = format!("{:016x}", hash.finish());
+    Ok(record)
 }
 
 /// `p<first 2 digits>/p<subject_id>`: the MIMIC-CXR folder of a subject.

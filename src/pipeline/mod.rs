@@ -348,6 +348,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
         input,
         cohort: planner::cohort_list(&ctx.cohort),
         per_patient: outcome.per_patient.clone(),
+        copies: Default::default(),
     };
     tokio::task::spawn_blocking(move || publish::publish(&output, manifest))
         .await

@@ -45,6 +45,45 @@ pub struct Manifest {
     /// Rows written per patient, so patients who leave can be dropped without rereading.
     #[serde(default)]
     pub per_patient: std::collections::BTreeMap<u64, u64>,
+    /// Copied files (not hard links): the source each was copied from and the copy's hash.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
+}
+
+/// What a copied output file was made from: the source's identity when it was copied, and a
+/// hash of the bytes copied. A source replaced by other bytes (even of the same size with an
+/// older mtime) has another inode or ctime, so it is copied again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// FNV-1a 64 of the copied bytes, hex.
+    pub fnv: String,
+}
+
+impl CopyRecord {
+    /// The source identity part of a record (hash left empty).
+    pub fn identity(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            fnv: String::new(),
+        }
+    }
+
+    /// Same source, as far as its identity tells.
+    pub fn same_source(&self, other: &CopyRecord) -> bool {
+        (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+            == (other.dev, other.ino, other.size, other.mtime_ns, other.ctime_ns)
+    }
 }
 
 impl Manifest {
@@ -68,11 +107,31 @@ pub fn staging_dir(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("staging").join(job_file_name(job))
 }
 
+/// Staged names longer than this are replaced by a hash: a long file name a few folders deep
+/// would pass NAME_MAX (255 bytes) once flattened.
+const MAX_STAGED_NAME: usize = 200;
+
 /// Where a file of a job is staged: flat in the job's staging folder, named after its final
-/// relative path (`/` → `%2F`), so staging needs no directory tree of its own.
+/// relative path's bytes (`%` → `%25`, `/` → `%2F`), so staging needs no directory tree of its
+/// own; a name that would be too long becomes `%h` and a 128-bit hash of the path (no escaped
+/// name starts with `%h`, so the two kinds never meet).
 pub fn staged_path(staging: &Path, rel: &Path) -> PathBuf {
-    let name = rel.to_string_lossy().replace('%', "%25").replace('/', "%2F");
-    staging.join(name)
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = rel.as_os_str().as_bytes();
+    let mut name = Vec::with_capacity(bytes.len() + 8);
+    for &b in bytes {
+        match b {
+            b'%' => name.extend_from_slice(b"%25"),
+            b'/' => name.extend_from_slice(b"%2F"),
+            _ => name.push(b),
+        }
+    }
+    if name.len() > MAX_STAGED_NAME {
+        use crate::fingerprint::Fnv;
+        let (a, b) = (Fnv::default().bytes(bytes).finish(), Fnv::default().u64(1).bytes(bytes).finish());
+        name = format!("%h{a:016x}{b:016x}").into_bytes();
+    }
+    staging.join(std::ffi::OsString::from_vec(name))
 }
 
 fn manifest_path(output: &Path, job: &str) -> PathBuf {

@@ -223,6 +223,27 @@ mod tests {
     }
 
     #[test]
+    fn versions_table_is_checked_and_explicit_paths_win() {
+        let bad: Result<ConfigFile, _> = toml::from_str("[versions]\nmimic_iv = \"2.2\"");
+        assert!(bad.is_err(), "an unknown [versions] key was accepted");
+        let t = tempfile::tempdir().unwrap();
+        let files = t.path().join("physionet.org/files");
+        for dir in ["mimiciv/2.2/hosp", "elsewhere/2.0/hosp", "reflacx-xray-localization/1.0.0"] {
+            std::fs::create_dir_all(files.join(dir)).unwrap();
+        }
+        let text =
+            format!("input = {:?}\noutput = '/o'\n[datasets]\nmimiciv = 'physionet.org/files/elsewhere'", t.path());
+        let c = Config::resolve(toml::from_str(&text).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.datasets.mimiciv, files.join("elsewhere/2.0"));
+        assert_eq!(c.datasets.versions.mimiciv.as_deref(), Some("2.0"));
+        assert_eq!(c.datasets.reflacx, files.join("reflacx-xray-localization/1.0.0"));
+        assert_eq!(c.datasets.versions.reflacx.as_deref(), Some("1.0.0"));
+        // Absent datasets keep their short-layout path and no version.
+        assert_eq!(c.datasets.egd_cxr, t.path().join("egd-cxr"));
+        assert_eq!(c.datasets.versions.egd_cxr, None);
+    }
+
+    #[test]
     fn non_loopback_metrics_are_refused() {
         let file: ConfigFile = toml::from_str("input='/i'\noutput='/o'\nmetrics_addr='0.0.0.0:9898'").unwrap();
         assert!(Config::resolve(file, Overrides::default()).is_err());

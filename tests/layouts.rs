@@ -116,7 +116,10 @@ fn synth_mirror_has_listing_pages_and_physionet_checksums() {
         let mut listed = Vec::new();
         for line in text.lines() {
             let (hash, path) = line.split_once(' ').unwrap();
-            assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{line}");
+            assert!(
+                hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+                "{line}"
+            );
             let digest = Sha256::digest(fs::read(dir.join(path)).unwrap());
             let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
             assert_eq!(hash, hex, "{v}/{path}");
@@ -239,7 +242,8 @@ fn inputs_reports_versions_checksums_and_what_is_missing() {
 
     let o = run_ok(bin().args(["inputs", "--json", "--input"]).arg(&root));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let versions: Vec<&str> = j["datasets"].as_array().unwrap().iter().map(|d| d["version"].as_str().unwrap()).collect();
+    let versions: Vec<&str> =
+        j["datasets"].as_array().unwrap().iter().map(|d| d["version"].as_str().unwrap()).collect();
     assert_eq!(versions, ["2.2", "2.2", "2.0.0", "2.0.0", "1.0.0", "1.0.0"]);
     let hosp = j["datasets"][0]["tables"].as_array().unwrap();
     let adm = hosp.iter().find(|t| t["name"] == "hosp/admissions").unwrap();

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{self, DatasetKey, Versions};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
@@ -46,6 +48,19 @@ pub struct DatasetsFile {
     pub egd_cxr: Option<PathBuf>,
 }
 
+impl DatasetsFile {
+    pub fn get(&self, key: DatasetKey) -> Option<&Path> {
+        match key {
+            DatasetKey::MimicIv => self.mimiciv.as_deref(),
+            DatasetKey::MimicIvEd => self.mimic_iv_ed.as_deref(),
+            DatasetKey::MimicCxrJpg => self.mimic_cxr_jpg.as_deref(),
+            DatasetKey::MimicCxr => self.mimic_cxr.as_deref(),
+            DatasetKey::Reflacx => self.reflacx.as_deref(),
+            DatasetKey::EgdCxr => self.egd_cxr.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
@@ -63,9 +78,12 @@ pub struct ConfigFile {
     pub alert_max_age_hours: Option<u64>,
     #[serde(default)]
     pub datasets: DatasetsFile,
+    /// The version folder to use per dataset when several sit side by side.
+    #[serde(default)]
+    pub versions: Versions,
 }
 
-/// Resolved dataset roots.
+/// Resolved dataset roots: the version folder when the dataset has one (see `layout`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Datasets {
     pub mimiciv: PathBuf,
@@ -74,6 +92,46 @@ pub struct Datasets {
     pub mimic_cxr: PathBuf,
     pub reflacx: PathBuf,
     pub egd_cxr: PathBuf,
+    /// The version of each dataset found (its version folder's name), for provenance; `None`
+    /// for a folder without version folders (the short layout) or a dataset not found.
+    pub versions: Versions,
+}
+
+impl Datasets {
+    pub fn get(&self, key: DatasetKey) -> &Path {
+        match key {
+            DatasetKey::MimicIv => &self.mimiciv,
+            DatasetKey::MimicIvEd => &self.mimic_iv_ed,
+            DatasetKey::MimicCxrJpg => &self.mimic_cxr_jpg,
+            DatasetKey::MimicCxr => &self.mimic_cxr,
+            DatasetKey::Reflacx => &self.reflacx,
+            DatasetKey::EgdCxr => &self.egd_cxr,
+        }
+    }
+
+    /// Finds every dataset in `input` (explicit paths win), in whichever layout it is. A dataset
+    /// not found keeps its short-layout path, which does not exist: the build decides whether
+    /// that is fatal.
+    pub fn resolve(input: &Path, explicit: &DatasetsFile, pins: &Versions) -> Result<Self, layout::LayoutError> {
+        let mut versions = Versions::default();
+        let mut folder = |key: DatasetKey| -> Result<PathBuf, layout::LayoutError> {
+            Ok(match layout::locate(input, key, explicit.get(key), pins.get(key))? {
+                Some(found) => {
+                    versions.set(key, found.version);
+                    found.folder
+                }
+                None => match explicit.get(key) {
+                    Some(p) if p.is_absolute() => p.to_path_buf(),
+                    Some(p) => input.join(p),
+                    None => input.join(key.short_name()),
+                },
+            })
+        };
+        let (mimiciv, mimic_iv_ed) = (folder(DatasetKey::MimicIv)?, folder(DatasetKey::MimicIvEd)?);
+        let (mimic_cxr_jpg, mimic_cxr) = (folder(DatasetKey::MimicCxrJpg)?, folder(DatasetKey::MimicCxr)?);
+        let (reflacx, egd_cxr) = (folder(DatasetKey::Reflacx)?, folder(DatasetKey::EgdCxr)?);
+        Ok(Self { mimiciv, mimic_iv_ed, mimic_cxr_jpg, mimic_cxr, reflacx, egd_cxr, versions })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,23 +184,7 @@ impl Config {
         if !metrics_addr.ip().is_loopback() && !file.allow_non_loopback_metrics.unwrap_or(false) {
             bail!("metrics_addr {metrics_addr} is not a loopback address; set allow_non_loopback_metrics = true to expose it");
         }
-        let root = |p: Option<PathBuf>, default: &str| -> PathBuf {
-            let p = p.unwrap_or_else(|| PathBuf::from(default));
-            if p.is_absolute() {
-                p
-            } else {
-                input.join(p)
-            }
-        };
-        let d = file.datasets;
-        let datasets = Datasets {
-            mimiciv: root(d.mimiciv, "mimiciv"),
-            mimic_iv_ed: root(d.mimic_iv_ed, "mimic-iv-ed"),
-            mimic_cxr_jpg: root(d.mimic_cxr_jpg, "mimic-cxr-jpg"),
-            mimic_cxr: root(d.mimic_cxr, "mimic-cxr"),
-            reflacx: root(d.reflacx, "reflacx"),
-            egd_cxr: root(d.egd_cxr, "egd-cxr"),
-        };
+        let datasets = Datasets::resolve(&input, &file.datasets, &file.versions)?;
         check_no_overlap(&input, &output, &datasets)?;
         let config = Self {
             input,
@@ -238,6 +280,27 @@ mod tests {
         assert_eq!(c.profile, Profile::Release);
         assert!(c.metrics_addr.ip().is_loopback());
         assert!(c.datasets.reflacx.starts_with(&c.input));
+    }
+
+    #[test]
+    fn versions_table_is_checked_and_explicit_paths_win() {
+        let bad: Result<ConfigFile, _> = toml::from_str("[versions]\nmimic_iv = \"2.2\"");
+        assert!(bad.is_err(), "an unknown [versions] key was accepted");
+        let t = tempfile::tempdir().unwrap();
+        let files = t.path().join("physionet.org/files");
+        for dir in ["mimiciv/2.2/hosp", "elsewhere/2.0/hosp", "reflacx-xray-localization/1.0.0"] {
+            std::fs::create_dir_all(files.join(dir)).unwrap();
+        }
+        let text =
+            format!("input = {:?}\noutput = '/o'\n[datasets]\nmimiciv = 'physionet.org/files/elsewhere'", t.path());
+        let c = Config::resolve(toml::from_str(&text).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.datasets.mimiciv, files.join("elsewhere/2.0"));
+        assert_eq!(c.datasets.versions.mimiciv.as_deref(), Some("2.0"));
+        assert_eq!(c.datasets.reflacx, files.join("reflacx-xray-localization/1.0.0"));
+        assert_eq!(c.datasets.versions.reflacx.as_deref(), Some("1.0.0"));
+        // Absent datasets keep their short-layout path and no version.
+        assert_eq!(c.datasets.egd_cxr, t.path().join("egd-cxr"));
+        assert_eq!(c.datasets.versions.egd_cxr, None);
     }
 
     #[test]

@@ -33,12 +33,40 @@ impl Module {
         }
     }
 
+    /// The module's main source folder (named in messages).
     pub fn dir(self, config: &Config) -> PathBuf {
         match self {
             Module::Hosp => config.datasets.mimiciv.join("hosp"),
             Module::Icu => config.datasets.mimiciv.join("icu"),
             Module::Ed => config.datasets.mimic_iv_ed.join("ed"),
         }
+    }
+
+    /// Every source folder of the module: MIMIC-IV 1.0 keeps admissions, patients and transfers
+    /// in `core/`, which 2.0 merged into `hosp/`, so for MIMIC-Eye `core/` is part of Hosp.
+    pub fn dirs(self, config: &Config) -> Vec<PathBuf> {
+        match self {
+            Module::Hosp => vec![self.dir(config), config.datasets.mimiciv.join("core")],
+            Module::Icu | Module::Ed => vec![self.dir(config)],
+        }
+    }
+
+    /// The module's tables from all its folders, sorted by name; a name found in two folders
+    /// (no published version has that) is taken from the first.
+    pub fn tables(self, config: &Config) -> Vec<(String, PathBuf)> {
+        let mut found: Vec<(String, PathBuf)> = Vec::new();
+        for dir in self.dirs(config) {
+            for (name, path) in tables_in(&dir) {
+                match found.iter().find(|(n, _)| *n == name) {
+                    Some((_, kept)) => {
+                        tracing::warn!(table = %name, kept = %kept.display(), ignored = %path.display(), "table in two module folders")
+                    }
+                    None => found.push((name, path)),
+                }
+            }
+        }
+        found.sort();
+        found
     }
 }
 
@@ -165,7 +193,7 @@ pub fn side_inputs(config: &Config) -> SideInputs {
     SideInputs {
         cxr_metadata: find_table(&d.mimic_cxr_jpg, "mimic-cxr-2.0.0-metadata"),
         cxr_tables,
-        edstays: find_table(&Module::Ed.dir(config), "edstays"),
+        edstays: Module::Ed.tables(config).into_iter().find(|(n, _)| n == "edstays").map(|(_, p)| p),
         reflacx_phases,
         master_sheet: find_table(&d.egd_cxr, "master_sheet"),
         eye_gaze_tables,

@@ -12,6 +12,8 @@ pub mod fingerprint;
 pub mod gzip;
 pub mod ids;
 pub mod input;
+pub mod inventory;
+pub mod layout;
 pub mod pipeline;
 pub mod progress;
 pub mod shutdown;

@@ -37,7 +37,8 @@ struct Settings {
     /// The config file (TOML; see config/mimic-eye.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The folder holding the parent datasets (mimiciv/, mimic-iv-ed/, mimic-cxr-jpg/, …).
+    /// The parent datasets: a PhysioNet wget mirror (`physionet.org/files` or the folder above
+    /// it) or a folder holding mimiciv/, mimic-iv-ed/, mimic-cxr-jpg/, ….
     #[arg(long)]
     input: Option<PathBuf>,
     /// The folder MIMIC-Eye is written to; nothing is written outside it.
@@ -52,6 +53,29 @@ struct Settings {
 }
 
 impl Settings {
+    /// The config file merged with the flags, the datasets found in the input.
+    fn resolve(self) -> anyhow::Result<Config> {
+        let (config, overrides) = self.into_parts();
+        let file = match &config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        Config::resolve(file, overrides)
+    }
+
+    /// As `resolve`, for commands that only read the input: no output folder needed.
+    fn resolve_input_only(mut self) -> anyhow::Result<Config> {
+        let file_has_output = match &self.config {
+            Some(path) => ConfigFile::load(path)?.output.is_some(),
+            None => false,
+        };
+        if self.output.is_none() && !file_has_output {
+            // Never written to or read by these commands; only `Config` insists on one.
+            self.output = Some(PathBuf::from("."));
+        }
+        self.resolve()
+    }
+
     /// The config file to load, and the flags that override it.
     fn into_parts(self) -> (Option<PathBuf>, Overrides) {
         let Settings { config, input, output, profile, window_days } = self;
@@ -72,6 +96,15 @@ enum Command {
         /// rows since the last build (otherwise the build fails and keeps the previous output).
         #[arg(long)]
         accept_shrink: bool,
+    },
+    /// What the input holds: each dataset's folder, version, tables and SHA256SUMS.txt, and
+    /// what a build would miss. Exits non-zero when a required dataset is missing.
+    Inputs {
+        #[command(flatten)]
+        settings: Settings,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// The daemon: build, then keep the output current as the input changes.
     Run {
@@ -103,6 +136,14 @@ enum Command {
         /// Use these real MIMIC-IV tables (e.g. the demo) instead of fake ones.
         #[arg(long)]
         mimiciv: Option<PathBuf>,
+        /// short: <output>/mimiciv/hosp, …; physionet: a wget mirror,
+        /// <output>/physionet.org/files/<slug>/<version>/… with index.html and SHA256SUMS.txt.
+        #[arg(long, value_enum, default_value_t = synth::LayoutKind::Short)]
+        layout: synth::LayoutKind,
+        /// The MIMIC-IV version folder of the physionet layout (1.0 puts admissions, patients
+        /// and transfers in core/).
+        #[arg(long, value_enum, default_value_t = synth::MimicIvVersion::V2_2)]
+        mimiciv_version: synth::MimicIvVersion,
     },
     /// Split one table by subject_id for a cohort (the per-patient split alone; for benchmarks).
     Split {
@@ -180,12 +221,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Build { settings, full, accept_shrink } => {
-            let (config, overrides) = settings.into_parts();
-            let file = match &config {
-                Some(path) => ConfigFile::load(path)?,
-                None => ConfigFile::default(),
-            };
-            let config = Config::resolve(file, overrides)?;
+            let config = settings.resolve()?;
             // Checked before the lock: a wrong --input must leave no trace in the output.
             anyhow::ensure!(config.input.is_dir(), "input directory {} does not exist", config.input.display());
             let _lock = pipeline::publish::lock_output(&config.output)?;
@@ -199,6 +235,19 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Inputs { settings, json } => {
+            let config = settings.resolve_input_only()?;
+            let inventory = mimic_eye::inventory::Inventory::gather(&config);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&inventory)?);
+            } else {
+                print!("{}", inventory.text());
+            }
+            if !inventory.ok() {
+                anyhow::bail!("a required input is missing");
+            }
+            Ok(())
+        }
         Command::Run { settings, metrics_addr } => {
             let (config, overrides) = settings.into_parts();
             let overrides = Overrides { metrics_addr, ..overrides };
@@ -208,7 +257,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
             result
         }
-        Command::Synth { output, patients, seed, rows_per_patient, order, others, plain, mimiciv } => {
+        Command::Synth {
+            output,
+            patients,
+            seed,
+            rows_per_patient,
+            order,
+            others,
+            plain,
+            mimiciv,
+            layout,
+            mimiciv_version,
+        } => {
             let spec = synth::SynthSpec {
                 patients,
                 seed,
@@ -217,6 +277,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 others: others.unwrap_or(patients),
                 gzip: !plain,
                 mimiciv,
+                layout: match layout {
+                    synth::LayoutKind::Short => synth::Layout::Short,
+                    synth::LayoutKind::Physionet => synth::Layout::Physionet { mimiciv: mimiciv_version },
+                },
             };
             let planted = synth::generate(&output, &spec)?;
             println!("wrote a synthetic input tree to {}", output.display());

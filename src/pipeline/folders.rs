@@ -139,7 +139,7 @@ impl<'a> FolderJob<'a> {
             Some(bytes) => fs::read(&final_path).is_ok_and(|old| &old == bytes),
             None => same_file(src, &final_path, self.ctx.config.files),
         };
-        let unchanged = unchanged && content.is_some() || unchanged && self.kept_copy(src, dest);
+        let unchanged = unchanged && (content.is_some() || self.kept_copy(src, dest));
         if !unchanged {
             let placed = match content {
                 Some(bytes) => fs::write(&staged, bytes).map(|()| None),

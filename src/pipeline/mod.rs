@@ -115,7 +115,7 @@ impl Summary {
 pub fn plan_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
     let mut jobs = Vec::new();
     for module in Module::ALL {
-        for (name, path) in input::tables_in(&module.dir(config)) {
+        for (name, path) in module.tables(config) {
             let key = format!("{}/{name}", module.key());
             jobs.push(TableJob { key, path, kind: JobKind::Clinical { module, name } });
         }
@@ -697,35 +697,15 @@ fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec
     if !config.input.is_dir() {
         anyhow::bail!("input directory {} does not exist", config.input.display());
     }
-    let hosp = Module::Hosp.dir(config);
-    if input::tables_in(&hosp).is_empty() {
-        anyhow::bail!("required dataset MIMIC-IV is missing: no tables in {}", hosp.display());
-    }
-    if side.cxr_metadata.is_none() {
-        anyhow::bail!(
-            "required table mimic-cxr-2.0.0-metadata is missing from {}",
-            config.datasets.mimic_cxr_jpg.display()
-        );
-    }
-    if side.master_sheet.is_none() && side.reflacx_phases.is_empty() {
-        anyhow::bail!(
-            "no eye-tracking dataset: neither {} nor {} has metadata",
-            config.datasets.egd_cxr.join("master_sheet.csv").display(),
-            config.datasets.reflacx.join("main_data").display()
-        );
+    let checks = crate::inventory::checks(config, side);
+    if let Some(c) = checks.iter().find(|c| c.required && !c.present) {
+        anyhow::bail!("{} {}", c.missing, crate::inventory::INPUTS_HINT);
     }
     warn_if_shared_by_links(config);
     let mut missing = Vec::new();
-    let mut note = |present: bool, name: &str, path: &Path| {
-        if !present {
-            tracing::warn!(dataset = name, path = %path.display(), "dataset missing: the build goes on without it");
-            missing.push(name.to_string());
-        }
-    };
-    note(side.master_sheet.is_some(), "egd-cxr", &config.datasets.egd_cxr);
-    note(!side.reflacx_phases.is_empty(), "reflacx", &config.datasets.reflacx);
-    note(side.edstays.is_some(), "mimic-iv-ed", &config.datasets.mimic_iv_ed);
-    note(!input::tables_in(&Module::Icu.dir(config)).is_empty(), "mimiciv/icu", &Module::Icu.dir(config));
-    note(config.datasets.mimic_cxr.is_dir(), "mimic-cxr", &config.datasets.mimic_cxr);
+    for c in checks.iter().filter(|c| !c.present) {
+        tracing::warn!(dataset = c.name, path = %c.path.display(), "dataset missing: the build goes on without it");
+        missing.push(c.name.to_string());
+    }
     Ok(missing)
 }

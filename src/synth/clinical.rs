@@ -14,13 +14,28 @@ const LABEVENTS: &str = "labevent_id,subject_id,hadm_id,specimen_id,itemid,order
 const CHARTEVENTS: &str =
     "subject_id,hadm_id,stay_id,caregiver_id,charttime,storetime,itemid,value,valuenum,valueuom,warning";
 
-/// Copies real hosp/icu tables; the first `patients` subjects (by id) form the cohort.
-pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize) -> anyhow::Result<Vec<Subject>> {
+/// The tables MIMIC-IV 1.0 kept in `core/` (2.0 moved them to `hosp/`).
+const CORE_TABLES: [&str; 3] = ["admissions", "patients", "transfers"];
+
+/// Where a hosp table goes: `core/` for the three core tables when writing a 1.0 layout.
+fn hosp_table_dir(root: &Path, table: &str, core: bool) -> std::path::PathBuf {
+    if core && CORE_TABLES.contains(&table) {
+        root.join("core")
+    } else {
+        root.join("hosp")
+    }
+}
+
+/// Copies real hosp/icu tables; the first `patients` subjects (by id) form the cohort. With
+/// `core`, admissions, patients and transfers go to `core/` as in MIMIC-IV 1.0.
+pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool) -> anyhow::Result<Vec<Subject>> {
     for module in ["hosp", "icu"] {
-        let (from, to) = (src.join(module), dest.join(module));
-        fs::create_dir_all(&to)?;
+        let from = src.join(module);
         for entry in fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))?.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_file()) {
+                let table = crate::input::table_name(&entry.path()).unwrap_or_default();
+                let to = if module == "hosp" { hosp_table_dir(dest, &table, core) } else { dest.join(module) };
+                fs::create_dir_all(&to)?;
                 fs::copy(entry.path(), to.join(entry.file_name()))?;
             }
         }
@@ -40,24 +55,35 @@ pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize) -> anyhow::Result<
 }
 
 /// Fake hosp and icu tables; labevents and chartevents hold `rows_per_patient` rows per subject.
+/// With `core`, admissions, patients and transfers go to `core/` as in MIMIC-IV 1.0.
 pub fn write_mimiciv(
     root: &Path,
     subjects: &[Subject],
     world: &World,
     spec: &SynthSpec,
+    core: bool,
     rng: &mut Rng,
 ) -> anyhow::Result<()> {
     let (hosp, icu, gz) = (root.join("hosp"), root.join("icu"), spec.gzip);
+    let hosp_for = |table: &str| hosp_table_dir(root, table, core);
     let first_hadm: std::collections::HashMap<u64, u64> =
         world.stays.iter().rev().map(|st| (st.subject, st.hadm_id)).collect();
     let hadm_of = |s: u64| first_hadm.get(&s).copied().unwrap_or(29_999_999);
 
-    let mut patients =
-        TableOut::mimic(&hosp, "patients", "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod", gz)?;
-    let mut admissions = TableOut::mimic(&hosp, "admissions", "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,admission_location,discharge_location,insurance,language,marital_status,race,edregtime,edouttime,hospital_expire_flag", gz)?;
+    let mut patients = TableOut::mimic(
+        &hosp_for("patients"),
+        "patients",
+        "subject_id,gender,anchor_age,anchor_year,anchor_year_group,dod",
+        gz,
+    )?;
+    let mut admissions = TableOut::mimic(&hosp_for("admissions"), "admissions", "subject_id,hadm_id,admittime,dischtime,deathtime,admission_type,admit_provider_id,admission_location,discharge_location,insurance,language,marital_status,race,edregtime,edouttime,hospital_expire_flag", gz)?;
     let mut diagnoses = TableOut::mimic(&hosp, "diagnoses_icd", "subject_id,hadm_id,seq_num,icd_code,icd_version", gz)?;
-    let mut transfers =
-        TableOut::mimic(&hosp, "transfers", "subject_id,hadm_id,transfer_id,eventtype,careunit,intime,outtime", gz)?;
+    let mut transfers = TableOut::mimic(
+        &hosp_for("transfers"),
+        "transfers",
+        "subject_id,hadm_id,transfer_id,eventtype,careunit,intime,outtime",
+        gz,
+    )?;
     let mut icustays = TableOut::mimic(
         &icu,
         "icustays",

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 
-use super::{write_file, Planted, Rng, ShortIds, Subject, SynthSpec, TableOut};
+use super::{write_file, DatasetRoots, Planted, Rng, ShortIds, Subject, SynthSpec, TableOut};
 
 #[derive(Debug, Clone)]
 pub struct StayPlan {
@@ -151,7 +151,8 @@ const MASTER_SHEET: &str = "dicom_id,path,study_id,patient_id,stay_id,gender,anc
 const GAZE: &str = "SESSION_ID,MEDIA_ID,DICOM_ID,CNT,Time (in secs),TIMETICK(f=10000000),FPOGX,FPOGY,FPOGS,FPOGD,FPOGID,FPOGV,BPOGX,BPOGY,BPOGV,LPCX,LPCY,LPD,LPS,LPV,RPCX,RPCY,RPD,RPS,RPV,BKID,BKDUR,BKPMIN,LPMM,LPMMV,RPMM,RPMMV,SACCADE_MAG,SACCADE_DIR,VID_FRAME,X_ORIGINAL,Y_ORIGINAL";
 const REFLACX_FIX: &str = "timestamp_start_fixation,timestamp_end_fixation,x_position,y_position,pupil_area_normalized,angular_resolution_x_pixels_per_degree,angular_resolution_y_pixels_per_degree,window_width,window_level,xmin_shown_from_image,ymin_shown_from_image,xmax_shown_from_image,ymax_shown_from_image,xmin_in_screen_coordinates,ymin_in_screen_coordinates,xmax_in_screen_coordinates,ymax_in_screen_coordinates";
 const REFLACX_GAZE: &str = "timestamp_sample,x_position,y_position,pupil_area_normalized,angular_resolution_x_pixels_per_degree,angular_resolution_y_pixels_per_degree,window_width,window_level,xmin_shown_from_image,ymin_shown_from_image,xmax_shown_from_image,ymax_shown_from_image,xmin_in_screen_coordinates,ymin_in_screen_coordinates,xmax_in_screen_coordinates,ymax_in_screen_coordinates";
-const INDEX_HTML: &[u8] = b"<html><head><title>Index of /</title></head><body>wget mirror listing</body></html>\n";
+pub(super) const INDEX_HTML: &[u8] =
+    b"<html><head><title>Index of /</title></head><body>wget mirror listing</body></html>\n";
 
 fn subject_dir(subject: u64) -> String {
     let s = subject.to_string();
@@ -160,7 +161,7 @@ fn subject_dir(subject: u64) -> String {
 
 /// Writes MIMIC-CXR-JPG, MIMIC-CXR reports, REFLACX and EyeGaze; returns what was planted.
 pub fn write_imaging(
-    root: &Path,
+    roots: &DatasetRoots,
     _subjects: &[Subject],
     w: &World,
     spec: &SynthSpec,
@@ -168,7 +169,7 @@ pub fn write_imaging(
 ) -> anyhow::Result<Planted> {
     let mut planted = Planted::default();
     let gz = spec.gzip;
-    let jpg = root.join("mimic-cxr-jpg");
+    let jpg = roots.mimic_cxr_jpg.clone();
     let mut meta = TableOut::mimic(&jpg, "mimic-cxr-2.0.0-metadata", CXR_METADATA, gz)?;
     let mut chexpert = TableOut::mimic(&jpg, "mimic-cxr-2.0.0-chexpert", CHEXPERT, gz)?;
     let mut negbio = TableOut::mimic(&jpg, "mimic-cxr-2.0.0-negbio", CHEXPERT, gz)?;
@@ -216,7 +217,7 @@ pub fn write_imaging(
             st.study_id
         );
         write_file(
-            &root.join("mimic-cxr/files").join(subject_dir(st.subject)).join(format!("s{}.txt", st.study_id)),
+            &roots.mimic_cxr.join("files").join(subject_dir(st.subject)).join(format!("s{}.txt", st.study_id)),
             report.as_bytes(),
         )?;
     }
@@ -226,8 +227,8 @@ pub fn write_imaging(
     planted.stays_paper =
         w.studies.iter().filter(|s| s.in_cohort).filter_map(|s| s.link_paper).collect::<BTreeSet<_>>().len();
     let mut cohort: BTreeSet<u64> = w.studies.iter().filter(|s| s.in_cohort).map(|s| s.subject).collect();
-    write_reflacx(&root.join("reflacx"), w, rng, &mut planted)?;
-    write_eye_gaze(&root.join("egd-cxr"), w, rng, &mut planted)?;
+    write_reflacx(&roots.reflacx, w, rng, &mut planted)?;
+    write_eye_gaze(&roots.egd_cxr, w, rng, &mut planted)?;
     planted.patients = cohort.len();
     planted.cohort = std::mem::take(&mut cohort).into_iter().collect();
     Ok(planted)

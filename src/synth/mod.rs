@@ -7,6 +7,7 @@
 
 mod clinical;
 mod imaging;
+mod mirror;
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -24,6 +25,86 @@ pub enum Order {
     Shuffled,
 }
 
+/// Which layout `--layout` asks for (the MIMIC-IV version is a flag of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayoutKind {
+    Short,
+    Physionet,
+}
+
+/// The MIMIC-IV versions the mirror layout can be written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MimicIvVersion {
+    /// admissions, patients and transfers in `core/`.
+    #[value(name = "1.0")]
+    V1_0,
+    #[value(name = "2.2")]
+    V2_2,
+    #[value(name = "3.1")]
+    V3_1,
+}
+
+impl MimicIvVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MimicIvVersion::V1_0 => "1.0",
+            MimicIvVersion::V2_2 => "2.2",
+            MimicIvVersion::V3_1 => "3.1",
+        }
+    }
+}
+
+/// Where the datasets are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// SPEC §2's short layout: `<root>/mimiciv/hosp`, `<root>/reflacx`, ….
+    Short,
+    /// A PhysioNet wget mirror: `<root>/physionet.org/files/<slug>/<version>/…`, an
+    /// `index.html` in every folder and a `SHA256SUMS.txt` per version.
+    Physionet { mimiciv: MimicIvVersion },
+}
+
+/// The folder of each dataset (its version folder in the mirror layout).
+#[derive(Debug, Clone)]
+pub struct DatasetRoots {
+    pub mimiciv: PathBuf,
+    pub mimic_iv_ed: PathBuf,
+    pub mimic_cxr_jpg: PathBuf,
+    pub mimic_cxr: PathBuf,
+    pub reflacx: PathBuf,
+    pub egd_cxr: PathBuf,
+}
+
+impl DatasetRoots {
+    pub fn new(root: &Path, layout: Layout) -> Self {
+        use crate::layout::DatasetKey as K;
+        let at = |key: K| match layout {
+            Layout::Short => root.join(key.short_name()),
+            Layout::Physionet { mimiciv } => {
+                let version = match key {
+                    K::MimicIv => mimiciv.as_str(),
+                    K::MimicIvEd => "2.2",
+                    K::MimicCxrJpg | K::MimicCxr => "2.0.0",
+                    K::Reflacx | K::EgdCxr => "1.0.0",
+                };
+                mirror::files_dir(root).join(key.slug()).join(version)
+            }
+        };
+        Self {
+            mimiciv: at(K::MimicIv),
+            mimic_iv_ed: at(K::MimicIvEd),
+            mimic_cxr_jpg: at(K::MimicCxrJpg),
+            mimic_cxr: at(K::MimicCxr),
+            reflacx: at(K::Reflacx),
+            egd_cxr: at(K::EgdCxr),
+        }
+    }
+
+    pub fn all(&self) -> [&Path; 6] {
+        [&self.mimiciv, &self.mimic_iv_ed, &self.mimic_cxr_jpg, &self.mimic_cxr, &self.reflacx, &self.egd_cxr]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SynthSpec {
     /// Patients in the cohort (they get chest X-rays and eye-tracking data).
@@ -38,6 +119,7 @@ pub struct SynthSpec {
     pub gzip: bool,
     /// Real MIMIC-IV tables to use (e.g. the demo) instead of fake hosp/icu tables.
     pub mimiciv: Option<PathBuf>,
+    pub layout: Layout,
 }
 
 impl SynthSpec {
@@ -51,6 +133,7 @@ impl SynthSpec {
             others: 24,
             gzip: true,
             mimiciv: None,
+            layout: Layout::Short,
         }
     }
 }
@@ -230,12 +313,16 @@ pub struct Subject {
     pub index: usize,
 }
 
-/// Writes the whole input tree under `root`.
+/// Writes the whole input tree under `root`, in `spec.layout`; `synth-planted.json` goes to
+/// `root` itself whatever the layout.
 pub fn generate(root: &Path, spec: &SynthSpec) -> anyhow::Result<Planted> {
     fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let roots = DatasetRoots::new(root, spec.layout);
+    // The same data in every layout (the tests compare builds of both): only folders differ.
+    let core = spec.layout == Layout::Physionet { mimiciv: MimicIvVersion::V1_0 };
     let mut rng = Rng::new(spec.seed);
     let subjects: Vec<Subject> = match &spec.mimiciv {
-        Some(dir) => clinical::copy_mimiciv(dir, &root.join("mimiciv"), spec.patients)?,
+        Some(dir) => clinical::copy_mimiciv(dir, &roots.mimiciv, spec.patients, core)?,
         None => {
             let cohort = (0..spec.patients).map(|i| Subject {
                 id: 10_000_000 + 1_009 * i as u64 + 32,
@@ -249,10 +336,13 @@ pub fn generate(root: &Path, spec: &SynthSpec) -> anyhow::Result<Planted> {
     };
     let world = imaging::plan_world(&subjects, &mut rng);
     if spec.mimiciv.is_none() {
-        clinical::write_mimiciv(&root.join("mimiciv"), &subjects, &world, spec, &mut rng)?;
+        clinical::write_mimiciv(&roots.mimiciv, &subjects, &world, spec, core, &mut rng)?;
     }
-    clinical::write_ed(&root.join("mimic-iv-ed/ed"), &subjects, &world, spec.gzip, &mut rng)?;
-    let planted = imaging::write_imaging(root, &subjects, &world, spec, &mut rng)?;
+    clinical::write_ed(&roots.mimic_iv_ed.join("ed"), &subjects, &world, spec.gzip, &mut rng)?;
+    let planted = imaging::write_imaging(&roots, &subjects, &world, spec, &mut rng)?;
+    if let Layout::Physionet { .. } = spec.layout {
+        mirror::finish(root, &roots).context("writing the mirror's index.html and SHA256SUMS.txt files")?;
+    }
     write_file(&root.join("synth-planted.json"), &serde_json::to_vec_pretty(&planted)?)?;
     Ok(planted)
 }

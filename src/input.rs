@@ -56,7 +56,7 @@ impl Module {
     pub fn tables(self, config: &Config) -> Vec<(String, PathBuf)> {
         let mut found: Vec<(String, PathBuf)> = Vec::new();
         for dir in self.dirs(config) {
-            for (name, path) in tables_in(&dir) {
+            for (name, path) in tables_in(&dir, &config.input) {
                 match found.iter().find(|(n, _)| *n == name) {
                     Some((_, kept)) => {
                         tracing::warn!(table = %name, kept = %kept.display(), ignored = %path.display(), "table in two module folders")
@@ -133,19 +133,69 @@ pub fn table_name(path: &Path) -> Option<String> {
     safe.then(|| stem.to_string())
 }
 
+/// A file in a table folder that is not read, and why (its path escaped: a name may hold a
+/// newline or bytes that are not UTF-8).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: &'static str,
+}
+
+/// What a table folder holds: its tables, and the table-like files that are not read.
+#[derive(Debug, Default)]
+pub struct FolderScan {
+    pub tables: Vec<(String, PathBuf)>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Looks like a table by its ending, whatever the rest of the name.
+fn has_table_ending(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let name = path.file_name().map_or(&[][..], |n| n.as_bytes()).to_ascii_lowercase();
+    name.ends_with(b".csv") || name.ends_with(b".csv.gz")
+}
+
 /// The tables of a folder, one path per table name (`.csv` preferred over `.csv.gz` when both
-/// exist, since it needs no decoding), sorted by name.
-pub fn tables_in(dir: &Path) -> Vec<(String, PathBuf)> {
+/// exist, since it needs no decoding), sorted by name. A symbolic link is followed when its
+/// target is a file inside `root` (the input tree); one leaving it is refused.
+pub fn tables_in(dir: &Path, root: &Path) -> Vec<(String, PathBuf)> {
+    scan_folder(dir, root).tables
+}
+
+/// [`tables_in`], with the files it passes over.
+pub fn scan_folder(dir: &Path, root: &Path) -> FolderScan {
+    let mut scan = FolderScan::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return scan;
     };
-    let mut found: Vec<(String, PathBuf)> = Vec::new();
+    // Inside the input tree, or beside the table in its own (possibly linked-in) folder.
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (root, here) = (canonical(root), canonical(dir));
+    let inside = |target: &Path| target.starts_with(&root) || target.starts_with(&here);
+    let found = &mut scan.tables;
     for entry in entries.flatten() {
         let path = entry.path();
-        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+        let Ok(kind) = entry.file_type() else { continue };
+        let skip = |reason| Skipped { path: format!("{path:?}"), reason };
+        if kind.is_symlink() && has_table_ending(&path) {
+            match std::fs::canonicalize(&path) {
+                Ok(target) if inside(&target) && target.is_file() => {}
+                Ok(target) if !inside(&target) => {
+                    scan.skipped.push(skip("symbolic link leaving the input tree"));
+                    continue;
+                }
+                _ => {
+                    scan.skipped.push(skip("symbolic link to no file"));
+                    continue;
+                }
+            }
+        } else if !kind.is_file() {
             continue;
         }
         let Some(name) = table_name(&path) else {
+            if has_table_ending(&path) {
+                scan.skipped.push(skip("name not usable as an output file name (letters, digits, _ - . only)"));
+            }
             continue;
         };
         match found.iter_mut().find(|(n, _)| *n == name) {
@@ -159,12 +209,32 @@ pub fn tables_in(dir: &Path) -> Vec<(String, PathBuf)> {
         }
     }
     found.sort();
-    found
+    scan.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    scan
 }
 
 /// A table file by base name, `.csv` or `.csv.gz`.
-pub fn find_table(dir: &Path, base: &str) -> Option<PathBuf> {
-    tables_in(dir).into_iter().find(|(n, _)| n == base).map(|(_, p)| p)
+pub fn find_table(dir: &Path, base: &str, root: &Path) -> Option<PathBuf> {
+    tables_in(dir, root).into_iter().find(|(n, _)| n == base).map(|(_, p)| p)
+}
+
+/// Every table folder the build reads: the modules' folders and the dataset roots holding
+/// tables.
+pub fn table_folders(config: &Config) -> Vec<PathBuf> {
+    let d = &config.datasets;
+    let mut dirs: Vec<PathBuf> = Module::ALL.iter().flat_map(|m| m.dirs(config)).collect();
+    dirs.extend([d.mimic_cxr_jpg.clone(), d.reflacx.join("main_data"), d.egd_cxr.clone()]);
+    dirs
+}
+
+/// The table-like files of every table folder that are not read, each named once in the log.
+pub fn skipped_files(config: &Config) -> Vec<Skipped> {
+    let skipped: Vec<Skipped> =
+        table_folders(config).iter().flat_map(|dir| scan_folder(dir, &config.input).skipped).collect();
+    for s in &skipped {
+        tracing::warn!(path = %s.path, reason = s.reason, "input file not read");
+    }
+    skipped
 }
 
 /// Where the linker's and the fixed datasets' files are.
@@ -179,23 +249,23 @@ pub struct SideInputs {
 }
 
 pub fn side_inputs(config: &Config) -> SideInputs {
-    let d = &config.datasets;
+    let (d, root) = (&config.datasets, config.input.as_path());
     let cxr_tables = ["chexpert", "negbio", "split"]
         .iter()
-        .filter_map(|t| find_table(&d.mimic_cxr_jpg, &format!("mimic-cxr-2.0.0-{t}")).map(|p| (t.to_string(), p)))
+        .filter_map(|t| find_table(&d.mimic_cxr_jpg, &format!("mimic-cxr-2.0.0-{t}"), root).map(|p| (t.to_string(), p)))
         .collect();
     let main = d.reflacx.join("main_data");
-    let reflacx_phases = (1..=3).filter_map(|n| find_table(&main, &format!("metadata_phase_{n}"))).collect();
+    let reflacx_phases = (1..=3).filter_map(|n| find_table(&main, &format!("metadata_phase_{n}"), root)).collect();
     let eye_gaze_tables = ["eye_gaze", "fixations", "bounding_boxes"]
         .iter()
-        .filter_map(|t| find_table(&d.egd_cxr, t).map(|p| (t.to_string(), p)))
+        .filter_map(|t| find_table(&d.egd_cxr, t, root).map(|p| (t.to_string(), p)))
         .collect();
     SideInputs {
-        cxr_metadata: find_table(&d.mimic_cxr_jpg, "mimic-cxr-2.0.0-metadata"),
+        cxr_metadata: find_table(&d.mimic_cxr_jpg, "mimic-cxr-2.0.0-metadata", root),
         cxr_tables,
         edstays: Module::Ed.tables(config).into_iter().find(|(n, _)| n == "edstays").map(|(_, p)| p),
         reflacx_phases,
-        master_sheet: find_table(&d.egd_cxr, "master_sheet"),
+        master_sheet: find_table(&d.egd_cxr, "master_sheet", root),
         eye_gaze_tables,
     }
 }

@@ -215,6 +215,14 @@ pub fn update_status(f: impl FnOnce(&mut Status)) {
     }
 }
 
+/// Connections served at once; one more is closed at once (a scraper and a few curls need far
+/// fewer, and each held connection costs a task and a descriptor).
+pub const MAX_CONNECTIONS: usize = 32;
+/// A connection that has not sent its whole request by then is closed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a connection is served, request and response together.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `/metrics`, `/healthz` and `/status` until shutdown. `alive` tells `/healthz`.
 pub async fn serve(
     listener: TcpListener,
@@ -223,14 +231,20 @@ pub async fn serve(
     mut shutdown: Shutdown,
 ) {
     let alive = std::sync::Arc::new(alive);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
+                let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+                    drop(stream); // over the cap: closed at once
+                    continue;
+                };
                 let (handle, alive) = (handle.clone(), std::sync::Arc::clone(&alive));
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), respond(stream, &handle, &*alive)).await;
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, respond(stream, &handle, &*alive)).await;
+                    drop(slot);
                 });
             }
         }
@@ -248,13 +262,20 @@ async fn respond(
 ) -> std::io::Result<()> {
     let mut req = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    let read_request = async {
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
         }
-        req.extend_from_slice(&buf[..n]);
-    }
+        Ok::<(), std::io::Error>(())
+    };
+    // An idle or trickling client is dropped quickly instead of holding its slot.
+    tokio::time::timeout(REQUEST_TIMEOUT, read_request)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no request"))??;
     let line = String::from_utf8_lossy(&req);
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

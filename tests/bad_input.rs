@@ -699,3 +699,78 @@ fn a_long_file_name_or_a_link_loop_in_a_study_folder_is_skipped_and_the_rest_is_
     );
     w.assert_nothing_outside();
 }
+
+#[test]
+fn table_links_inside_the_input_are_followed_and_odd_names_are_named() {
+    let w = world(5);
+    let hosp = w.input.join("mimiciv/hosp");
+    // A table staged elsewhere in the input tree and linked in.
+    fs::create_dir_all(w.input.join("staging")).unwrap();
+    fs::rename(hosp.join("diagnoses_icd.csv"), w.input.join("staging/diagnoses_icd.csv")).unwrap();
+    std::os::unix::fs::symlink("../../staging/diagnoses_icd.csv", hosp.join("diagnoses_icd.csv")).unwrap();
+    // A link leaving the input tree, and names that cannot become output file names.
+    fs::write(w.root.join("keep-outside.csv"), "subject_id,x\n1,2\n").unwrap();
+    std::os::unix::fs::symlink(w.root.join("keep-outside.csv"), hosp.join("outside.csv")).unwrap();
+    use std::os::unix::ffi::OsStrExt;
+    let odd = [&b"lab events.csv"[..], b".hidden.csv", b"two\nlines.csv", b"caf\xe9.csv"];
+    for name in odd {
+        fs::write(hosp.join(std::ffi::OsStr::from_bytes(name)), "subject_id,x\n1,2\n").unwrap();
+    }
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = w.summary();
+    assert!(s["tables"]["hosp/diagnoses_icd"]["written"].as_u64().unwrap() > 0, "the linked table was not read");
+    assert!(s["tables"].get("hosp/outside").is_none());
+    let skipped: Vec<(String, String)> = s["skipped_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["path"].as_str().unwrap().to_string(), v["reason"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(skipped.len(), 5, "{skipped:?}");
+    let find =
+        |part: &str| skipped.iter().find(|(p, _)| p.contains(part)).unwrap_or_else(|| panic!("{part}: {skipped:?}"));
+    assert!(find("outside.csv").1.contains("leaving the input tree"));
+    assert!(find("lab events.csv").1.contains("name not usable"));
+    assert!(find(".hidden.csv").1.contains("name not usable"));
+    assert!(find("two\\nlines.csv").0.contains("\\n"), "the newline is escaped");
+    assert!(find("caf\\xE9.csv").0.contains("\\xE9"), "the non-UTF-8 byte is escaped");
+    let log = stderr(&out);
+    assert!(log.contains("input file not read") && log.contains("outside.csv"), "{log}");
+    w.assert_nothing_outside();
+}
+
+#[test]
+fn millions_of_distinct_short_eye_gaze_ids_cost_no_memory() {
+    let w = world(1);
+    let path = w.input.join("egd-cxr/eye_gaze.csv");
+    let before_rows = fs::read_to_string(&path).unwrap().lines().count() - 1;
+    let columns = fs::read_to_string(&path).unwrap().lines().next().unwrap().split(',').count();
+    let dicom = fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .split(',')
+        .position(|c| c.eq_ignore_ascii_case("dicom_id"))
+        .unwrap();
+    let mut f = std::io::BufWriter::new(fs::OpenOptions::new().append(true).open(&path).unwrap());
+    let n = 1_500_000u64;
+    for i in 0..n {
+        // Distinct cut-short ids that prefix no master-sheet id.
+        let mut fields = vec![String::new(); columns];
+        fields[dicom] = format!("{:08x}-{:04x}", 0xf000_0000u64 + i / 7, i % 7);
+        writeln!(f, "{}", fields.join(",")).unwrap();
+    }
+    drop(f);
+    let out = w.build();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = w.summary();
+    assert_balanced(&s);
+    let t = &s["tables"]["egd-cxr/eye_gaze"];
+    assert_eq!(t["read"].as_u64().unwrap(), before_rows as u64 + n);
+    assert!(t["rejected"].as_u64().unwrap() >= n, "every hostile short id is rejected: {t}");
+    let peak = s["peak_rss_bytes"].as_u64().unwrap();
+    println!("peak RSS with {n} distinct short ids: {} MiB", peak >> 20);
+    assert!(peak < 160 << 20, "peak RSS {} MiB", peak >> 20);
+}

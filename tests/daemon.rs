@@ -287,3 +287,40 @@ fn sighup_reloads_the_config() {
     assert_eq!(s2["linked_images"], s.planted["linked_images_release"]);
     d.stop();
 }
+
+#[test]
+fn idle_connections_are_capped_and_timed_out() {
+    use std::io::Read;
+    let s = setup(&["--patients", "4", "--others", "2"]);
+    let port = free_port();
+    let config = write_config(&s.root, &s.input, &s.output, port, "");
+    let d = Daemon::start(&config, port);
+    d.wait_idle(60);
+    // 300 clients connect and say nothing.
+    let mut idle: Vec<std::net::TcpStream> =
+        (0..300).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    assert!(idle.len() >= 100, "{} connections", idle.len());
+    std::thread::sleep(Duration::from_millis(200));
+    // Those over the cap were closed at once: a read returns end of file, not a timeout.
+    let mut closed_now = 0;
+    for c in &mut idle {
+        c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if matches!(c.read(&mut [0u8; 1]), Ok(0)) {
+            closed_now += 1;
+        }
+    }
+    println!("{closed_now} of {} idle connections closed at once", idle.len());
+    assert!(closed_now >= idle.len() - 32, "only {closed_now} of {} closed at once", idle.len());
+    // Within the request timeout every idle one is gone, and the endpoint answers again.
+    std::thread::sleep(Duration::from_millis(2500));
+    for c in &mut idle {
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let n = c.read(&mut [0u8; 16]);
+        assert!(matches!(n, Ok(0)) || n.is_err(), "an idle connection is still open: {n:?}");
+    }
+    let (code, _) = http_get(port, "/healthz").expect("healthz answers");
+    assert_eq!(code, 200);
+    let open_fds = fs::read_dir(format!("/proc/{}/fd", d.child.id())).unwrap().count();
+    assert!(open_fds < 100, "{open_fds} descriptors open after the idle clients left");
+    d.stop();
+}

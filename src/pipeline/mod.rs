@@ -96,6 +96,8 @@ pub struct Summary {
     pub missing_datasets: Vec<String>,
     /// Tables gone from the input whose outputs this build removed.
     pub removed_tables: Vec<String>,
+    /// Table-like files not read (odd names, symbolic links leaving the input tree).
+    pub skipped_files: Vec<input::Skipped>,
     /// Rows of the linker's tables skipped for a malformed id or time (file, line, reason).
     pub linker_skipped: Vec<linker::LinkReject>,
     pub peak_rss_bytes: u64,
@@ -634,6 +636,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         pending,
         missing_datasets: missing,
         removed_tables,
+        skipped_files: input::skipped_files(&config),
         linker_skipped: links.warnings.clone(),
         peak_rss_bytes: peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),

@@ -40,7 +40,7 @@ pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool) -> any
             }
         }
     }
-    let table = crate::input::find_table(&src.join("hosp"), "patients")
+    let table = crate::input::find_table(&src.join("hosp"), "patients", src)
         .context("no hosp/patients table in the MIMIC-IV folder")?;
     let patients_table = SmallTable::read(&table)?;
     let col = patients_table.require("subject_id")?;

@@ -21,6 +21,9 @@ pub enum Decision {
 #[derive(Debug, Clone, Default)]
 pub struct Repair {
     pub decisions: HashMap<Vec<u8>, Decision>,
+    /// For a short id that prefixes no master-sheet id (so it was never collected): rejected
+    /// for having no candidate (`paper`) or as unrepaired (`release`).
+    pub undecided: Option<Defect>,
 }
 
 /// Decides every short id of a table. `valid_known` are the master sheet's ids; `in_table` are
@@ -51,11 +54,27 @@ pub fn decide(valid_known: &BTreeSet<String>, in_table: &BTreeSet<Vec<u8>>, prof
         };
         decisions.insert(key.clone(), decision);
     }
-    Repair { decisions }
+    let undecided = match profile {
+        Profile::Paper => Defect::ShortIdNoCandidate,
+        Profile::Release => Defect::ShortIdUnrepaired,
+    };
+    Repair { decisions, undecided: Some(undecided) }
 }
 
-/// First pass: the distinct DICOM_IDs of the table (about a thousand, whatever its size).
-pub fn distinct_ids(path: &Path) -> Result<BTreeSet<Vec<u8>>, JobError> {
+/// Whether `id` can take part in a repair against the master sheet's ids: one of them, or a
+/// cut-short prefix of one.
+fn can_match(id: &[u8], known: &BTreeSet<String>) -> bool {
+    let Ok(text) = std::str::from_utf8(id) else { return false };
+    if DicomId::is_valid(id) {
+        return known.contains(text);
+    }
+    DicomId::is_valid_prefix(id) && known.range(text.to_string()..).next().is_some_and(|k| k.starts_with(text))
+}
+
+/// First pass: the distinct DICOM_IDs of the table that can match a master-sheet id (at most
+/// 44 per master-sheet id, whatever the table holds: millions of distinct hostile ids cost no
+/// memory).
+pub fn distinct_ids(path: &Path, known: &BTreeSet<String>) -> Result<BTreeSet<Vec<u8>>, JobError> {
     let reader = TableReader::open(path)?;
     let col = reader.require("dicom_id")?;
     let (tx, rx) = async_channel::bounded(4);
@@ -71,7 +90,7 @@ pub fn distinct_ids(path: &Path) -> Result<BTreeSet<Vec<u8>>, JobError> {
                     if key != last.as_slice() {
                         last.clear();
                         last.extend_from_slice(key);
-                        if !ids.contains(key) {
+                        if !ids.contains(key) && can_match(key, known) {
                             ids.insert(key.to_vec());
                         }
                     }
@@ -88,15 +107,14 @@ pub fn distinct_ids(path: &Path) -> Result<BTreeSet<Vec<u8>>, JobError> {
 impl Repair {
     /// Applies the decisions to one batch: rejected rows get a defect, replaced rows are rewritten.
     pub fn apply(&self, batch: Batch) -> Batch {
-        if self.decisions.is_empty() {
-            return batch;
-        }
         let mut needs_rewrite = false;
         let mut batch = batch;
         for r in batch.records.iter_mut().filter(|r| r.defect.is_none()) {
-            match self.decisions.get(r.key.slice(&batch.data)) {
+            let key = r.key.slice(&batch.data);
+            match self.decisions.get(key) {
                 Some(Decision::Reject(d)) => r.defect = Some(*d),
                 Some(Decision::Replace(_)) => needs_rewrite = true,
+                None if DicomId::is_valid_prefix(key) => r.defect = self.undecided,
                 None => {}
             }
         }

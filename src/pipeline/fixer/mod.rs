@@ -40,8 +40,8 @@ impl Fix {
     pub fn prepare(&self, path: &Path, links: &Links) -> Result<PreparedFix, JobError> {
         match self {
             Fix::EyeGazeIds { profile } => {
-                let ids = eyegaze::distinct_ids(path)?;
                 let known = links.eye_gaze_dicoms.iter().map(|d| d.as_str().to_string()).collect();
+                let ids = eyegaze::distinct_ids(path, &known)?;
                 let repair = eyegaze::decide(&known, &ids, *profile);
                 tracing::info!(table = %path.display(), short_ids = repair.decisions.len(), "EyeGaze DICOM_ID repair decided");
                 Ok(PreparedFix { repair })

@@ -254,7 +254,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let rt = runtime()?;
             let result = rt.block_on(mimic_eye::daemon::run(config, overrides));
             // Blocking threads of a cancelled build get a moment to finish, not forever.
-            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
             result
         }
         Command::Synth {

@@ -37,6 +37,7 @@ pub const TABLES_FAILED: &str = "mimic_eye_tables_failed";
 pub const INPUTS_PENDING: &str = "mimic_eye_inputs_pending";
 pub const WATCH_EVENTS: &str = "mimic_eye_watch_events_total";
 pub const WATCH_ERRORS: &str = "mimic_eye_watch_errors_total";
+pub const WATCHES: &str = "mimic_eye_watches";
 pub const RESIDENT_MEMORY: &str = "mimic_eye_process_resident_memory_bytes";
 pub const CPU_SECONDS: &str = "mimic_eye_process_cpu_seconds_total";
 pub const UP: &str = "mimic_eye_up";
@@ -82,6 +83,7 @@ fn describe() {
     describe_gauge!(INPUTS_PENDING, "Input files seen changing but not yet complete");
     describe_counter!(WATCH_EVENTS, "File watch events by kind (inotify, overflow, rescan)");
     describe_counter!(WATCH_ERRORS, "Failures to watch the input tree");
+    describe_gauge!(WATCHES, "inotify watches held (the folders a build reads)");
     describe_gauge!(RESIDENT_MEMORY, Unit::Bytes, "Resident memory of the process");
     describe_counter!(CPU_SECONDS, Unit::Seconds, "CPU time used by the process");
     describe_gauge!(UP, "1 while the daemon runs");

@@ -23,8 +23,9 @@ use crate::progress::Progress;
 use crate::shutdown::ShutdownTrigger;
 use crate::telemetry;
 
-/// How long a cancelled build may take to stop before the daemon exits anyway.
-const STOP_GRACE: Duration = Duration::from_secs(4);
+/// How long a cancelled build may take to stop before the daemon exits anyway; with the
+/// runtime's own shutdown timeout (main.rs) a stop stays under systemd's 5 s.
+const STOP_GRACE: Duration = Duration::from_millis(2500);
 
 fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
     let file = match path {
@@ -55,7 +56,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
     notify::spawn_watchdog(trigger.subscribe());
 
     let watch_config = |c: &Config| watch::WatchConfig {
-        root: c.input.clone(),
+        folders: pipeline::folders::table_folders(c),
         ignore: vec![c.output.clone()],
         settle: Duration::from_secs(c.settle_seconds),
         rescan: Duration::from_secs(c.rescan_seconds.max(1)),
@@ -65,6 +66,8 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
     let mut shutdown = trigger.subscribe();
     let mut dirty = true;
     let mut first = true;
+    let mut checkup = output_checkup(&config);
+    let mut exit = Ok(());
     loop {
         if dirty {
             dirty = false;
@@ -99,6 +102,10 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
             };
             gauge!(telemetry::BUILD_RUNNING).set(0.0);
             record(kind, started.elapsed(), &result);
+            if let Ok(summary) = &result {
+                // From now on, watch exactly what this build read.
+                watch.set_folders(summary.read_folders.clone());
+            }
             // Changes that completed during the build call for another pass.
             while events.try_recv().is_ok() {
                 dirty = true;
@@ -112,6 +119,18 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
                 notify::send("STOPPING=1\nSTATUS=stopping");
                 break;
             }
+            _ = checkup.tick() => match check_output(&config.output) {
+                Ok(0) => {}
+                Ok(damaged) => {
+                    tracing::warn!(jobs = damaged, "published files were removed or changed behind the daemon's back: rebuilding them");
+                    dirty = true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "the output is gone: exiting so that the service restarts and rebuilds it");
+                    exit = Err(e);
+                    break;
+                }
+            },
             ev = events.recv() => match ev {
                 Ok(watch::WatchEvent::Changed(paths)) => {
                     tracing::info!(files = paths.len(), first = %paths[0].display(), "input changed");
@@ -125,11 +144,18 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
                 }
                 Ok(new) => {
                     tracing::info!("configuration reloaded");
+                    if new.metrics_addr != config.metrics_addr {
+                        tracing::error!(running = %config.metrics_addr, configured = %new.metrics_addr,
+                            "metrics_addr cannot change while running: restart the service to apply it");
+                    }
                     if new.input != config.input || new.settle_seconds != config.settle_seconds || new.rescan_seconds != config.rescan_seconds {
                         (watch, events) = watch::spawn(watch_config(&new), trigger.subscribe());
                     }
                     gauge!(telemetry::SUCCESS_MAX_AGE).set(new.alert_max_age_hours as f64 * 3600.0);
-                    config = new;
+                    if new.rescan_seconds != config.rescan_seconds {
+                        checkup = output_checkup(&new);
+                    }
+                    config = pipeline_config_keeping_listener(new, &config);
                     dirty = true;
                 }
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
@@ -140,7 +166,34 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
     gauge!(telemetry::UP).set(0.0);
     trigger.trigger();
     tracing::info!("stopped");
-    Ok(())
+    exit
+}
+
+/// The periodic look at the output (every `rescan_seconds`), its first tick skipped.
+fn output_checkup(config: &Config) -> tokio::time::Interval {
+    let every = Duration::from_secs(config.rescan_seconds.max(1));
+    tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+}
+
+/// A reloaded config, with the listener's address as it runs (it cannot move while running).
+fn pipeline_config_keeping_listener(mut new: Config, running: &Config) -> Config {
+    new.metrics_addr = running.metrics_addr;
+    new
+}
+
+/// Self-repair: the jobs whose published files were removed or changed since they were
+/// published are forgotten, so the next build redoes them; returns how many. An output folder
+/// that is gone (or lost its lock file) is an error: the daemon must never stay "healthy" on
+/// an output that no longer exists.
+fn check_output(output: &Path) -> anyhow::Result<usize> {
+    let lock = publish::state_dir(output).join("lock");
+    anyhow::ensure!(output.is_dir() && lock.is_file(), "the output folder {} was removed", output.display());
+    let damaged = publish::damaged_jobs(output);
+    for job in &damaged {
+        tracing::info!(job, "published files missing or changed: the job is redone");
+        publish::forget(output, job).with_context(|| format!("forgetting job {job}"))?;
+    }
+    Ok(damaged.len())
 }
 
 fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipeline::Summary>) {
@@ -178,6 +231,17 @@ fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipelin
                     s.last_success_unix = Some(now);
                 }
                 s.headline = Some(summary.headline());
+            });
+        }
+        Err(e) if e.is::<pipeline::Pending>() => {
+            // A download in progress is not a failure: no alert fires for it.
+            counter!(telemetry::BUILDS, "kind" => kind, "result" => "pending").increment(1);
+            tracing::info!(reason = %e, "build waiting for an input to be complete");
+            notify::send(&format!("STATUS=waiting: {}", telemetry::bounded_text(&e.to_string())));
+            telemetry::update_status(|s| {
+                s.phase = "waiting".into();
+                s.tables.clear();
+                s.last_result = Some(format!("pending: {}", telemetry::bounded_text(&e.to_string())));
             });
         }
         Err(e) => {

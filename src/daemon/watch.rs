@@ -1,14 +1,18 @@
-//! The watch actor: turns inotify events and periodic rescans into "these input files changed
-//! and are complete". It knows nothing about MIMIC.
+//! The watch actor: turns inotify events and periodic rescans of the folders a build reads into
+//! "these input files changed and are complete". It knows nothing about MIMIC.
 //!
-//! A file is complete when its size and mtime have not changed for the settle period and, for
-//! gzip, it decodes cleanly to its end (downloads are written in place, so a half-written file
-//! looks like any other until then). Until then it is reported as unstable, so builds leave its
-//! table alone. inotify can overflow or hit its watch limit: a full rescan runs periodically and
-//! whenever notify says events were lost.
+//! It watches a set of folders (the table folders and dataset roots, not recursive, and the
+//! cohort's copied folders), handed to it after each build, never the whole input tree: a real
+//! PhysioNet mirror holds a million files of which a build reads a few thousand. A file is
+//! complete when its size, mtime and ctime have not changed for the settle period (downloads
+//! are written in place) and, for a gzip that changed while the daemon runs, it decodes to its
+//! end (a download that stalls longer than the settle period looks stable); until then it is
+//! reported as unstable, so builds leave its table alone. Files already there at start-up are
+//! not decoded twice: the first build reads them, and a truncated one fails its table, which
+//! keeps the previous output. inotify can overflow or hit its watch limit: a rescan of the same
+//! set runs periodically and whenever notify says events were lost.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 
+use crate::pipeline::folders::WatchDir;
 use crate::shutdown::Shutdown;
+
+/// How often pending files are looked at.
+const SETTLE_TICK: Duration = Duration::from_millis(500);
+/// Recursive watch folders (transcript folders) are walked this deep at most.
+const MAX_DEPTH: usize = 8;
+/// Path events buffered between notify's thread and the actor before falling back to a rescan.
+const EVENT_QUEUE: usize = 4096;
 
 /// What the watch tells the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,12 +41,17 @@ pub enum WatchEvent {
 struct Stamp {
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
-    m.is_file()
-        .then(|| Stamp { size: m.len(), mtime_ns: m.mtime() as i128 * 1_000_000_000 + i128::from(m.mtime_nsec()) })
+    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+    m.is_file().then(|| Stamp {
+        size: m.len(),
+        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+    })
 }
 
 struct Pending {
@@ -44,101 +61,150 @@ struct Pending {
     broken: bool,
 }
 
-/// A cheap handle: the set of files not yet complete, for the build to skip.
-#[derive(Clone, Default)]
+impl Pending {
+    fn new(stamp: Option<Stamp>) -> Self {
+        Self { stamp, since: Instant::now(), broken: false }
+    }
+}
+
+/// A cheap handle: the files not yet complete, and the folder set to watch. The actor stops
+/// when the last handle is dropped (a reload replaces it without leaking the inotify instance).
+#[derive(Clone)]
 pub struct WatchHandle {
     unstable: Arc<Mutex<HashSet<PathBuf>>>,
+    folders: async_channel::Sender<Vec<WatchDir>>,
 }
 
 impl WatchHandle {
     pub fn unstable(&self) -> HashSet<PathBuf> {
         self.unstable.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// Watches exactly these folders from now on. Their current files are taken as they are
+    /// (the build that named them has just read them).
+    pub fn set_folders(&self, folders: Vec<WatchDir>) {
+        let _ = self.folders.try_send(folders);
+    }
 }
 
 pub struct WatchConfig {
-    pub root: PathBuf,
-    /// Paths under the root that are not inputs (the output folder, when it is inside).
+    pub folders: Vec<WatchDir>,
+    /// Paths that are not inputs (the output folder, when it is inside the input).
     pub ignore: Vec<PathBuf>,
     pub settle: Duration,
     pub rescan: Duration,
 }
 
-/// Starts the actor; events arrive on the returned channel until shutdown.
+/// Starts the actor; events arrive on the returned channel until shutdown or until every
+/// handle is dropped.
 pub fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, async_channel::Receiver<WatchEvent>) {
     let (tx, rx) = async_channel::bounded(16);
-    let handle = WatchHandle::default();
-    let actor = WatchActor { config, known: HashMap::new(), pending: HashMap::new(), handle: handle.clone(), tx };
-    tokio::spawn(actor.run(shutdown));
+    let (folders_tx, folders_rx) = async_channel::bounded(2);
+    let handle = WatchHandle { unstable: Arc::default(), folders: folders_tx };
+    let actor = WatchActor {
+        folders: Vec::new(),
+        ignore: config.ignore,
+        settle: config.settle,
+        rescan: config.rescan,
+        watched: HashSet::new(),
+        known: HashMap::new(),
+        pending: HashMap::new(),
+        unstable: Arc::clone(&handle.unstable),
+        tx,
+    };
+    tokio::spawn(actor.run(config.folders, folders_rx, shutdown));
     (handle, rx)
 }
 
 struct WatchActor {
-    config: WatchConfig,
+    folders: Vec<WatchDir>,
+    ignore: Vec<PathBuf>,
+    settle: Duration,
+    rescan: Duration,
+    /// Folders with an inotify watch; the others (not there yet, or over the limit) are
+    /// covered by rescans.
+    watched: HashSet<PathBuf>,
     known: HashMap<PathBuf, Stamp>,
     pending: HashMap<PathBuf, Pending>,
-    handle: WatchHandle,
+    unstable: Arc<Mutex<HashSet<PathBuf>>>,
     tx: async_channel::Sender<WatchEvent>,
 }
 
-impl WatchActor {
-    async fn run(mut self, mut shutdown: Shutdown) {
-        // notify calls back on its own thread: hand paths over without blocking it.
-        let (ntx, nrx) = async_channel::bounded::<Option<PathBuf>>(4096);
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) if ev.need_rescan() => {
-                let _ = ntx.try_send(None);
-            }
-            Ok(ev) => {
-                for p in ev.paths {
-                    if ntx.try_send(Some(p)).is_err() {
-                        let _ = ntx.try_send(None); // queue full: fall back to a rescan
-                    }
+/// notify's callback thread hands paths over without blocking; `None` asks for a rescan.
+type PathQueue = async_channel::Receiver<Option<PathBuf>>;
+
+fn start_notify() -> (Option<notify::RecommendedWatcher>, Option<PathQueue>) {
+    let (ntx, nrx) = async_channel::bounded::<Option<PathBuf>>(EVENT_QUEUE);
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) if ev.need_rescan() => {
+            let _ = ntx.try_send(None);
+        }
+        Ok(ev) => {
+            for p in ev.paths {
+                if ntx.try_send(Some(p)).is_err() {
+                    let _ = ntx.try_send(None); // queue full: fall back to a rescan
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "file watch error; relying on rescans");
-                let _ = ntx.try_send(None);
-            }
-        });
-        let mut rescan_every = self.config.rescan;
-        let watched = match watcher.as_mut() {
-            Ok(w) => w.watch(&self.config.root, RecursiveMode::Recursive).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match watched {
-            Ok(()) => {}
-            Err(e) => {
-                // Typically the inotify watch limit ("No space left on device").
-                tracing::error!(error = %e, root = %self.config.root.display(),
-                    "cannot watch the input tree (raise fs.inotify.max_user_watches); polling instead");
-                metrics::counter!(crate::telemetry::WATCH_ERRORS).increment(1);
-                rescan_every = self.config.settle.max(Duration::from_secs(2));
-            }
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "file watch error; relying on rescans");
+            let _ = ntx.try_send(None);
+        }
+    });
+    match watcher {
+        Ok(w) => (Some(w), Some(nrx)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start inotify; rescans only");
+            metrics::counter!(crate::telemetry::WATCH_ERRORS).increment(1);
+            (None, None)
+        }
+    }
+}
+
+impl WatchActor {
+    async fn run(
+        mut self,
+        folders: Vec<WatchDir>,
+        folder_updates: async_channel::Receiver<Vec<WatchDir>>,
+        mut shutdown: Shutdown,
+    ) {
+        let (mut watcher, mut queue) = start_notify();
+        self.folders = folders;
+        self.update_watches(watcher.as_mut());
         self.initial_scan();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let mut rescan = tokio::time::interval(rescan_every);
+        let mut settle = tokio::time::interval(SETTLE_TICK);
+        let mut rescan = tokio::time::interval(self.rescan);
         rescan.reset();
         loop {
+            let next_path = async {
+                match &queue {
+                    Some(q) => q.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.recv() => return,
-                msg = nrx.recv() => match msg {
-                    Ok(Some(path)) => {
+                update = folder_updates.recv() => match update {
+                    Ok(folders) => self.set_folders(folders, watcher.as_mut()),
+                    Err(_) => return, // every handle dropped: this watcher is replaced
+                },
+                msg = next_path => match msg {
+                    Some(Some(path)) => {
                         metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "inotify").increment(1);
                         self.touch(path);
                     }
-                    Ok(None) => {
+                    Some(None) => {
                         metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "overflow").increment(1);
-                        self.rescan();
+                        self.rescan(watcher.as_mut());
                     }
-                    Err(_) => {}
+                    // notify's thread ended: no more events, rescans only (never a busy loop).
+                    None => queue = None,
                 },
                 _ = rescan.tick() => {
                     metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "rescan").increment(1);
-                    self.rescan();
+                    self.rescan(watcher.as_mut());
                 }
-                _ = tick.tick() => {
+                _ = settle.tick(), if !self.pending.is_empty() => {
                     if !self.settle().await {
                         return;
                     }
@@ -148,27 +214,64 @@ impl WatchActor {
     }
 
     fn ignored(&self, path: &Path) -> bool {
-        self.config.ignore.iter().any(|i| path.starts_with(i))
+        self.ignore.iter().any(|i| path.starts_with(i))
     }
 
+    /// Adds an inotify watch to every folder of the set that has none, drops the others'.
+    fn update_watches(&mut self, watcher: Option<&mut notify::RecommendedWatcher>) {
+        let Some(watcher) = watcher else { return };
+        let wanted: HashSet<&PathBuf> = self.folders.iter().map(|f| &f.path).collect();
+        let stale: Vec<PathBuf> = self.watched.iter().filter(|p| !wanted.contains(p)).cloned().collect();
+        for path in stale {
+            let _ = watcher.unwatch(&path);
+            self.watched.remove(&path);
+        }
+        let mut limit_hit = false;
+        for f in &self.folders {
+            if self.watched.contains(&f.path) || limit_hit || !f.path.is_dir() {
+                continue;
+            }
+            let mode = if f.recursive { RecursiveMode::Recursive } else { RecursiveMode::NonRecursive };
+            match watcher.watch(&f.path, mode) {
+                Ok(()) => {
+                    self.watched.insert(f.path.clone());
+                }
+                Err(e)
+                    if matches!(&e.kind, notify::ErrorKind::MaxFilesWatch)
+                        || e.to_string().contains("No space left on device") =>
+                {
+                    tracing::error!(error = %e, watched = self.watched.len(), wanted = self.folders.len(),
+                        "inotify watch limit reached (raise fs.inotify.max_user_watches): the other folders are rescanned");
+                    metrics::counter!(crate::telemetry::WATCH_ERRORS).increment(1);
+                    limit_hit = true;
+                }
+                Err(e) => tracing::debug!(error = %e, folder = %f.path.display(), "not watched; rescans cover it"),
+            }
+        }
+        metrics::gauge!(crate::telemetry::WATCHES).set(self.watched.len() as f64);
+    }
+
+    /// The files of the folder set (recursive folders to [`MAX_DEPTH`]).
     fn walk(&self) -> HashMap<PathBuf, Stamp> {
         let mut found = HashMap::new();
-        let mut stack = vec![self.config.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for e in entries.flatten() {
-                let p = e.path();
-                if self.ignored(&p) {
-                    continue;
-                }
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(p),
-                    Ok(t) if t.is_file() => {
-                        if let Some(s) = stamp(&p) {
-                            found.insert(p, s);
-                        }
+        for f in &self.folders {
+            let mut stack = vec![(f.path.clone(), 0)];
+            while let Some((dir, depth)) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if self.ignored(&p) {
+                        continue;
                     }
-                    _ => {}
+                    match e.file_type() {
+                        Ok(t) if t.is_dir() && f.recursive && depth < MAX_DEPTH => stack.push((p, depth + 1)),
+                        Ok(t) if t.is_file() || t.is_symlink() => {
+                            if let Some(s) = stamp(&p) {
+                                found.insert(p, s);
+                            }
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -178,14 +281,32 @@ impl WatchActor {
     /// Files modified within the settle period at start-up may still be arriving.
     fn initial_scan(&mut self) {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-        let settle = self.config.settle.as_nanos() as i128;
+        let settle = self.settle.as_nanos() as i128;
         for (p, s) in self.walk() {
-            if now - s.mtime_ns < settle || crate::source::is_gzip_name(&p) && !gzip_complete(&p) {
-                self.pending.insert(p.clone(), Pending { stamp: Some(s), since: Instant::now(), broken: false });
+            if now - s.mtime_ns.max(s.ctime_ns) < settle {
+                self.pending.insert(p.clone(), Pending::new(Some(s)));
             }
             self.known.insert(p, s);
         }
         self.publish_unstable();
+    }
+
+    /// A new folder set: files of folders that joined it are taken as they are, files of
+    /// folders that left it are forgotten.
+    fn set_folders(&mut self, folders: Vec<WatchDir>, watcher: Option<&mut notify::RecommendedWatcher>) {
+        if folders == self.folders {
+            return;
+        }
+        self.folders = folders;
+        self.update_watches(watcher);
+        let now = self.walk();
+        self.known.retain(|p, _| now.contains_key(p));
+        self.pending.retain(|p, _| now.contains_key(p));
+        for (p, s) in now {
+            self.known.entry(p).or_insert(s);
+        }
+        self.publish_unstable();
+        tracing::debug!(folders = self.folders.len(), files = self.known.len(), "watch set updated");
     }
 
     fn touch(&mut self, path: PathBuf) {
@@ -195,18 +316,20 @@ impl WatchActor {
         let s = stamp(&path);
         match self.pending.get_mut(&path) {
             Some(p) if p.stamp == s => {}
-            Some(p) => {
-                *p = Pending { stamp: s, since: Instant::now(), broken: false };
-            }
+            Some(p) => *p = Pending::new(s),
             None if self.known.get(&path).copied() == s => {}
             None => {
-                self.pending.insert(path, Pending { stamp: s, since: Instant::now(), broken: false });
+                self.pending.insert(path, Pending::new(s));
             }
         }
         self.publish_unstable();
     }
 
-    fn rescan(&mut self) {
+    fn rescan(&mut self, watcher: Option<&mut notify::RecommendedWatcher>) {
+        // Folders that appeared since (a study downloaded later) get their watch now.
+        if self.watched.len() < self.folders.len() {
+            self.update_watches(watcher);
+        }
         let now = self.walk();
         let gone: Vec<PathBuf> = self.known.keys().filter(|p| !now.contains_key(*p)).cloned().collect();
         for p in gone {
@@ -219,8 +342,8 @@ impl WatchActor {
         }
     }
 
-    /// Moves files that stayed unchanged for the settle period (and decode, for gzip) out of
-    /// pending and reports them. Returns false when the daemon is gone.
+    /// Moves files that stayed unchanged for the settle period out of pending and reports
+    /// them. Returns false when the daemon is gone.
     async fn settle(&mut self) -> bool {
         let mut ready = Vec::new();
         let paths: Vec<PathBuf> = self.pending.keys().cloned().collect();
@@ -228,10 +351,10 @@ impl WatchActor {
             let current = stamp(&path);
             let Some(p) = self.pending.get_mut(&path) else { continue };
             if p.stamp != current {
-                *p = Pending { stamp: current, since: Instant::now(), broken: false };
+                *p = Pending::new(current);
                 continue;
             }
-            if p.broken || p.since.elapsed() < self.config.settle {
+            if p.broken || p.since.elapsed() < self.settle {
                 continue;
             }
             if current.is_some() && crate::source::is_gzip_name(&path) {
@@ -261,7 +384,7 @@ impl WatchActor {
     }
 
     fn publish_unstable(&self) {
-        if let Ok(mut u) = self.handle.unstable.lock() {
+        if let Ok(mut u) = self.unstable.lock() {
             *u = self.pending.keys().cloned().collect();
             metrics::gauge!(crate::telemetry::INPUTS_PENDING).set(u.len() as f64);
         }
@@ -269,10 +392,13 @@ impl WatchActor {
 }
 
 /// True when every gzip member of the file decodes to its end.
-pub fn gzip_complete(path: &Path) -> bool {
+fn gzip_complete(path: &Path) -> bool {
+    use std::io::Read;
     let Ok(file) = std::fs::File::open(path) else { return false };
-    let Ok(mut d) = crate::gzip::decoder(std::io::BufReader::with_capacity(1 << 16, file)) else { return false };
-    let mut buf = vec![0u8; 1 << 16];
+    let Ok(mut d) = crate::gzip::decoder(std::io::BufReader::with_capacity(crate::source::CHUNK, file)) else {
+        return false;
+    };
+    let mut buf = vec![0u8; crate::source::CHUNK];
     loop {
         match d.read(&mut buf) {
             Ok(0) => return true,

@@ -266,6 +266,57 @@ fn cxr_subject_dir(subject: SubjectId) -> PathBuf {
     PathBuf::from(format!("p{}", &s[..2.min(s.len())])).join(format!("p{s}"))
 }
 
+/// A folder the build reads files from, for the daemon's watcher: its files, and with
+/// `recursive` its subfolders' too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchDir {
+    pub path: PathBuf,
+    pub recursive: bool,
+}
+
+/// Every folder this build reads: the table folders and the dataset roots (not recursive),
+/// and the cohort's study, report, reading and transcript folders. It grows with the cohort
+/// and the number of tables, never with the size of the mirror.
+pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
+    let d = &ctx.config.datasets;
+    let flat = |path: PathBuf| WatchDir { path, recursive: false };
+    let mut dirs = table_folders(&ctx.config);
+    for row in &ctx.links.cxr_rows {
+        let sdir = cxr_subject_dir(row.subject);
+        if let Some(study) = row.study {
+            dirs.push(flat(d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}"))));
+        }
+        dirs.push(flat(d.mimic_cxr.join("files").join(&sdir)));
+    }
+    for table in &ctx.reflacx_phases {
+        let Ok(id_col) = table.require("id") else { continue };
+        for row in &table.rows {
+            if let Ok(id) = ReflacxId::parse(row.fields.get(id_col).map_or(&[][..], Vec::as_slice)) {
+                dirs.push(flat(d.reflacx.join("main_data").join(id.as_str())));
+                dirs.push(flat(d.reflacx.join("gaze_data").join(id.as_str())));
+            }
+        }
+    }
+    let transcripts = d.egd_cxr.join("audio_segmentation_transcripts");
+    for dicom in &ctx.links.eye_gaze_dicoms {
+        dirs.push(WatchDir { path: transcripts.join(dicom.as_str()), recursive: true });
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// The folders holding tables, and the dataset roots: what a build reads before it knows the
+/// cohort.
+pub fn table_folders(config: &crate::config::Config) -> Vec<WatchDir> {
+    let flat = |path: PathBuf| WatchDir { path, recursive: false };
+    let mut dirs: Vec<WatchDir> = crate::input::table_folders(config).into_iter().map(flat).collect();
+    dirs.extend(config.datasets.all().into_iter().map(|p| flat(p.clone())));
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
 /// Syncs every copied folder of the cohort.
 pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
     let d = &ctx.config.datasets;

@@ -98,6 +98,9 @@ pub struct Summary {
     pub removed_tables: Vec<String>,
     /// Table-like files not read (odd names, symbolic links leaving the input tree).
     pub skipped_files: Vec<input::Skipped>,
+    /// The folders this build read, for the daemon's watcher (not written to summary.json).
+    #[serde(skip)]
+    pub read_folders: Vec<folders::WatchDir>,
     /// Rows of the linker's tables skipped for a malformed id or time (file, line, reason).
     pub linker_skipped: Vec<linker::LinkReject>,
     pub peak_rss_bytes: u64,
@@ -506,6 +509,22 @@ pub struct BuildOptions {
 #[error("the build was cancelled")]
 pub struct Cancelled;
 
+/// A table that decides the cohort is still being written: the build waits for it (the daemon
+/// counts this as pending, not as a failure).
+#[derive(Debug, thiserror::Error)]
+#[error("{} is still being written; the build waits for it", .0.display())]
+pub struct Pending(pub PathBuf);
+
+/// The derived jobs whose content depends on the stay links.
+const STAY_LINKED_JOBS: [&str; 3] = ["cxr_meta", "cxr_meta_with_stay_id_only", "egd-cxr/master_sheet"];
+
+/// (stays, linked images) of the last build's summary, kept while edstays is being written.
+fn previous_stay_counts(output: &Path) -> Option<(usize, usize)> {
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(output.join("summary.json")).ok()?).ok()?;
+    let n = |k: &str| summary[k].as_u64().map(|v| v as usize);
+    Some((n("stays")?, n("linked_images")?))
+}
+
 /// One build: link, every table job (each redoing only what changed), derived tables, copied
 /// folders, summary.
 pub async fn build(config: Config, progress: Progress, options: BuildOptions) -> anyhow::Result<Summary> {
@@ -519,18 +538,28 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     }
     let side = input::side_inputs(&config);
     let missing = check_inputs(&config, &side)?;
-    let linker_inputs =
-        side.cxr_metadata.iter().chain(&side.edstays).chain(&side.reflacx_phases).chain(&side.master_sheet);
-    if let Some(p) = linker_inputs.into_iter().find(|p| options.unstable.contains(*p)) {
-        anyhow::bail!("{} is still being written; the build waits for it", p.display());
+    // A linker table still being written: the CXR metadata, REFLACX phases and master sheet
+    // decide the cohort, so the build waits (pending, not failed); edstays only gives the stay
+    // links, so the build goes on without it and keeps the previous stay-linked outputs.
+    let unstable = |p: &PathBuf| options.unstable.contains(p);
+    let cohort_inputs = side.cxr_metadata.iter().chain(&side.reflacx_phases).chain(&side.master_sheet);
+    if let Some(p) = cohort_inputs.into_iter().find(|p| unstable(p)) {
+        return Err(Pending(p.clone()).into());
+    }
+    let stays_pending = side.edstays.clone().filter(unstable);
+    let mut pending = Vec::new();
+    if stays_pending.is_some() {
+        tracing::info!("edstays is still being written: stay links and their outputs keep their previous state");
+        pending.push("mimic-iv-ed/edstays".to_string());
     }
 
     let links = {
         let (cfg, side) = (config.clone(), side.clone());
+        let edstays = if stays_pending.is_some() { None } else { side.edstays.clone() };
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
             let inputs = linker::load_inputs(
                 side.cxr_metadata.as_deref(),
-                side.edstays.as_deref(),
+                edstays.as_deref(),
                 &side.reflacx_phases,
                 side.master_sheet.as_deref(),
             )?;
@@ -539,7 +568,10 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         .await??
     };
     let (links, inputs) = links;
-    let linker_rows = shrink::LinkerRows::of(&inputs);
+    let mut linker_rows = shrink::LinkerRows::of(&inputs);
+    if let Some(edstays) = &stays_pending {
+        linker_rows.carry(&output, edstays);
+    }
     if !options.accept_shrink {
         linker_rows.check(&output)?;
     }
@@ -563,7 +595,6 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     let mut failed = BTreeMap::new();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
     let mut set = tokio::task::JoinSet::new();
-    let mut pending = Vec::new();
     let jobs = plan_jobs(&config, &side);
     let planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
     let removed_tables = vanished::remove_vanished(&config, &planned)
@@ -604,13 +635,21 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         return Err(Cancelled.into());
     }
     let derived_ctx = Arc::clone(&ctx);
+    let stays_known = stays_pending.is_none();
     let derived = tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
-        let mut v = write_cxr_meta(&derived_ctx)?;
-        v.extend(fixer::write_fixed_side_tables(&derived_ctx)?);
+        let mut v = if stays_known { write_cxr_meta(&derived_ctx)? } else { Vec::new() };
+        v.extend(fixer::write_fixed_side_tables(&derived_ctx, stays_known)?);
         v.extend(folders::sync_all(&derived_ctx)?);
         Ok(v)
     })
     .await?;
+    if !stays_known {
+        for job in STAY_LINKED_JOBS {
+            if let Some(m) = publish::load_manifest(&output, job) {
+                tables.insert(job.to_string(), m.counts);
+            }
+        }
+    }
     match derived {
         Ok(v) => tables.extend(v),
         Err(e) => {
@@ -619,14 +658,15 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     }
 
     let links = &ctx.links;
+    let previous = previous_stay_counts(&output);
     let both_dicoms = links.eye_gaze_dicoms.intersection(&links.reflacx_dicoms).count();
     let both_subjects = links.eye_gaze_subjects.intersection(&links.reflacx_subjects).count();
     let summary = Summary {
         profile: config.profile.as_str(),
         patients: links.cohort.len(),
-        stays: links.stays(),
+        stays: if stays_known { links.stays() } else { previous.map_or(0, |p| p.0) },
         images: links.cxr_rows.len(),
-        linked_images: links.linked_images(),
+        linked_images: if stays_known { links.linked_images() } else { previous.map_or(0, |p| p.1) },
         eye_gaze: SourceCounts { patients: links.eye_gaze_subjects.len(), images: links.eye_gaze_dicoms.len() },
         reflacx: SourceCounts { patients: links.reflacx_subjects.len(), images: links.reflacx_dicoms.len() },
         both: SourceCounts { patients: both_subjects, images: both_dicoms },
@@ -637,6 +677,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         missing_datasets: missing,
         removed_tables,
         skipped_files: input::skipped_files(&config),
+        read_folders: folders::read_folders(&ctx),
         linker_skipped: links.warnings.clone(),
         peak_rss_bytes: peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),

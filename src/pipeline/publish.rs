@@ -160,6 +160,23 @@ pub fn all_manifests(output: &Path) -> Vec<Manifest> {
     v
 }
 
+/// The jobs with a published file that is missing or was modified after the job's manifest
+/// was written (every published file is renamed into place before its manifest is recorded).
+pub fn damaged_jobs(output: &Path) -> Vec<String> {
+    let mut damaged = Vec::new();
+    for manifest in all_manifests(output) {
+        let Ok(recorded) = fs::metadata(manifest_path(output, &manifest.job)).and_then(|m| m.modified()) else {
+            continue;
+        };
+        let intact =
+            |rel: &PathBuf| fs::metadata(output.join(rel)).and_then(|m| m.modified()).is_ok_and(|t| t <= recorded);
+        if !manifest.files.iter().all(intact) {
+            damaged.push(manifest.job);
+        }
+    }
+    damaged
+}
+
 /// Drops a job's record (its files are already gone).
 pub fn forget(output: &Path, job: &str) -> io::Result<()> {
     match fs::remove_file(manifest_path(output, job)) {

@@ -53,6 +53,14 @@ impl LinkerRows {
         Ok(())
     }
 
+    /// Takes `path`'s count from the last accepted build (a table left out of this one
+    /// because it is still being written).
+    pub fn carry(&mut self, output: &Path, path: &Path) {
+        if let Some(was) = Self::load(output).and_then(|b| b.0.get(path).copied()) {
+            self.0.insert(path.to_path_buf(), was);
+        }
+    }
+
     /// Records these counts as the ones the next build is compared with.
     pub fn record(&self, output: &Path) -> std::io::Result<()> {
         if Self::load(output).as_ref() == Some(self) {

@@ -70,7 +70,9 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 }
 
 /// The fixed small tables: stacked REFLACX metadata and the EyeGaze master sheet.
-pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
+/// `stays_known`: false while edstays is being written; the master sheet, whose stay_id comes
+/// from the links, then keeps its previous output.
+pub fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<Vec<(String, TableCounts)>, JobError> {
     let mut done = Vec::new();
     let phases = &ctx.reflacx_phases;
     if let Some(first) = phases.first() {
@@ -96,7 +98,7 @@ pub fn write_fixed_side_tables(ctx: &BuildContext) -> Result<Vec<(String, TableC
             )?,
         ));
     }
-    if let Some(sheet) = &ctx.master_sheet {
+    if let Some(sheet) = ctx.master_sheet.as_ref().filter(|_| stays_known) {
         let path = &sheet.path;
         let d = sheet.require("dicom_id")?;
         let s = sheet.require("stay_id")?;

@@ -144,6 +144,10 @@ enum Command {
         /// and transfers in core/).
         #[arg(long, value_enum, default_value_t = synth::MimicIvVersion::V2_2)]
         mimiciv_version: synth::MimicIvVersion,
+        /// Add this many chest X-ray patients in no eye-tracking dataset, as a real mirror has
+        /// (65,000: about a million files in 360,000 folders, index.html pages included).
+        #[arg(long, default_value_t = 0)]
+        cxr_bulk_patients: u64,
     },
     /// Split one table by subject_id for a cohort (the per-patient split alone; for benchmarks).
     Split {
@@ -268,6 +272,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             mimiciv,
             layout,
             mimiciv_version,
+            cxr_bulk_patients,
         } => {
             let spec = synth::SynthSpec {
                 patients,
@@ -281,6 +286,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     synth::LayoutKind::Short => synth::Layout::Short,
                     synth::LayoutKind::Physionet => synth::Layout::Physionet { mimiciv: mimiciv_version },
                 },
+                cxr_bulk_patients,
             };
             let planted = synth::generate(&output, &spec)?;
             println!("wrote a synthetic input tree to {}", output.display());

@@ -96,13 +96,14 @@ pub struct WatchConfig {
 }
 
 /// Starts the actor; events arrive on the returned channel until shutdown or until every
-/// handle is dropped.
+/// handle is dropped. The first scan is done when this returns, so the first build starts
+/// from the watcher's view of which files are still arriving.
 pub fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, async_channel::Receiver<WatchEvent>) {
     let (tx, rx) = async_channel::bounded(16);
     let (folders_tx, folders_rx) = async_channel::bounded(2);
     let handle = WatchHandle { unstable: Arc::default(), folders: folders_tx };
-    let actor = WatchActor {
-        folders: Vec::new(),
+    let mut actor = WatchActor {
+        folders: config.folders,
         ignore: config.ignore,
         settle: config.settle,
         rescan: config.rescan,
@@ -112,7 +113,10 @@ pub fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, async_cha
         unstable: Arc::clone(&handle.unstable),
         tx,
     };
-    tokio::spawn(actor.run(config.folders, folders_rx, shutdown));
+    let (mut watcher, queue) = start_notify();
+    actor.update_watches(watcher.as_mut());
+    actor.initial_scan();
+    tokio::spawn(actor.run(watcher, queue, folders_rx, shutdown));
     (handle, rx)
 }
 
@@ -164,14 +168,11 @@ fn start_notify() -> (Option<notify::RecommendedWatcher>, Option<PathQueue>) {
 impl WatchActor {
     async fn run(
         mut self,
-        folders: Vec<WatchDir>,
+        mut watcher: Option<notify::RecommendedWatcher>,
+        mut queue: Option<PathQueue>,
         folder_updates: async_channel::Receiver<Vec<WatchDir>>,
         mut shutdown: Shutdown,
     ) {
-        let (mut watcher, mut queue) = start_notify();
-        self.folders = folders;
-        self.update_watches(watcher.as_mut());
-        self.initial_scan();
         let mut settle = tokio::time::interval(SETTLE_TICK);
         let mut rescan = tokio::time::interval(self.rescan);
         rescan.reset();

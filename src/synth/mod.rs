@@ -5,6 +5,7 @@
 //! writer, so a multi-GB table needs no memory; `--order shuffled` draws each row's subject at
 //! random instead of grouping rows by subject.
 
+mod bulk;
 mod clinical;
 mod imaging;
 mod mirror;
@@ -120,6 +121,9 @@ pub struct SynthSpec {
     /// Real MIMIC-IV tables to use (e.g. the demo) instead of fake hosp/icu tables.
     pub mimiciv: Option<PathBuf>,
     pub layout: Layout,
+    /// Chest X-ray patients in no eye-tracking dataset, as a real mirror has 65,379 of them
+    /// (study folders, images, reports, `index.html` pages; about 15 files each).
+    pub cxr_bulk_patients: u64,
 }
 
 impl SynthSpec {
@@ -134,6 +138,7 @@ impl SynthSpec {
             gzip: true,
             mimiciv: None,
             layout: Layout::Short,
+            cxr_bulk_patients: 0,
         }
     }
 }
@@ -151,6 +156,8 @@ pub struct Planted {
     pub reflacx_readings: usize,
     pub reflacx_bad_ids: usize,
     pub cohort: Vec<u64>,
+    /// The mirror-sized chest X-ray tree beside the world (none unless asked for).
+    pub bulk: bulk::Bulk,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -339,7 +346,11 @@ pub fn generate(root: &Path, spec: &SynthSpec) -> anyhow::Result<Planted> {
         clinical::write_mimiciv(&roots.mimiciv, &subjects, &world, spec, core, &mut rng)?;
     }
     clinical::write_ed(&roots.mimic_iv_ed.join("ed"), &subjects, &world, spec.gzip, &mut rng)?;
-    let planted = imaging::write_imaging(&roots, &subjects, &world, spec, &mut rng)?;
+    let mut planted = imaging::write_imaging(&roots, &subjects, &world, spec, &mut rng)?;
+    if spec.cxr_bulk_patients > 0 {
+        planted.bulk = bulk::write(&roots.mimic_cxr_jpg, &roots.mimic_cxr, spec.cxr_bulk_patients, &mut rng)
+            .context("writing the mirror-sized chest X-ray tree")?;
+    }
     if let Layout::Physionet { .. } = spec.layout {
         mirror::finish(root, &roots).context("writing the mirror's index.html and SHA256SUMS.txt files")?;
     }

@@ -606,6 +606,8 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
             Ok((key, Err(e))) => {
                 let error = crate::telemetry::bounded_text(&e.to_string());
                 tracing::error!(table = %key, error, "table failed; its previous output is kept");
+                // What it staged is never published: free the space now.
+                let _ = std::fs::remove_dir_all(publish::staging_dir(&output, &key));
                 failed.insert(key, error);
             }
             Err(e) => {

@@ -116,8 +116,8 @@ fn a_clean_mirror_is_verified_and_the_output_manifest_checks() {
     assert_eq!(paths, sorted, "not sorted by path");
     assert!(paths.contains(&"summary.json") && paths.contains(&"spreadsheets/cxr_meta.csv"));
     assert!(!paths.iter().any(|p| p.starts_with(".mimic-eye") || *p == "SHA256SUMS.txt"));
-    // tree() leaves summary.json out and has SHA256SUMS.txt: the same count as every file listed.
-    assert_eq!(paths.len(), tree(&out).len(), "every file (and summary.json) listed");
+    // tree() leaves summary.json and SHA256SUMS.txt out.
+    assert_eq!(paths.len(), tree(&out).len() + 1, "every file (and summary.json) listed");
     let c = sha256sum_check(&out);
     assert!(c.status.success(), "sha256sum -c: {}{}", text(&c.stdout), text(&c.stderr));
     let v = verify_out(&out);
@@ -387,4 +387,32 @@ fn hard_links_refused_to_a_service_user_fall_back_to_counted_copies() {
     assert_eq!(f["copied"].as_u64().unwrap() + f["written"].as_u64().unwrap(), copied_folder_files(&s), "{f}");
     assert!(f["copied_bytes"].as_u64().unwrap() > 0);
     assert!(sha256sum_check(&out).status.success());
+}
+
+#[test]
+fn a_copied_image_that_differs_from_its_sha256sums_line_keeps_its_previous_copy_and_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out) = (t.path().join("in"), t.path().join("out"));
+    mirror(&input);
+    let cfg = config(t.path(), &input, &out, "copy");
+    run_ok(bin().arg("build").arg("--config").arg(&cfg));
+    let s = summary(&out);
+    assert_eq!(s["datasets"]["mimic_cxr_jpg"]["sha256sums"], "verified");
+    assert!(s["files"]["copied"].as_u64().unwrap() > 0);
+    let placed = find(&out, ".jpg").unwrap();
+    let before = fs::read(&placed).unwrap();
+    let source =
+        find(&files(&input).join("mimic-cxr-jpg/2.0.0/files"), &placed.file_name().unwrap().to_string_lossy()).unwrap();
+    let mut bytes = fs::read(&source).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&source, bytes).unwrap();
+    let o = bin().arg("build").arg("--config").arg(&cfg).output().unwrap();
+    assert!(!o.status.success(), "a damaged image must fail the build");
+    let s = summary(&out);
+    let failure = s["failed"]["copied files"].as_str().unwrap();
+    assert!(failure.contains(MISMATCH) && failure.contains(&source.display().to_string()), "{failure}");
+    assert_eq!(s["datasets"]["mimic_cxr_jpg"]["sha256sums"], "mismatch");
+    assert_eq!(s["datasets"]["mimic_cxr_jpg"]["mismatched"][0], source.display().to_string());
+    assert_eq!(fs::read(&placed).unwrap(), before, "the previous copy is kept");
+    assert_eq!(placed_total(&s), copied_folder_files(&s), "{}", s["files"]);
 }

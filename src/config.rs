@@ -30,10 +30,17 @@ impl Profile {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FilesMode {
-    /// Hard link copied files, falling back to a copy across file systems.
+    /// Hard link copied files, falling back to a copy where linking fails (across file
+    /// systems; under `fs.protected_hardlinks` for files the user does not own).
     #[default]
     Hardlink,
+    /// Byte copies, mode 0640.
     Copy,
+    /// Copy-on-write clones (`ioctl(FICLONE)`: btrfs, XFS), falling back to a copy where the
+    /// file system cannot clone.
+    Reflink,
+    /// Symbolic links into the input tree (absolute targets).
+    Symlink,
 }
 
 /// Dataset roots as written in the file (relative paths are relative to `input`).

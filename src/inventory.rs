@@ -98,9 +98,62 @@ pub struct DatasetReport {
     pub folder: PathBuf,
     pub found: bool,
     pub version: Option<String>,
-    /// Whether the (version) folder has PhysioNet's checksum file; it is not verified here.
+    /// Whether the (version) folder has PhysioNet's checksum file.
     pub sha256sums: bool,
+    /// Why the checksum file could not be read or parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256sums_error: Option<String>,
     pub tables: Vec<TableFile>,
+    /// Files the checksum file lists that are not there (an incomplete download).
+    pub listed_missing: Listing,
+    /// Table files the checksum file does not list (not checked by a build).
+    pub unlisted_tables: Vec<String>,
+    /// With `--verify`: every listed file hashed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+/// Paths relative to the dataset folder: how many, and the first few by name.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Listing {
+    pub count: usize,
+    pub first: Vec<String>,
+}
+
+/// Paths named in full, beyond which only the count is given.
+const LISTING_MAX: usize = 50;
+
+impl Listing {
+    fn of(mut all: Vec<String>) -> Self {
+        all.sort();
+        let count = all.len();
+        all.truncate(LISTING_MAX);
+        Self { count, first: all }
+    }
+
+    fn text(&self, s: &mut String, what: &str) {
+        if self.count == 0 {
+            return;
+        }
+        let _ = writeln!(s, "  {what}: {}", self.count);
+        for p in &self.first {
+            let _ = writeln!(s, "    {p}");
+        }
+        if self.count > self.first.len() {
+            let _ = writeln!(s, "    … and {} more", self.count - self.first.len());
+        }
+    }
+}
+
+/// `inputs --verify`: the download checked against its SHA256SUMS.txt.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Verified {
+    /// Listed files present whose SHA-256 matched.
+    pub ok: usize,
+    pub mismatched: Listing,
+    pub missing: Listing,
+    /// Files present that the checksum file does not list (wget's index.html pages ignored).
+    pub unlisted: Listing,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,7 +179,7 @@ impl Inventory {
             .into_iter()
             .map(|key| {
                 let folder = config.datasets.get(key).to_path_buf();
-                let tables = table_folders(key)
+                let tables: Vec<TableFile> = table_folders(key)
                     .iter()
                     .flat_map(|sub| {
                         input::tables_in(&folder.join(sub), &config.input).into_iter().map(move |(name, path)| {
@@ -137,19 +190,81 @@ impl Inventory {
                         })
                     })
                     .collect();
+                let sums = crate::sums::DatasetSums::load(&folder);
+                let rel = |p: &Path| p.strip_prefix(&folder).unwrap_or(p).to_string_lossy().into_owned();
+                let (listed_missing, unlisted_tables) = if sums.present {
+                    let missing = sums.listed.keys().filter(|p| std::fs::symlink_metadata(p).is_err()).map(|p| rel(p));
+                    let unlisted: Vec<String> =
+                        tables.iter().filter(|t| !sums.listed.contains_key(&t.path)).map(|t| rel(&t.path)).collect();
+                    (Listing::of(missing.collect()), unlisted)
+                } else {
+                    Default::default()
+                };
                 DatasetReport {
                     key: key.config_key(),
                     title: key.title(),
                     found: folder.is_dir(),
                     version: config.datasets.versions.get(key).map(str::to_string),
-                    sha256sums: folder.join("SHA256SUMS.txt").is_file(),
+                    sha256sums: sums.present,
+                    sha256sums_error: sums.error,
                     folder,
                     tables,
+                    listed_missing,
+                    unlisted_tables,
+                    verified: None,
                 }
             })
             .collect();
         let checks = checks(config, &input::side_inputs(config));
         Self { input: config.input.clone(), datasets, checks }
+    }
+
+    /// `--verify`: hashes every file each dataset's checksum file lists (the whole download).
+    pub fn verify(&mut self) {
+        for d in self.datasets.iter_mut().filter(|d| d.found && d.sha256sums) {
+            let sums = crate::sums::DatasetSums::load(&d.folder);
+            let rel = |p: &Path| p.strip_prefix(&d.folder).unwrap_or(p).to_string_lossy().into_owned();
+            let (mut ok, mut mismatched, mut missing) = (0, Vec::new(), Vec::new());
+            let mut listed: Vec<_> = sums.listed.iter().collect();
+            listed.sort();
+            for (path, digest) in listed {
+                match crate::sums::hash_file(path) {
+                    Ok(got) if got == *digest => ok += 1,
+                    Ok(_) => mismatched.push(rel(path)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(rel(path)),
+                    Err(e) => mismatched.push(format!("{} ({e})", rel(path))),
+                }
+            }
+            let mut present = Vec::new();
+            files_below(&d.folder, &mut present);
+            let unlisted = present
+                .iter()
+                .filter(|p| !sums.listed.contains_key(*p))
+                .filter(|p| {
+                    let name = p.file_name().unwrap_or_default();
+                    !name.eq_ignore_ascii_case("index.html") && *p != &d.folder.join(crate::sums::SUMS_FILE)
+                })
+                .map(|p| rel(p))
+                .collect();
+            d.verified = Some(Verified {
+                ok,
+                mismatched: Listing::of(mismatched),
+                missing: Listing::of(missing),
+                unlisted: Listing::of(unlisted),
+            });
+        }
+    }
+
+    /// After `--verify`: what makes the download fail its check (a mismatch or a missing file).
+    pub fn verify_problem(&self) -> Option<String> {
+        let (mut bad, mut missing) = (0, 0);
+        for v in self.datasets.iter().filter_map(|d| d.verified.as_ref()) {
+            bad += v.mismatched.count;
+            missing += v.missing.count;
+        }
+        (bad + missing > 0).then(|| {
+            format!("the download does not match its SHA256SUMS.txt: {bad} file(s) differ, {missing} listed file(s) missing")
+        })
     }
 
     /// Whether a build could start on this input.
@@ -173,9 +288,25 @@ impl Inventory {
             let _ = writeln!(s, "  folder:  {}", d.folder.display());
             let _ = writeln!(s, "  version: {}", d.version.as_deref().unwrap_or("none (no version folder)"));
             let _ = writeln!(s, "  SHA256SUMS.txt: {}", if d.sha256sums { "present" } else { "absent" });
+            if let Some(e) = &d.sha256sums_error {
+                let _ = writeln!(s, "    unusable: {e}");
+            }
             let _ = writeln!(s, "  tables: {}", d.tables.len());
             for t in &d.tables {
                 let _ = writeln!(s, "    {:<40} {:>14} bytes  .{}", t.name, t.bytes, t.format);
+            }
+            d.listed_missing.text(&mut s, "listed in SHA256SUMS.txt but missing");
+            if !d.unlisted_tables.is_empty() {
+                let _ = writeln!(s, "  tables not in SHA256SUMS.txt (not checked): {}", d.unlisted_tables.len());
+                for t in &d.unlisted_tables {
+                    let _ = writeln!(s, "    {t}");
+                }
+            }
+            if let Some(v) = &d.verified {
+                let _ = writeln!(s, "  verified against SHA256SUMS.txt: {} file(s) match", v.ok);
+                v.mismatched.text(&mut s, "SHA-256 differs (incomplete or damaged)");
+                v.missing.text(&mut s, "listed but missing");
+                v.unlisted.text(&mut s, "present but not listed");
             }
         }
         let missing: Vec<&Check> = self.checks.iter().filter(|c| !c.present).collect();
@@ -187,5 +318,18 @@ impl Inventory {
         let verdict = if self.ok() { "a build can start" } else { "a build would refuse to start" };
         let _ = writeln!(s, "\n{verdict}");
         s
+    }
+}
+
+/// Every file (or link to one) below `dir`, recursively.
+fn files_below(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
+            files_below(&e.path(), out);
+        } else {
+            out.push(e.path());
+        }
     }
 }

@@ -18,5 +18,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod shutdown;
 pub mod source;
+pub mod sums;
 pub mod synth;
 pub mod telemetry;

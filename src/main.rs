@@ -105,6 +105,18 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Hash every file each dataset's SHA256SUMS.txt lists and report mismatches, listed
+        /// files that are missing and unlisted files present (slow: reads the whole download).
+        /// Exits non-zero on a mismatch or a missing file.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Check an output against its SHA256SUMS.txt: re-hashes every listed file and names every
+    /// changed, missing and extra file (exits non-zero if there is any).
+    Verify {
+        /// The output folder (holding SHA256SUMS.txt).
+        #[arg(long)]
+        output: PathBuf,
     },
     /// The daemon: build, then keep the output current as the input changes.
     Run {
@@ -165,6 +177,10 @@ enum Command {
         /// The table (.csv or .csv.gz).
         #[arg(long)]
         table: PathBuf,
+        /// Also hash the file's bytes with SHA-256 on the reading thread (as a build does for a
+        /// file its dataset's SHA256SUMS.txt lists) and print the digest.
+        #[arg(long)]
+        sha256: bool,
     },
     /// Synthesise a small input, build it, print the headline counts.
     Demo {
@@ -239,9 +255,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Inputs { settings, json } => {
+        Command::Inputs { settings, json, verify } => {
             let config = settings.resolve_input_only()?;
-            let inventory = mimic_eye::inventory::Inventory::gather(&config);
+            let mut inventory = mimic_eye::inventory::Inventory::gather(&config);
+            if verify {
+                inventory.verify();
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&inventory)?);
             } else {
@@ -249,6 +268,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             if !inventory.ok() {
                 anyhow::bail!("a required input is missing");
+            }
+            if let Some(problem) = inventory.verify_problem() {
+                anyhow::bail!("{problem}");
+            }
+            Ok(())
+        }
+        Command::Verify { output } => {
+            let v = pipeline::outsums::verify(&output)?;
+            print!("{}", v.text());
+            if !v.clean() {
+                anyhow::bail!(
+                    "{} does not match its SHA256SUMS.txt: {} changed, {} missing, {} extra",
+                    output.display(),
+                    v.changed.len(),
+                    v.missing.len(),
+                    v.extra.len()
+                );
             }
             Ok(())
         }
@@ -324,10 +360,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Decode { table } => {
+        Command::Decode { table, sha256 } => {
+            use mimic_eye::source::{Sha256Check, Source};
             let started = std::time::Instant::now();
-            let mut source =
-                mimic_eye::source::Source::open(&table).with_context(|| format!("opening {}", table.display()))?;
+            let check = if sha256 { Sha256Check::Compute } else { Sha256Check::Off };
+            let mut source = Source::open(&table, check).with_context(|| format!("opening {}", table.display()))?;
             let mut decoded = 0u64;
             let mut buf = Vec::new();
             loop {
@@ -340,8 +377,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             let secs = started.elapsed().as_secs_f64();
             let input = source.input_read.load(std::sync::atomic::Ordering::Relaxed);
+            let digest = match source.sha256() {
+                Some(d) => format!(", \"sha256\": \"{}\"", mimic_eye::sums::hex(&d)),
+                None => String::new(),
+            };
             println!(
-                "{{\"input_bytes\": {input}, \"decoded_bytes\": {decoded}, \"seconds\": {secs:.3}, \"decoded_mb_per_second\": {:.0}, \"gzip_backend\": \"{}\"}}",
+                "{{\"input_bytes\": {input}, \"decoded_bytes\": {decoded}, \"seconds\": {secs:.3}, \"decoded_mb_per_second\": {:.0}, \"gzip_backend\": \"{}\"{digest}}}",
                 decoded as f64 / secs / 1e6,
                 mimic_eye::gzip::BACKEND
             );

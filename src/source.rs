@@ -8,7 +8,11 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::sums::{Digest, Expected};
 
 /// Bytes handed over per chunk by the decode thread.
 pub const CHUNK: usize = 256 << 10;
@@ -27,18 +31,50 @@ pub struct SourceError {
     pub cause: io::Error,
 }
 
-/// Counts the bytes taken from the underlying file (the progress bar and error offsets use it).
+/// Counts the bytes taken from the underlying file (the progress bar and error offsets use it)
+/// and, when asked, hashes them: it sees exactly the file's bytes (compressed for `.gz`), on the
+/// reading thread, so checking a download costs no second pass.
 struct Counting<R> {
     inner: R,
     read: Arc<AtomicU64>,
+    hash: Option<Arc<Mutex<HashState>>>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.read.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(hash) = &self.hash {
+            if let Some(h) = hash.lock().unwrap_or_else(|e| e.into_inner()).hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
+        }
         Ok(n)
     }
+}
+
+/// The SHA-256 of the bytes read so far, finished at the end of the read.
+#[derive(Default)]
+struct HashState {
+    hasher: Option<Sha256>,
+    digest: Option<Digest>,
+}
+
+impl HashState {
+    fn new() -> Arc<Mutex<Self>> {
+        Arc::new(Mutex::new(Self { hasher: Some(Sha256::new()), digest: None }))
+    }
+}
+
+/// Whether a read hashes the file's bytes, and what they must hash to.
+#[derive(Debug, Clone, Default)]
+pub enum Sha256Check {
+    #[default]
+    Off,
+    /// Hash, for [`Source::sha256`], without a digest to compare with.
+    Compute,
+    /// Hash and compare at the end of the read: a mismatch fails the read.
+    Expect(Expected),
 }
 
 pub fn is_gzip_name(path: &Path) -> bool {
@@ -53,6 +89,7 @@ pub struct Source {
     /// Bytes of the input file consumed so far (compressed bytes for gzip).
     pub input_read: Arc<AtomicU64>,
     decoded: u64,
+    hash: Option<Arc<Mutex<HashState>>>,
 }
 
 /// What identifies one version of a file: a rewrite in place changes the times, a truncation
@@ -86,6 +123,8 @@ struct ReadCheck {
     path: PathBuf,
     start: Identity,
     input_read: Arc<AtomicU64>,
+    hash: Option<Arc<Mutex<HashState>>>,
+    expected: Option<Expected>,
 }
 
 impl ReadCheck {
@@ -94,7 +133,7 @@ impl ReadCheck {
         let now = std::fs::metadata(&self.path).map(|m| Identity::of(&m));
         let unchanged = now.as_ref().is_ok_and(|n| *n == self.start);
         if unchanged && read == self.start.size {
-            return Ok(());
+            return self.finish_hash();
         }
         let now_size = now.map_or_else(|_| "gone".to_string(), |n| format!("{} bytes", n.size));
         Err(io::Error::other(format!(
@@ -102,15 +141,45 @@ impl ReadCheck {
             self.start.size
         )))
     }
+
+    /// The whole file was read: its digest, compared with the listed one if there is one.
+    fn finish_hash(&self) -> io::Result<()> {
+        let Some(hash) = &self.hash else { return Ok(()) };
+        let mut state = hash.lock().unwrap_or_else(|e| e.into_inner());
+        let digest: Digest = match state.hasher.take() {
+            Some(h) => h.finalize().into(),
+            None => return Ok(()),
+        };
+        state.digest = Some(digest);
+        drop(state);
+        match &self.expected {
+            Some(expected) => expected.check(&digest),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Source {
-    pub fn open(path: &Path) -> io::Result<Self> {
+    /// Opens `path` for reading on a thread of its own; `sha256` says whether its bytes are
+    /// hashed as they are read and what they must hash to (checked with the rest of the end of
+    /// the read: a mismatch is the read's last error).
+    pub fn open(path: &Path, sha256: Sha256Check) -> io::Result<Self> {
         let file = File::open(path)?;
         let start = Identity::of(&file.metadata()?);
         let input_read = Arc::new(AtomicU64::new(0));
-        let check = ReadCheck { path: path.to_path_buf(), start, input_read: Arc::clone(&input_read) };
-        let counting = Counting { inner: file, read: Arc::clone(&input_read) };
+        let (hash, expected) = match sha256 {
+            Sha256Check::Off => (None, None),
+            Sha256Check::Compute => (Some(HashState::new()), None),
+            Sha256Check::Expect(e) => (Some(HashState::new()), Some(e)),
+        };
+        let check = ReadCheck {
+            path: path.to_path_buf(),
+            start,
+            input_read: Arc::clone(&input_read),
+            hash: hash.clone(),
+            expected,
+        };
+        let counting = Counting { inner: file, read: Arc::clone(&input_read), hash: hash.clone() };
         // Room for every buffer in flight (decode queue, batch link, reader, writer).
         let (spare, spares) = async_channel::bounded(SPARE_BUFFERS);
         let chunks = if is_gzip_name(path) {
@@ -119,7 +188,12 @@ impl Source {
         } else {
             spawn_producer(check, counting, spares)?
         };
-        Ok(Self { chunks, spare, input_read, decoded: 0 })
+        Ok(Self { chunks, spare, input_read, decoded: 0, hash })
+    }
+
+    /// The SHA-256 of the file, once it was read to its end with hashing on.
+    pub fn sha256(&self) -> Option<Digest> {
+        self.hash.as_ref().and_then(|h| h.lock().unwrap_or_else(|e| e.into_inner()).digest)
     }
 
     /// Gives a used buffer back to the decode thread (dropped when it has enough).

@@ -42,6 +42,7 @@ pub const RESIDENT_MEMORY: &str = "mimic_eye_process_resident_memory_bytes";
 pub const CPU_SECONDS: &str = "mimic_eye_process_cpu_seconds_total";
 pub const UP: &str = "mimic_eye_up";
 pub const SUCCESS_MAX_AGE: &str = "mimic_eye_success_max_age_seconds";
+pub const NEWER_VERSION: &str = "mimic_eye_newer_version_available";
 
 /// Build durations: seconds for an incremental pass up to hours for a full one.
 const DURATION_BUCKETS: [f64; 12] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0];
@@ -75,6 +76,10 @@ fn describe() {
     describe_histogram!(BUILD_DURATION, Unit::Seconds, "Build duration");
     describe_gauge!(LAST_SUCCESS, Unit::Seconds, "Unix time of the last successful build");
     describe_gauge!(BUILD_RUNNING, "1 while a build runs");
+    describe_gauge!(
+        NEWER_VERSION,
+        "1 when a newer version folder of a dataset sits beside the one in use (never switched to)"
+    );
     describe_gauge!(COHORT_PATIENTS, "Patients in the cohort");
     describe_gauge!(LINKED_IMAGES, "Images linked to an ED stay");
     describe_gauge!(IMAGES, "Images in the CXR subset");

@@ -6,7 +6,9 @@
 //! again, so a rebuild leaves it untouched. Symbolic links are followed only when their target
 //! stays inside the input tree (a link back to a folder being walked is skipped), and
 //! `index.html` files from wget mirrors are never copied. One entry that cannot be read is
-//! skipped, named and counted; the rest is copied.
+//! skipped, named and counted; the rest is copied. A copy (or clone) is hashed with SHA-256
+//! while it is made and, when its dataset's SHA256SUMS.txt lists the source, compared with it: a
+//! mismatch keeps the previous copy (if any) and fails the build.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -133,35 +135,128 @@ impl<'a> FolderJob<'a> {
     /// Places one file; `content` replaces the source bytes (merged ellipses files).
     fn file(&mut self, src: &Path, dest: &Path, content: Option<Vec<u8>>) -> Result<(), JobError> {
         self.counts.read += 1;
+        let mode = self.ctx.config.files;
         let final_path = self.ctx.config.output.join(dest);
         let staged = publish::staged_path(&self.staging, dest);
-        let unchanged = match &content {
-            Some(bytes) => fs::read(&final_path).is_ok_and(|old| &old == bytes),
-            None => same_file(src, &final_path, self.ctx.config.files),
+        let final_is_link = fs::symlink_metadata(&final_path).is_ok_and(|m| m.file_type().is_symlink());
+        let unchanged = match (&content, mode) {
+            (Some(bytes), _) => !final_is_link && fs::read(&final_path).is_ok_and(|old| &old == bytes),
+            (None, FilesMode::Symlink) => {
+                final_is_link && fs::read_link(&final_path).is_ok_and(|t| t == link_target(src)) && final_path.exists()
+            }
+            (None, _) => !final_is_link && same_file(src, &final_path, mode) && self.kept_copy(src, dest),
         };
-        let unchanged = unchanged && (content.is_some() || self.kept_copy(src, dest));
-        if !unchanged {
-            let placed = match content {
-                Some(bytes) => fs::write(&staged, bytes).map(|()| None),
-                None => place(src, &staged, self.ctx.config.files),
-            };
-            match placed {
-                Ok(Some(record)) => {
-                    self.copies.insert(dest.to_path_buf(), record);
-                }
-                Ok(None) => {}
-                // The output's file system failing fails the job; one unreadable entry does not.
-                Err(e) if is_output_failure(&e) => return Err(self.err(&staged)(e)),
-                Err(e) => {
-                    self.counts.read -= 1;
-                    self.skip(src, &e);
-                    return Ok(());
+        let placed = if unchanged {
+            Ok(self.classify(src, &final_path, content.is_some()))
+        } else {
+            match content {
+                Some(bytes) => fs::write(&staged, bytes).map(|()| Placed::Written),
+                None => self.place(src, &staged),
+            }
+        };
+        let placed = match placed {
+            Ok(p) => p,
+            // The output's file system failing fails the job; one unreadable entry does not.
+            Err(e) if is_output_failure(&e) => return Err(self.err(&staged)(e)),
+            Err(e) if is_mismatch(&e) => {
+                let _ = fs::remove_file(&staged);
+                tracing::error!(job = self.key, file = %src.display(), "{}; the previous copy (if any) is kept", crate::sums::MISMATCH);
+                // Keep what the last build placed, if anything.
+                match self.copied_before.get(dest).cloned() {
+                    Some(record) if final_path.is_file() => {
+                        self.copies.insert(dest.to_path_buf(), record);
+                        self.classify(src, &final_path, false)
+                    }
+                    _ => {
+                        self.counts.read -= 1;
+                        self.skip(src, &e);
+                        return Ok(());
+                    }
                 }
             }
+            Err(e) => {
+                let _ = fs::remove_file(&staged);
+                self.counts.read -= 1;
+                self.skip(src, &e);
+                return Ok(());
+            }
+        };
+        let bytes = fs::metadata(src).map_or(0, |m| m.len());
+        let mut stats = self.ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner());
+        match placed {
+            Placed::Linked => (stats.linked, stats.linked_bytes) = (stats.linked + 1, stats.linked_bytes + bytes),
+            Placed::Copied(record) | Placed::Reflinked(record) if !unchanged => {
+                let reflink = record.reflink;
+                self.copies.insert(dest.to_path_buf(), record);
+                stats.count_copy(reflink, bytes);
+            }
+            Placed::Copied(_) => stats.count_copy(false, bytes),
+            Placed::Reflinked(_) => stats.count_copy(true, bytes),
+            Placed::Symlinked => stats.symlinked += 1,
+            Placed::Written => stats.written += 1,
         }
+        drop(stats);
         self.files.push(dest.to_path_buf());
         self.counts.written += 1;
         Ok(())
+    }
+
+    /// How a file already in place (and kept) was placed, for the summary's counts.
+    fn classify(&self, src: &Path, out: &Path, content: bool) -> Placed {
+        if content {
+            return Placed::Written;
+        }
+        if fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Placed::Symlinked;
+        }
+        let (Ok(o), Ok(s)) = (fs::metadata(out), fs::metadata(src)) else { return Placed::Written };
+        if o.ino() == s.ino() && o.dev() == s.dev() {
+            return Placed::Linked;
+        }
+        let dest = out.strip_prefix(&self.ctx.config.output).unwrap_or(out);
+        match self.copies.get(dest).or_else(|| self.copied_before.get(dest)) {
+            Some(r) if r.reflink => Placed::Reflinked(r.clone()),
+            Some(r) => Placed::Copied(r.clone()),
+            None => Placed::Copied(CopyRecord::identity(&s)),
+        }
+    }
+
+    /// Links, clones or copies `src` to `dest` as `files` says, falling back to a copy (the
+    /// first failure of a link or clone is logged once per build and kept for the summary).
+    fn place(&mut self, src: &Path, dest: &Path) -> io::Result<Placed> {
+        let expected = self.ctx.integrity.file(src);
+        match self.ctx.config.files {
+            FilesMode::Hardlink => match fs::hard_link(src, dest) {
+                Ok(()) => return Ok(Placed::Linked),
+                Err(e) => self.link_failed("hard link", &e),
+            },
+            FilesMode::Symlink => {
+                std::os::unix::fs::symlink(link_target(src), dest)?;
+                return Ok(Placed::Symlinked);
+            }
+            FilesMode::Reflink => match reflink(src, dest, expected.as_ref()) {
+                Ok(record) => return Ok(Placed::Reflinked(record)),
+                Err(e) if is_unsupported(&e) => {
+                    let _ = fs::remove_file(dest);
+                    self.link_failed("copy-on-write clone", &e);
+                }
+                Err(e) => return Err(e),
+            },
+            FilesMode::Copy => {}
+        }
+        copy_recorded(src, dest, expected.as_ref()).map(Placed::Copied)
+    }
+
+    fn link_failed(&self, what: &str, e: &io::Error) {
+        let mut stats = self.ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner());
+        if stats.link_failure.is_none() {
+            let reason = format!("{what} failed: {e}");
+            tracing::warn!(
+                reason = %reason,
+                "files are copied instead of linked (said once per build); a service user that does not own the downloads cannot hard-link them under fs.protected_hardlinks = 1: own them, or set files = \"copy\", \"reflink\" or \"symlink\""
+            );
+            stats.link_failure = Some(reason);
+        }
     }
 
     /// A copy already in place is kept only if its source is the one it was copied from (a
@@ -170,10 +265,16 @@ impl<'a> FolderJob<'a> {
         let Ok(out) = fs::metadata(self.ctx.config.output.join(dest)) else { return false };
         let Ok(source) = fs::metadata(src) else { return false };
         if out.nlink() > 1 && out.ino() == source.ino() && out.dev() == source.dev() {
-            return true;
+            // A hard link is the source itself; in the other modes it must be replaced.
+            return self.ctx.config.files == FilesMode::Hardlink;
         }
+        let want_reflink = self.ctx.config.files == FilesMode::Reflink;
         match self.copied_before.get(dest) {
-            Some(record) if record.same_source(&CopyRecord::identity(&source)) && record.size == out.len() => {
+            Some(record)
+                if record.same_source(&CopyRecord::identity(&source))
+                    && record.size == out.len()
+                    && (record.reflink == want_reflink || !want_reflink) =>
+            {
                 self.copies.insert(dest.to_path_buf(), record.clone());
                 true
             }
@@ -228,22 +329,93 @@ fn is_output_failure(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EROFS | libc::EDQUOT | libc::EIO))
 }
 
-/// Hard-links or copies `src` to `dest`; a copy returns its record.
-fn place(src: &Path, dest: &Path, mode: FilesMode) -> io::Result<Option<CopyRecord>> {
-    if mode == FilesMode::Hardlink && fs::hard_link(src, dest).is_ok() {
-        return Ok(None);
+/// How one file of a copied folder is in the output.
+enum Placed {
+    Linked,
+    Copied(CopyRecord),
+    Reflinked(CopyRecord),
+    Symlinked,
+    /// Written by the build (a merged ellipses file).
+    Written,
+}
+
+/// How the copied folders' files are placed, for the summary: the counts add up to the files
+/// the folder jobs have in the output.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FileStats {
+    pub linked: u64,
+    pub copied: u64,
+    pub reflinked: u64,
+    pub symlinked: u64,
+    /// Written by the build rather than placed (REFLACX ellipses files merged in `paper`).
+    pub written: u64,
+    pub linked_bytes: u64,
+    pub copied_bytes: u64,
+    pub reflinked_bytes: u64,
+    /// The first hard link or clone that failed this build (then files were copied), and why.
+    pub link_failure: Option<String>,
+}
+
+impl FileStats {
+    fn count_copy(&mut self, reflink: bool, bytes: u64) {
+        if reflink {
+            self.reflinked += 1;
+            self.reflinked_bytes += bytes;
+        } else {
+            self.copied += 1;
+            self.copied_bytes += bytes;
+        }
     }
-    copy_recorded(src, dest).map(Some)
+}
+
+/// The absolute path a symbolic link into the input points at.
+fn link_target(src: &Path) -> PathBuf {
+    std::path::absolute(src).unwrap_or_else(|_| src.to_path_buf())
+}
+
+fn is_mismatch(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData && e.to_string() == crate::sums::MISMATCH
+}
+
+/// The file system cannot clone (ext4, tmpfs), or not across these two.
+fn is_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS))
+}
+
+/// A copy-on-write clone of `src` at a new `dest` (`ioctl(FICLONE)`), mode 0640, recorded like a
+/// copy. The clone is read once to record its SHA-256 (and to check it when listed).
+fn reflink(src: &Path, dest: &Path, expected: Option<&crate::sums::Expected>) -> io::Result<CopyRecord> {
+    use std::os::fd::AsRawFd;
+    let input = fs::File::open(src)?;
+    let mut record = CopyRecord::identity(&input.metadata()?);
+    let output = fs::File::create(dest)?;
+    // SAFETY: FICLONE reads two descriptors we own, both open for the call.
+    let rc = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(output);
+    publish::set_output_mode(dest)?;
+    let digest = crate::sums::hash_file(dest)?;
+    record.sha256 = crate::sums::hex(&digest);
+    record.reflink = true;
+    record.set_copy(&fs::metadata(dest)?);
+    if let Some(expected) = expected {
+        expected.check(&digest)?;
+    }
+    Ok(record)
 }
 
 /// Copies `src` to a new `dest` (mode 0640, not the source's) and records the source's
-/// identity, taken before the copy, and the hash of the bytes copied.
-fn copy_recorded(src: &Path, dest: &Path) -> io::Result<CopyRecord> {
+/// identity, taken before the copy, and the SHA-256 of the bytes copied, compared with the
+/// listed digest when the dataset's SHA256SUMS.txt lists the file.
+fn copy_recorded(src: &Path, dest: &Path, expected: Option<&crate::sums::Expected>) -> io::Result<CopyRecord> {
+    use sha2::Digest as _;
     use std::io::{Read, Write};
     let mut input = fs::File::open(src)?;
     let mut record = CopyRecord::identity(&input.metadata()?);
     let mut output = fs::File::create(dest)?;
-    let mut hash = crate::fingerprint::Fnv::default();
+    let mut hash = sha2::Sha256::new();
     let mut buf = vec![0u8; crate::source::CHUNK];
     loop {
         let n = match input.read(&mut buf) {
@@ -252,11 +424,17 @@ fn copy_recorded(src: &Path, dest: &Path) -> io::Result<CopyRecord> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        hash = hash.bytes(&buf[..n]);
+        hash.update(&buf[..n]);
         output.write_all(&buf[..n])?;
     }
+    drop(output);
     publish::set_output_mode(dest)?;
-    record.fnv = format!("{:016x}", hash.finish());
+    let digest: crate::sums::Digest = hash.finalize().into();
+    record.sha256 = crate::sums::hex(&digest);
+    record.set_copy(&fs::metadata(dest)?);
+    if let Some(expected) = expected {
+        expected.check(&digest)?;
+    }
     Ok(record)
 }
 
@@ -396,7 +574,7 @@ fn sync_reading(job: &mut FolderJob, src: &Path, dest: &Path, profile: Profile) 
         let name = entry.file_name();
         let path = entry.path();
         if name == "anomaly_location_ellipses.csv" && job.resolve(&path).is_some_and(|m| m.is_file()) {
-            let table = SmallTable::read(&path)?;
+            let table = SmallTable::read_checked(&path, job.ctx.integrity.table_check_file(&path), |_, _| true)?;
             let crlf = fs::read(&path).is_ok_and(|b| b.windows(2).any(|w| w == b"\r\n"));
             let merged = reflacx::merge(&reflacx::Columns::of(&table), reflacx::any_true);
             job.file(&path, &dest.join(&name), Some(reflacx::encode(&merged, crlf)))?;

@@ -11,6 +11,7 @@ use crate::csvscan::{write_field, Span};
 use crate::ids::{DicomId, IdBuildHasher, StayId, SubjectId};
 use crate::pipeline::batch::{Batch, Origin, Record};
 use crate::pipeline::reader::{Header, ReadError, SmallTable};
+use crate::source::Sha256Check;
 
 /// Who is in the dataset, and which patient each image belongs to.
 #[derive(Debug, Default, Clone)]
@@ -427,10 +428,11 @@ pub fn load_inputs(
     edstays: Option<&Path>,
     reflacx_phases: &[std::path::PathBuf],
     master_sheet: Option<&Path>,
+    sha256: &dyn Fn(&Path) -> Sha256Check,
 ) -> Result<LinkInputs, ReadError> {
-    let master_sheet = master_sheet.map(SmallTable::read).transpose()?;
-    let reflacx_metadata: Vec<SmallTable> =
-        reflacx_phases.iter().map(|p| SmallTable::read(p)).collect::<Result<_, _>>()?;
+    let read = |p: &Path| SmallTable::read_checked(p, sha256(p), |_, _| true);
+    let master_sheet = master_sheet.map(read).transpose()?;
+    let reflacx_metadata: Vec<SmallTable> = reflacx_phases.iter().map(|p| read(p)).collect::<Result<_, _>>()?;
     let mut dicoms: HashSet<Vec<u8>> = HashSet::new();
     let mut subjects: HashSet<Vec<u8>> = HashSet::new();
     for (table, subject_col) in
@@ -445,7 +447,7 @@ pub fn load_inputs(
     let cxr_metadata = cxr_metadata
         .map(|p| {
             let mut dicom_col = None;
-            SmallTable::read_where(p, |h, f| {
+            SmallTable::read_checked(p, sha256(p), |h, f| {
                 let d = *dicom_col.get_or_insert_with(|| h.find("dicom_id").unwrap_or(usize::MAX));
                 dicoms.contains(field(f, d))
             })
@@ -458,7 +460,7 @@ pub fn load_inputs(
     let edstays = edstays
         .map(|p| {
             let mut subject_col = None;
-            SmallTable::read_where(p, |h, f| {
+            SmallTable::read_checked(p, sha256(p), |h, f| {
                 let s = *subject_col.get_or_insert_with(|| h.find("subject_id").unwrap_or(usize::MAX));
                 subjects.contains(field(f, s))
             })

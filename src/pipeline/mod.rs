@@ -7,6 +7,7 @@ pub mod batch;
 pub mod fixer;
 pub mod folders;
 pub mod linker;
+pub mod outsums;
 pub mod planner;
 pub mod publish;
 pub mod reader;
@@ -70,6 +71,8 @@ pub struct BuildContext {
     /// and the folder sync.
     pub reflacx_phases: Vec<reader::SmallTable>,
     pub master_sheet: Option<reader::SmallTable>,
+    /// The datasets' SHA256SUMS.txt and what this build's reads and copies found.
+    pub integrity: Arc<crate::sums::Integrity>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +106,12 @@ pub struct Summary {
     pub read_folders: Vec<folders::WatchDir>,
     /// Rows of the linker's tables skipped for a malformed id or time (file, line, reason).
     pub linker_skipped: Vec<linker::LinkReject>,
+    /// Each parent dataset: folder, version, SHA256SUMS.txt outcome, tables read.
+    pub datasets: BTreeMap<&'static str, crate::sums::Provenance>,
+    pub program: crate::sums::Program,
+    pub settings: crate::sums::Settings,
+    /// How the copied folders' files were placed.
+    pub files: folders::FileStats,
     pub peak_rss_bytes: u64,
     pub duration_seconds: f64,
 }
@@ -222,7 +231,8 @@ fn plan_routing(job: &TableJob, reader: &TableReader, profile: Profile, split_be
 pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<WriterOutcome, JobError> {
     let started = Instant::now();
     let path = job.path.clone();
-    let reader = tokio::task::spawn_blocking(move || TableReader::open(&path))
+    let sha256 = ctx.integrity.table_check(&path);
+    let reader = tokio::task::spawn_blocking(move || TableReader::open_checked(&path, sha256))
         .await
         .map_err(|e| JobError::Interrupted(e.to_string()))??;
     let output = ctx.config.output.clone();
@@ -538,6 +548,8 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     }
     let side = input::side_inputs(&config);
     let missing = check_inputs(&config, &side)?;
+    let integrity = crate::sums::Integrity::load(&config);
+    crate::sums::Integrity::report_newer_versions(&config);
     // A linker table still being written: the CXR metadata, REFLACX phases and master sheet
     // decide the cohort, so the build waits (pending, not failed); edstays only gives the stay
     // links, so the build goes on without it and keeps the previous stay-linked outputs.
@@ -554,7 +566,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     }
 
     let links = {
-        let (cfg, side) = (config.clone(), side.clone());
+        let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(&integrity));
         let edstays = if stays_pending.is_some() { None } else { side.edstays.clone() };
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
             let inputs = linker::load_inputs(
@@ -562,6 +574,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
                 edstays.as_deref(),
                 &side.reflacx_phases,
                 side.master_sheet.as_deref(),
+                &|p| integrity.table_check(p),
             )?;
             Ok((linker::link(&inputs, cfg.profile, cfg.window_days)?, inputs))
         })
@@ -589,6 +602,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         force_full: options.force_full,
         reflacx_phases: reflacx_metadata,
         master_sheet,
+        integrity: Arc::clone(&integrity),
     });
 
     let mut tables = BTreeMap::new();
@@ -623,6 +637,8 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
             Ok((key, Err(e))) => {
                 let error = crate::telemetry::bounded_text(&e.to_string());
                 tracing::error!(table = %key, error, "table failed; its previous output is kept");
+                // What it staged is never published: free the space now.
+                let _ = std::fs::remove_dir_all(publish::staging_dir(&output, &key));
                 failed.insert(key, error);
             }
             Err(e) => {
@@ -657,6 +673,11 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         }
     }
 
+    let damaged = integrity.mismatched_files();
+    if let Some(first) = damaged.first() {
+        let error = format!("{} copied file(s): {}: {}", damaged.len(), first.display(), crate::sums::MISMATCH);
+        failed.insert("copied files".into(), crate::telemetry::bounded_text(&error));
+    }
     let links = &ctx.links;
     let previous = previous_stay_counts(&output);
     let both_dicoms = links.eye_gaze_dicoms.intersection(&links.reflacx_dicoms).count();
@@ -679,11 +700,17 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         skipped_files: input::skipped_files(&config),
         read_folders: folders::read_folders(&ctx),
         linker_skipped: links.warnings.clone(),
+        datasets: integrity.provenance(&config),
+        program: crate::sums::Program::this(),
+        settings: crate::sums::Settings::of(&config),
+        files: integrity.files.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         peak_rss_bytes: peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),
     };
     publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
+    let sums = output.join(crate::sums::SUMS_FILE);
+    outsums::write(&output).with_context(|| format!("writing {}", sums.display()))?;
     Ok(summary)
 }
 
@@ -713,6 +740,7 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
         force_full: true,
         reflacx_phases: Vec::new(),
         master_sheet: None,
+        integrity: Default::default(),
     });
     let job =
         TableJob { key: format!("hosp/{name}"), path: table, kind: JobKind::Clinical { module: Module::Hosp, name } };

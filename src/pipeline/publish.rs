@@ -50,8 +50,8 @@ pub struct Manifest {
     pub copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
 }
 
-/// What a copied output file was made from: the source's identity when it was copied, and a
-/// hash of the bytes copied. A source replaced by other bytes (even of the same size with an
+/// What a copied output file was made from: the source's identity when it was copied, and the
+/// SHA-256 of the bytes copied. A source replaced by other bytes (even of the same size with an
 /// older mtime) has another inode or ctime, so it is copied again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRecord {
@@ -60,8 +60,19 @@ pub struct CopyRecord {
     pub size: u64,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
-    /// FNV-1a 64 of the copied bytes, hex.
-    pub fnv: String,
+    /// SHA-256 of the copied bytes, lower-case hex (empty in records of older builds, which
+    /// kept an FNV hash instead).
+    #[serde(default)]
+    pub sha256: String,
+    /// A copy-on-write clone (`files = "reflink"`) rather than a byte copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reflink: bool,
+    /// The copy's own inode and mtime when it was made (a rename keeps both): while the output
+    /// file still has them, `SHA256SUMS.txt` takes `sha256` instead of reading it again.
+    #[serde(default)]
+    pub copy_ino: u64,
+    #[serde(default)]
+    pub copy_mtime_ns: i64,
 }
 
 impl CopyRecord {
@@ -75,8 +86,18 @@ impl CopyRecord {
             size: meta.size(),
             mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
             ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-            fnv: String::new(),
+            sha256: String::new(),
+            reflink: false,
+            copy_ino: 0,
+            copy_mtime_ns: 0,
         }
+    }
+
+    /// Records the copy `dest` (just written) as this record's output.
+    pub fn set_copy(&mut self, dest: &fs::Metadata) {
+        use std::os::unix::fs::MetadataExt;
+        self.copy_ino = dest.ino();
+        self.copy_mtime_ns = dest.mtime().saturating_mul(1_000_000_000).saturating_add(dest.mtime_nsec());
     }
 
     /// Same source, as far as its identity tells.
@@ -278,6 +299,14 @@ fn remove_orphan_temporaries(dir: &Path) {
 /// True when both files exist with the same bytes.
 fn same_content(a: &Path, b: &Path) -> bool {
     use std::io::Read;
+    // A symbolic link (files = "symlink") is the same only as a link to the same target: a
+    // copy with the same bytes must still be replaced by the link, and the other way round.
+    let (Ok(la), Ok(lb)) = (fs::symlink_metadata(a), fs::symlink_metadata(b)) else { return false };
+    if la.file_type().is_symlink() || lb.file_type().is_symlink() {
+        return la.file_type().is_symlink()
+            && lb.file_type().is_symlink()
+            && fs::read_link(a).ok().is_some_and(|t| fs::read_link(b).ok() == Some(t));
+    }
     let (Ok(ma), Ok(mb)) = (fs::metadata(a), fs::metadata(b)) else { return false };
     if ma.len() != mb.len() || !ma.is_file() || !mb.is_file() {
         return false;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
 use crate::pipeline::batch::{Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record};
-use crate::source::{Source, SourceError, CHUNK};
+use crate::source::{Sha256Check, Source, SourceError, CHUNK};
 
 /// Room reserved for a batch's records: a chunk of typical rows (60–200 bytes) fits, and shorter
 /// rows grow the vector once, after which the pooled batch keeps its capacity.
@@ -100,8 +100,14 @@ pub struct TableReader {
 
 impl TableReader {
     pub fn open(path: &Path) -> Result<Self, ReadError> {
+        Self::open_checked(path, Sha256Check::Off)
+    }
+
+    /// Opens `path`, hashing its bytes as they are read when `sha256` asks for it (a digest
+    /// that differs from the listed one fails the read at its end).
+    pub fn open_checked(path: &Path, sha256: Sha256Check) -> Result<Self, ReadError> {
         let err = |kind| ReadError { path: path.to_path_buf(), kind };
-        let source = Source::open(path).map_err(|e| err(ReadErrorKind::Open(e)))?;
+        let source = Source::open(path, sha256).map_err(|e| err(ReadErrorKind::Open(e)))?;
         let mut reader = Self {
             path: path.to_path_buf(),
             source,
@@ -359,8 +365,17 @@ impl SmallTable {
 
     /// Streams the table and keeps only the rows `keep` accepts (given the header and the
     /// decoded fields), so a big table costs memory only for the rows that matter.
-    pub fn read_where(path: &Path, mut keep: impl FnMut(&Header, &[Vec<u8>]) -> bool) -> Result<Self, ReadError> {
-        let reader = TableReader::open(path)?;
+    pub fn read_where(path: &Path, keep: impl FnMut(&Header, &[Vec<u8>]) -> bool) -> Result<Self, ReadError> {
+        Self::read_checked(path, Sha256Check::Off, keep)
+    }
+
+    /// [`Self::read_where`], hashing the file as it is read (see [`TableReader::open_checked`]).
+    pub fn read_checked(
+        path: &Path,
+        sha256: Sha256Check,
+        mut keep: impl FnMut(&Header, &[Vec<u8>]) -> bool,
+    ) -> Result<Self, ReadError> {
+        let reader = TableReader::open_checked(path, sha256)?;
         let header = reader.header().clone();
         let (tx, rx) = async_channel::bounded(4);
         let handle = std::thread::spawn(move || reader.stream(None, &tx));

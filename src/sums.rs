@@ -1,0 +1,429 @@
+//! PhysioNet's `SHA256SUMS.txt`: reading it, and what a build checked against it.
+//!
+//! Each dataset's version folder may hold a `SHA256SUMS.txt` (`<64 lower-case hex> <path>` per
+//! file, LF; `physionet.md` §2). A build parses each one once ([`Sums::load`]); every table it
+//! reads is hashed on its reading thread as it is read ([`crate::source`]) and every file it
+//! copies as it is copied, and compared at the end of the read with the listed digest. Files not
+//! listed are not checked. [`Integrity`] records per dataset what was read and what matched, for
+//! the summary's provenance.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::config::Config;
+use crate::layout::DatasetKey;
+
+pub const SUMS_FILE: &str = "SHA256SUMS.txt";
+/// The error of a file whose bytes do not hash to its listed digest.
+pub const MISMATCH: &str = "SHA-256 differs from SHA256SUMS.txt: the download is incomplete or damaged";
+
+pub type Digest = [u8; 32];
+
+pub fn hex(d: &Digest) -> String {
+    let mut s = String::with_capacity(64);
+    for b in d {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+pub fn parse_hex(s: &str) -> Option<Digest> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, out) in d.iter_mut().enumerate() {
+        *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(d)
+}
+
+/// SHA-256 of a file's bytes.
+pub fn hash_file(path: &Path) -> io::Result<Digest> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; crate::source::CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// The lines of a checksum file as (path relative to its folder, digest). PhysioNet writes one
+/// space between the two; `sha256sum`'s own two spaces or ` *` (binary mode) are accepted too,
+/// and its escaped names (a line starting with `\`). Blank lines are skipped; a malformed line
+/// is an error naming its number.
+pub fn parse(text: &[u8]) -> Result<Vec<(Vec<u8>, Digest)>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let (escaped, line) = match line.strip_prefix(b"\\") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let bad = || format!("line {}: not `<sha256> <path>`", i + 1);
+        if line.len() < 66 || line[64] != b' ' {
+            return Err(bad());
+        }
+        let digest = std::str::from_utf8(&line[..64]).ok().and_then(parse_hex).ok_or_else(bad)?;
+        let mut path = &line[65..];
+        if let Some(rest) = path.strip_prefix(b" ").or_else(|| path.strip_prefix(b"*")) {
+            path = rest;
+        }
+        if path.is_empty() {
+            return Err(bad());
+        }
+        let path = if escaped { unescape(path) } else { path.to_vec() };
+        out.push((path, digest));
+    }
+    Ok(out)
+}
+
+fn unescape(p: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.len());
+    let mut it = p.iter();
+    while let Some(&b) = it.next() {
+        if b == b'\\' {
+            match it.next() {
+                Some(b'n') => out.push(b'\n'),
+                Some(b'r') => out.push(b'\r'),
+                Some(&o) => out.push(o),
+                None => out.push(b'\\'),
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// One line in `sha256sum`'s format for `rel`: names holding `\`, LF or CR are escaped and the
+/// line starts with `\`, as coreutils writes and reads them.
+pub fn format_line(digest: &Digest, rel: &[u8]) -> Vec<u8> {
+    let needs = rel.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+    let mut line = Vec::with_capacity(rel.len() + 67);
+    if needs {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(hex(digest).as_bytes());
+    line.push(b' ');
+    for &b in rel {
+        match b {
+            b'\\' if needs => line.extend_from_slice(b"\\\\"),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            _ => line.push(b),
+        }
+    }
+    line.push(b'\n');
+    line
+}
+
+/// A dataset's checksum file, parsed: absolute path → digest.
+#[derive(Debug, Default)]
+pub struct DatasetSums {
+    pub folder: PathBuf,
+    /// The folder has a `SHA256SUMS.txt` (even one that could not be parsed).
+    pub present: bool,
+    pub listed: HashMap<PathBuf, Digest>,
+    /// Why the file could not be read or parsed (then nothing is checked).
+    pub error: Option<String>,
+}
+
+impl DatasetSums {
+    pub fn load(folder: &Path) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let file = folder.join(SUMS_FILE);
+        let mut sums = DatasetSums { folder: folder.to_path_buf(), ..Default::default() };
+        let text = match std::fs::read(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return sums,
+            Err(e) => {
+                sums.present = true;
+                sums.error = Some(format!("{}: {e}", file.display()));
+                return sums;
+            }
+        };
+        sums.present = true;
+        match parse(&text) {
+            Ok(lines) => {
+                sums.listed =
+                    lines.into_iter().map(|(rel, d)| (folder.join(std::ffi::OsStr::from_bytes(&rel)), d)).collect();
+            }
+            Err(e) => sums.error = Some(format!("{}: {e}", file.display())),
+        }
+        sums
+    }
+}
+
+/// Every dataset's checksum file, parsed once per build.
+#[derive(Debug, Default)]
+pub struct Sums {
+    pub datasets: BTreeMap<DatasetKey, DatasetSums>,
+}
+
+impl Sums {
+    pub fn load(config: &Config) -> Self {
+        let datasets =
+            DatasetKey::ALL.into_iter().map(|key| (key, DatasetSums::load(config.datasets.get(key)))).collect();
+        Self { datasets }
+    }
+
+    /// The dataset whose folder holds `path` (the deepest, should folders nest).
+    pub fn dataset_of(&self, path: &Path) -> Option<DatasetKey> {
+        self.datasets
+            .iter()
+            .filter(|(_, d)| path.starts_with(&d.folder))
+            .max_by_key(|(_, d)| d.folder.components().count())
+            .map(|(k, _)| *k)
+    }
+
+    /// The listed digest of `path`, if its dataset's checksum file lists it.
+    pub fn expected(&self, path: &Path) -> Option<Digest> {
+        let key = self.dataset_of(path)?;
+        self.datasets.get(&key)?.listed.get(path).copied()
+    }
+}
+
+/// What one dataset's reads came to, for the summary.
+#[derive(Debug, Default, Clone)]
+struct DatasetRecord {
+    tables: BTreeSet<PathBuf>,
+    checked: u64,
+    mismatched: BTreeSet<PathBuf>,
+}
+
+/// A build's checksum file lookups and what its reads and copies found.
+#[derive(Debug, Default)]
+pub struct Integrity {
+    pub sums: Sums,
+    record: Mutex<BTreeMap<DatasetKey, DatasetRecord>>,
+    /// How copied folders' files were placed (links, copies, …).
+    pub files: Mutex<crate::pipeline::folders::FileStats>,
+}
+
+/// A dataset in the summary's `datasets`: where it was read from and whether its download
+/// matched its `SHA256SUMS.txt`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Provenance {
+    pub root: PathBuf,
+    pub version: Option<String>,
+    /// `verified`: every listed file this build read matched; `mismatch`: one did not;
+    /// `absent`: no SHA256SUMS.txt (or one that could not be parsed: see `sha256sums_error`).
+    pub sha256sums: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256sums_error: Option<String>,
+    /// Tables read from the dataset by this build.
+    pub tables: usize,
+    /// Files (tables and copies) hashed and compared with their listed digest by this build.
+    pub checked: u64,
+    /// Files whose bytes differ from their listed digest.
+    pub mismatched: Vec<PathBuf>,
+    /// A version folder newer than the one in use sits beside it (never switched to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newer_version: Option<String>,
+}
+
+impl Integrity {
+    pub fn load(config: &Config) -> Arc<Self> {
+        Arc::new(Self { sums: Sums::load(config), ..Default::default() })
+    }
+
+    /// A table about to be read: counted for its dataset; the check to make at the end of the
+    /// read, when its dataset lists it.
+    pub fn table(self: &Arc<Self>, path: &Path) -> Option<Expected> {
+        let key = self.sums.dataset_of(path)?;
+        self.record.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().tables.insert(path.into());
+        self.file(path)
+    }
+
+    /// [`Self::table`] as the reader's option.
+    pub fn table_check(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
+        self.table(path).map_or(crate::source::Sha256Check::Off, crate::source::Sha256Check::Expect)
+    }
+
+    /// [`Self::file`] as the reader's option (a file read as a table but not counted as one).
+    pub fn table_check_file(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
+        self.file(path).map_or(crate::source::Sha256Check::Off, crate::source::Sha256Check::Expect)
+    }
+
+    /// The check for a file that is copied (not counted as a table).
+    pub fn file(self: &Arc<Self>, path: &Path) -> Option<Expected> {
+        let digest = self.sums.expected(path)?;
+        Some(Expected { digest, path: path.to_path_buf(), report: Some(Arc::clone(self)) })
+    }
+
+    fn outcome(&self, path: &Path, matched: bool) {
+        let Some(key) = self.sums.dataset_of(path) else { return };
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let r = record.entry(key).or_default();
+        r.checked += 1;
+        if matched {
+            r.mismatched.remove(path);
+        } else {
+            r.mismatched.insert(path.to_path_buf());
+        }
+    }
+
+    /// Copied files that differed from their listed digest (tables fail on their own).
+    pub fn mismatched_files(&self) -> Vec<PathBuf> {
+        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        record.values().flat_map(|r| r.mismatched.iter().filter(|p| !r.tables.contains(*p)).cloned()).collect()
+    }
+
+    /// The summary's `datasets`, keyed like `[datasets]`.
+    pub fn provenance(&self, config: &Config) -> BTreeMap<&'static str, Provenance> {
+        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        DatasetKey::ALL
+            .into_iter()
+            .map(|key| {
+                let r = record.get(&key).cloned().unwrap_or_default();
+                let sums = self.sums.datasets.get(&key);
+                let usable = sums.is_some_and(|s| s.present && s.error.is_none());
+                let status = match (usable, r.mismatched.is_empty()) {
+                    (false, _) => "absent",
+                    (true, true) => "verified",
+                    (true, false) => "mismatch",
+                };
+                let version = config.datasets.versions.get(key).map(str::to_string);
+                let p = Provenance {
+                    root: std::path::absolute(config.datasets.get(key))
+                        .unwrap_or_else(|_| config.datasets.get(key).to_path_buf()),
+                    newer_version: newer_version(config.datasets.get(key), version.as_deref()),
+                    version,
+                    sha256sums: status,
+                    sha256sums_error: sums.and_then(|s| s.error.clone()),
+                    tables: r.tables.len(),
+                    checked: r.checked,
+                    mismatched: r.mismatched.into_iter().collect(),
+                };
+                (key.config_key(), p)
+            })
+            .collect()
+    }
+
+    /// Warns about (and exports as a gauge) each dataset with a newer version folder beside the
+    /// one in use. Never switches: the user pins versions.
+    pub fn report_newer_versions(config: &Config) {
+        for key in DatasetKey::ALL {
+            let in_use = config.datasets.versions.get(key);
+            let newer = newer_version(config.datasets.get(key), in_use);
+            if let (Some(newer), Some(in_use)) = (&newer, in_use) {
+                tracing::warn!(
+                    dataset = key.config_key(),
+                    in_use,
+                    newer = %newer,
+                    "a newer version of {} sits beside the one in use; it is not used until [versions] {} = \"{newer}\"",
+                    key.title(),
+                    key.config_key()
+                );
+            }
+            metrics::gauge!(crate::telemetry::NEWER_VERSION, "dataset" => key.config_key()).set(if newer.is_some() {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+}
+
+/// The program that wrote an output, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Program {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+impl Program {
+    pub fn this() -> Self {
+        Self { name: env!("CARGO_PKG_NAME"), version: env!("CARGO_PKG_VERSION") }
+    }
+}
+
+/// The settings an output was built with, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub profile: &'static str,
+    pub window_days: u32,
+    pub index_column: bool,
+    pub files: crate::config::FilesMode,
+}
+
+impl Settings {
+    pub fn of(config: &Config) -> Self {
+        Self {
+            profile: config.profile.as_str(),
+            window_days: config.window_days,
+            index_column: config.index_column,
+            files: config.files,
+        }
+    }
+}
+
+/// The newest version folder beside `folder` (a version folder named `in_use`) that is newer.
+fn newer_version(folder: &Path, in_use: Option<&str>) -> Option<String> {
+    let in_use = in_use?;
+    let parent = folder.parent()?;
+    let order = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    let versions = crate::layout::version_folders(parent).ok()?;
+    versions.into_iter().filter(|v| order(v) > order(in_use)).max_by_key(|v| order(v))
+}
+
+/// The digest a file must have, checked at the end of its read.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub digest: Digest,
+    pub path: PathBuf,
+    report: Option<Arc<Integrity>>,
+}
+
+impl Expected {
+    /// A check that records nothing (tests, `decode`).
+    pub fn bare(path: &Path, digest: Digest) -> Self {
+        Self { digest, path: path.to_path_buf(), report: None }
+    }
+
+    /// Compares and records; the error for a mismatch.
+    pub fn check(&self, actual: &Digest) -> io::Result<()> {
+        let matched = *actual == self.digest;
+        if let Some(r) = &self.report {
+            r.outcome(&self.path, matched);
+        }
+        if matched {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::InvalidData, MISMATCH))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_physionet_and_coreutils_lines() {
+        let d = "ab".repeat(32);
+        let text = format!("{d} hosp/a.csv.gz\n{d}  two spaces.csv\n{d} *bin.csv\n\\{d} a\\\\b\\nc\n\n");
+        let got = parse(text.as_bytes()).unwrap();
+        let names: Vec<&[u8]> = got.iter().map(|(p, _)| p.as_slice()).collect();
+        assert_eq!(names, [&b"hosp/a.csv.gz"[..], b"two spaces.csv", b"bin.csv", b"a\\b\nc"]);
+        assert!(got.iter().all(|(_, x)| *x == [0xab; 32]));
+        assert!(parse(b"xyz hosp/a.csv\n").unwrap_err().contains("line 1"));
+        assert_eq!(format_line(&[0xab; 32], b"a\\b\nc"), format!("\\{d} a\\\\b\\nc\n").into_bytes());
+        assert_eq!(format_line(&[0xab; 32], b"p/x.csv"), format!("{d} p/x.csv\n").into_bytes());
+    }
+}

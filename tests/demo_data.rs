@@ -91,10 +91,12 @@ fn every_demo_table_is_split_row_for_row() {
     // patients goes to spreadsheets only.
     assert!(output.join("spreadsheets/Hosp/patients.csv").exists());
     assert!(!output.join(format!("patient_{}/Hosp/patients.csv", cohort.iter().next().unwrap())).exists());
-    // Nothing but patient folders, spreadsheets, state and the summary at the top.
+    // Nothing but patient folders, spreadsheets, state, the summary and the output's own
+    // SHA256SUMS.txt at the top.
     for e in fs::read_dir(&output).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().to_string();
-        assert!(n.starts_with("patient_") || n == "spreadsheets" || n == ".mimic-eye" || n == "summary.json", "{n}");
+        let known = ["spreadsheets", ".mimic-eye", "summary.json", "SHA256SUMS.txt"];
+        assert!(n.starts_with("patient_") || known.contains(&n.as_str()), "{n}");
     }
 }
 

@@ -83,6 +83,8 @@ pub struct ConfigFile {
     pub settle_seconds: Option<u64>,
     pub rescan_seconds: Option<u64>,
     pub alert_max_age_hours: Option<u64>,
+    /// "eye-tracking" (default), "cxr" or "subjects:PATH".
+    pub cohort: Option<crate::cohort::CohortKind>,
     #[serde(default)]
     pub datasets: DatasetsFile,
     /// The version folder to use per dataset when several sit side by side.
@@ -154,6 +156,8 @@ pub struct Config {
     pub settle_seconds: u64,
     pub rescan_seconds: u64,
     pub alert_max_age_hours: u64,
+    /// Who the dataset is built for.
+    pub cohort: crate::cohort::CohortKind,
     pub datasets: Datasets,
 }
 
@@ -167,6 +171,7 @@ pub struct Overrides {
     pub profile: Option<Profile>,
     pub window_days: Option<u32>,
     pub metrics_addr: Option<SocketAddr>,
+    pub cohort: Option<crate::cohort::CohortKind>,
 }
 
 impl ConfigFile {
@@ -205,6 +210,7 @@ impl Config {
             settle_seconds: file.settle_seconds.unwrap_or(5),
             rescan_seconds: file.rescan_seconds.unwrap_or(300),
             alert_max_age_hours: file.alert_max_age_hours.unwrap_or(24),
+            cohort: flags.cohort.or(file.cohort).unwrap_or_default(),
             datasets,
         };
         config.check_ranges()?;

@@ -5,6 +5,7 @@
 //! [`pipeline::fixer`] repairs them, a [`pipeline::writer`] routes them to per-patient staging
 //! files, and [`pipeline::publish`] renames them into place atomically.
 
+pub mod cohort;
 pub mod config;
 pub mod csvscan;
 pub mod daemon;

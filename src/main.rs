@@ -50,6 +50,10 @@ struct Settings {
     /// Link a study with no stay around it to the nearest stay within this many days (0: off).
     #[arg(long)]
     window_days: Option<u32>,
+    /// Who to build for: eye-tracking (the published dataset's patients), cxr (every
+    /// MIMIC-CXR-JPG patient) or subjects:PATH (one subject_id per line).
+    #[arg(long)]
+    cohort: Option<mimic_eye::cohort::CohortKind>,
 }
 
 impl Settings {
@@ -78,8 +82,8 @@ impl Settings {
 
     /// The config file to load, and the flags that override it.
     fn into_parts(self) -> (Option<PathBuf>, Overrides) {
-        let Settings { config, input, output, profile, window_days } = self;
-        (config, Overrides { input, output, profile, window_days, metrics_addr: None })
+        let Settings { config, input, output, profile, window_days, cohort } = self;
+        (config, Overrides { input, output, profile, window_days, metrics_addr: None, cohort })
     }
 }
 

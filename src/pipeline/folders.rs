@@ -458,7 +458,7 @@ pub struct WatchDir {
 pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
     let d = &ctx.config.datasets;
     let flat = |path: PathBuf| WatchDir { path, recursive: false };
-    let mut dirs = table_folders(&ctx.config);
+    let mut dirs = Vec::new();
     for row in &ctx.links.cxr_rows {
         let sdir = cxr_subject_dir(row.subject);
         if let Some(study) = row.study {
@@ -481,8 +481,23 @@ pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
     }
     dirs.sort();
     dirs.dedup();
-    dirs
+    if dirs.len() > MAX_WATCHED_COPIED_FOLDERS {
+        // A published dataset version's files do not change once complete: for a cohort this
+        // large (every CXR patient) the tables that list them are watched, not 200,000 folders.
+        tracing::info!(
+            folders = dirs.len(),
+            "copied folders not watched (the cohort is large): a change in them is picked up by the next build"
+        );
+        dirs.clear();
+    }
+    let mut all = table_folders(&ctx.config);
+    all.extend(dirs);
+    all
 }
+
+/// Above this many copied folders (a cohort of tens of thousands), only the table folders are
+/// watched: inotify watches are a per-user resource shared with every other program.
+const MAX_WATCHED_COPIED_FOLDERS: usize = 15_000;
 
 /// The folders holding tables, and the dataset roots: what a build reads before it knows the
 /// cohort.
@@ -490,6 +505,10 @@ pub fn table_folders(config: &crate::config::Config) -> Vec<WatchDir> {
     let flat = |path: PathBuf| WatchDir { path, recursive: false };
     let mut dirs: Vec<WatchDir> = crate::input::table_folders(config).into_iter().map(flat).collect();
     dirs.extend(config.datasets.all().into_iter().map(|p| flat(p.clone())));
+    if let crate::cohort::CohortKind::Subjects(list) = &config.cohort {
+        // The subjects file is an input like any table.
+        dirs.extend(list.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| flat(p.to_path_buf())));
+    }
     dirs.sort();
     dirs.dedup();
     dirs
@@ -537,7 +556,9 @@ pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
                     continue;
                 }
             };
-            let Ok(subject) = SubjectId::parse(row.fields.get(s_col).map_or(&[][..], Vec::as_slice)) else {
+            let subject = SubjectId::parse(row.fields.get(s_col).map_or(&[][..], Vec::as_slice));
+            // A reading of a subject outside the cohort (a subjects-file cohort) is not copied.
+            let Some(subject) = subject.ok().filter(|s| ctx.cohort.contains(*s)) else {
                 continue;
             };
             let dest = PathBuf::from(subject.folder()).join("REFLACX");

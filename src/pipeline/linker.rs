@@ -6,6 +6,7 @@ use std::path::Path;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 
+use crate::cohort::CohortRule;
 use crate::config::Profile;
 use crate::csvscan::{write_field, Span};
 use crate::ids::{DicomId, IdBuildHasher, StayId, SubjectId};
@@ -140,7 +141,9 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 }
 
 /// Phase 1: the cohort and the stay links.
-pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<Links, ReadError> {
+/// `rule`: who is in the cohort (the eye-tracking patients of SPEC §3, every CXR patient, or a
+/// list); the metadata rows `load_inputs` kept under the same rule are the CXR subset.
+pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32, rule: &CohortRule) -> Result<Links, ReadError> {
     let mut links = Links::default();
     let mut warnings = Vec::new();
 
@@ -196,7 +199,7 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
             };
             let in_eye_gaze = links.eye_gaze_dicoms.contains(&dicom);
             let in_reflacx = links.reflacx_dicoms.contains(&dicom);
-            if !in_eye_gaze && !in_reflacx {
+            if matches!(rule, CohortRule::EyeTracking) && !in_eye_gaze && !in_reflacx {
                 continue;
             }
             let subject = match SubjectId::parse(field(&row.fields, s)) {
@@ -231,8 +234,18 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32) -> Result<L
             });
         }
     }
-    for &subject in links.eye_gaze_subjects.iter().chain(&links.reflacx_subjects) {
-        links.cohort.insert(subject);
+    match rule {
+        CohortRule::EyeTracking | CohortRule::Cxr => {
+            for &subject in links.eye_gaze_subjects.iter().chain(&links.reflacx_subjects) {
+                links.cohort.insert(subject);
+            }
+        }
+        // Exactly the listed subjects: their eye-tracking images route to them, others' to
+        // nobody.
+        CohortRule::Subjects(listed) => {
+            listed.iter().for_each(|&s| links.cohort.insert(s));
+            links.cohort.dicom_subject.retain(|_, s| listed.contains(s));
+        }
     }
     links.warnings = warnings;
     Ok(links)
@@ -429,6 +442,7 @@ pub fn load_inputs(
     reflacx_phases: &[std::path::PathBuf],
     master_sheet: Option<&Path>,
     sha256: &dyn Fn(&Path) -> Sha256Check,
+    rule: &CohortRule,
 ) -> Result<LinkInputs, ReadError> {
     let read = |p: &Path| SmallTable::read_checked(p, sha256(p), |_, _| true);
     let master_sheet = master_sheet.map(read).transpose()?;
@@ -444,12 +458,21 @@ pub fn load_inputs(
             subjects.insert(field(&row.fields, s).to_vec());
         }
     }
+    if let CohortRule::Subjects(listed) = rule {
+        subjects.extend(listed.iter().map(|s| s.to_string().into_bytes()));
+    }
     let cxr_metadata = cxr_metadata
         .map(|p| {
-            let mut dicom_col = None;
+            let mut cols = None;
             SmallTable::read_checked(p, sha256(p), |h, f| {
-                let d = *dicom_col.get_or_insert_with(|| h.find("dicom_id").unwrap_or(usize::MAX));
-                dicoms.contains(field(f, d))
+                let (d, s) = *cols.get_or_insert_with(|| {
+                    (h.find("dicom_id").unwrap_or(usize::MAX), h.find("subject_id").unwrap_or(usize::MAX))
+                });
+                match rule {
+                    CohortRule::EyeTracking => dicoms.contains(field(f, d)),
+                    CohortRule::Cxr => true,
+                    CohortRule::Subjects(listed) => SubjectId::parse(field(f, s)).is_ok_and(|id| listed.contains(&id)),
+                }
             })
         })
         .transpose()?;

@@ -76,6 +76,12 @@ pub struct BuildContext {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct CohortSummary {
+    pub kind: &'static str,
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct SourceCounts {
     pub patients: usize,
     pub images: usize,
@@ -84,6 +90,8 @@ pub struct SourceCounts {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub profile: &'static str,
+    /// The cohort rule and how many patients it gave.
+    pub cohort: CohortSummary,
     pub patients: usize,
     pub stays: usize,
     pub images: usize,
@@ -569,14 +577,16 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(&integrity));
         let edstays = if stays_pending.is_some() { None } else { side.edstays.clone() };
         tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
+            let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
             let inputs = linker::load_inputs(
                 side.cxr_metadata.as_deref(),
                 edstays.as_deref(),
                 &side.reflacx_phases,
                 side.master_sheet.as_deref(),
                 &|p| integrity.table_check(p),
+                &rule,
             )?;
-            Ok((linker::link(&inputs, cfg.profile, cfg.window_days)?, inputs))
+            Ok((linker::link(&inputs, cfg.profile, cfg.window_days, &rule)?, inputs))
         })
         .await??
     };
@@ -684,6 +694,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     let both_subjects = links.eye_gaze_subjects.intersection(&links.reflacx_subjects).count();
     let summary = Summary {
         profile: config.profile.as_str(),
+        cohort: CohortSummary { kind: config.cohort.name(), size: links.cohort.len() },
         patients: links.cohort.len(),
         stays: if stays_known { links.stays() } else { previous.map_or(0, |p| p.0) },
         images: links.cxr_rows.len(),

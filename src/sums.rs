@@ -212,7 +212,7 @@ pub struct Integrity {
     pub sums: Sums,
     record: Mutex<BTreeMap<DatasetKey, DatasetRecord>>,
     /// How copied folders' files were placed (links, copies, …).
-    pub files: Mutex<crate::pipeline::folders::FileStats>,
+    pub files: Mutex<crate::pipeline::counts::FileStats>,
 }
 
 /// A dataset in the summary's `datasets`: where it was read from and whether its download

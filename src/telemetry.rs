@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::pipeline::writer::TableCounts;
+use crate::pipeline::counts::TableCounts;
 use crate::shutdown::Shutdown;
 
 pub const ROWS_READ: &str = "mimic_eye_rows_read_total";

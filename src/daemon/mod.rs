@@ -18,7 +18,7 @@ use metrics::{counter, gauge, histogram};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigFile, Overrides};
-use crate::pipeline::{self, publish, BuildOptions, Cancelled};
+use crate::pipeline::{self, paths, publish, BuildOptions, Cancelled};
 use crate::progress::Progress;
 use crate::shutdown::ShutdownTrigger;
 use crate::telemetry;
@@ -186,7 +186,7 @@ fn pipeline_config_keeping_listener(mut new: Config, running: &Config) -> Config
 /// that is gone (or lost its lock file) is an error: the daemon must never stay "healthy" on
 /// an output that no longer exists.
 fn check_output(output: &Path) -> anyhow::Result<usize> {
-    let lock = publish::state_dir(output).join("lock");
+    let lock = paths::state_dir(output).join("lock");
     anyhow::ensure!(output.is_dir() && lock.is_file(), "the output folder {} was removed", output.display());
     let damaged = publish::damaged_jobs(output);
     for job in &damaged {

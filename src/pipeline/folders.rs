@@ -21,8 +21,10 @@ use crate::ids::{ReflacxId, StudyId, SubjectId};
 use crate::pipeline::fixer::reflacx;
 use crate::pipeline::publish::CopyRecord;
 use crate::pipeline::reader::SmallTable;
-use crate::pipeline::writer::{JobError, TableCounts};
+use crate::pipeline::counts::TableCounts;
+use crate::pipeline::writer::JobError;
 use crate::pipeline::{publish, BuildContext};
+use crate::pipeline::paths;
 
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;
@@ -45,7 +47,7 @@ struct FolderJob<'a> {
 
 impl<'a> FolderJob<'a> {
     fn new(ctx: &'a BuildContext, key: &'static str) -> Self {
-        let staging = publish::staging_dir(&ctx.config.output, key);
+        let staging = paths::staging_dir(&ctx.config.output, key);
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::create_dir_all(&staging);
         let input_root = fs::canonicalize(&ctx.config.input).unwrap_or_else(|_| ctx.config.input.clone());
@@ -137,7 +139,7 @@ impl<'a> FolderJob<'a> {
         self.counts.read += 1;
         let mode = self.ctx.config.files;
         let final_path = self.ctx.config.output.join(dest);
-        let staged = publish::staged_path(&self.staging, dest);
+        let staged = paths::staged_path(&self.staging, dest);
         let final_is_link = fs::symlink_metadata(&final_path).is_ok_and(|m| m.file_type().is_symlink());
         let unchanged = match (&content, mode) {
             (Some(bytes), _) => !final_is_link && fs::read(&final_path).is_ok_and(|old| &old == bytes),
@@ -339,34 +341,6 @@ enum Placed {
     Written,
 }
 
-/// How the copied folders' files are placed, for the summary: the counts add up to the files
-/// the folder jobs have in the output.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct FileStats {
-    pub linked: u64,
-    pub copied: u64,
-    pub reflinked: u64,
-    pub symlinked: u64,
-    /// Written by the build rather than placed (REFLACX ellipses files merged in `paper`).
-    pub written: u64,
-    pub linked_bytes: u64,
-    pub copied_bytes: u64,
-    pub reflinked_bytes: u64,
-    /// The first hard link or clone that failed this build (then files were copied), and why.
-    pub link_failure: Option<String>,
-}
-
-impl FileStats {
-    fn count_copy(&mut self, reflink: bool, bytes: u64) {
-        if reflink {
-            self.reflinked += 1;
-            self.reflinked_bytes += bytes;
-        } else {
-            self.copied += 1;
-            self.copied_bytes += bytes;
-        }
-    }
-}
 
 /// The absolute path a symbolic link into the input points at.
 fn link_target(src: &Path) -> PathBuf {

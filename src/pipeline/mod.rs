@@ -4,6 +4,8 @@
 //! connected by bounded channels of batches; tokio runs up to `parallel_tables` jobs at once.
 
 pub mod batch;
+pub mod counts;
+pub mod paths;
 pub mod fixer;
 pub mod folders;
 pub mod linker;
@@ -33,7 +35,8 @@ use linker::{batch_of, Cohort, Links};
 
 use publish::Manifest;
 use reader::TableReader;
-use writer::{JobError, Route, TableCounts, Writer, WriterOutcome, WriterSpec};
+use counts::TableCounts;
+use writer::{JobError, Route, Writer, WriterOutcome, WriterSpec};
 
 /// Batches in flight on each link between actors (memory: capacity × about 512 KiB).
 pub const CHANNEL_CAPACITY: usize = 4;
@@ -119,7 +122,7 @@ pub struct Summary {
     pub program: crate::sums::Program,
     pub settings: crate::sums::Settings,
     /// How the copied folders' files were placed.
-    pub files: folders::FileStats,
+    pub files: counts::FileStats,
     pub peak_rss_bytes: u64,
     pub duration_seconds: f64,
 }
@@ -272,7 +275,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
         }
         _ => (None, Vec::new()),
     };
-    let staging = publish::staging_dir(&output, &job.key);
+    let staging = paths::staging_dir(&output, &job.key);
     let _ = std::fs::remove_dir_all(&staging);
     let spec = WriterSpec {
         table: job.key.clone(),
@@ -408,7 +411,7 @@ pub fn write_derived(
     rows: batch::Batch,
 ) -> Result<TableCounts, JobError> {
     let DerivedTable { job, source, route, patient_file, whole_file, rejects_not_kept } = table;
-    let staging = publish::staging_dir(&ctx.config.output, job);
+    let staging = paths::staging_dir(&ctx.config.output, job);
     let _ = std::fs::remove_dir_all(&staging);
     let spec = WriterSpec {
         table: job.to_string(),
@@ -548,7 +551,7 @@ fn previous_stay_counts(output: &Path) -> Option<(usize, usize)> {
 pub async fn build(config: Config, progress: Progress, options: BuildOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let output = config.output.clone();
-    std::fs::create_dir_all(publish::state_dir(&output))
+    std::fs::create_dir_all(paths::state_dir(&output))
         .with_context(|| format!("creating output directory {}", output.display()))?;
     let recovered = publish::recover(&output).context("recovering interrupted publishes")?;
     if recovered > 0 {
@@ -648,7 +651,7 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
                 let error = crate::telemetry::bounded_text(&e.to_string());
                 tracing::error!(table = %key, error, "table failed; its previous output is kept");
                 // What it staged is never published: free the space now.
-                let _ = std::fs::remove_dir_all(publish::staging_dir(&output, &key));
+                let _ = std::fs::remove_dir_all(paths::staging_dir(&output, &key));
                 failed.insert(key, error);
             }
             Err(e) => {
@@ -739,7 +742,7 @@ pub fn peak_rss_bytes() -> u64 {
 pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow::Result<WriterOutcome> {
     let name =
         input::table_name(&table).with_context(|| format!("{} is not a .csv or .csv.gz table", table.display()))?;
-    std::fs::create_dir_all(publish::state_dir(&config.output))?;
+    std::fs::create_dir_all(paths::state_dir(&config.output))?;
     publish::recover(&config.output)?;
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(cohort),

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::publish::{self, STATE_DIR};
+use crate::pipeline::paths::{self, STATE_DIR};
+use crate::pipeline::publish;
 use crate::sums::{self, Digest, SUMS_FILE};
 
 const CACHE: &str = "sha256-cache.json";
@@ -93,7 +94,7 @@ fn copy_digests(output: &Path) -> BTreeMap<Vec<u8>, (u64, i64, u64, Digest)> {
 /// Writes `<output>/SHA256SUMS.txt` (only when its text changes); returns the number of files
 /// listed and how many were read to hash them.
 pub fn write(output: &Path) -> io::Result<(usize, usize)> {
-    let cache_path = publish::state_dir(output).join(CACHE);
+    let cache_path = paths::state_dir(output).join(CACHE);
     let cache: BTreeMap<String, Cached> =
         fs::read(&cache_path).ok().and_then(|t| serde_json::from_slice(&t).ok()).unwrap_or_default();
     let copies = copy_digests(output);

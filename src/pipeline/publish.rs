@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::writer::TableCounts;
+use crate::pipeline::counts::TableCounts;
+use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
 
-pub const STATE_DIR: &str = ".mimic-eye";
 /// The process's file-creation mask: files 0640, folders 0750.
 pub const UMASK: libc::mode_t = 0o027;
 /// The mode of every file the build creates, also where the creating call ignores the umask
@@ -115,45 +115,6 @@ impl Manifest {
     }
 }
 
-pub fn state_dir(output: &Path) -> PathBuf {
-    output.join(STATE_DIR)
-}
-
-/// The file name of a job key (`hosp/labevents` → `hosp__labevents`).
-pub fn job_file_name(job: &str) -> String {
-    job.replace('/', "__")
-}
-
-pub fn staging_dir(output: &Path, job: &str) -> PathBuf {
-    state_dir(output).join("staging").join(job_file_name(job))
-}
-
-/// Staged names longer than this are replaced by a hash: a long file name a few folders deep
-/// would pass NAME_MAX (255 bytes) once flattened.
-const MAX_STAGED_NAME: usize = 200;
-
-/// Where a file of a job is staged: flat in the job's staging folder, named after its final
-/// relative path's bytes (`%` → `%25`, `/` → `%2F`), so staging needs no directory tree of its
-/// own; a name that would be too long becomes `%h` and a 128-bit hash of the path (no escaped
-/// name starts with `%h`, so the two kinds never meet).
-pub fn staged_path(staging: &Path, rel: &Path) -> PathBuf {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let bytes = rel.as_os_str().as_bytes();
-    let mut name = Vec::with_capacity(bytes.len() + 8);
-    for &b in bytes {
-        match b {
-            b'%' => name.extend_from_slice(b"%25"),
-            b'/' => name.extend_from_slice(b"%2F"),
-            _ => name.push(b),
-        }
-    }
-    if name.len() > MAX_STAGED_NAME {
-        use crate::fingerprint::Fnv;
-        let (a, b) = (Fnv::default().bytes(bytes).finish(), Fnv::default().u64(1).bytes(bytes).finish());
-        name = format!("%h{a:016x}{b:016x}").into_bytes();
-    }
-    staging.join(std::ffi::OsString::from_vec(name))
-}
 
 fn manifest_path(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("jobs").join(format!("{}.json", job_file_name(job)))

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::pipeline::linker::LinkInputs;
 use crate::pipeline::publish;
+use crate::pipeline::paths;
 
 /// Rows of each linker table that the last accepted build used, by file.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -34,7 +35,7 @@ impl LinkerRows {
     }
 
     fn path(output: &Path) -> PathBuf {
-        publish::state_dir(output).join("linker-rows.json")
+        paths::state_dir(output).join("linker-rows.json")
     }
 
     fn load(output: &Path) -> Option<Self> {

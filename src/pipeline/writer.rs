@@ -15,10 +15,11 @@ use std::sync::Arc;
 use crate::csvscan::write_field;
 use crate::ids::{DicomId, IdBuildHasher, SubjectId};
 use crate::pipeline::batch::{Batch, BatchPool, ReadMsg, Record};
+use crate::pipeline::counts::TableCounts;
 use crate::pipeline::linker::Cohort;
-use crate::pipeline::publish;
 use crate::pipeline::reader::ReadError;
 use crate::telemetry;
+use crate::pipeline::paths;
 
 /// A patient's pending bytes are written once they reach this size.
 const PATIENT_FLUSH: usize = 64 << 10;
@@ -57,20 +58,6 @@ pub struct WriterSpec {
     pub only: Option<Arc<std::collections::HashSet<SubjectId>>>,
 }
 
-/// The row balance of one table: read = written + outside_cohort + rejected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct TableCounts {
-    pub read: u64,
-    pub written: u64,
-    pub outside_cohort: u64,
-    pub rejected: u64,
-}
-
-impl TableCounts {
-    pub fn balanced(&self) -> bool {
-        self.read == self.written + self.outside_cohort + self.rejected
-    }
-}
 
 #[derive(Debug, Default)]
 pub struct WriterOutcome {
@@ -161,7 +148,7 @@ impl Writer {
             line: Vec::with_capacity(4096),
         };
         if let Some(rel) = w.spec.whole_file.clone() {
-            let path = publish::staged_path(&w.spec.staging, &rel);
+            let path = paths::staged_path(&w.spec.staging, &rel);
             let mut file = create_file(&path)?;
             let header = header_line(&w.spec.header, w.spec.index_column);
             file.write_all(&header).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
@@ -275,7 +262,7 @@ impl Writer {
                 subject,
                 rows: 0,
                 write,
-                path: publish::staged_path(&self.spec.staging, &rel),
+                path: paths::staged_path(&self.spec.staging, &rel),
                 rel,
                 buf: Vec::new(),
                 created: false,
@@ -397,8 +384,8 @@ impl Writer {
         *self.outcome.rejects_by_reason.entry(label).or_default() += 1;
         tracing::debug!(table = %self.spec.table, line = record.line, reason, "row rejected");
         if self.rejects.is_none() {
-            let rel = rejects_path(&self.spec.table);
-            let path = publish::staged_path(&self.spec.staging, &rel);
+            let rel = paths::rejects_path(&self.spec.table);
+            let path = paths::staged_path(&self.spec.staging, &rel);
             let mut file = create_file(&path)?;
             file.write_all(b"source_file,line,row,reason,record\n")
                 .map_err(|cause| JobError::Write { path: path.clone(), cause })?;
@@ -439,10 +426,6 @@ impl Writer {
     }
 }
 
-/// `<output>/.mimic-eye/rejects/<table>.csv`, relative to the output root.
-pub fn rejects_path(table: &str) -> PathBuf {
-    PathBuf::from(".mimic-eye/rejects").join(format!("{table}.csv"))
-}
 
 fn create_file(path: &Path) -> Result<BufWriter<File>, JobError> {
     let file = File::create(path).map_err(|cause| JobError::Write { path: path.to_path_buf(), cause })?;

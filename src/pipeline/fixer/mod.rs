@@ -13,8 +13,10 @@ use crate::config::Profile;
 use crate::pipeline::batch::ReadMsg;
 use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
 use crate::pipeline::reader::Rejects;
-use crate::pipeline::writer::{JobError, Route, TableCounts};
+use crate::pipeline::counts::TableCounts;
+use crate::pipeline::writer::{JobError, Route};
 use crate::pipeline::{publish, write_derived, BuildContext, DerivedTable};
+use crate::pipeline::paths;
 
 /// A streaming fix, chosen per table.
 #[derive(Debug, Clone)]
@@ -139,8 +141,8 @@ pub fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<
         if from.exists() {
             let job = "egd-cxr/eye_gaze_release_copy";
             let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
-            let staging = publish::staging_dir(&ctx.config.output, job);
-            let staged = publish::staged_path(&staging, &rel);
+            let staging = paths::staging_dir(&ctx.config.output, job);
+            let staged = paths::staged_path(&staging, &rel);
             let io = |cause| JobError::Write { path: staged.clone(), cause };
             std::fs::create_dir_all(&staging).map_err(io)?;
             std::fs::copy(&from, &staged).map_err(io)?;

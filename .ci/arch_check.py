@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Architecture limits, checked in CI: no src file over 500 lines, no function over 80 lines,
+no import cycle between src files. Prints what breaks a limit; exits 1 if anything does."""
+import os
+import re
+import sys
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+MAX_FILE, MAX_FN = 500, 80
+
+
+def module_of(path):
+    """`src/pipeline/writer.rs` -> `pipeline::writer`; `mod.rs` and `lib.rs` name their folder."""
+    rel = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+    if rel[-1] in ("mod", "lib", "main"):
+        rel = rel[:-1]
+    return "::".join(rel)
+
+
+def files():
+    for d, _, names in os.walk(ROOT):
+        for n in sorted(names):
+            if n.endswith(".rs"):
+                yield os.path.join(d, n)
+
+
+def functions(lines):
+    """(name, first line, length) of every fn whose body is a brace block."""
+    out = []
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*(pub(\([^)]*\))?\s+)?(const\s+)?(async\s+)?(unsafe\s+)?fn\s+(\w+)", line)
+        if not m:
+            continue
+        depth, started = 0, False
+        for j in range(i, len(lines)):
+            code = re.sub(r'"(\\.|[^"\\])*"', '""', lines[j].split("//")[0])
+            if not started and ";" in code and "{" not in code:
+                break  # a declaration without a body
+            depth += code.count("{") - code.count("}")
+            started = started or "{" in code
+            if started and depth <= 0:
+                out.append((m.group(6), i + 1, j - i + 1))
+                break
+    return out
+
+
+def imports(text, module):
+    """Modules of this crate a file uses (crate::a::b, super::x, self::x), at file level."""
+    deps = set()
+    parts = module.split("::") if module else []
+    for m in re.finditer(r"\b(crate|super)::([\w:]+)", text):
+        if m.group(1) == "crate":
+            path = m.group(2).split("::")
+        else:
+            path = parts[:-1] + m.group(2).split("::")
+        deps.add(tuple(path))
+    return deps
+
+
+def main():
+    bad = []
+    mods = {}
+    for f in files():
+        text = open(f).read()
+        lines = text.splitlines()
+        rel = os.path.relpath(f, os.path.join(ROOT, ".."))
+        if len(lines) > MAX_FILE:
+            bad.append(f"{rel}: {len(lines)} lines (limit {MAX_FILE})")
+        in_tests = text.find("#[cfg(test)]")
+        for name, line, length in functions(lines):
+            if length > MAX_FN and (in_tests < 0 or line < text[:in_tests].count("\n") + 1):
+                bad.append(f"{rel}:{line}: fn {name} is {length} lines (limit {MAX_FN})")
+        mods[module_of(f)] = (rel, text[:in_tests] if in_tests >= 0 else text)
+    known = set(mods)
+    graph = {}
+    for mod, (_, text) in mods.items():
+        deps = set()
+        for path in imports(text, mod):
+            # The longest prefix that is a module of ours is the dependency.
+            for k in range(len(path), 0, -1):
+                cand = "::".join(path[:k])
+                if cand in known and cand != mod:
+                    deps.add(cand)
+                    break
+        graph[mod] = deps
+    # Cycles: strongly connected components of more than one module (Tarjan).
+    index, low, stack, on, comps, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                comps.append(sorted(comp))
+
+    sys.setrecursionlimit(10000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    for comp in comps:
+        bad.append("import cycle: " + " <-> ".join(comp))
+    for b in bad:
+        print(b)
+    print(f"{len(bad)} architecture limit(s) broken" if bad else "architecture limits hold")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

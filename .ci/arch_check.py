@@ -45,7 +45,8 @@ def functions(lines):
 
 
 def imports(text, module):
-    """Modules of this crate a file uses (crate::a::b, super::x, self::x), at file level."""
+    """Paths into this crate a file uses (crate::a::b, super::x, child::x), each with the
+    fewest leading parts that can name the module meant."""
     deps = set()
     parts = module.split("::") if module else []
     for m in re.finditer(r"\b(crate|super)::([\w:]+)", text):
@@ -53,7 +54,14 @@ def imports(text, module):
             path = m.group(2).split("::")
         else:
             path = parts[:-1] + m.group(2).split("::")
-        deps.add(tuple(path))
+        deps.add((tuple(path), 1))
+    # Paths relative to this module (`writer::Writer` in pipeline/mod.rs, `use batch::…`), not
+    # counting the `mod x;` lines that only declare a child.
+    body = re.sub(r"^\s*(pub(\([^)]*\))?\s+)?mod\s+\w+\s*;", "", text, flags=re.M)
+    for m in re.finditer(r"(?<![\w:])(\w+)::([\w:]*)", body):
+        if m.group(1) not in ("crate", "super", "self", "std", "core", "alloc"):
+            # Only a child module of this one can be meant (`serde::…` is another crate).
+            deps.add((tuple(parts + [m.group(1)] + [p for p in m.group(2).split("::") if p]), len(parts) + 1))
     return deps
 
 
@@ -75,9 +83,9 @@ def main():
     graph = {}
     for mod, (_, text) in mods.items():
         deps = set()
-        for path in imports(text, mod):
+        for path, shortest in imports(text, mod):
             # The longest prefix that is a module of ours is the dependency.
-            for k in range(len(path), 0, -1):
+            for k in range(len(path), shortest - 1, -1):
                 cand = "::".join(path[:k])
                 if cand in known and cand != mod:
                     deps.add(cand)

@@ -9,6 +9,7 @@ pub mod cohort;
 pub mod config;
 pub mod csvscan;
 pub mod daemon;
+pub mod digest;
 pub mod fingerprint;
 pub mod gzip;
 pub mod ids;

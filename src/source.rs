@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::sums::{Digest, Expected};
+use crate::digest::{Digest, Expected};
 
 /// Bytes handed over per chunk by the decode thread.
 pub const CHUNK: usize = 256 << 10;

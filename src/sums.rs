@@ -16,32 +16,11 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
+use crate::digest::Recorder;
+pub use crate::digest::{hex, parse_hex, Digest, Expected, MISMATCH};
 use crate::layout::DatasetKey;
 
 pub const SUMS_FILE: &str = "SHA256SUMS.txt";
-/// The error of a file whose bytes do not hash to its listed digest.
-pub const MISMATCH: &str = "SHA-256 differs from SHA256SUMS.txt: the download is incomplete or damaged";
-
-pub type Digest = [u8; 32];
-
-pub fn hex(d: &Digest) -> String {
-    let mut s = String::with_capacity(64);
-    for b in d {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-pub fn parse_hex(s: &str) -> Option<Digest> {
-    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut d = [0u8; 32];
-    for (i, out) in d.iter_mut().enumerate() {
-        *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(d)
-}
 
 /// SHA-256 of a file's bytes.
 pub fn hash_file(path: &Path) -> io::Result<Digest> {
@@ -263,9 +242,11 @@ impl Integrity {
     /// The check for a file that is copied (not counted as a table).
     pub fn file(self: &Arc<Self>, path: &Path) -> Option<Expected> {
         let digest = self.sums.expected(path)?;
-        Some(Expected { digest, path: path.to_path_buf(), report: Some(Arc::clone(self)) })
+        Some(Expected::recorded(path, digest, Arc::clone(self) as Arc<dyn Recorder>))
     }
+}
 
+impl Recorder for Integrity {
     fn outcome(&self, path: &Path, matched: bool) {
         let Some(key) = self.sums.dataset_of(path) else { return };
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
@@ -277,7 +258,9 @@ impl Integrity {
             r.mismatched.insert(path.to_path_buf());
         }
     }
+}
 
+impl Integrity {
     /// Copied files that differed from their listed digest (tables fail on their own).
     pub fn mismatched_files(&self) -> Vec<PathBuf> {
         let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
@@ -380,34 +363,6 @@ fn newer_version(folder: &Path, in_use: Option<&str>) -> Option<String> {
     let order = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
     let versions = crate::layout::version_folders(parent).ok()?;
     versions.into_iter().filter(|v| order(v) > order(in_use)).max_by_key(|v| order(v))
-}
-
-/// The digest a file must have, checked at the end of its read.
-#[derive(Debug, Clone)]
-pub struct Expected {
-    pub digest: Digest,
-    pub path: PathBuf,
-    report: Option<Arc<Integrity>>,
-}
-
-impl Expected {
-    /// A check that records nothing (tests, `decode`).
-    pub fn bare(path: &Path, digest: Digest) -> Self {
-        Self { digest, path: path.to_path_buf(), report: None }
-    }
-
-    /// Compares and records; the error for a mismatch.
-    pub fn check(&self, actual: &Digest) -> io::Result<()> {
-        let matched = *actual == self.digest;
-        if let Some(r) = &self.report {
-            r.outcome(&self.path, matched);
-        }
-        if matched {
-            Ok(())
-        } else {
-            Err(io::Error::new(io::ErrorKind::InvalidData, MISMATCH))
-        }
-    }
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ impl BatchPool {
 pub enum ReadMsg {
     Batch(Batch),
     Done(ReadStats),
-    Failed(crate::pipeline::reader::ReadError),
+    Failed(crate::pipeline::error::ReadError),
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{FilesMode, Profile};
 use crate::ids::{ReflacxId, StudyId, SubjectId};
+use crate::pipeline::counts::TableCounts;
+use crate::pipeline::error::{At, JobError};
 use crate::pipeline::fixer::reflacx;
+use crate::pipeline::paths;
 use crate::pipeline::publish::CopyRecord;
 use crate::pipeline::reader::SmallTable;
-use crate::pipeline::counts::TableCounts;
-use crate::pipeline::writer::JobError;
 use crate::pipeline::{publish, BuildContext};
-use crate::pipeline::paths;
 
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;
@@ -301,8 +301,7 @@ impl<'a> FolderJob<'a> {
             copies: self.copies,
             ..Default::default()
         };
-        publish::publish(&self.ctx.config.output, manifest)
-            .map_err(|cause| JobError::Write { path: self.ctx.config.output.clone(), cause })?;
+        publish::publish(&self.ctx.config.output, manifest).at(&self.ctx.config.output)?;
         Ok((self.key.to_string(), self.counts))
     }
 }
@@ -340,7 +339,6 @@ enum Placed {
     /// Written by the build (a merged ellipses file).
     Written,
 }
-
 
 /// The absolute path a symbolic link into the input points at.
 fn link_target(src: &Path) -> PathBuf {

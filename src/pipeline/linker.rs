@@ -11,7 +11,8 @@ use crate::config::Profile;
 use crate::csvscan::{write_field, Span};
 use crate::ids::{DicomId, IdBuildHasher, StayId, SubjectId};
 use crate::pipeline::batch::{Batch, Origin, Record};
-use crate::pipeline::reader::{Header, ReadError, SmallTable};
+use crate::pipeline::error::ReadError;
+use crate::pipeline::reader::{Header, SmallTable};
 use crate::source::Sha256Check;
 
 /// Who is in the dataset, and which patient each image belongs to.

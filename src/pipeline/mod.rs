@@ -5,11 +5,12 @@
 
 pub mod batch;
 pub mod counts;
-pub mod paths;
+pub mod error;
 pub mod fixer;
 pub mod folders;
 pub mod linker;
 pub mod outsums;
+pub mod paths;
 pub mod planner;
 pub mod publish;
 pub mod reader;
@@ -33,10 +34,11 @@ use batch::ReadMsg;
 use fixer::Fix;
 use linker::{batch_of, Cohort, Links};
 
+use counts::TableCounts;
+use error::{At, JobError};
 use publish::Manifest;
 use reader::TableReader;
-use counts::TableCounts;
-use writer::{JobError, Route, Writer, WriterOutcome, WriterSpec};
+use writer::{Route, Writer, WriterOutcome, WriterSpec};
 
 /// Batches in flight on each link between actors (memory: capacity × about 512 KiB).
 pub const CHANNEL_CAPACITY: usize = 4;
@@ -245,7 +247,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     let sha256 = ctx.integrity.table_check(&path);
     let reader = tokio::task::spawn_blocking(move || TableReader::open_checked(&path, sha256))
         .await
-        .map_err(|e| JobError::Interrupted(e.to_string()))??;
+        .map_err(|e| JobError::joined("reader", &job.key, e))??;
     let output = ctx.config.output.clone();
     // Read even with --full: it says whether this table was split per patient before.
     let last = publish::load_manifest(&output, &job.key);
@@ -309,7 +311,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
             let (path, links) = (job.path.clone(), Arc::clone(&ctx.links));
             let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links))
                 .await
-                .map_err(|e| JobError::Interrupted(e.to_string()))??;
+                .map_err(|e| JobError::joined("fixer", &job.key, e))??;
             let (ftx, frx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
             probes = vec![("reader->fixer", probes.remove(0).1), ("fixer->writer", ftx.downgrade())];
             tokio::task::spawn_blocking(move || fix.run(rx, ftx));
@@ -345,7 +347,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
             }
         })
     };
-    let outcome = write_task.await.map_err(|e| JobError::Interrupted(e.to_string()));
+    let outcome = write_task.await.map_err(|e| JobError::joined("writer", &job.key, e));
     ticker.abort();
     crate::telemetry::update_status(|s| {
         s.tables.remove(&job.key);
@@ -378,8 +380,8 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     };
     tokio::task::spawn_blocking(move || publish::publish(&output, manifest))
         .await
-        .map_err(|e| JobError::Interrupted(e.to_string()))?
-        .map_err(|cause| JobError::Write { path: ctx.config.output.clone(), cause })?;
+        .map_err(|e| JobError::joined("publish", &job.key, e))?
+        .at(&ctx.config.output)?;
     tracing::info!(
         table = %job.key, read = outcome.counts.read, written = outcome.counts.written,
         outside = outcome.counts.outside_cohort, rejected = outcome.counts.rejected,
@@ -440,8 +442,7 @@ pub fn write_derived(
     }
     let manifest =
         Manifest { job: job.to_string(), files: outcome.files, counts: outcome.counts, ..Default::default() };
-    publish::publish(&ctx.config.output, manifest)
-        .map_err(|cause| JobError::Write { path: ctx.config.output.clone(), cause })?;
+    publish::publish(&ctx.config.output, manifest).at(&ctx.config.output)?;
     Ok(outcome.counts)
 }
 

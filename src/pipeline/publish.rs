@@ -115,7 +115,6 @@ impl Manifest {
     }
 }
 
-
 fn manifest_path(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("jobs").join(format!("{}.json", job_file_name(job)))
 }

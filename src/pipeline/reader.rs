@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
 use crate::pipeline::batch::{Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record};
-use crate::source::{Sha256Check, Source, SourceError, CHUNK};
+use crate::pipeline::error::{ReadError, ReadErrorKind};
+use crate::source::{Sha256Check, Source, CHUNK};
 
 /// Room reserved for a batch's records: a chunk of typical rows (60–200 bytes) fits, and shorter
 /// rows grow the vector once, after which the pooled batch keeps its capacity.
@@ -19,37 +20,6 @@ const RECORDS_PER_BATCH: usize = CHUNK / 64;
 /// A record longer than this is taken as a broken file rather than buffered without end.
 const MAX_RECORD: usize = 64 << 20;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// A table that cannot be read: names the file, the byte offset and the cause.
-#[derive(Debug, thiserror::Error)]
-#[error("{}: {kind}", path.display())]
-pub struct ReadError {
-    pub path: PathBuf,
-    #[source]
-    pub kind: ReadErrorKind,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReadErrorKind {
-    #[error("cannot open: {0}")]
-    Open(#[source] std::io::Error),
-    #[error("{0}")]
-    Decode(#[source] SourceError),
-    #[error("the file is empty (no header line)")]
-    Empty,
-    #[error("not a CSV file: the header line holds NUL bytes")]
-    NotCsv,
-    /// Names the column and the header's shape, never its text: a headerless file's first
-    /// line is a patient's row.
-    #[error("missing required column {column:?} (the header has {fields} columns)")]
-    MissingColumn { column: String, fields: usize },
-    #[error("line 1 does not look like a header: {fields} fields, none of them {column:?}")]
-    NoHeader { column: String, fields: usize },
-    #[error("column {column:?} appears {count} times in the header")]
-    DuplicateColumn { column: String, count: usize },
-    #[error("a record starting at line {line} is longer than {max} bytes (unterminated quote?)", max = MAX_RECORD)]
-    RecordTooLong { line: u64 },
-}
 
 /// The header line: verbatim bytes (BOM removed) and the decoded column names.
 #[derive(Debug, Clone, Default)]
@@ -169,7 +139,7 @@ impl TableReader {
                 None => {
                     searched = self.work.len();
                     if searched > MAX_RECORD {
-                        return Err(self.error(ReadErrorKind::RecordTooLong { line: self.next_line }));
+                        return Err(self.error(ReadErrorKind::RecordTooLong { line: self.next_line, max: MAX_RECORD }));
                     }
                     self.fill()?;
                     continue;
@@ -273,7 +243,7 @@ impl TableReader {
                     self.work.drain(..consumed);
                 }
             } else if self.work.len() > MAX_RECORD {
-                return Err(self.error(ReadErrorKind::RecordTooLong { line }));
+                return Err(self.error(ReadErrorKind::RecordTooLong { line, max: MAX_RECORD }));
             }
             if self.eof && self.work.is_empty() {
                 return Ok(Some(ReadStats { rows: row, input_bytes: self.source.input_read.load(Ordering::Relaxed) }));

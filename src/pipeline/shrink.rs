@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::pipeline::linker::LinkInputs;
-use crate::pipeline::publish;
 use crate::pipeline::paths;
+use crate::pipeline::publish;
 
 /// Rows of each linker table that the last accepted build used, by file.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,10 +16,10 @@ use crate::csvscan::write_field;
 use crate::ids::{DicomId, IdBuildHasher, SubjectId};
 use crate::pipeline::batch::{Batch, BatchPool, ReadMsg, Record};
 use crate::pipeline::counts::TableCounts;
+use crate::pipeline::error::{At, JobError};
 use crate::pipeline::linker::Cohort;
-use crate::pipeline::reader::ReadError;
-use crate::telemetry;
 use crate::pipeline::paths;
+use crate::telemetry;
 
 /// A patient's pending bytes are written once they reach this size.
 const PATIENT_FLUSH: usize = 64 << 10;
@@ -58,7 +58,6 @@ pub struct WriterSpec {
     pub only: Option<Arc<std::collections::HashSet<SubjectId>>>,
 }
 
-
 #[derive(Debug, Default)]
 pub struct WriterOutcome {
     pub counts: TableCounts,
@@ -68,21 +67,6 @@ pub struct WriterOutcome {
     pub input_bytes: u64,
     /// Rows per patient (every patient of the cohort seen, written or kept).
     pub per_patient: BTreeMap<u64, u64>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error(transparent)]
-    Read(#[from] ReadError),
-    #[error("writing {}: {cause}", path.display())]
-    Write { path: PathBuf, cause: io::Error },
-    #[error(
-        "{}: the header has {columns} columns but none of the {rows} data rows has that many: the header does not fit the data",
-        path.display()
-    )]
-    HeaderMismatch { path: PathBuf, columns: usize, rows: u64 },
-    #[error("{0}: the reader stopped without finishing")]
-    Interrupted(String),
 }
 
 /// Where the record of the previous key went: grouped tables repeat keys, so this skips lookups.
@@ -132,7 +116,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(spec: WriterSpec) -> Result<Self, JobError> {
-        fs::create_dir_all(&spec.staging).map_err(|cause| JobError::Write { path: spec.staging.clone(), cause })?;
+        fs::create_dir_all(&spec.staging).at(&spec.staging)?;
         let mut w = Self {
             spec,
             patients: Vec::new(),
@@ -151,7 +135,7 @@ impl Writer {
             let path = paths::staged_path(&w.spec.staging, &rel);
             let mut file = create_file(&path)?;
             let header = header_line(&w.spec.header, w.spec.index_column);
-            file.write_all(&header).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
+            file.write_all(&header).at(&path)?;
             w.outcome.files.push(rel);
             w.whole = Some((path, file));
         }
@@ -311,7 +295,7 @@ impl Writer {
         let slot = self.open_for(p)?;
         let file = &mut self.patients[p];
         let path = &file.path;
-        self.open[slot].file.write_all(&file.buf).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
+        self.open[slot].file.write_all(&file.buf).at(&path)?;
         file.buf.clear();
         Ok(())
     }
@@ -340,16 +324,10 @@ impl Writer {
         let file = {
             let pf = &mut self.patients[p];
             let file = if pf.created {
-                OpenOptions::new()
-                    .append(true)
-                    .open(&pf.path)
-                    .map_err(|cause| JobError::Write { path: pf.path.clone(), cause })?
+                OpenOptions::new().append(true).open(&pf.path).at(&pf.path)?
             } else {
-                let mut f = create_file(&pf.path)?
-                    .into_inner()
-                    .map_err(|e| JobError::Write { path: pf.path.clone(), cause: e.into_error() })?;
-                f.write_all(&header_line(&self.spec.header, self.spec.index_column))
-                    .map_err(|cause| JobError::Write { path: pf.path.clone(), cause })?;
+                let mut f = create_file(&pf.path)?.into_inner().map_err(|e| e.into_error()).at(&pf.path)?;
+                f.write_all(&header_line(&self.spec.header, self.spec.index_column)).at(&pf.path)?;
                 pf.created = true;
                 f
             };
@@ -374,7 +352,7 @@ impl Writer {
         if let Some((path, file)) = &mut self.whole {
             self.line.clear();
             push_line(&mut self.line, self.spec.index_column, row, raw);
-            file.write_all(&self.line).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
+            file.write_all(&self.line).at(&path)?;
         }
         Ok(())
     }
@@ -387,8 +365,7 @@ impl Writer {
             let rel = paths::rejects_path(&self.spec.table);
             let path = paths::staged_path(&self.spec.staging, &rel);
             let mut file = create_file(&path)?;
-            file.write_all(b"source_file,line,row,reason,record\n")
-                .map_err(|cause| JobError::Write { path: path.clone(), cause })?;
+            file.write_all(b"source_file,line,row,reason,record\n").at(&path)?;
             self.outcome.files.push(rel);
             self.rejects = Some((path, file));
         }
@@ -404,7 +381,7 @@ impl Writer {
         write_field(&mut self.line, raw);
         self.line.push(b'\n');
         if let Some((path, file)) = &mut self.rejects {
-            file.write_all(&self.line).map_err(|cause| JobError::Write { path: path.clone(), cause })?;
+            file.write_all(&self.line).at(&path)?;
         }
         Ok(())
     }
@@ -419,16 +396,15 @@ impl Writer {
             self.outcome.per_patient.insert(p.subject.get(), p.rows);
         }
         for (path, file) in [self.whole.take(), self.rejects.take()].into_iter().flatten() {
-            file.into_inner().map_err(|e| JobError::Write { path: path.clone(), cause: e.into_error() })?;
+            file.into_inner().map_err(|e| e.into_error()).at(&path)?;
         }
         self.outcome.files.sort();
         Ok(self.outcome)
     }
 }
 
-
 fn create_file(path: &Path) -> Result<BufWriter<File>, JobError> {
-    let file = File::create(path).map_err(|cause| JobError::Write { path: path.to_path_buf(), cause })?;
+    let file = File::create(path).at(path)?;
     Ok(BufWriter::with_capacity(256 << 10, file))
 }
 

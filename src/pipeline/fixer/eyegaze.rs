@@ -7,8 +7,8 @@ use crate::config::Profile;
 use crate::csvscan::Span;
 use crate::ids::DicomId;
 use crate::pipeline::batch::{Batch, Defect, ReadMsg};
+use crate::pipeline::error::JobError;
 use crate::pipeline::reader::TableReader;
-use crate::pipeline::writer::JobError;
 
 /// What happens to the rows of one short id.
 #[derive(Debug, Clone, PartialEq, Eq)]

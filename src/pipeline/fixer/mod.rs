@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Profile;
 use crate::pipeline::batch::ReadMsg;
-use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
-use crate::pipeline::reader::Rejects;
 use crate::pipeline::counts::TableCounts;
-use crate::pipeline::writer::{JobError, Route};
-use crate::pipeline::{publish, write_derived, BuildContext, DerivedTable};
+use crate::pipeline::error::JobError;
+use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
 use crate::pipeline::paths;
+use crate::pipeline::reader::Rejects;
+use crate::pipeline::writer::Route;
+use crate::pipeline::{publish, write_derived, BuildContext, DerivedTable};
 
 /// A streaming fix, chosen per table.
 #[derive(Debug, Clone)]

@@ -295,7 +295,7 @@ impl Writer {
         let slot = self.open_for(p)?;
         let file = &mut self.patients[p];
         let path = &file.path;
-        self.open[slot].file.write_all(&file.buf).at(&path)?;
+        self.open[slot].file.write_all(&file.buf).at(path)?;
         file.buf.clear();
         Ok(())
     }
@@ -352,7 +352,7 @@ impl Writer {
         if let Some((path, file)) = &mut self.whole {
             self.line.clear();
             push_line(&mut self.line, self.spec.index_column, row, raw);
-            file.write_all(&self.line).at(&path)?;
+            file.write_all(&self.line).at(path)?;
         }
         Ok(())
     }
@@ -381,7 +381,7 @@ impl Writer {
         write_field(&mut self.line, raw);
         self.line.push(b'\n');
         if let Some((path, file)) = &mut self.rejects {
-            file.write_all(&self.line).at(&path)?;
+            file.write_all(&self.line).at(path)?;
         }
         Ok(())
     }

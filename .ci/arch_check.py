@@ -49,6 +49,8 @@ def imports(text, module):
     fewest leading parts that can name the module meant."""
     deps = set()
     parts = module.split("::") if module else []
+    # Comments (doc links included) are not dependencies.
+    text = re.sub(r"//[^\n]*", "", text)
     for m in re.finditer(r"\b(crate|super)::([\w:]+)", text):
         if m.group(1) == "crate":
             path = m.group(2).split("::")

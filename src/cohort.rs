@@ -3,12 +3,12 @@
 //! each: one folder per patient, chest X-rays linked to ED stays, images and reports beside the
 //! clinical tables.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use crate::ids::SubjectId;
+use crate::ids::{DicomId, IdBuildHasher, SubjectId};
 
 /// The cohort rule, as written in the config (`cohort = "…"`) or given with `--cohort`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -121,6 +121,91 @@ impl CohortRule {
     }
 }
 
+/// Who is in the dataset, and which patient each image belongs to.
+#[derive(Debug, Default, Clone)]
+pub struct Cohort {
+    subjects: HashSet<SubjectId, IdBuildHasher>,
+    /// A bit per hash slot of the members: every row of a big table asks "is this subject in
+    /// the cohort?", and for the ~99% that are not one test of this L1-resident bitmap says no
+    /// (a set lookup per row was the writer's hottest code on shuffled tables).
+    filter: Vec<u64>,
+    /// log2 of the filter's bits: it grows with the cohort (about 64 bits a member).
+    filter_bits: u32,
+    pub(crate) dicom_subject: HashMap<DicomId, SubjectId>,
+}
+
+/// 2^18 bits (32 KiB): about 1% false hits for 3,000 members.
+const MIN_FILTER_BITS: u32 = 18;
+/// 2^24 bits (2 MiB): past a quarter of a million members the set decides anyway.
+const MAX_FILTER_BITS: u32 = 24;
+
+impl Cohort {
+    pub fn from_subjects(subjects: impl IntoIterator<Item = SubjectId>) -> Self {
+        let mut cohort = Self::default();
+        subjects.into_iter().for_each(|s| cohort.insert(s));
+        cohort
+    }
+
+    pub fn insert(&mut self, s: SubjectId) {
+        self.subjects.insert(s);
+        let wanted = (self.subjects.len() as u64 * 64).next_power_of_two().trailing_zeros();
+        let wanted = wanted.clamp(MIN_FILTER_BITS, MAX_FILTER_BITS);
+        if self.filter.is_empty() || wanted > self.filter_bits {
+            self.rebuild_filter(wanted);
+        } else {
+            self.mark(s);
+        }
+    }
+
+    fn rebuild_filter(&mut self, bits: u32) {
+        self.filter_bits = bits;
+        self.filter = vec![0; 1 << (bits - 6)];
+        let members: Vec<SubjectId> = self.subjects.iter().copied().collect();
+        members.into_iter().for_each(|m| self.mark(m));
+    }
+
+    fn slot(&self, s: SubjectId) -> usize {
+        (s.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - self.filter_bits)) as usize
+    }
+
+    fn mark(&mut self, s: SubjectId) {
+        let slot = self.slot(s);
+        self.filter[slot >> 6] |= 1 << (slot & 63);
+    }
+
+    #[inline]
+    pub fn contains(&self, s: SubjectId) -> bool {
+        if self.filter.is_empty() {
+            return false;
+        }
+        let slot = self.slot(s);
+        match self.filter.get(slot >> 6) {
+            Some(word) if word & (1 << (slot & 63)) != 0 => self.subjects.contains(&s),
+            _ => false,
+        }
+    }
+
+    pub fn subject_of_dicom(&self, d: &DicomId) -> Option<SubjectId> {
+        self.dicom_subject.get(d).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.subjects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+
+    pub fn subjects(&self) -> impl Iterator<Item = SubjectId> + '_ {
+        self.subjects.iter().copied()
+    }
+
+    pub fn dicoms(&self) -> impl Iterator<Item = (&DicomId, SubjectId)> + '_ {
+        self.dicom_subject.iter().map(|(d, s)| (d, *s))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +229,27 @@ mod tests {
         std::fs::write(&path, "10000032\n1000x\n").unwrap();
         let err = read_subjects(&path).unwrap_err().to_string();
         assert!(err.contains("line 2 is not a subject_id (5 bytes)"), "{err}");
+    }
+
+    #[test]
+    fn cohort_membership_is_exact_behind_its_filter() {
+        let sid = |v: u64| SubjectId::parse(v.to_string().as_bytes()).unwrap();
+        let members: Vec<u64> = (0..3000u64).map(|i| 10_000_000 + i * 3331).collect();
+        let cohort = Cohort::from_subjects(members.iter().map(|&v| sid(v)));
+        assert!(members.iter().all(|&v| cohort.contains(sid(v))));
+        let set: std::collections::HashSet<u64> = members.iter().copied().collect();
+        let outsiders = (10_000_000..20_000_000u64).step_by(7).filter(|v| !set.contains(v));
+        assert_eq!(outsiders.filter(|&v| cohort.contains(sid(v))).count(), 0);
+        assert!(!Cohort::default().contains(sid(10_000_000)));
+    }
+
+    #[test]
+    fn the_filter_grows_with_a_large_cohort_and_stays_exact() {
+        let sid = |v: u64| SubjectId::parse(v.to_string().as_bytes()).unwrap();
+        let members: Vec<u64> = (0..65_000u64).map(|i| 10_000_000 + i * 97).collect();
+        let cohort = Cohort::from_subjects(members.iter().map(|&v| sid(v)));
+        assert!(cohort.filter_bits > MIN_FILTER_BITS);
+        assert!(members.iter().all(|&v| cohort.contains(sid(v))));
+        assert!(!(10_000_001..10_100_000u64).filter(|v| (v - 10_000_000) % 97 != 0).any(|v| cohort.contains(sid(v))));
     }
 }

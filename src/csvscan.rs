@@ -390,6 +390,18 @@ pub fn write_field(out: &mut Vec<u8>, value: &[u8]) {
     out.push(b'"');
 }
 
+/// Re-encodes decoded fields as one CSV record (quoting only where needed).
+pub fn encode_record(fields: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_field(&mut out, f);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -197,14 +197,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Past a file size limit, writes must fail with EFBIG (a clean table failure) instead of the
-    // default SIGXFSZ killing the process mid-publish.
-    // SAFETY: setting a signal's disposition to "ignore" before any thread starts.
-    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    // The output is credentialed patient data: whatever the caller's umask, what the build
-    // creates is readable by owner and group only (files 0640, folders 0750).
-    // SAFETY: umask only sets the process's file-creation mask.
-    unsafe { libc::umask(mimic_eye::pipeline::publish::UMASK) };
+    mimic_eye::sys::init_process();
     let cli = Cli::parse();
     // Build, synth and demo print their result; their logs stay at warnings unless asked.
     let default_log = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
@@ -353,7 +346,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             )?;
             let _lock = pipeline::publish::lock_output(&config.output)?;
             let started = std::time::Instant::now();
-            let cohort = mimic_eye::pipeline::linker::Cohort::from_subjects(subjects);
+            let cohort = mimic_eye::cohort::Cohort::from_subjects(subjects);
             let outcome = runtime()?.block_on(pipeline::split_one(config, table, cohort))?;
             let secs = started.elapsed().as_secs_f64();
             let c = outcome.counts;

@@ -156,8 +156,7 @@ impl TableMetrics {
 pub fn sample_process() {
     if let Ok(s) = std::fs::read_to_string("/proc/self/statm") {
         if let Some(rss_pages) = s.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()) {
-            // SAFETY: sysconf has no preconditions.
-            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+            let page = crate::sys::page_size_and_clock_ticks().0 as f64;
             gauge!(RESIDENT_MEMORY).set(rss_pages * page);
         }
     }
@@ -168,8 +167,7 @@ pub fn sample_process() {
             if let (Some(u), Some(st)) =
                 (f.get(11).and_then(|v| v.parse::<u64>().ok()), f.get(12).and_then(|v| v.parse::<u64>().ok()))
             {
-                // SAFETY: sysconf has no preconditions.
-                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+                let hz = crate::sys::page_size_and_clock_ticks().1;
                 counter!(CPU_SECONDS).absolute((u + st) / hz);
             }
         }

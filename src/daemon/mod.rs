@@ -102,6 +102,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
             };
             gauge!(telemetry::BUILD_RUNNING).set(0.0);
             record(kind, started.elapsed(), &result);
+            crate::sys::release_free_memory();
             if let Ok(summary) = &result {
                 // From now on, watch exactly what this build read.
                 watch.set_folders(summary.read_folders.clone());

@@ -125,3 +125,64 @@ pub struct ReadStats {
     pub rows: u64,
     pub input_bytes: u64,
 }
+
+/// A small table's malformed records: the first [`Rejects::KEPT`] verbatim (for the rejects
+/// file), the rest only counted, so a table of millions of broken rows costs no memory.
+#[derive(Debug, Clone, Default)]
+pub struct Rejects {
+    pub kept: Vec<(Record, Vec<u8>)>,
+    pub not_kept: u64,
+}
+
+impl Rejects {
+    pub const KEPT: usize = 1000;
+
+    pub(crate) fn push(&mut self, record: Record, raw: &[u8]) {
+        if self.kept.len() < Self::KEPT {
+            self.kept.push((record, raw.to_vec()));
+        } else {
+            self.not_kept += 1;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.kept.len() as u64 + self.not_kept
+    }
+
+    pub fn extend(&mut self, other: &Rejects) {
+        self.kept.extend(other.kept.iter().cloned());
+        self.not_kept += other.not_kept;
+    }
+}
+
+/// Builds a batch from in-memory rows so derived tables go through the same writer.
+/// Each row is (where it came from, record bytes, key value).
+pub fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>) -> Batch {
+    let mut batch = Batch::default();
+    for (Origin { row, line }, record, key) in rows {
+        let start = batch.data.len() as u32;
+        batch.data.extend_from_slice(&record);
+        let end = batch.data.len() as u32;
+        batch.data.extend_from_slice(key);
+        let key_end = batch.data.len() as u32;
+        batch.records.push(Record {
+            span: Span { start, end },
+            key: Span { start: end, end: key_end },
+            row,
+            line,
+            defect: None,
+        });
+    }
+    batch
+}
+
+/// Appends records a small-table read rejected, so the writer keeps and counts them (those
+/// only counted are added to the counts by `write_derived`).
+pub fn append_rejects(batch: &mut Batch, rejects: &Rejects) {
+    for (record, raw) in &rejects.kept {
+        let start = batch.data.len() as u32;
+        batch.data.extend_from_slice(raw);
+        let end = batch.data.len() as u32;
+        batch.records.push(Record { span: Span { start, end }, key: Span { start: end, end }, ..*record });
+    }
+}

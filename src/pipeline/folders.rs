@@ -357,15 +357,10 @@ fn is_unsupported(e: &io::Error) -> bool {
 /// A copy-on-write clone of `src` at a new `dest` (`ioctl(FICLONE)`), mode 0640, recorded like a
 /// copy. The clone is read once to record its SHA-256 (and to check it when listed).
 fn reflink(src: &Path, dest: &Path, expected: Option<&crate::sums::Expected>) -> io::Result<CopyRecord> {
-    use std::os::fd::AsRawFd;
     let input = fs::File::open(src)?;
     let mut record = CopyRecord::identity(&input.metadata()?);
     let output = fs::File::create(dest)?;
-    // SAFETY: FICLONE reads two descriptors we own, both open for the call.
-    let rc = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    crate::sys::clone_file(&output, &input)?;
     drop(output);
     publish::set_output_mode(dest)?;
     let digest = crate::sums::hash_file(dest)?;

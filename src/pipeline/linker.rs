@@ -6,71 +6,14 @@ use std::path::Path;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime, NaiveTime};
 
-use crate::cohort::CohortRule;
+use crate::cohort::{Cohort, CohortRule};
 use crate::config::Profile;
-use crate::csvscan::{write_field, Span};
-use crate::ids::{DicomId, IdBuildHasher, StayId, SubjectId};
-use crate::pipeline::batch::{Batch, Origin, Record};
+use crate::ids::{DicomId, StayId, SubjectId};
+use crate::pipeline::batch::Origin;
 use crate::pipeline::error::ReadError;
 use crate::pipeline::reader::{Header, SmallTable};
+use crate::pyfmt::python_float_repr;
 use crate::source::Sha256Check;
-
-/// Who is in the dataset, and which patient each image belongs to.
-#[derive(Debug, Default, Clone)]
-pub struct Cohort {
-    subjects: HashSet<SubjectId, IdBuildHasher>,
-    /// A bit per hash slot of the members: every row of a big table asks "is this subject in
-    /// the cohort?", and for the ~99% that are not one test of this L1-resident bitmap says no
-    /// (a set lookup per row was the writer's hottest code on shuffled tables).
-    filter: Vec<u64>,
-    dicom_subject: HashMap<DicomId, SubjectId>,
-}
-
-/// 2^18 bits (32 KiB): about 1% false hits for 3,000 members.
-const FILTER_BITS: u32 = 18;
-
-fn filter_slot(s: SubjectId) -> usize {
-    (s.get().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FILTER_BITS)) as usize
-}
-
-impl Cohort {
-    pub fn from_subjects(subjects: impl IntoIterator<Item = SubjectId>) -> Self {
-        let mut cohort = Self::default();
-        subjects.into_iter().for_each(|s| cohort.insert(s));
-        cohort
-    }
-    pub fn insert(&mut self, s: SubjectId) {
-        if self.filter.is_empty() {
-            self.filter = vec![0; 1 << (FILTER_BITS - 6)];
-        }
-        let slot = filter_slot(s);
-        self.filter[slot >> 6] |= 1 << (slot & 63);
-        self.subjects.insert(s);
-    }
-    #[inline]
-    pub fn contains(&self, s: SubjectId) -> bool {
-        let slot = filter_slot(s);
-        match self.filter.get(slot >> 6) {
-            Some(word) if word & (1 << (slot & 63)) != 0 => self.subjects.contains(&s),
-            _ => false,
-        }
-    }
-    pub fn subject_of_dicom(&self, d: &DicomId) -> Option<SubjectId> {
-        self.dicom_subject.get(d).copied()
-    }
-    pub fn len(&self) -> usize {
-        self.subjects.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.subjects.is_empty()
-    }
-    pub fn subjects(&self) -> impl Iterator<Item = SubjectId> + '_ {
-        self.subjects.iter().copied()
-    }
-    pub fn dicoms(&self) -> impl Iterator<Item = (&DicomId, SubjectId)> + '_ {
-        self.dicom_subject.iter().map(|(d, s)| (d, *s))
-    }
-}
 
 /// One ED stay of a subject; `None` times are open-ended.
 #[derive(Debug, Clone, Copy)]
@@ -124,7 +67,7 @@ pub struct Links {
     pub reflacx_subjects: BTreeSet<SubjectId>,
     pub warnings: Vec<LinkReject>,
     /// Records of the CXR metadata that could not be read (wrong field count…).
-    pub cxr_rejects: crate::pipeline::reader::Rejects,
+    pub cxr_rejects: crate::pipeline::batch::Rejects,
     pub cxr_source: std::path::PathBuf,
 }
 
@@ -336,19 +279,6 @@ pub fn release_study_datetime(date: &[u8], time: &[u8]) -> String {
     }
 }
 
-/// Python's `repr(float)` for the values this program writes: shortest round-trip, `.0` kept.
-pub fn python_float_repr(v: f64) -> String {
-    if v.is_nan() {
-        return "nan".into();
-    }
-    let s = format!("{v}");
-    if s.contains('.') || s.contains('e') || s.contains("inf") {
-        s
-    } else {
-        format!("{s}.0")
-    }
-}
-
 /// SPEC §3.5: exactly one stay with `intime < t < outtime`; else, with a window, the one nearest.
 pub fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<StayId> {
     let strict: Vec<&Stay> =
@@ -386,50 +316,6 @@ pub fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<S
         None
     } else {
         best.map(|(_, id)| id)
-    }
-}
-
-/// Re-encodes decoded fields as one CSV record (quoting only where needed).
-pub fn raw_record(fields: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_field(&mut out, f);
-    }
-    out
-}
-
-/// Builds a batch from in-memory rows so derived tables go through the same writer.
-/// Each row is (where it came from, record bytes, key value).
-pub fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>) -> Batch {
-    let mut batch = Batch::default();
-    for (Origin { row, line }, record, key) in rows {
-        let start = batch.data.len() as u32;
-        batch.data.extend_from_slice(&record);
-        let end = batch.data.len() as u32;
-        batch.data.extend_from_slice(key);
-        let key_end = batch.data.len() as u32;
-        batch.records.push(Record {
-            span: Span { start, end },
-            key: Span { start: end, end: key_end },
-            row,
-            line,
-            defect: None,
-        });
-    }
-    batch
-}
-
-/// Appends records a small-table read rejected, so the writer keeps and counts them (those
-/// only counted are added to the counts by `write_derived`).
-pub fn append_rejects(batch: &mut Batch, rejects: &crate::pipeline::reader::Rejects) {
-    for (record, raw) in &rejects.kept {
-        let start = batch.data.len() as u32;
-        batch.data.extend_from_slice(raw);
-        let end = batch.data.len() as u32;
-        batch.records.push(Record { span: Span { start, end }, key: Span { start: end, end }, ..*record });
     }
 }
 
@@ -496,18 +382,6 @@ pub fn load_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cohort_membership_is_exact_behind_its_filter() {
-        let sid = |v: u64| SubjectId::parse(v.to_string().as_bytes()).unwrap();
-        let members: Vec<u64> = (0..3000u64).map(|i| 10_000_000 + i * 3331).collect();
-        let cohort = Cohort::from_subjects(members.iter().map(|&v| sid(v)));
-        assert!(members.iter().all(|&v| cohort.contains(sid(v))));
-        let set: HashSet<u64> = members.iter().copied().collect();
-        let outsiders = (10_000_000..20_000_000u64).step_by(7).filter(|v| !set.contains(v));
-        assert_eq!(outsiders.filter(|&v| cohort.contains(sid(v))).count(), 0);
-        assert!(!Cohort::default().contains(sid(10_000_000)));
-    }
 
     fn t(s: &str) -> NaiveDateTime {
         NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()

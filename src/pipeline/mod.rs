@@ -27,12 +27,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::cohort::Cohort;
 use crate::config::{Config, Profile};
 use crate::input::{self, Module};
 use crate::progress::Progress;
+use batch::batch_of;
 use batch::ReadMsg;
 use fixer::Fix;
-use linker::{batch_of, Cohort, Links};
+use linker::Links;
 
 use counts::TableCounts;
 use error::{At, JobError};
@@ -465,7 +467,7 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
         })
         .collect();
     let mut all = batch_of(rows.iter().map(|(origin, rec, key, _)| (*origin, rec.clone(), key.as_bytes())));
-    linker::append_rejects(&mut all, &links.cxr_rejects);
+    crate::pipeline::batch::append_rejects(&mut all, &links.cxr_rejects);
     let linked =
         batch_of(rows.iter().filter(|r| r.3).map(|(origin, rec, key, _)| (*origin, rec.clone(), key.as_bytes())));
     let meta = write_derived(
@@ -499,20 +501,17 @@ fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobE
 
 /// Raises the soft open-file limit to the hard one; returns how many output files to keep open.
 pub fn raise_open_file_limit() -> usize {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let mut raised = lim;
-            raised.rlim_cur = lim.rlim_max.min(1 << 20);
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
+    let limit = crate::sys::raise_open_file_limit() as usize;
     // Leave room for inputs, sockets and the other jobs running at once.
-    ((lim.rlim_cur as usize).saturating_sub(64) / 4).clamp(16, 4096)
+    (limit.saturating_sub(OPEN_FILES_RESERVED) / OPEN_FILES_SHARES).clamp(16, MAX_OPEN_OUTPUT_FILES)
 }
+
+/// Descriptors kept for inputs, sockets and the state folder.
+const OPEN_FILES_RESERVED: usize = 64;
+/// The table jobs and their readers share the rest.
+const OPEN_FILES_SHARES: usize = 4;
+/// More open output files than this buys nothing (the LRU already hits).
+const MAX_OPEN_OUTPUT_FILES: usize = 4096;
 
 /// How a build runs (the daemon sets these; a one-shot build uses the defaults).
 #[derive(Debug, Clone, Default)]

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeSet;
 
+use crate::cohort::Cohort;
 use crate::config::Config;
 use crate::fingerprint::Fnv;
 use crate::ids::SubjectId;
-use crate::pipeline::linker::Cohort;
 use crate::pipeline::publish::Manifest;
 
 /// What a table job does this build.

@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
 
-/// The process's file-creation mask: files 0640, folders 0750.
-pub const UMASK: libc::mode_t = 0o027;
 /// The mode of every file the build creates, also where the creating call ignores the umask
 /// (temporary files are 0600, copies take their source's mode).
 pub const FILE_MODE: u32 = 0o640;
@@ -181,9 +179,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 fn sync_fs(dir: &Path) {
     // One syncfs makes every staged file durable at once, instead of an fsync per file.
     if let Ok(f) = fs::File::open(dir) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: syncfs only reads the descriptor, which stays open for the call.
-        unsafe { libc::syncfs(f.as_raw_fd()) };
+        crate::sys::syncfs(&f);
     }
 }
 
@@ -303,7 +299,6 @@ pub struct OutputLock {
 
 /// Takes the output's lock, or fails at once if another mimic-eye holds it.
 pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
-    use std::os::fd::AsRawFd;
     let named = |what: &str, path: &Path| {
         let path = path.to_path_buf();
         let what = what.to_string();
@@ -313,9 +308,7 @@ pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
     let path = state_dir(output).join("lock");
     let file =
         fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(named("opening", &path))?;
-    // SAFETY: flock on a descriptor we own; the lock is released when the file is closed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    if !crate::sys::try_lock_exclusive(&file) {
         return Err(io::Error::new(
             io::ErrorKind::WouldBlock,
             format!("{} is locked: another mimic-eye is using this output", path.display()),

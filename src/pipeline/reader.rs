@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
-use crate::pipeline::batch::{Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record};
+use crate::pipeline::batch::{Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record, Rejects};
 use crate::pipeline::error::{ReadError, ReadErrorKind};
 use crate::source::{Sha256Check, Source, CHUNK};
 
@@ -282,35 +282,6 @@ pub struct SmallTable {
     pub rows: Vec<SmallRow>,
     /// Records with a defect (wrong field count, unterminated quote).
     pub rejects: Rejects,
-}
-
-/// A small table's malformed records: the first [`Rejects::KEPT`] verbatim (for the rejects
-/// file), the rest only counted, so a table of millions of broken rows costs no memory.
-#[derive(Debug, Clone, Default)]
-pub struct Rejects {
-    pub kept: Vec<(Record, Vec<u8>)>,
-    pub not_kept: u64,
-}
-
-impl Rejects {
-    pub const KEPT: usize = 1000;
-
-    fn push(&mut self, record: Record, raw: &[u8]) {
-        if self.kept.len() < Self::KEPT {
-            self.kept.push((record, raw.to_vec()));
-        } else {
-            self.not_kept += 1;
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.kept.len() as u64 + self.not_kept
-    }
-
-    pub fn extend(&mut self, other: &Rejects) {
-        self.kept.extend(other.kept.iter().cloned());
-        self.not_kept += other.not_kept;
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -12,12 +12,12 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::cohort::Cohort;
 use crate::csvscan::write_field;
 use crate::ids::{DicomId, IdBuildHasher, SubjectId};
 use crate::pipeline::batch::{Batch, BatchPool, ReadMsg, Record};
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError};
-use crate::pipeline::linker::Cohort;
 use crate::pipeline::paths;
 use crate::telemetry;
 

@@ -10,14 +10,17 @@ pub mod reflacx;
 use std::path::{Path, PathBuf};
 
 use crate::config::Profile;
+use crate::csvscan::encode_record;
 use crate::pipeline::batch::ReadMsg;
+use crate::pipeline::batch::Rejects;
+use crate::pipeline::batch::{append_rejects, batch_of};
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::JobError;
-use crate::pipeline::linker::{append_rejects, batch_of, python_float_repr, raw_record, Links};
+use crate::pipeline::linker::Links;
 use crate::pipeline::paths;
-use crate::pipeline::reader::Rejects;
 use crate::pipeline::writer::Route;
 use crate::pipeline::{publish, write_derived, BuildContext, DerivedTable};
+use crate::pyfmt::python_float_repr;
 
 /// A streaming fix, chosen per table.
 #[derive(Debug, Clone)]
@@ -178,7 +181,7 @@ fn write_columns(
 ) -> Result<TableCounts, JobError> {
     let k = table.names.iter().position(|n| n.eq_ignore_ascii_case(key));
     let names: Vec<Vec<u8>> = table.names.iter().map(|n| n.as_bytes().to_vec()).collect();
-    let header = raw_record(&names);
+    let header = encode_record(&names);
     let keys: Vec<Vec<u8>> = table.rows.iter().map(|r| k.map(|k| field(r, k).to_vec()).unwrap_or_default()).collect();
     let mut batch = batch_of(
         table
@@ -186,7 +189,7 @@ fn write_columns(
             .iter()
             .zip(&table.origins)
             .zip(&keys)
-            .map(|((r, origin), key)| (*origin, raw_record(r), key.as_slice())),
+            .map(|((r, origin), key)| (*origin, encode_record(r), key.as_slice())),
     );
     append_rejects(&mut batch, rejects);
     write_derived(ctx, DerivedTable { rejects_not_kept: rejects.not_kept, ..target }, header, batch)

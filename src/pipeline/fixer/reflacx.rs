@@ -111,7 +111,7 @@ pub fn encode(table: &Columns, crlf: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let names: Vec<Vec<u8>> = table.names.iter().map(|n| n.as_bytes().to_vec()).collect();
     for row in std::iter::once(&names).chain(table.rows.iter()) {
-        out.extend_from_slice(&crate::pipeline::linker::raw_record(row));
+        out.extend_from_slice(&crate::csvscan::encode_record(row));
         out.extend_from_slice(eol);
     }
     out

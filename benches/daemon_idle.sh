@@ -24,6 +24,21 @@ if [ ! -f "$work/in/synth-planted.json" ]; then
   sync
 fi
 input="$work/in/physionet.org/files"
+# The change below appends to admissions as a new download would, with its SHA256SUMS.txt
+# line: this brings a tree that an earlier run changed back in line with its sums.
+resum() {
+  python3 - "$1" <<'PY'
+import hashlib, os, sys
+path = sys.argv[1]
+folder = os.path.dirname(os.path.dirname(path))  # <version>/hosp/x -> <version>
+sums = os.path.join(folder, "SHA256SUMS.txt")
+rel = os.path.relpath(path, folder)
+digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+lines = [l if not l.endswith(" " + rel) else f"{digest} {rel}" for l in open(sums).read().splitlines()]
+open(sums, "w").write("\n".join(lines) + "\n")
+PY
+}
+resum "$(ls "$input"/mimiciv/*/hosp/admissions.csv*)"
 files=$(find "$work/in" -type f | wc -l)
 folders=$(find "$work/in" -type d | wc -l)
 echo "input: $files files in $folders folders"
@@ -79,6 +94,7 @@ if path.endswith(".gz"):
 else:
     open(path, "a").write(row)
 PY
+resum "$adm"
 start=$(date +%s.%N)
 until grep -q 29999999 "$work/out/patient_$sid/Hosp/admissions.csv" 2>/dev/null; do sleep 0.1; done
 applied=$(echo "$(date +%s.%N) - $start" | bc)

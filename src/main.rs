@@ -352,7 +352,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let c = outcome.counts;
             println!(
                 "{{\"rows\": {}, \"written\": {}, \"outside_cohort\": {}, \"rejected\": {}, \"input_bytes\": {}, \"seconds\": {secs:.3}, \"rows_per_second\": {:.0}, \"peak_rss_bytes\": {}, \"gzip_backend\": \"{}\"}}",
-                c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, pipeline::peak_rss_bytes(),
+                c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, mimic_eye::sys::peak_rss_bytes(),
                 mimic_eye::gzip::BACKEND
             );
             Ok(())

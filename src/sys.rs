@@ -75,3 +75,12 @@ pub fn page_size_and_clock_ticks() -> (u64, u64) {
     let (page, hz) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
     (page.max(1) as u64, hz.max(1) as u64)
 }
+
+/// The process's peak resident memory (VmHWM), for the summary and the benchmarks.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}

@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{FilesMode, Profile};
 use crate::ids::{ReflacxId, StudyId, SubjectId};
+use crate::pipeline::context::BuildContext;
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError};
 use crate::pipeline::fixer::reflacx;
 use crate::pipeline::paths;
+use crate::pipeline::publish;
 use crate::pipeline::publish::CopyRecord;
 use crate::pipeline::reader::SmallTable;
-use crate::pipeline::{publish, BuildContext};
 
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;

@@ -14,12 +14,14 @@ use crate::csvscan::encode_record;
 use crate::pipeline::batch::ReadMsg;
 use crate::pipeline::batch::Rejects;
 use crate::pipeline::batch::{append_rejects, batch_of};
+use crate::pipeline::context::BuildContext;
 use crate::pipeline::counts::TableCounts;
+use crate::pipeline::derived::{write_derived, DerivedTable};
 use crate::pipeline::error::JobError;
 use crate::pipeline::linker::Links;
 use crate::pipeline::paths;
+use crate::pipeline::publish;
 use crate::pipeline::writer::Route;
-use crate::pipeline::{publish, write_derived, BuildContext, DerivedTable};
 use crate::pyfmt::python_float_repr;
 
 /// A streaming fix, chosen per table.

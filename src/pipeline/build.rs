@@ -1,0 +1,278 @@
+//! One build: check the inputs, link the cohort, run every table job (each redoing only what
+//! changed), write the derived tables and copied folders, publish the summary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::input::{self};
+use crate::pipeline::context::{raise_open_file_limit, BuildContext};
+use crate::pipeline::counts::TableCounts;
+use crate::pipeline::derived::write_cxr_meta;
+use crate::pipeline::error::JobError;
+use crate::pipeline::fixer::{self};
+use crate::pipeline::folders;
+use crate::pipeline::jobs::plan_jobs;
+use crate::pipeline::linker::{self, Links};
+use crate::pipeline::paths;
+use crate::pipeline::publish::{self};
+use crate::pipeline::shrink;
+use crate::pipeline::summary::{CohortSummary, SourceCounts, Summary};
+use crate::pipeline::table_job::run_table_job;
+use crate::pipeline::vanished;
+use crate::progress::Progress;
+
+/// How a build runs (the daemon sets these; a one-shot build uses the defaults).
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub cancel: Arc<AtomicBool>,
+    /// Rewrite everything, ignoring what earlier builds recorded.
+    pub force_full: bool,
+    /// Input files that are not complete yet (still being written): their tables keep their
+    /// previous output this time.
+    pub unstable: std::collections::HashSet<PathBuf>,
+    /// Accept linker tables that lost most of their rows since the last build.
+    pub accept_shrink: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the build was cancelled")]
+pub struct Cancelled;
+
+/// A table that decides the cohort is still being written: the build waits for it (the daemon
+/// counts this as pending, not as a failure).
+#[derive(Debug, thiserror::Error)]
+#[error("{} is still being written; the build waits for it", .0.display())]
+pub struct Pending(pub PathBuf);
+
+/// The derived jobs whose content depends on the stay links.
+const STAY_LINKED_JOBS: [&str; 3] = ["cxr_meta", "cxr_meta_with_stay_id_only", "egd-cxr/master_sheet"];
+
+/// (stays, linked images) of the last build's summary, kept while edstays is being written.
+fn previous_stay_counts(output: &Path) -> Option<(usize, usize)> {
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(output.join("summary.json")).ok()?).ok()?;
+    let n = |k: &str| summary[k].as_u64().map(|v| v as usize);
+    Some((n("stays")?, n("linked_images")?))
+}
+
+/// One build: link, every table job (each redoing only what changed), derived tables, copied
+/// folders, summary.
+pub async fn build(config: Config, progress: Progress, options: BuildOptions) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let output = config.output.clone();
+    std::fs::create_dir_all(paths::state_dir(&output))
+        .with_context(|| format!("creating output directory {}", output.display()))?;
+    let recovered = publish::recover(&output).context("recovering interrupted publishes")?;
+    if recovered > 0 {
+        tracing::info!(jobs = recovered, "finished publishes interrupted by a crash");
+    }
+    let side = input::side_inputs(&config);
+    let missing = check_inputs(&config, &side)?;
+    let integrity = crate::sums::Integrity::load(&config);
+    crate::sums::Integrity::report_newer_versions(&config);
+    // A linker table still being written: the CXR metadata, REFLACX phases and master sheet
+    // decide the cohort, so the build waits (pending, not failed); edstays only gives the stay
+    // links, so the build goes on without it and keeps the previous stay-linked outputs.
+    let unstable = |p: &PathBuf| options.unstable.contains(p);
+    let cohort_inputs = side.cxr_metadata.iter().chain(&side.reflacx_phases).chain(&side.master_sheet);
+    if let Some(p) = cohort_inputs.into_iter().find(|p| unstable(p)) {
+        return Err(Pending(p.clone()).into());
+    }
+    let stays_pending = side.edstays.clone().filter(unstable);
+    let mut pending = Vec::new();
+    if stays_pending.is_some() {
+        tracing::info!("edstays is still being written: stay links and their outputs keep their previous state");
+        pending.push("mimic-iv-ed/edstays".to_string());
+    }
+
+    let links = {
+        let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(&integrity));
+        let edstays = if stays_pending.is_some() { None } else { side.edstays.clone() };
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
+            let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
+            let inputs = linker::load_inputs(
+                side.cxr_metadata.as_deref(),
+                edstays.as_deref(),
+                &side.reflacx_phases,
+                side.master_sheet.as_deref(),
+                &|p| integrity.table_check(p),
+                &rule,
+            )?;
+            Ok((linker::link(&inputs, cfg.profile, cfg.window_days, &rule)?, inputs))
+        })
+        .await??
+    };
+    let (links, inputs) = links;
+    let mut linker_rows = shrink::LinkerRows::of(&inputs);
+    if let Some(edstays) = &stays_pending {
+        linker_rows.carry(&output, edstays);
+    }
+    if !options.accept_shrink {
+        linker_rows.check(&output)?;
+    }
+    linker_rows.record(&output).with_context(|| format!("recording linker rows in {}", output.display()))?;
+    let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
+    tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");
+
+    let ctx = Arc::new(BuildContext {
+        cohort: Arc::new(links.cohort.clone()),
+        links: Arc::new(links),
+        config: config.clone(),
+        progress,
+        max_open_files: raise_open_file_limit(),
+        cancel: Arc::clone(&options.cancel),
+        force_full: options.force_full,
+        reflacx_phases: reflacx_metadata,
+        master_sheet,
+        integrity: Arc::clone(&integrity),
+    });
+
+    let mut tables = BTreeMap::new();
+    let mut failed = BTreeMap::new();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
+    let mut set = tokio::task::JoinSet::new();
+    let jobs = plan_jobs(&config, &side);
+    let planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
+    let removed_tables = vanished::remove_vanished(&config, &planned)
+        .with_context(|| format!("removing the outputs of tables gone from the input in {}", output.display()))?;
+    for job in jobs {
+        if options.unstable.contains(&job.path) {
+            tracing::info!(table = %job.key, "input still being written: previous output kept");
+            if let Some(m) = publish::load_manifest(&output, &job.key) {
+                tables.insert(job.key.clone(), m.counts);
+            }
+            pending.push(job.key);
+            continue;
+        }
+        let (ctx, sem) = (Arc::clone(&ctx), Arc::clone(&semaphore));
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let key = job.key.clone();
+            (key, run_table_job(ctx, job).await)
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok((key, Ok(outcome))) => {
+                tables.insert(key, outcome.counts);
+            }
+            Ok((key, Err(e))) => {
+                let error = crate::telemetry::bounded_text(&e.to_string());
+                tracing::error!(table = %key, error, "table failed; its previous output is kept");
+                // What it staged is never published: free the space now.
+                let _ = std::fs::remove_dir_all(paths::staging_dir(&output, &key));
+                failed.insert(key, error);
+            }
+            Err(e) => {
+                failed.insert("internal".into(), crate::telemetry::bounded_text(&e.to_string()));
+            }
+        }
+    }
+
+    if options.cancel.load(Ordering::Relaxed) {
+        return Err(Cancelled.into());
+    }
+    let derived_ctx = Arc::clone(&ctx);
+    let stays_known = stays_pending.is_none();
+    let derived = tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
+        let mut v = if stays_known { write_cxr_meta(&derived_ctx)? } else { Vec::new() };
+        v.extend(fixer::write_fixed_side_tables(&derived_ctx, stays_known)?);
+        v.extend(folders::sync_all(&derived_ctx)?);
+        Ok(v)
+    })
+    .await?;
+    if !stays_known {
+        for job in STAY_LINKED_JOBS {
+            if let Some(m) = publish::load_manifest(&output, job) {
+                tables.insert(job.to_string(), m.counts);
+            }
+        }
+    }
+    match derived {
+        Ok(v) => tables.extend(v),
+        Err(e) => {
+            failed.insert("derived".into(), crate::telemetry::bounded_text(&e.to_string()));
+        }
+    }
+
+    let damaged = integrity.mismatched_files();
+    if let Some(first) = damaged.first() {
+        let error = format!("{} copied file(s): {}: {}", damaged.len(), first.display(), crate::sums::MISMATCH);
+        failed.insert("copied files".into(), crate::telemetry::bounded_text(&error));
+    }
+    let links = &ctx.links;
+    let previous = previous_stay_counts(&output);
+    let both_dicoms = links.eye_gaze_dicoms.intersection(&links.reflacx_dicoms).count();
+    let both_subjects = links.eye_gaze_subjects.intersection(&links.reflacx_subjects).count();
+    let summary = Summary {
+        profile: config.profile.as_str(),
+        cohort: CohortSummary { kind: config.cohort.name(), size: links.cohort.len() },
+        patients: links.cohort.len(),
+        stays: if stays_known { links.stays() } else { previous.map_or(0, |p| p.0) },
+        images: links.cxr_rows.len(),
+        linked_images: if stays_known { links.linked_images() } else { previous.map_or(0, |p| p.1) },
+        eye_gaze: SourceCounts { patients: links.eye_gaze_subjects.len(), images: links.eye_gaze_dicoms.len() },
+        reflacx: SourceCounts { patients: links.reflacx_subjects.len(), images: links.reflacx_dicoms.len() },
+        both: SourceCounts { patients: both_subjects, images: both_dicoms },
+        window_days: config.window_days,
+        tables,
+        failed,
+        pending,
+        missing_datasets: missing,
+        removed_tables,
+        skipped_files: input::skipped_files(&config),
+        read_folders: folders::read_folders(&ctx),
+        linker_skipped: links.warnings.clone(),
+        datasets: integrity.provenance(&config),
+        program: crate::sums::Program::this(),
+        settings: crate::sums::Settings::of(&config),
+        files: integrity.files.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        peak_rss_bytes: crate::sys::peak_rss_bytes(),
+        duration_seconds: started.elapsed().as_secs_f64(),
+    };
+    publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
+        .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
+    let sums = output.join(crate::sums::SUMS_FILE);
+    crate::pipeline::outsums::write(&output).with_context(|| format!("writing {}", sums.display()))?;
+    Ok(summary)
+}
+
+/// Hard links share their source's inode and mode: say so (once per process) when the input
+/// tree is open to other users, since the linked output files then are too.
+fn warn_if_shared_by_links(config: &Config) {
+    use std::os::unix::fs::PermissionsExt;
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let mode = std::fs::metadata(&config.input).map_or(0, |m| m.permissions().mode());
+    if config.files == crate::config::FilesMode::Hardlink && mode & 0o007 != 0 {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                input = %config.input.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the input tree is open to other users: hard-linked images, reports and readings in the output share their source's mode (use files = \"copy\" for 0640 copies)"
+            );
+        });
+    }
+}
+
+/// Fails at start-up when a required dataset is missing; names the optional ones that are.
+fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec<String>> {
+    if !config.input.is_dir() {
+        anyhow::bail!("input directory {} does not exist", config.input.display());
+    }
+    let checks = crate::inventory::checks(config, side);
+    if let Some(c) = checks.iter().find(|c| c.required && !c.present) {
+        anyhow::bail!("{} {}", c.missing, crate::inventory::INPUTS_HINT);
+    }
+    warn_if_shared_by_links(config);
+    let mut missing = Vec::new();
+    for c in checks.iter().filter(|c| !c.present) {
+        tracing::warn!(dataset = c.name, path = %c.path.display(), "dataset missing: the build goes on without it");
+        missing.push(c.name.to_string());
+    }
+    Ok(missing)
+}

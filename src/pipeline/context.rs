@@ -1,0 +1,44 @@
+//! The shared, read-only context of one build: the settings, the cohort and links, the
+//! linker's small tables, the open-file budget and the cancellation flag every actor checks.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::cohort::Cohort;
+use crate::config::Config;
+use crate::pipeline::linker::Links;
+use crate::pipeline::reader::{self};
+use crate::progress::Progress;
+
+/// Shared, read-only context of a build.
+pub struct BuildContext {
+    pub config: Config,
+    /// Set to stop the build: readers stop, nothing unfinished is published.
+    pub cancel: Arc<AtomicBool>,
+    /// Ignore manifests: rewrite everything.
+    pub force_full: bool,
+    pub cohort: Arc<Cohort>,
+    pub links: Arc<Links>,
+    pub progress: Progress,
+    pub max_open_files: usize,
+    /// The linker's REFLACX phases and EyeGaze master sheet, read once and reused by the fixer
+    /// and the folder sync.
+    pub reflacx_phases: Vec<reader::SmallTable>,
+    pub master_sheet: Option<reader::SmallTable>,
+    /// The datasets' SHA256SUMS.txt and what this build's reads and copies found.
+    pub integrity: Arc<crate::sums::Integrity>,
+}
+
+/// Raises the soft open-file limit to the hard one; returns how many output files to keep open.
+pub fn raise_open_file_limit() -> usize {
+    let limit = crate::sys::raise_open_file_limit() as usize;
+    // Leave room for inputs, sockets and the other jobs running at once.
+    (limit.saturating_sub(OPEN_FILES_RESERVED) / OPEN_FILES_SHARES).clamp(16, MAX_OPEN_OUTPUT_FILES)
+}
+
+/// Descriptors kept for inputs, sockets and the state folder.
+const OPEN_FILES_RESERVED: usize = 64;
+/// The table jobs and their readers share the rest.
+const OPEN_FILES_SHARES: usize = 4;
+/// More open output files than this buys nothing (the LRU already hits).
+const MAX_OPEN_OUTPUT_FILES: usize = 4096;

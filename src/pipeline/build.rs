@@ -17,7 +17,7 @@ use crate::pipeline::derived::write_cxr_meta;
 use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::{self};
 use crate::pipeline::folders;
-use crate::pipeline::jobs::plan_jobs;
+use crate::pipeline::jobs::discover_jobs;
 use crate::pipeline::linker::{self, Links};
 use crate::pipeline::paths;
 use crate::pipeline::publish::{self};
@@ -65,60 +65,16 @@ fn previous_stay_counts(output: &Path) -> Option<(usize, usize)> {
 pub async fn build(config: Config, progress: Progress, options: BuildOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let output = config.output.clone();
-    std::fs::create_dir_all(paths::state_dir(&output))
-        .with_context(|| format!("creating output directory {}", output.display()))?;
-    let recovered = publish::recover(&output).context("recovering interrupted publishes")?;
-    if recovered > 0 {
-        tracing::info!(jobs = recovered, "finished publishes interrupted by a crash");
-    }
+    prepare_output(&output)?;
     let side = input::side_inputs(&config);
     let missing = check_inputs(&config, &side)?;
     let integrity = crate::sums::Integrity::load(&config);
     crate::sums::Integrity::report_newer_versions(&config);
-    // A linker table still being written: the CXR metadata, REFLACX phases and master sheet
-    // decide the cohort, so the build waits (pending, not failed); edstays only gives the stay
-    // links, so the build goes on without it and keeps the previous stay-linked outputs.
-    let unstable = |p: &PathBuf| options.unstable.contains(p);
-    let cohort_inputs = side.cxr_metadata.iter().chain(&side.reflacx_phases).chain(&side.master_sheet);
-    if let Some(p) = cohort_inputs.into_iter().find(|p| unstable(p)) {
-        return Err(Pending(p.clone()).into());
-    }
-    let stays_pending = side.edstays.clone().filter(unstable);
-    let mut pending = Vec::new();
-    if stays_pending.is_some() {
-        tracing::info!("edstays is still being written: stay links and their outputs keep their previous state");
-        pending.push("mimic-iv-ed/edstays".to_string());
-    }
-
-    let links = {
-        let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(&integrity));
-        let edstays = if stays_pending.is_some() { None } else { side.edstays.clone() };
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
-            let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
-            let inputs = linker::load_inputs(
-                side.cxr_metadata.as_deref(),
-                edstays.as_deref(),
-                &side.reflacx_phases,
-                side.master_sheet.as_deref(),
-                &|p| integrity.table_check(p),
-                &rule,
-            )?;
-            Ok((linker::link(&inputs, cfg.profile, cfg.window_days, &rule)?, inputs))
-        })
-        .await??
-    };
-    let (links, inputs) = links;
-    let mut linker_rows = shrink::LinkerRows::of(&inputs);
-    if let Some(edstays) = &stays_pending {
-        linker_rows.carry(&output, edstays);
-    }
-    if !options.accept_shrink {
-        linker_rows.check(&output)?;
-    }
-    linker_rows.record(&output).with_context(|| format!("recording linker rows in {}", output.display()))?;
+    let stays_pending = linker_inputs_pending(&side, &options)?;
+    let (links, inputs) = link_cohort(&config, &side, &integrity, stays_pending.is_none()).await?;
+    check_linker_rows(&output, &inputs, stays_pending.as_deref(), options.accept_shrink)?;
     let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
     tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");
-
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(links.cohort.clone()),
         links: Arc::new(links),
@@ -131,25 +87,131 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         master_sheet,
         integrity: Arc::clone(&integrity),
     });
+    let mut report = run_table_jobs(&ctx, &side, &options).await?;
+    if stays_pending.is_some() {
+        report.pending.insert(0, "mimic-iv-ed/edstays".to_string());
+    }
+    if options.cancel.load(Ordering::Relaxed) {
+        return Err(Cancelled.into());
+    }
+    let stays_known = stays_pending.is_none();
+    write_derived_tables(&ctx, stays_known, &mut report).await?;
+    let summary = summarize(&ctx, report, missing, stays_known, started);
+    publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
+        .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
+    let sums = output.join(crate::sums::SUMS_FILE);
+    crate::pipeline::outsums::write(&output).with_context(|| format!("writing {}", sums.display()))?;
+    Ok(summary)
+}
 
-    let mut tables = BTreeMap::new();
-    let mut failed = BTreeMap::new();
+/// The output's state folder exists and interrupted publishes are finished.
+fn prepare_output(output: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(paths::state_dir(output))
+        .with_context(|| format!("creating output directory {}", output.display()))?;
+    let recovered = publish::recover(output).context("recovering interrupted publishes")?;
+    if recovered > 0 {
+        tracing::info!(jobs = recovered, "finished publishes interrupted by a crash");
+    }
+    Ok(())
+}
+
+/// A linker table still being written: the CXR metadata, REFLACX phases and master sheet
+/// decide the cohort, so the build waits (pending, not failed); edstays only gives the stay
+/// links, so the build goes on without it (returned) and keeps the previous stay-linked outputs.
+fn linker_inputs_pending(side: &input::SideInputs, options: &BuildOptions) -> anyhow::Result<Option<PathBuf>> {
+    let unstable = |p: &PathBuf| options.unstable.contains(p);
+    let cohort_inputs = side.cxr_metadata.iter().chain(&side.reflacx_phases).chain(&side.master_sheet);
+    if let Some(p) = cohort_inputs.into_iter().find(|p| unstable(p)) {
+        return Err(Pending(p.clone()).into());
+    }
+    let stays_pending = side.edstays.clone().filter(unstable);
+    if stays_pending.is_some() {
+        tracing::info!("edstays is still being written: stay links and their outputs keep their previous state");
+    }
+    Ok(stays_pending)
+}
+
+/// The linker on its blocking thread: the small tables read under the cohort rule, then linked.
+async fn link_cohort(
+    config: &Config,
+    side: &input::SideInputs,
+    integrity: &Arc<crate::sums::Integrity>,
+    with_stays: bool,
+) -> anyhow::Result<(Links, linker::LinkInputs)> {
+    let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(integrity));
+    let edstays = side.edstays.clone().filter(|_| with_stays);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
+        let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
+        let inputs = linker::load_inputs(
+            side.cxr_metadata.as_deref(),
+            edstays.as_deref(),
+            &side.reflacx_phases,
+            side.master_sheet.as_deref(),
+            &|p| integrity.table_check(p),
+            &rule,
+        )?;
+        Ok((linker::link(&inputs, cfg.profile, cfg.window_days, &rule)?, inputs))
+    })
+    .await?
+}
+
+/// The shrink guard (see [`shrink`]); an edstays being written keeps its last count.
+fn check_linker_rows(
+    output: &Path,
+    inputs: &linker::LinkInputs,
+    stays_pending: Option<&Path>,
+    accept_shrink: bool,
+) -> anyhow::Result<()> {
+    let mut rows = shrink::LinkerRows::of(inputs);
+    if let Some(edstays) = stays_pending {
+        rows.carry(output, edstays);
+    }
+    if !accept_shrink {
+        rows.check(output)?;
+    }
+    rows.record(output).with_context(|| format!("recording linker rows in {}", output.display()))
+}
+
+/// What the jobs of a build did, gathered for the summary.
+#[derive(Default)]
+struct Report {
+    tables: BTreeMap<String, TableCounts>,
+    failed: BTreeMap<String, String>,
+    pending: Vec<String>,
+    removed_tables: Vec<String>,
+}
+
+impl Report {
+    fn fail(&mut self, key: String, error: &dyn std::fmt::Display) {
+        self.failed.insert(key, crate::telemetry::bounded_text(&error.to_string()));
+    }
+}
+
+/// Every table job, `parallel_tables` at a time; a table whose input is still being written
+/// keeps its previous output and counts.
+async fn run_table_jobs(
+    ctx: &Arc<BuildContext>,
+    side: &input::SideInputs,
+    options: &BuildOptions,
+) -> anyhow::Result<Report> {
+    let (config, output) = (&ctx.config, &ctx.config.output);
+    let mut report = Report::default();
+    let jobs = discover_jobs(config, side);
+    let planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
+    report.removed_tables = vanished::remove_vanished(config, &planned)
+        .with_context(|| format!("removing the outputs of tables gone from the input in {}", output.display()))?;
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
     let mut set = tokio::task::JoinSet::new();
-    let jobs = plan_jobs(&config, &side);
-    let planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
-    let removed_tables = vanished::remove_vanished(&config, &planned)
-        .with_context(|| format!("removing the outputs of tables gone from the input in {}", output.display()))?;
     for job in jobs {
         if options.unstable.contains(&job.path) {
             tracing::info!(table = %job.key, "input still being written: previous output kept");
-            if let Some(m) = publish::load_manifest(&output, &job.key) {
-                tables.insert(job.key.clone(), m.counts);
+            if let Some(m) = publish::load_manifest(output, &job.key) {
+                report.tables.insert(job.key.clone(), m.counts);
             }
-            pending.push(job.key);
+            report.pending.push(job.key);
             continue;
         }
-        let (ctx, sem) = (Arc::clone(&ctx), Arc::clone(&semaphore));
+        let (ctx, sem) = (Arc::clone(ctx), Arc::clone(&semaphore));
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
             let key = job.key.clone();
@@ -159,26 +221,24 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     while let Some(done) = set.join_next().await {
         match done {
             Ok((key, Ok(outcome))) => {
-                tables.insert(key, outcome.counts);
+                report.tables.insert(key, outcome.counts);
             }
             Ok((key, Err(e))) => {
-                let error = crate::telemetry::bounded_text(&e.to_string());
-                tracing::error!(table = %key, error, "table failed; its previous output is kept");
+                tracing::error!(table = %key, error = %crate::telemetry::bounded_text(&e.to_string()), "table failed; its previous output is kept");
                 // What it staged is never published: free the space now.
-                let _ = std::fs::remove_dir_all(paths::staging_dir(&output, &key));
-                failed.insert(key, error);
+                let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
+                report.fail(key, &e);
             }
-            Err(e) => {
-                failed.insert("internal".into(), crate::telemetry::bounded_text(&e.to_string()));
-            }
+            Err(e) => report.fail("internal".into(), &e),
         }
     }
+    Ok(report)
+}
 
-    if options.cancel.load(Ordering::Relaxed) {
-        return Err(Cancelled.into());
-    }
-    let derived_ctx = Arc::clone(&ctx);
-    let stays_known = stays_pending.is_none();
+/// cxr_meta, the fixed side tables and the copied folders; with edstays still being written,
+/// the stay-linked ones keep their previous output and counts.
+async fn write_derived_tables(ctx: &Arc<BuildContext>, stays_known: bool, report: &mut Report) -> anyhow::Result<()> {
+    let derived_ctx = Arc::clone(ctx);
     let derived = tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
         let mut v = if stays_known { write_cxr_meta(&derived_ctx)? } else { Vec::new() };
         v.extend(fixer::write_fixed_side_tables(&derived_ctx, stays_known)?);
@@ -188,28 +248,29 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
     .await?;
     if !stays_known {
         for job in STAY_LINKED_JOBS {
-            if let Some(m) = publish::load_manifest(&output, job) {
-                tables.insert(job.to_string(), m.counts);
+            if let Some(m) = publish::load_manifest(&ctx.config.output, job) {
+                report.tables.insert(job.to_string(), m.counts);
             }
         }
     }
     match derived {
-        Ok(v) => tables.extend(v),
-        Err(e) => {
-            failed.insert("derived".into(), crate::telemetry::bounded_text(&e.to_string()));
-        }
+        Ok(v) => report.tables.extend(v),
+        Err(e) => report.fail("derived".into(), &e),
     }
-
-    let damaged = integrity.mismatched_files();
+    let damaged = ctx.integrity.mismatched_files();
     if let Some(first) = damaged.first() {
         let error = format!("{} copied file(s): {}: {}", damaged.len(), first.display(), crate::sums::MISMATCH);
-        failed.insert("copied files".into(), crate::telemetry::bounded_text(&error));
+        report.fail("copied files".into(), &error);
     }
-    let links = &ctx.links;
-    let previous = previous_stay_counts(&output);
+    Ok(())
+}
+
+fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_known: bool, started: Instant) -> Summary {
+    let (config, links) = (&ctx.config, &ctx.links);
+    let previous = previous_stay_counts(&config.output);
     let both_dicoms = links.eye_gaze_dicoms.intersection(&links.reflacx_dicoms).count();
     let both_subjects = links.eye_gaze_subjects.intersection(&links.reflacx_subjects).count();
-    let summary = Summary {
+    Summary {
         profile: config.profile.as_str(),
         cohort: CohortSummary { kind: config.cohort.name(), size: links.cohort.len() },
         patients: links.cohort.len(),
@@ -220,26 +281,21 @@ pub async fn build(config: Config, progress: Progress, options: BuildOptions) ->
         reflacx: SourceCounts { patients: links.reflacx_subjects.len(), images: links.reflacx_dicoms.len() },
         both: SourceCounts { patients: both_subjects, images: both_dicoms },
         window_days: config.window_days,
-        tables,
-        failed,
-        pending,
+        tables: report.tables,
+        failed: report.failed,
+        pending: report.pending,
         missing_datasets: missing,
-        removed_tables,
-        skipped_files: input::skipped_files(&config),
-        read_folders: folders::read_folders(&ctx),
+        removed_tables: report.removed_tables,
+        skipped_files: input::skipped_files(config),
+        read_folders: folders::read_folders(ctx),
         linker_skipped: links.warnings.clone(),
-        datasets: integrity.provenance(&config),
+        datasets: ctx.integrity.provenance(config),
         program: crate::sums::Program::this(),
-        settings: crate::sums::Settings::of(&config),
-        files: integrity.files.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        settings: crate::sums::Settings::of(config),
+        files: ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         peak_rss_bytes: crate::sys::peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),
-    };
-    publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
-        .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
-    let sums = output.join(crate::sums::SUMS_FILE);
-    crate::pipeline::outsums::write(&output).with_context(|| format!("writing {}", sums.display()))?;
-    Ok(summary)
+    }
 }
 
 /// Hard links share their source's inode and mode: say so (once per process) when the input

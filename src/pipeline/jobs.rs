@@ -29,7 +29,7 @@ pub struct TableJob {
 }
 
 /// The jobs for every table found in the input.
-pub fn plan_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
+pub fn discover_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
     let mut jobs = Vec::new();
     for module in Module::ALL {
         for (name, path) in module.tables(config) {
@@ -57,7 +57,7 @@ pub fn plan_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
 }
 
 /// Routing decided from the job kind and the header.
-pub struct Plan {
+pub struct Routing {
     pub key_column: Option<usize>,
     pub route: Route,
     pub patient_file: Option<PathBuf>,
@@ -68,12 +68,12 @@ pub struct Plan {
 /// `split_before`: the previous build split this table per patient. A table known to be split
 /// (by name or by that record) must have its `subject_id`: whether its rows go to patients or
 /// whole to `spreadsheets/` never flips because of a damaged header.
-pub fn plan_routing(
+pub fn routing_for(
     job: &TableJob,
     reader: &TableReader,
     profile: Profile,
     split_before: bool,
-) -> Result<Plan, JobError> {
+) -> Result<Routing, JobError> {
     Ok(match &job.kind {
         JobKind::Clinical { module, name } => {
             let folder = module.folder();
@@ -86,21 +86,21 @@ pub fn plan_routing(
             };
             match key {
                 // patients goes to spreadsheets only, as the authors did.
-                Some(_) if name == "patients" => Plan {
+                Some(_) if name == "patients" => Routing {
                     key_column: None,
                     route: Route::Whole,
                     patient_file: None,
                     whole_file: Some(whole),
                     fix: None,
                 },
-                Some(col) => Plan {
+                Some(col) => Routing {
                     key_column: Some(col),
                     route: Route::BySubject,
                     patient_file: Some(PathBuf::from(folder).join(format!("{name}.csv"))),
                     whole_file: (name == "triage").then_some(whole),
                     fix: None,
                 },
-                None => Plan {
+                None => Routing {
                     key_column: None,
                     route: Route::Whole,
                     patient_file: None,
@@ -109,7 +109,7 @@ pub fn plan_routing(
                 },
             }
         }
-        JobKind::Cxr { name } => Plan {
+        JobKind::Cxr { name } => Routing {
             key_column: Some(reader.require("subject_id")?),
             route: Route::BySubject,
             patient_file: Some(PathBuf::from("CXR-JPG").join(format!("cxr_{name}.csv"))),
@@ -124,7 +124,7 @@ pub fn plan_routing(
             } else {
                 Some(PathBuf::from("spreadsheets/EyeGaze").join(format!("{name}.csv")))
             };
-            Plan {
+            Routing {
                 key_column: Some(col),
                 route: Route::ByDicom,
                 patient_file: Some(PathBuf::from("EyeGaze").join(format!("{name}.csv"))),

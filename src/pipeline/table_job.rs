@@ -1,6 +1,7 @@
 //! One table job's topology: reader → [fixer] → writer → publish, each actor on its own
 //! blocking thread, linked by bounded channels of batches.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,11 +11,13 @@ use anyhow::Context;
 
 use crate::cohort::Cohort;
 use crate::config::Config;
+use crate::ids::SubjectId;
 use crate::input::{self, Module};
 use crate::pipeline::batch::{self, ReadMsg};
 use crate::pipeline::context::{raise_open_file_limit, BuildContext};
 use crate::pipeline::error::{At, JobError};
-use crate::pipeline::jobs::{plan_routing, JobKind, TableJob};
+use crate::pipeline::fixer::Fix;
+use crate::pipeline::jobs::{routing_for, JobKind, Routing, TableJob};
 use crate::pipeline::linker::Links;
 use crate::pipeline::paths;
 use crate::pipeline::planner;
@@ -29,110 +32,34 @@ pub const CHANNEL_CAPACITY: usize = 4;
 /// Runs one table job end to end and publishes it. The previous output stays on failure.
 pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<WriterOutcome, JobError> {
     let started = Instant::now();
-    let path = job.path.clone();
-    let sha256 = ctx.integrity.table_check(&path);
-    let reader = tokio::task::spawn_blocking(move || TableReader::open_checked(&path, sha256))
-        .await
-        .map_err(|e| JobError::joined("reader", &job.key, e))??;
-    let output = ctx.config.output.clone();
-    // Read even with --full: it says whether this table was split per patient before.
-    let last = publish::load_manifest(&output, &job.key);
-    let split_before = last.as_ref().is_some_and(Manifest::was_split);
-    let plan = plan_routing(&job, &reader, ctx.config.profile, split_before)?;
+    let reader = open_reader(&ctx, &job).await?;
+    let (decision, routing) = decide(&ctx, &job, &reader)?;
+    let (only, kept_files) = match decision.work {
+        Work::Skip(outcome) => return Ok(outcome),
+        Work::Write { only, kept } => (only, kept),
+    };
+    let header_columns = reader.header().names.len();
+    let spec = writer_spec(&ctx, &job, &reader, &routing, only);
 
-    // What must be done, from the last manifest of this job.
-    let mut input = format!("{};{}", planner::settings_key(&ctx.config), crate::fingerprint::of_file(&job.path));
-    if plan.route == Route::ByDicom {
-        input = format!("{input};dicoms={}", planner::dicom_map_key(&ctx.cohort));
-    }
-    let previous = if ctx.force_full { None } else { last };
-    let split = plan.route == Route::BySubject;
-    let action = planner::decide(previous.as_ref(), &input, &ctx.cohort, split);
-    let (only, kept_files) = match (&action, &previous) {
-        (planner::Action::Skip, Some(prev)) => {
-            tracing::debug!(table = %job.key, "unchanged: skipped");
-            return Ok(WriterOutcome { counts: prev.counts, files: prev.files.clone(), ..Default::default() });
-        }
-        (planner::Action::Patients { added, removed }, Some(prev)) => {
-            tracing::info!(table = %job.key, added = added.len(), removed = removed.len(), "cohort changed: writing new patients only");
-            // Keep the files of patients still in the cohort; drop those of patients who left.
-            let gone: Vec<String> = removed.iter().map(|s| s.folder()).collect();
-            let kept: Vec<PathBuf> =
-                prev.files.iter().filter(|f| !gone.iter().any(|g| f.starts_with(g))).cloned().collect();
-            (Some(Arc::new(added.iter().copied().collect::<std::collections::HashSet<_>>())), kept)
-        }
-        _ => (None, Vec::new()),
-    };
-    let staging = paths::staging_dir(&output, &job.key);
-    let _ = std::fs::remove_dir_all(&staging);
-    let spec = WriterSpec {
-        table: job.key.clone(),
-        source: job.path.clone(),
-        header: reader.header().raw.clone(),
-        index_column: ctx.config.index_column,
-        route: plan.route,
-        patient_file: plan.patient_file,
-        // A patients-only pass leaves the whole-table file (same input) as it is.
-        whole_file: if only.is_some() { None } else { plan.whole_file },
-        cohort: Arc::clone(&ctx.cohort),
-        staging,
-        max_open_files: ctx.max_open_files,
-        only,
-    };
-    let bar = ctx.progress.table(&job.key, std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0));
+    // The topology: reader → [fixer] → writer, each actor on a blocking thread, and a ticker
+    // that reports the job's progress and the links' depths.
+    let bar = ctx.progress.table(&job.key, file_len(&job.path));
     let counter = reader.progress_counter();
-    let reader_columns = reader.header().names.len();
-
+    let pool = batch::BatchPool::new(CHANNEL_CAPACITY + 2); // batches circulate back to the reader
     let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
-    // Weak: the probe must not keep the link open when an actor ends.
-    let mut probes = vec![("reader", tx.downgrade())];
-    let key_column = plan.key_column;
-    let cancel = Arc::clone(&ctx.cancel);
-    // Batches circulate: reader -> (fixer) -> writer -> back to the reader.
-    let pool = batch::BatchPool::new(CHANNEL_CAPACITY + 2);
-    let reader_pool = pool.clone();
-    let read_task = tokio::task::spawn_blocking(move || reader.stream_until(key_column, &tx, &cancel, &reader_pool));
-    let rx = match plan.fix {
+    let mut probes = vec![("reader->writer", tx.downgrade())];
+    let read_task = spawn_reader(reader, routing.key_column, tx, &ctx.cancel, pool.clone());
+    let rx = match routing.fix {
         Some(fix) => {
-            let (path, links) = (job.path.clone(), Arc::clone(&ctx.links));
-            let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links))
-                .await
-                .map_err(|e| JobError::joined("fixer", &job.key, e))??;
-            let (ftx, frx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
-            probes = vec![("reader->fixer", probes.remove(0).1), ("fixer->writer", ftx.downgrade())];
-            tokio::task::spawn_blocking(move || fix.run(rx, ftx));
-            frx
+            let (rx, fixer_probes) = spawn_fixer(&ctx, &job, fix, rx).await?;
+            probes = fixer_probes(probes.remove(0).1);
+            rx
         }
         None => rx,
     };
     let write_task = tokio::task::spawn_blocking(move || Writer::new(spec)?.run(rx, &pool));
-    let ticker = {
-        let (bar, key) = (bar.clone(), job.key.clone());
-        let total = std::fs::metadata(&job.path).map(|m| m.len()).unwrap_or(0);
-        let progress = metrics::gauge!(crate::telemetry::TABLE_PROGRESS, "table" => key.clone());
-        let probes: Vec<_> = probes
-            .into_iter()
-            .map(|(name, weak)| {
-                let name = if name == "reader" { "reader->writer" } else { name };
-                metrics::gauge!(crate::telemetry::CHANNEL_CAPACITY, "link" => name).set(CHANNEL_CAPACITY as f64);
-                (metrics::gauge!(crate::telemetry::CHANNEL_DEPTH, "table" => key.clone(), "link" => name), weak)
-            })
-            .collect();
-        tokio::spawn(async move {
-            loop {
-                let done = counter.load(Ordering::Relaxed);
-                bar.set_position(done);
-                progress.set(if total > 0 { done as f64 / total as f64 } else { 0.0 });
-                for (gauge, weak) in &probes {
-                    gauge.set(weak.upgrade().map_or(0, |tx| tx.len()) as f64);
-                }
-                crate::telemetry::update_status(|s| {
-                    s.tables.insert(key.clone(), crate::telemetry::Progress { bytes_done: done, bytes_total: total });
-                });
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let ticker = spawn_ticker(&job, bar.clone(), counter, probes);
+
     let outcome = write_task.await.map_err(|e| JobError::joined("writer", &job.key, e));
     ticker.abort();
     crate::telemetry::update_status(|s| {
@@ -141,19 +68,189 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     let _ = read_task.await;
     let mut outcome = outcome??;
     bar.finish();
-    let field_count_rejects = outcome.rejects_by_reason.get("field_count").copied().unwrap_or(0);
-    if field_count_rejects * 2 > outcome.counts.read {
-        // Most rows do not fit the header: it was cut short or extended, and publishing would
-        // replace every patient's file with nothing. The table fails; its previous output stays.
-        return Err(JobError::HeaderMismatch {
-            path: job.path.clone(),
-            columns: reader_columns,
-            rows: outcome.counts.read,
-        });
-    }
+    check_header_fits(&job, header_columns, &outcome)?;
     outcome.files.extend(kept_files);
     outcome.files.sort();
     outcome.files.dedup();
+    publish_job(&ctx, &job, decision.input, decision.split, &outcome).await?;
+    tracing::info!(
+        table = %job.key, read = outcome.counts.read, written = outcome.counts.written,
+        outside = outcome.counts.outside_cohort, rejected = outcome.counts.rejected,
+        seconds = started.elapsed().as_secs_f64(), "table published"
+    );
+    Ok(outcome)
+}
+
+/// What this build does with a table, decided from the last manifest of its job.
+struct Decision {
+    /// The input fingerprint and settings, recorded in the manifest for the next build.
+    input: String,
+    split: bool,
+    work: Work,
+}
+
+enum Work {
+    /// Unchanged: the last publish stands, with its counts.
+    Skip(WriterOutcome),
+    /// Write every patient, or `only` these (the cohort grew), keeping `kept` files as they are.
+    Write { only: Option<Arc<HashSet<SubjectId>>>, kept: Vec<PathBuf> },
+}
+
+async fn open_reader(ctx: &BuildContext, job: &TableJob) -> Result<TableReader, JobError> {
+    let path = job.path.clone();
+    let sha256 = ctx.integrity.table_check(&path);
+    tokio::task::spawn_blocking(move || TableReader::open_checked(&path, sha256))
+        .await
+        .map_err(|e| JobError::joined("reader", &job.key, e))?
+        .map_err(JobError::from)
+}
+
+fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(Decision, Routing), JobError> {
+    // Read even with --full: it says whether this table was split per patient before.
+    let last = publish::load_manifest(&ctx.config.output, &job.key);
+    let split_before = last.as_ref().is_some_and(Manifest::was_split);
+    let routing = routing_for(job, reader, ctx.config.profile, split_before)?;
+    let mut input = format!("{};{}", planner::settings_key(&ctx.config), crate::fingerprint::of_file(&job.path));
+    if routing.route == Route::ByDicom {
+        input = format!("{input};dicoms={}", planner::dicom_map_key(&ctx.cohort));
+    }
+    let previous = if ctx.force_full { None } else { last };
+    let split = routing.route == Route::BySubject;
+    let work = match (planner::decide(previous.as_ref(), &input, &ctx.cohort, split), previous) {
+        (planner::Action::Skip, Some(prev)) => {
+            tracing::debug!(table = %job.key, "unchanged: skipped");
+            Work::Skip(WriterOutcome { counts: prev.counts, files: prev.files, ..Default::default() })
+        }
+        (planner::Action::Patients { added, removed }, Some(prev)) => {
+            tracing::info!(table = %job.key, added = added.len(), removed = removed.len(), "cohort changed: writing new patients only");
+            // Keep the files of patients still in the cohort; drop those of patients who left.
+            let gone: Vec<String> = removed.iter().map(|s| s.folder()).collect();
+            let kept = prev.files.into_iter().filter(|f| !gone.iter().any(|g| f.starts_with(g))).collect();
+            Work::Write { only: Some(Arc::new(added.into_iter().collect())), kept }
+        }
+        _ => Work::Write { only: None, kept: Vec::new() },
+    };
+    Ok((Decision { input, split, work }, routing))
+}
+
+fn writer_spec(
+    ctx: &BuildContext,
+    job: &TableJob,
+    reader: &TableReader,
+    routing: &Routing,
+    only: Option<Arc<HashSet<SubjectId>>>,
+) -> WriterSpec {
+    let staging = paths::staging_dir(&ctx.config.output, &job.key);
+    let _ = std::fs::remove_dir_all(&staging);
+    WriterSpec {
+        table: job.key.clone(),
+        source: job.path.clone(),
+        header: reader.header().raw.clone(),
+        index_column: ctx.config.index_column,
+        route: routing.route,
+        patient_file: routing.patient_file.clone(),
+        // A patients-only pass leaves the whole-table file (same input) as it is.
+        whole_file: if only.is_some() { None } else { routing.whole_file.clone() },
+        cohort: Arc::clone(&ctx.cohort),
+        staging,
+        max_open_files: ctx.max_open_files,
+        only,
+    }
+}
+
+type ReaderTask = tokio::task::JoinHandle<()>;
+
+fn spawn_reader(
+    reader: TableReader,
+    key_column: Option<usize>,
+    tx: async_channel::Sender<ReadMsg>,
+    cancel: &Arc<AtomicBool>,
+    pool: batch::BatchPool,
+) -> ReaderTask {
+    let cancel = Arc::clone(cancel);
+    tokio::task::spawn_blocking(move || reader.stream_until(key_column, &tx, &cancel, &pool))
+}
+
+/// A link's name and a weak sender on it: the probe must not keep the link open when an actor
+/// ends.
+type Probe = (&'static str, async_channel::WeakSender<ReadMsg>);
+
+/// Makes the fix's decisions (a first pass over the table), then starts the fixer between the
+/// reader's link and a new one to the writer.
+async fn spawn_fixer(
+    ctx: &BuildContext,
+    job: &TableJob,
+    fix: Fix,
+    from_reader: async_channel::Receiver<ReadMsg>,
+) -> Result<(async_channel::Receiver<ReadMsg>, impl FnOnce(async_channel::WeakSender<ReadMsg>) -> Vec<Probe>), JobError>
+{
+    let (path, links) = (job.path.clone(), Arc::clone(&ctx.links));
+    let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links))
+        .await
+        .map_err(|e| JobError::joined("fixer", &job.key, e))??;
+    let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
+    let to_writer = tx.downgrade();
+    tokio::task::spawn_blocking(move || fix.run(from_reader, tx));
+    Ok((rx, move |reader_link| vec![("reader->fixer", reader_link), ("fixer->writer", to_writer)]))
+}
+
+/// Every 200 ms: the progress bar, the progress and link-depth gauges and `/status`.
+fn spawn_ticker(
+    job: &TableJob,
+    bar: indicatif::ProgressBar,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+    probes: Vec<Probe>,
+) -> tokio::task::JoinHandle<()> {
+    let key = job.key.clone();
+    let total = file_len(&job.path);
+    let progress = metrics::gauge!(crate::telemetry::TABLE_PROGRESS, "table" => key.clone());
+    let probes: Vec<_> = probes
+        .into_iter()
+        .map(|(name, weak)| {
+            metrics::gauge!(crate::telemetry::CHANNEL_CAPACITY, "link" => name).set(CHANNEL_CAPACITY as f64);
+            (metrics::gauge!(crate::telemetry::CHANNEL_DEPTH, "table" => key.clone(), "link" => name), weak)
+        })
+        .collect();
+    tokio::spawn(async move {
+        loop {
+            let done = counter.load(Ordering::Relaxed);
+            bar.set_position(done);
+            progress.set(if total > 0 { done as f64 / total as f64 } else { 0.0 });
+            for (gauge, weak) in &probes {
+                gauge.set(weak.upgrade().map_or(0, |tx| tx.len()) as f64);
+            }
+            crate::telemetry::update_status(|s| {
+                s.tables.insert(key.clone(), crate::telemetry::Progress { bytes_done: done, bytes_total: total });
+            });
+            tokio::time::sleep(TICK).await;
+        }
+    })
+}
+
+/// How often a running job's progress is reported.
+const TICK: Duration = Duration::from_millis(200);
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Most rows not fitting the header means it was cut short or extended: publishing would
+/// replace every patient's file with nothing. The table fails; its previous output stays.
+fn check_header_fits(job: &TableJob, columns: usize, outcome: &WriterOutcome) -> Result<(), JobError> {
+    let field_count_rejects = outcome.rejects_by_reason.get("field_count").copied().unwrap_or(0);
+    if field_count_rejects * 2 > outcome.counts.read {
+        return Err(JobError::HeaderMismatch { path: job.path.clone(), columns, rows: outcome.counts.read });
+    }
+    Ok(())
+}
+
+async fn publish_job(
+    ctx: &BuildContext,
+    job: &TableJob,
+    input: String,
+    split: bool,
+    outcome: &WriterOutcome,
+) -> Result<(), JobError> {
     let manifest = Manifest {
         job: job.key.clone(),
         split,
@@ -164,16 +261,11 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
         per_patient: outcome.per_patient.clone(),
         copies: Default::default(),
     };
+    let output = ctx.config.output.clone();
     tokio::task::spawn_blocking(move || publish::publish(&output, manifest))
         .await
         .map_err(|e| JobError::joined("publish", &job.key, e))?
-        .at(&ctx.config.output)?;
-    tracing::info!(
-        table = %job.key, read = outcome.counts.read, written = outcome.counts.written,
-        outside = outcome.counts.outside_cohort, rejected = outcome.counts.rejected,
-        seconds = started.elapsed().as_secs_f64(), "table published"
-    );
-    Ok(outcome)
+        .at(&ctx.config.output)
 }
 
 /// Splits one table by `subject_id` for a cohort, through the same table job as a build

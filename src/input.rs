@@ -237,6 +237,12 @@ pub fn skipped_files(config: &Config) -> Vec<Skipped> {
     skipped
 }
 
+/// `p<first 2 digits>/p<subject_id>`: the MIMIC-CXR folder of a subject.
+pub fn cxr_subject_dir(subject: crate::ids::SubjectId) -> PathBuf {
+    let s = subject.to_string();
+    PathBuf::from(format!("p{}", &s[..2.min(s.len())])).join(format!("p{s}"))
+}
+
 /// Where the linker's and the fixed datasets' files are.
 #[derive(Debug, Clone, Default)]
 pub struct SideInputs {

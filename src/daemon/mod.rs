@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{Config, ConfigFile, Overrides};
 use crate::pipeline::{self, paths, publish, BuildOptions, Cancelled};
 use crate::progress::Progress;
-use crate::shutdown::ShutdownTrigger;
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::telemetry;
 
 /// How long a cancelled build may take to stop before the daemon exits anyway; with the
@@ -36,138 +36,188 @@ fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
 }
 
 pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
-    let mut config = load(config_path.as_deref(), &overrides)?;
+    let config = load(config_path.as_deref(), &overrides)?;
     let _lock = publish::lock_output(&config.output)?;
-    let metrics = telemetry::install_recorder()?;
     let trigger = ShutdownTrigger::new();
-    let alive = Arc::new(AtomicBool::new(true));
-    let listener = telemetry::bind(config.metrics_addr).await?;
-    tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz and /status");
-    tracing::info!(gzip_backend = crate::gzip::BACKEND, "inflating .csv.gz inputs with {}", crate::gzip::BACKEND);
-    {
-        let alive = Arc::clone(&alive);
-        tokio::spawn(telemetry::serve(listener, metrics, move || alive.load(Ordering::Relaxed), trigger.subscribe()));
-    }
-    gauge!(telemetry::UP).set(1.0);
-    gauge!(telemetry::SUCCESS_MAX_AGE).set(config.alert_max_age_hours as f64 * 3600.0);
-
+    let alive = serve_metrics(&config, &trigger).await?;
     let (reload_tx, reload_rx) = async_channel::bounded::<()>(1);
     spawn_signal_handler(trigger.clone(), reload_tx)?;
     notify::spawn_watchdog(trigger.subscribe());
-
-    let watch_config = |c: &Config| watch::WatchConfig {
-        folders: pipeline::folders::table_folders(c),
-        ignore: vec![c.output.clone()],
-        settle: Duration::from_secs(c.settle_seconds),
-        rescan: Duration::from_secs(c.rescan_seconds.max(1)),
-    };
-    let (mut watch, mut events) = watch::spawn(watch_config(&config), trigger.subscribe());
+    let mut daemon = Daemon::new(config_path, overrides, config, trigger.clone());
     notify::send("READY=1\nSTATUS=starting the first build");
-    let mut shutdown = trigger.subscribe();
-    let mut dirty = true;
-    let mut first = true;
-    let mut checkup = output_checkup(&config);
-    let mut exit = Ok(());
-    loop {
-        if dirty {
-            dirty = false;
-            let cancel = Arc::new(AtomicBool::new(false));
-            let options = BuildOptions {
-                cancel: Arc::clone(&cancel),
-                force_full: false,
-                unstable: watch.unstable(),
-                accept_shrink: false,
-            };
-            let kind = if first && !config.output.join("summary.json").exists() { "full" } else { "incremental" };
-            first = false;
-            let started = Instant::now();
-            telemetry::update_status(|s| {
-                s.phase = "building".into();
-                s.build += 1;
-            });
-            gauge!(telemetry::BUILD_RUNNING).set(1.0);
-            notify::send(&format!("STATUS=building ({kind})"));
-            let build = pipeline::build(config.clone(), Progress::hidden(), options);
-            tokio::pin!(build);
-            let result = tokio::select! {
-                r = &mut build => r,
-                _ = shutdown.recv() => {
-                    tracing::info!("stopping: cancelling the running build");
-                    notify::send("STOPPING=1\nSTATUS=stopping");
-                    cancel.store(true, Ordering::Relaxed);
-                    let _ = tokio::time::timeout(STOP_GRACE, &mut build).await;
-                    counter!(telemetry::BUILDS, "kind" => kind, "result" => "cancelled").increment(1);
-                    break;
-                }
-            };
-            gauge!(telemetry::BUILD_RUNNING).set(0.0);
-            record(kind, started.elapsed(), &result);
-            crate::sys::release_free_memory();
-            if let Ok(summary) = &result {
-                // From now on, watch exactly what this build read.
-                watch.set_folders(summary.read_folders.clone());
-            }
-            // Changes that completed during the build call for another pass.
-            while events.try_recv().is_ok() {
-                dirty = true;
-            }
-            if dirty {
-                continue;
-            }
-        }
-        tokio::select! {
-            _ = shutdown.recv() => {
-                notify::send("STOPPING=1\nSTATUS=stopping");
-                break;
-            }
-            _ = checkup.tick() => match check_output(&config.output) {
-                Ok(0) => {}
-                Ok(damaged) => {
-                    tracing::warn!(jobs = damaged, "published files were removed or changed behind the daemon's back: rebuilding them");
-                    dirty = true;
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "the output is gone: exiting so that the service restarts and rebuilds it");
-                    exit = Err(e);
-                    break;
-                }
-            },
-            ev = events.recv() => match ev {
-                Ok(watch::WatchEvent::Changed(paths)) => {
-                    tracing::info!(files = paths.len(), first = %paths[0].display(), "input changed");
-                    dirty = true;
-                }
-                Err(_) => break,
-            },
-            _ = reload_rx.recv() => match load(config_path.as_deref(), &overrides) {
-                Ok(new) if new.output != config.output => {
-                    tracing::error!("reload refused: the output directory cannot change while running");
-                }
-                Ok(new) => {
-                    tracing::info!("configuration reloaded");
-                    if new.metrics_addr != config.metrics_addr {
-                        tracing::error!(running = %config.metrics_addr, configured = %new.metrics_addr,
-                            "metrics_addr cannot change while running: restart the service to apply it");
-                    }
-                    if new.input != config.input || new.settle_seconds != config.settle_seconds || new.rescan_seconds != config.rescan_seconds {
-                        (watch, events) = watch::spawn(watch_config(&new), trigger.subscribe());
-                    }
-                    gauge!(telemetry::SUCCESS_MAX_AGE).set(new.alert_max_age_hours as f64 * 3600.0);
-                    if new.rescan_seconds != config.rescan_seconds {
-                        checkup = output_checkup(&new);
-                    }
-                    config = pipeline_config_keeping_listener(new, &config);
-                    dirty = true;
-                }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
-            },
-        }
-    }
+    let exit = daemon.serve(&mut trigger.subscribe(), &reload_rx).await;
     alive.store(false, Ordering::Relaxed);
     gauge!(telemetry::UP).set(0.0);
     trigger.trigger();
     tracing::info!("stopped");
     exit
+}
+
+/// `/metrics`, `/healthz` and `/status` on the configured address; the flag says "alive".
+async fn serve_metrics(config: &Config, trigger: &ShutdownTrigger) -> anyhow::Result<Arc<AtomicBool>> {
+    let metrics = telemetry::install_recorder()?;
+    let alive = Arc::new(AtomicBool::new(true));
+    let listener = telemetry::bind(config.metrics_addr).await?;
+    tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz and /status");
+    tracing::info!(gzip_backend = crate::gzip::BACKEND, "inflating .csv.gz inputs with {}", crate::gzip::BACKEND);
+    let flag = Arc::clone(&alive);
+    tokio::spawn(telemetry::serve(listener, metrics, move || flag.load(Ordering::Relaxed), trigger.subscribe()));
+    gauge!(telemetry::UP).set(1.0);
+    gauge!(telemetry::SUCCESS_MAX_AGE).set(config.alert_max_age_hours as f64 * 3600.0);
+    Ok(alive)
+}
+
+/// The daemon's state between builds: the running config, its watcher and the output checkup.
+struct Daemon {
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+    config: Config,
+    trigger: ShutdownTrigger,
+    watch: watch::WatchHandle,
+    events: async_channel::Receiver<watch::WatchEvent>,
+    checkup: tokio::time::Interval,
+    /// A build is due (inputs changed, a reload, a repair).
+    dirty: bool,
+    first: bool,
+}
+
+/// What ended a build: it finished, or a stop cancelled it.
+enum Built {
+    Finished,
+    Stopped,
+}
+
+impl Daemon {
+    fn new(config_path: Option<PathBuf>, overrides: Overrides, config: Config, trigger: ShutdownTrigger) -> Self {
+        let (watch, events) = watch::spawn(watch_config(&config), trigger.subscribe());
+        let checkup = output_checkup(&config);
+        Self { config_path, overrides, config, trigger, watch, events, checkup, dirty: true, first: true }
+    }
+
+    /// Builds whenever something calls for it, until a stop; the result is the exit's.
+    async fn serve(&mut self, shutdown: &mut Shutdown, reload: &async_channel::Receiver<()>) -> anyhow::Result<()> {
+        loop {
+            if self.dirty {
+                if let Built::Stopped = self.build(shutdown).await {
+                    return Ok(());
+                }
+                // Changes that completed during the build call for another pass.
+                while self.events.try_recv().is_ok() {
+                    self.dirty = true;
+                }
+                if self.dirty {
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.recv() => {
+                    notify::send("STOPPING=1\nSTATUS=stopping");
+                    return Ok(());
+                }
+                _ = self.checkup.tick() => match check_output(&self.config.output) {
+                    Ok(0) => {}
+                    Ok(damaged) => {
+                        tracing::warn!(jobs = damaged, "published files were removed or changed behind the daemon's back: rebuilding them");
+                        self.dirty = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "the output is gone: exiting so that the service restarts and rebuilds it");
+                        return Err(e);
+                    }
+                },
+                ev = self.events.recv() => match ev {
+                    Ok(watch::WatchEvent::Changed(paths)) => {
+                        tracing::info!(files = paths.len(), first = %paths[0].display(), "input changed");
+                        self.dirty = true;
+                    }
+                    Err(_) => return Ok(()),
+                },
+                _ = reload.recv() => self.reload(),
+            }
+        }
+    }
+
+    /// One build, cancelled by a stop (which waits up to [`STOP_GRACE`] for it).
+    async fn build(&mut self, shutdown: &mut Shutdown) -> Built {
+        self.dirty = false;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let options =
+            BuildOptions { cancel: Arc::clone(&cancel), unstable: self.watch.unstable(), ..Default::default() };
+        let kind = if self.first && !self.config.output.join("summary.json").exists() { "full" } else { "incremental" };
+        self.first = false;
+        let started = Instant::now();
+        telemetry::update_status(|s| {
+            s.phase = "building".into();
+            s.build += 1;
+        });
+        gauge!(telemetry::BUILD_RUNNING).set(1.0);
+        notify::send(&format!("STATUS=building ({kind})"));
+        let build = pipeline::build(self.config.clone(), Progress::hidden(), options);
+        tokio::pin!(build);
+        let result = tokio::select! {
+            r = &mut build => r,
+            _ = shutdown.recv() => {
+                tracing::info!("stopping: cancelling the running build");
+                notify::send("STOPPING=1\nSTATUS=stopping");
+                cancel.store(true, Ordering::Relaxed);
+                let _ = tokio::time::timeout(STOP_GRACE, &mut build).await;
+                counter!(telemetry::BUILDS, "kind" => kind, "result" => "cancelled").increment(1);
+                return Built::Stopped;
+            }
+        };
+        gauge!(telemetry::BUILD_RUNNING).set(0.0);
+        record(kind, started.elapsed(), &result);
+        crate::sys::release_free_memory();
+        if let Ok(summary) = &result {
+            // From now on, watch exactly what this build read.
+            self.watch.set_folders(summary.read_folders.clone());
+        }
+        Built::Finished
+    }
+
+    /// SIGHUP: the config file again. The output cannot change while running, nor the
+    /// listener's address (said aloud); a new watcher replaces the old one when its settings
+    /// changed (the old one stops when its handle is dropped).
+    fn reload(&mut self) {
+        let new = match load(self.config_path.as_deref(), &self.overrides) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration");
+                return;
+            }
+        };
+        if new.output != self.config.output {
+            tracing::error!("reload refused: the output directory cannot change while running");
+            return;
+        }
+        tracing::info!("configuration reloaded");
+        let old = &self.config;
+        if new.metrics_addr != old.metrics_addr {
+            tracing::error!(running = %old.metrics_addr, configured = %new.metrics_addr,
+                "metrics_addr cannot change while running: restart the service to apply it");
+        }
+        if new.input != old.input
+            || new.settle_seconds != old.settle_seconds
+            || new.rescan_seconds != old.rescan_seconds
+        {
+            (self.watch, self.events) = watch::spawn(watch_config(&new), self.trigger.subscribe());
+        }
+        if new.rescan_seconds != old.rescan_seconds {
+            self.checkup = output_checkup(&new);
+        }
+        gauge!(telemetry::SUCCESS_MAX_AGE).set(new.alert_max_age_hours as f64 * 3600.0);
+        self.config = pipeline_config_keeping_listener(new, &self.config);
+        self.dirty = true;
+    }
+}
+
+fn watch_config(c: &Config) -> watch::WatchConfig {
+    watch::WatchConfig {
+        folders: pipeline::folders::table_folders(c),
+        ignore: vec![c.output.clone()],
+        settle: Duration::from_secs(c.settle_seconds),
+        rescan: Duration::from_secs(c.rescan_seconds.max(1)),
+    }
 }
 
 /// The periodic look at the output (every `rescan_seconds`), its first tick skipped.

@@ -27,6 +27,12 @@ use crate::pipeline::publish;
 use crate::pipeline::publish::CopyRecord;
 use crate::pipeline::reader::SmallTable;
 
+mod place;
+mod read_set;
+
+use place::{copy_recorded, is_mismatch, is_output_failure, is_unsupported, link_target, reflink, same_file, Placed};
+pub use read_set::{read_folders, table_folders, WatchDir};
+
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;
 
@@ -314,174 +320,6 @@ fn sorted_entries(dir: &Path) -> Vec<fs::DirEntry> {
     entries
 }
 
-/// Possibly in place: the same inode (hard link), or a file of the same size (a copy, which
-/// `kept_copy` then checks against its record).
-fn same_file(src: &Path, dest: &Path, mode: FilesMode) -> bool {
-    let (Ok(s), Ok(d)) = (fs::metadata(src), fs::metadata(dest)) else {
-        return false;
-    };
-    match mode {
-        FilesMode::Hardlink if s.dev() == d.dev() && s.ino() == d.ino() => true,
-        _ => s.len() == d.len(),
-    }
-}
-
-/// Errors that say the output cannot be written at all (as opposed to one source entry).
-fn is_output_failure(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EROFS | libc::EDQUOT | libc::EIO))
-}
-
-/// How one file of a copied folder is in the output.
-enum Placed {
-    Linked,
-    Copied(CopyRecord),
-    Reflinked(CopyRecord),
-    Symlinked,
-    /// Written by the build (a merged ellipses file).
-    Written,
-}
-
-/// The absolute path a symbolic link into the input points at.
-fn link_target(src: &Path) -> PathBuf {
-    std::path::absolute(src).unwrap_or_else(|_| src.to_path_buf())
-}
-
-fn is_mismatch(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::InvalidData && e.to_string() == crate::sums::MISMATCH
-}
-
-/// The file system cannot clone (ext4, tmpfs), or not across these two.
-fn is_unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EXDEV | libc::EINVAL | libc::ENOTTY | libc::ENOSYS))
-}
-
-/// A copy-on-write clone of `src` at a new `dest` (`ioctl(FICLONE)`), mode 0640, recorded like a
-/// copy. The clone is read once to record its SHA-256 (and to check it when listed).
-fn reflink(src: &Path, dest: &Path, expected: Option<&crate::sums::Expected>) -> io::Result<CopyRecord> {
-    let input = fs::File::open(src)?;
-    let mut record = CopyRecord::identity(&input.metadata()?);
-    let output = fs::File::create(dest)?;
-    crate::sys::clone_file(&output, &input)?;
-    drop(output);
-    publish::set_output_mode(dest)?;
-    let digest = crate::sums::hash_file(dest)?;
-    record.sha256 = crate::sums::hex(&digest);
-    record.reflink = true;
-    record.set_copy(&fs::metadata(dest)?);
-    if let Some(expected) = expected {
-        expected.check(&digest)?;
-    }
-    Ok(record)
-}
-
-/// Copies `src` to a new `dest` (mode 0640, not the source's) and records the source's
-/// identity, taken before the copy, and the SHA-256 of the bytes copied, compared with the
-/// listed digest when the dataset's SHA256SUMS.txt lists the file.
-fn copy_recorded(src: &Path, dest: &Path, expected: Option<&crate::sums::Expected>) -> io::Result<CopyRecord> {
-    use sha2::Digest as _;
-    use std::io::{Read, Write};
-    let mut input = fs::File::open(src)?;
-    let mut record = CopyRecord::identity(&input.metadata()?);
-    let mut output = fs::File::create(dest)?;
-    let mut hash = sha2::Sha256::new();
-    let mut buf = vec![0u8; crate::source::CHUNK];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hash.update(&buf[..n]);
-        output.write_all(&buf[..n])?;
-    }
-    drop(output);
-    publish::set_output_mode(dest)?;
-    let digest: crate::sums::Digest = hash.finalize().into();
-    record.sha256 = crate::sums::hex(&digest);
-    record.set_copy(&fs::metadata(dest)?);
-    if let Some(expected) = expected {
-        expected.check(&digest)?;
-    }
-    Ok(record)
-}
-
-/// `p<first 2 digits>/p<subject_id>`: the MIMIC-CXR folder of a subject.
-fn cxr_subject_dir(subject: SubjectId) -> PathBuf {
-    let s = subject.to_string();
-    PathBuf::from(format!("p{}", &s[..2.min(s.len())])).join(format!("p{s}"))
-}
-
-/// A folder the build reads files from, for the daemon's watcher: its files, and with
-/// `recursive` its subfolders' too.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WatchDir {
-    pub path: PathBuf,
-    pub recursive: bool,
-}
-
-/// Every folder this build reads: the table folders and the dataset roots (not recursive),
-/// and the cohort's study, report, reading and transcript folders. It grows with the cohort
-/// and the number of tables, never with the size of the mirror.
-pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
-    let d = &ctx.config.datasets;
-    let flat = |path: PathBuf| WatchDir { path, recursive: false };
-    let mut dirs = Vec::new();
-    for row in &ctx.links.cxr_rows {
-        let sdir = cxr_subject_dir(row.subject);
-        if let Some(study) = row.study {
-            dirs.push(flat(d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}"))));
-        }
-        dirs.push(flat(d.mimic_cxr.join("files").join(&sdir)));
-    }
-    for table in &ctx.reflacx_phases {
-        let Ok(id_col) = table.require("id") else { continue };
-        for row in &table.rows {
-            if let Ok(id) = ReflacxId::parse(row.fields.get(id_col).map_or(&[][..], Vec::as_slice)) {
-                dirs.push(flat(d.reflacx.join("main_data").join(id.as_str())));
-                dirs.push(flat(d.reflacx.join("gaze_data").join(id.as_str())));
-            }
-        }
-    }
-    let transcripts = d.egd_cxr.join("audio_segmentation_transcripts");
-    for dicom in &ctx.links.eye_gaze_dicoms {
-        dirs.push(WatchDir { path: transcripts.join(dicom.as_str()), recursive: true });
-    }
-    dirs.sort();
-    dirs.dedup();
-    if dirs.len() > MAX_WATCHED_COPIED_FOLDERS {
-        // A published dataset version's files do not change once complete: for a cohort this
-        // large (every CXR patient) the tables that list them are watched, not 200,000 folders.
-        tracing::info!(
-            folders = dirs.len(),
-            "copied folders not watched (the cohort is large): a change in them is picked up by the next build"
-        );
-        dirs.clear();
-    }
-    let mut all = table_folders(&ctx.config);
-    all.extend(dirs);
-    all
-}
-
-/// Above this many copied folders (a cohort of tens of thousands), only the table folders are
-/// watched: inotify watches are a per-user resource shared with every other program.
-const MAX_WATCHED_COPIED_FOLDERS: usize = 15_000;
-
-/// The folders holding tables, and the dataset roots: what a build reads before it knows the
-/// cohort.
-pub fn table_folders(config: &crate::config::Config) -> Vec<WatchDir> {
-    let flat = |path: PathBuf| WatchDir { path, recursive: false };
-    let mut dirs: Vec<WatchDir> = crate::input::table_folders(config).into_iter().map(flat).collect();
-    dirs.extend(config.datasets.all().into_iter().map(|p| flat(p.clone())));
-    if let crate::cohort::CohortKind::Subjects(list) = &config.cohort {
-        // The subjects file is an input like any table.
-        dirs.extend(list.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| flat(p.to_path_buf())));
-    }
-    dirs.sort();
-    dirs.dedup();
-    dirs
-}
-
 /// Syncs every copied folder of the cohort.
 pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
     let d = &ctx.config.datasets;
@@ -493,7 +331,7 @@ pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
     let mut jpg = FolderJob::new(ctx, "files/cxr-jpg");
     let mut reports = FolderJob::new(ctx, "files/cxr-reports");
     for (subject, study) in &studies {
-        let sdir = cxr_subject_dir(*subject);
+        let sdir = crate::input::cxr_subject_dir(*subject);
         jpg.folder(
             &d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}")),
             &PathBuf::from(subject.folder()).join("CXR-JPG").join(format!("s{study}")),

@@ -51,6 +51,13 @@ def imports(text, module):
     parts = module.split("::") if module else []
     # Comments (doc links included) are not dependencies.
     text = re.sub(r"//[^\n]*", "", text)
+    # `use a::{b, c::d}` names a::b and a::c::d (one level of braces is what rustfmt writes).
+    text = re.sub(
+        r"((?:crate|super|\w+)::(?:\w+::)*)\{([^{}]*)\}",
+        lambda m: " ".join(m.group(1) + item.strip() for item in m.group(2).split(",") if item.strip()),
+        text,
+    )
+    text = re.sub(r"::self\b", "", text)
     for m in re.finditer(r"\b(crate|super)::([\w:]+)", text):
         if m.group(1) == "crate":
             path = m.group(2).split("::")

@@ -90,93 +90,14 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32, rule: &CohortRule) -> Result<Links, ReadError> {
     let mut links = Links::default();
     let mut warnings = Vec::new();
-
-    // EG: dicom_ids (and patients) of the EyeGaze master sheet.
-    if let Some(sheet) = &inputs.master_sheet {
-        let d = sheet.require("dicom_id")?;
-        let p = sheet.require("patient_id")?;
-        for row in &sheet.rows {
-            match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, p))) {
-                (Ok(dicom), Ok(subject)) => {
-                    links.eye_gaze_subjects.insert(subject);
-                    links.cohort.dicom_subject.insert(dicom.clone(), subject);
-                    links.eye_gaze_dicoms.insert(dicom);
-                }
-                (Err(e), _) | (_, Err(e)) => skip(&mut warnings, "egd-cxr/master_sheet", row.line, e.to_string()),
-            }
-        }
-    }
-    // RF: dicom_ids (and subjects) of the three REFLACX phases.
-    for phase in &inputs.reflacx_metadata {
-        let d = phase.require("dicom_id")?;
-        let s = phase.require("subject_id")?;
-        for row in &phase.rows {
-            match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, s))) {
-                (Ok(dicom), Ok(subject)) => {
-                    links.reflacx_subjects.insert(subject);
-                    links.cohort.dicom_subject.entry(dicom.clone()).or_insert(subject);
-                    links.reflacx_dicoms.insert(dicom);
-                }
-                (Err(e), _) | (_, Err(e)) => skip(&mut warnings, "reflacx/metadata", row.line, e.to_string()),
-            }
-        }
-    }
-
+    collect_eye_gaze(inputs, &mut links, &mut warnings)?;
+    collect_reflacx(inputs, &mut links, &mut warnings)?;
     let stays = match &inputs.edstays {
         Some(t) => read_stays(t, &mut warnings)?,
         None => HashMap::new(),
     };
-
-    // The CXR subset, in file order, and its links.
     if let Some(meta) = &inputs.cxr_metadata {
-        let d = meta.require("dicom_id")?;
-        let s = meta.require("subject_id")?;
-        let st = meta.require("study_id")?;
-        let date = meta.require("StudyDate")?;
-        let time = meta.require("StudyTime")?;
-        links.cxr_header = meta.header.clone();
-        links.cxr_rejects = meta.rejects.clone();
-        links.cxr_source = meta.path.clone();
-        for row in &meta.rows {
-            let Ok(dicom) = DicomId::parse(field(&row.fields, d)) else {
-                continue;
-            };
-            let in_eye_gaze = links.eye_gaze_dicoms.contains(&dicom);
-            let in_reflacx = links.reflacx_dicoms.contains(&dicom);
-            if matches!(rule, CohortRule::EyeTracking) && !in_eye_gaze && !in_reflacx {
-                continue;
-            }
-            let subject = match SubjectId::parse(field(&row.fields, s)) {
-                Ok(s) => s,
-                Err(e) => {
-                    skip(&mut warnings, "mimic-cxr-jpg/metadata", row.line, e.to_string());
-                    continue;
-                }
-            };
-            let (date_raw, time_raw) = (field(&row.fields, date), field(&row.fields, time));
-            let when = study_time(date_raw, time_raw, profile);
-            let study_datetime = match profile {
-                Profile::Paper => when.map(format_study_time).unwrap_or_default(),
-                Profile::Release => release_study_datetime(date_raw, time_raw),
-            };
-            let stay = when.and_then(|t| stays.get(&subject).and_then(|list| pick_stay(list, t, window_days)));
-            links.cohort.insert(subject);
-            links.cohort.dicom_subject.insert(dicom.clone(), subject);
-            if let Some(stay) = stay {
-                links.stays_by_dicom.insert(dicom.clone(), stay);
-            }
-            links.cxr_rows.push(CxrRow {
-                origin: row.origin(),
-                raw: row.raw.clone(),
-                dicom,
-                subject,
-                study: crate::ids::StudyId::parse(field(&row.fields, st)).ok(),
-                in_eye_gaze,
-                in_reflacx,
-                study_datetime,
-                stay,
-            });
-        }
+        link_cxr_rows(meta, &stays, (profile, window_days, rule), &mut links, &mut warnings)?;
     }
     match rule {
         CohortRule::EyeTracking | CohortRule::Cxr => {
@@ -193,6 +114,99 @@ pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32, rule: &Coho
     }
     links.warnings = warnings;
     Ok(links)
+}
+
+/// EG: dicom_ids (and patients) of the EyeGaze master sheet.
+fn collect_eye_gaze(inputs: &LinkInputs, links: &mut Links, warnings: &mut Vec<LinkReject>) -> Result<(), ReadError> {
+    let Some(sheet) = &inputs.master_sheet else { return Ok(()) };
+    let d = sheet.require("dicom_id")?;
+    let p = sheet.require("patient_id")?;
+    for row in &sheet.rows {
+        match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, p))) {
+            (Ok(dicom), Ok(subject)) => {
+                links.eye_gaze_subjects.insert(subject);
+                links.cohort.dicom_subject.insert(dicom.clone(), subject);
+                links.eye_gaze_dicoms.insert(dicom);
+            }
+            (Err(e), _) | (_, Err(e)) => skip(warnings, "egd-cxr/master_sheet", row.line, e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// RF: dicom_ids (and subjects) of the three REFLACX phases.
+fn collect_reflacx(inputs: &LinkInputs, links: &mut Links, warnings: &mut Vec<LinkReject>) -> Result<(), ReadError> {
+    for phase in &inputs.reflacx_metadata {
+        let d = phase.require("dicom_id")?;
+        let s = phase.require("subject_id")?;
+        for row in &phase.rows {
+            match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, s))) {
+                (Ok(dicom), Ok(subject)) => {
+                    links.reflacx_subjects.insert(subject);
+                    links.cohort.dicom_subject.entry(dicom.clone()).or_insert(subject);
+                    links.reflacx_dicoms.insert(dicom);
+                }
+                (Err(e), _) | (_, Err(e)) => skip(warnings, "reflacx/metadata", row.line, e.to_string()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CXR subset, in file order, each row with its study time and stay link (SPEC §3.4–5).
+fn link_cxr_rows(
+    meta: &SmallTable,
+    stays: &HashMap<SubjectId, Vec<Stay>>,
+    (profile, window_days, rule): (Profile, u32, &CohortRule),
+    links: &mut Links,
+    warnings: &mut Vec<LinkReject>,
+) -> Result<(), ReadError> {
+    let (d, s, st) = (meta.require("dicom_id")?, meta.require("subject_id")?, meta.require("study_id")?);
+    let (date, time) = (meta.require("StudyDate")?, meta.require("StudyTime")?);
+    links.cxr_header = meta.header.clone();
+    links.cxr_rejects = meta.rejects.clone();
+    links.cxr_source = meta.path.clone();
+    for row in &meta.rows {
+        let Ok(dicom) = DicomId::parse(field(&row.fields, d)) else {
+            continue;
+        };
+        let in_eye_gaze = links.eye_gaze_dicoms.contains(&dicom);
+        let in_reflacx = links.reflacx_dicoms.contains(&dicom);
+        if matches!(rule, CohortRule::EyeTracking) && !in_eye_gaze && !in_reflacx {
+            continue;
+        }
+        let subject = match SubjectId::parse(field(&row.fields, s)) {
+            Ok(s) => s,
+            Err(e) => {
+                skip(warnings, "mimic-cxr-jpg/metadata", row.line, e.to_string());
+                continue;
+            }
+        };
+        let (date_raw, time_raw) = (field(&row.fields, date), field(&row.fields, time));
+        let when = study_time(date_raw, time_raw, profile);
+        let study_datetime = match profile {
+            Profile::Paper => when.map(format_study_time).unwrap_or_default(),
+            Profile::Release => release_study_datetime(date_raw, time_raw),
+        };
+        let stay = when.and_then(|t| stays.get(&subject).and_then(|list| pick_stay(list, t, window_days)));
+        links.cohort.insert(subject);
+        links.cohort.dicom_subject.insert(dicom.clone(), subject);
+        if let Some(stay) = stay {
+            links.stays_by_dicom.insert(dicom.clone(), stay);
+        }
+        links.cxr_rows.push(CxrRow {
+            origin: row.origin(),
+            raw: row.raw.clone(),
+            dicom,
+            subject,
+            study: crate::ids::StudyId::parse(field(&row.fields, st)).ok(),
+            in_eye_gaze,
+            in_reflacx,
+            study_datetime,
+            stay,
+        });
+    }
+    Ok(())
 }
 
 fn skip(warnings: &mut Vec<LinkReject>, table: &str, line: u64, reason: String) {

@@ -8,17 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::imaging::INDEX_HTML;
-use super::Rng;
-
-/// What the bulk tree added.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-pub struct Bulk {
-    pub patients: u64,
-    pub studies: u64,
-    pub images: u64,
-    pub files: u64,
-    pub folders: u64,
-}
+use super::spec::{Bulk, Rng};
 
 /// A fake dicom id (the 44-character form) from a counter.
 fn dicom_id(n: u64) -> String {

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 
-use super::{write_file, DatasetRoots, Planted, Rng, ShortIds, Subject, SynthSpec, TableOut};
+use super::spec::{write_file, DatasetRoots, Planted, Rng, ShortIds, Subject, SynthSpec, TableOut};
 
 #[derive(Debug, Clone)]
 pub struct StayPlan {

@@ -3,20 +3,16 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use super::imaging::INDEX_HTML;
-use super::DatasetRoots;
+use super::spec::DatasetRoots;
 
 const SUMS: &str = "SHA256SUMS.txt";
 const INDEX: &str = "index.html";
 
-/// `<root>/physionet.org/files`, where wget puts every project.
-pub fn files_dir(root: &Path) -> PathBuf {
-    root.join("physionet.org").join("files")
-}
 
 /// Adds the listing pages, then each version's checksum file.
 pub fn finish(root: &Path, roots: &DatasetRoots) -> io::Result<()> {

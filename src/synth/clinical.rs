@@ -64,12 +64,32 @@ pub fn write_mimiciv(
     core: bool,
     rng: &mut Rng,
 ) -> anyhow::Result<()> {
-    let (hosp, icu, gz) = (root.join("hosp"), root.join("icu"), spec.gzip);
-    let hosp_for = |table: &str| hosp_table_dir(root, table, core);
-    let first_hadm: std::collections::HashMap<u64, u64> =
-        world.stays.iter().rev().map(|st| (st.subject, st.hadm_id)).collect();
-    let hadm_of = |s: u64| first_hadm.get(&s).copied().unwrap_or(29_999_999);
+    let first_hadm: HadmOf = world.stays.iter().rev().map(|st| (st.subject, st.hadm_id)).collect();
+    write_people(root, subjects, world, spec.gzip, core, &first_hadm, rng)?;
+    write_dictionaries(root, spec.gzip, rng)?;
+    write_events(root, subjects, spec, &first_hadm, rng)
+}
 
+/// Each subject's first admission (29999999 for one without any).
+type HadmOf = std::collections::HashMap<u64, u64>;
+
+fn hadm(first: &HadmOf, subject: u64) -> u64 {
+    first.get(&subject).copied().unwrap_or(29_999_999)
+}
+
+/// patients, admissions, diagnoses_icd, transfers (the ED stays) and icustays.
+fn write_people(
+    root: &Path,
+    subjects: &[Subject],
+    world: &World,
+    gz: bool,
+    core: bool,
+    first_hadm: &HadmOf,
+    rng: &mut Rng,
+) -> anyhow::Result<()> {
+    let (hosp, icu) = (root.join("hosp"), root.join("icu"));
+    let hosp_for = |table: &str| hosp_table_dir(root, table, core);
+    let hadm_of = |s: u64| hadm(first_hadm, s);
     let mut patients = TableOut::mimic(
         &hosp_for("patients"),
         "patients",
@@ -115,7 +135,12 @@ pub fn write_mimiciv(
     for t in [patients, admissions, diagnoses, transfers, icustays] {
         t.finish()?;
     }
+    Ok(())
+}
 
+/// The dictionaries and the tables without subject_id.
+fn write_dictionaries(root: &Path, gz: bool, rng: &mut Rng) -> anyhow::Result<()> {
+    let (hosp, icu) = (root.join("hosp"), root.join("icu"));
     let mut d_labitems = TableOut::mimic(&hosp, "d_labitems", "itemid,label,fluid,category", gz)?;
     d_labitems.line("50808,Free Calcium,Blood,Blood Gas")?;
     d_labitems.line("51277,\"RDW, whole blood\",Blood,Hematology")?;
@@ -143,7 +168,19 @@ pub fn write_mimiciv(
         caregiver.line(&c.to_string())?;
     }
     caregiver.finish()?;
+    Ok(())
+}
 
+/// labevents and chartevents: `rows_per_patient` rows per subject, quoting and defects planted.
+fn write_events(
+    root: &Path,
+    subjects: &[Subject],
+    spec: &SynthSpec,
+    first_hadm: &HadmOf,
+    rng: &mut Rng,
+) -> anyhow::Result<()> {
+    let (hosp, icu) = (root.join("hosp"), root.join("icu"));
+    let hadm_of = |s: u64| hadm(first_hadm, s);
     write_big(&hosp, "labevents", LABEVENTS, subjects, spec, rng, |rng, s, n| {
         let comment = match n % 997 {
             0 => "\"Hemolyzed, results may be affected.\nLine two: \"\"repeat\"\" advised\"",

@@ -43,89 +43,114 @@ fn at(date: NaiveDate, h: u32, m: u32, s: u32) -> NaiveDateTime {
     date.and_hms_opt(h, m, s).unwrap_or_default()
 }
 
-/// Plans stays and studies so that every linking case occurs (case = cohort index mod 6).
-pub fn plan_world(subjects: &[Subject], rng: &mut Rng) -> World {
-    let mut w = World::default();
-    let mut next_stay = 30_000_000u64;
-    let mut next_hadm = 20_000_000u64;
-    let mut next_study = 50_000_000u64;
-    let epoch = NaiveDate::from_ymd_opt(2150, 1, 1).unwrap_or_default();
-    for s in subjects {
-        let base = epoch + Duration::days(40 * s.index as i64 + if s.in_cohort { 0 } else { 20 });
-        let mut stay = |w: &mut World, intime: NaiveDateTime, outtime: NaiveDateTime| {
-            next_stay += 1 + next_stay % 37;
-            next_hadm += 1 + next_hadm % 41;
-            w.stays.push(StayPlan { subject: s.id, stay_id: next_stay, hadm_id: next_hadm, intime, outtime });
-            next_stay
-        };
-        let mut study = |w: &mut World,
-                         rng: &mut Rng,
-                         t: NaiveDateTime,
-                         time_text: String,
-                         links: [Option<u64>; 3],
-                         views: &[&'static str]| {
-            next_study += 1 + rng.below(1000);
-            let eye_gaze = s.in_cohort && s.index % 3 != 0;
-            let reflacx = s.in_cohort && s.index % 3 != 1;
-            w.studies.push(StudyPlan {
-                subject: s.id,
-                study_id: next_study,
-                dicoms: views.iter().map(|v| (rng.dicom(), *v)).collect(),
-                date: t.format("%Y%m%d").to_string(),
-                time: time_text,
-                link_paper: links[0],
-                link_release: links[1],
-                link_window7: links[2],
-                in_cohort: s.in_cohort,
-                eye_gaze,
-                reflacx,
-            });
-        };
-        if !s.in_cohort {
-            let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-            study(&mut w, rng, at(base, 13, 0, 0), "130000.0".into(), [Some(a), Some(a), Some(a)], &["PA"]);
-            continue;
-        }
+/// Hands out stay, admission and study ids, and records the stays and studies it plans.
+struct Planner<'a> {
+    world: World,
+    next_stay: u64,
+    next_hadm: u64,
+    next_study: u64,
+    rng: &'a mut Rng,
+}
+
+impl Planner<'_> {
+    fn stay(&mut self, s: &Subject, intime: NaiveDateTime, outtime: NaiveDateTime) -> u64 {
+        self.next_stay += 1 + self.next_stay % 37;
+        self.next_hadm += 1 + self.next_hadm % 41;
+        let (stay_id, hadm_id) = (self.next_stay, self.next_hadm);
+        self.world.stays.push(StayPlan { subject: s.id, stay_id, hadm_id, intime, outtime });
+        stay_id
+    }
+
+    /// A study at `t` (its StudyTime written as `time_text`), and the stay each profile links
+    /// it to: [paper, release, 7-day window].
+    fn study(
+        &mut self,
+        s: &Subject,
+        t: NaiveDateTime,
+        time_text: &str,
+        links: [Option<u64>; 3],
+        views: &[&'static str],
+    ) {
+        self.next_study += 1 + self.rng.below(1000);
+        let dicoms = views.iter().map(|v| (self.rng.dicom(), *v)).collect();
+        self.world.studies.push(StudyPlan {
+            subject: s.id,
+            study_id: self.next_study,
+            dicoms,
+            date: t.format("%Y%m%d").to_string(),
+            time: time_text.to_string(),
+            link_paper: links[0],
+            link_release: links[1],
+            link_window7: links[2],
+            in_cohort: s.in_cohort,
+            eye_gaze: s.in_cohort && s.index % 3 != 0,
+            reflacx: s.in_cohort && s.index % 3 != 1,
+        });
+    }
+
+    /// The linking case of a cohort subject (its index mod 6), one study each.
+    fn case(&mut self, s: &Subject, base: NaiveDate) {
         let views: &[&'static str] = if s.index % 3 == 0 { &["PA", "LATERAL"] } else { &["AP"] };
         match s.index % 6 {
             0 => {
-                let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-                study(&mut w, rng, at(base, 14, 30, 15), "143015.25".into(), [Some(a); 3], views);
+                let a = self.stay(s, at(base, 12, 0, 0), at(base, 20, 0, 0));
+                self.study(s, at(base, 14, 30, 15), "143015.25", [Some(a); 3], views);
             }
             1 => {
                 // Exactly at intime: the strict rule fails; the window rule finds the stay.
-                let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-                study(&mut w, rng, at(base, 12, 0, 0), "120000.0".into(), [None, None, Some(a)], views);
+                let a = self.stay(s, at(base, 12, 0, 0), at(base, 20, 0, 0));
+                self.study(s, at(base, 12, 0, 0), "120000.0", [None, None, Some(a)], views);
             }
             2 => {
                 // Inside two overlapping stays: never linked.
-                stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-                stay(&mut w, at(base, 15, 0, 0), at(base + Duration::days(1), 2, 0, 0));
-                study(&mut w, rng, at(base, 16, 0, 0), "160000.0".into(), [None; 3], views);
+                self.stay(s, at(base, 12, 0, 0), at(base, 20, 0, 0));
+                self.stay(s, at(base, 15, 0, 0), at(base + Duration::days(1), 2, 0, 0));
+                self.study(s, at(base, 16, 0, 0), "160000.0", [None; 3], views);
             }
             3 => {
                 // Before 10:00: links when padded (paper), never in release.
-                let a = stay(&mut w, at(base, 7, 0, 0), at(base, 11, 0, 0));
-                study(&mut w, rng, at(base, 8, 5, 56), "80556.875".into(), [Some(a), None, Some(a)], views);
+                let a = self.stay(s, at(base, 7, 0, 0), at(base, 11, 0, 0));
+                self.study(s, at(base, 8, 5, 56), "80556.875", [Some(a), None, Some(a)], views);
             }
             4 => {
                 // Three days after the stay: only within a 7-day window.
-                let a = stay(&mut w, at(base, 12, 0, 0), at(base, 20, 0, 0));
-                let t = at(base + Duration::days(3), 10, 30, 0);
-                study(&mut w, rng, t, "103000.0".into(), [None, None, Some(a)], views);
+                let a = self.stay(s, at(base, 12, 0, 0), at(base, 20, 0, 0));
+                self.study(s, at(base + Duration::days(3), 10, 30, 0), "103000.0", [None, None, Some(a)], views);
             }
             _ => {
                 // No ED stay at all.
-                study(&mut w, rng, at(base, 14, 0, 0), "140000.0".into(), [None; 3], views);
+                self.study(s, at(base, 14, 0, 0), "140000.0", [None; 3], views);
             }
         }
+    }
+}
+
+/// Plans stays and studies so that every linking case occurs (case = cohort index mod 6).
+pub fn plan_world(subjects: &[Subject], rng: &mut Rng) -> World {
+    let mut p =
+        Planner { world: World::default(), next_stay: 30_000_000, next_hadm: 20_000_000, next_study: 50_000_000, rng };
+    let epoch = NaiveDate::from_ymd_opt(2150, 1, 1).unwrap_or_default();
+    for s in subjects {
+        let base = epoch + Duration::days(40 * s.index as i64 + if s.in_cohort { 0 } else { 20 });
+        if !s.in_cohort {
+            let a = p.stay(s, at(base, 12, 0, 0), at(base, 20, 0, 0));
+            p.study(s, at(base, 13, 0, 0), "130000.0", [Some(a), Some(a), Some(a)], &["PA"]);
+            continue;
+        }
+        p.case(s, base);
         if s.index % 2 == 0 {
             let day = base + Duration::days(20);
-            let c = stay(&mut w, at(day, 9, 30, 0), at(day, 18, 0, 0));
-            study(&mut w, rng, at(day, 13, 20, 5), "132005.0".into(), [Some(c); 3], &["PA"]);
+            let c = p.stay(s, at(day, 9, 30, 0), at(day, 18, 0, 0));
+            p.study(s, at(day, 13, 20, 5), "132005.0", [Some(c); 3], &["PA"]);
         }
     }
-    // Two EyeGaze images sharing a long prefix, so a short id matching both is ambiguous.
+    let mut w = p.world;
+    plant_ambiguous_prefix(&mut w);
+    w
+}
+
+/// Two EyeGaze images sharing a long prefix, so a short id matching both is ambiguous.
+fn plant_ambiguous_prefix(w: &mut World) {
     let eg: Vec<(usize, usize)> = w
         .studies
         .iter()
@@ -140,7 +165,6 @@ pub fn plan_world(subjects: &[Subject], rng: &mut Rng) -> World {
         let tail = w.studies[k].dicoms[l].0[27..].to_string();
         w.studies[k].dicoms[l].0 = format!("{prefix}{tail}");
     }
-    w
 }
 
 const CXR_METADATA: &str = "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns,StudyDate,StudyTime,ProcedureCodeSequence_CodeMeaning,ViewCodeSequence_CodeMeaning,PatientOrientationCodeSequence_CodeMeaning";
@@ -414,7 +438,12 @@ fn write_eye_gaze(root: &Path, w: &World, rng: &mut Rng, planted: &mut Planted) 
         }
     }
     bbox.finish()?;
-    // eye_gaze and fixations: the same planted short-id cases, more rows in eye_gaze.
+    planted.eye_gaze_short_ids = write_gaze_tables(root, &images, rng)?;
+    Ok(())
+}
+
+/// eye_gaze and fixations: the same planted short-id cases, more rows in eye_gaze.
+fn write_gaze_tables(root: &Path, images: &[(&StudyPlan, &String)], rng: &mut Rng) -> anyhow::Result<ShortIds> {
     let mut short = ShortIds::default();
     for (name, per_image) in [("eye_gaze", 12u64), ("fixations", 4u64)] {
         let mut t = TableOut::create(&root.join(format!("{name}.csv")), GAZE, false)?;
@@ -458,6 +487,5 @@ fn write_eye_gaze(root: &Path, w: &World, rng: &mut Rng, planted: &mut Planted) 
         }
         t.finish()?;
     }
-    planted.eye_gaze_short_ids = short;
-    Ok(())
+    Ok(short)
 }

@@ -13,7 +13,6 @@ use super::spec::DatasetRoots;
 const SUMS: &str = "SHA256SUMS.txt";
 const INDEX: &str = "index.html";
 
-
 /// Adds the listing pages, then each version's checksum file.
 pub fn finish(root: &Path, roots: &DatasetRoots) -> io::Result<()> {
     add_index_pages(&root.join("physionet.org"))?;

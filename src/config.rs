@@ -161,7 +161,20 @@ pub struct Config {
     pub datasets: Datasets,
 }
 
-pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9898";
+/// Every setting's default, in one place (`config/mimic-eye.toml` states the same values: a
+/// test holds it to them).
+pub mod defaults {
+    /// Loopback: the metrics listener is never exposed by default.
+    pub const METRICS_ADDR: &str = "127.0.0.1:9898";
+    pub const WINDOW_DAYS: u32 = 0;
+    pub const INDEX_COLUMN: bool = true;
+    pub const PARALLEL_TABLES: usize = 2;
+    pub const SETTLE_SECONDS: u64 = 5;
+    pub const RESCAN_SECONDS: u64 = 300;
+    pub const ALERT_MAX_AGE_HOURS: u64 = 24;
+}
+
+pub const DEFAULT_METRICS_ADDR: &str = defaults::METRICS_ADDR;
 
 /// Flags that override the file.
 #[derive(Debug, Clone, Default)]
@@ -202,14 +215,14 @@ impl Config {
             input,
             output,
             profile: flags.profile.or(file.profile).unwrap_or_default(),
-            window_days: flags.window_days.or(file.window_days).unwrap_or(0),
-            index_column: file.index_column.unwrap_or(true),
+            window_days: flags.window_days.or(file.window_days).unwrap_or(defaults::WINDOW_DAYS),
+            index_column: file.index_column.unwrap_or(defaults::INDEX_COLUMN),
             files: file.files.unwrap_or_default(),
             metrics_addr,
-            parallel_tables: file.parallel_tables.unwrap_or(2),
-            settle_seconds: file.settle_seconds.unwrap_or(5),
-            rescan_seconds: file.rescan_seconds.unwrap_or(300),
-            alert_max_age_hours: file.alert_max_age_hours.unwrap_or(24),
+            parallel_tables: file.parallel_tables.unwrap_or(defaults::PARALLEL_TABLES),
+            settle_seconds: file.settle_seconds.unwrap_or(defaults::SETTLE_SECONDS),
+            rescan_seconds: file.rescan_seconds.unwrap_or(defaults::RESCAN_SECONDS),
+            alert_max_age_hours: file.alert_max_age_hours.unwrap_or(defaults::ALERT_MAX_AGE_HOURS),
             cohort: flags.cohort.or(file.cohort).unwrap_or_default(),
             datasets,
         };
@@ -283,6 +296,35 @@ impl Datasets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_states_the_defaults() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/mimic-eye.toml")).unwrap();
+        let file: ConfigFile = toml::from_str(&text).unwrap();
+        assert_eq!(file.profile, Some(Profile::default()));
+        assert_eq!(file.window_days, Some(defaults::WINDOW_DAYS));
+        assert_eq!(file.index_column, Some(defaults::INDEX_COLUMN));
+        assert_eq!(file.files, Some(FilesMode::default()));
+        assert_eq!(file.metrics_addr, Some(defaults::METRICS_ADDR.parse().unwrap()));
+        assert_eq!(file.allow_non_loopback_metrics, Some(false));
+        assert_eq!(file.parallel_tables, Some(defaults::PARALLEL_TABLES));
+        assert_eq!(file.settle_seconds, Some(defaults::SETTLE_SECONDS));
+        assert_eq!(file.rescan_seconds, Some(defaults::RESCAN_SECONDS));
+        assert_eq!(file.alert_max_age_hours, Some(defaults::ALERT_MAX_AGE_HOURS));
+        // And a config that sets nothing resolves to them.
+        let bare: ConfigFile = toml::from_str("input = '/i'\noutput = '/o'").unwrap();
+        let c = Config::resolve(bare, Overrides::default()).unwrap();
+        assert_eq!(
+            (c.window_days, c.index_column, c.parallel_tables, c.settle_seconds, c.rescan_seconds),
+            (
+                defaults::WINDOW_DAYS,
+                defaults::INDEX_COLUMN,
+                defaults::PARALLEL_TABLES,
+                defaults::SETTLE_SECONDS,
+                defaults::RESCAN_SECONDS
+            )
+        );
+    }
 
     #[test]
     fn example_config_parses_and_flags_override() {

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use mimic_eye::config::{Config, ConfigFile, Overrides, Profile};
 use mimic_eye::pipeline;
-use mimic_eye::progress::Progress;
+use mimic_eye::progress::ProgressBars;
 use mimic_eye::synth;
 
 #[derive(Parser)]
@@ -291,7 +291,7 @@ fn build(settings: Settings, full: bool, accept_shrink: bool) -> anyhow::Result<
     anyhow::ensure!(config.input.is_dir(), "input directory {} does not exist", config.input.display());
     let _lock = pipeline::publish::lock_output(&config.output)?;
     let options = pipeline::BuildOptions { force_full: full, accept_shrink, ..Default::default() };
-    let summary = runtime()?.block_on(pipeline::build(config.clone(), Progress::new(true), options))?;
+    let summary = runtime()?.block_on(pipeline::build(config.clone(), ProgressBars::on_terminal(), options))?;
     println!("{}", summary.headline());
     println!("output: {}", config.output.display());
     if !summary.failed.is_empty() {
@@ -417,7 +417,7 @@ fn demo(dir: Option<PathBuf>, profile: Profile) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let summary = runtime()?.block_on(pipeline::build(config, Progress::new(true), Default::default()))?;
+    let summary = runtime()?.block_on(pipeline::build(config, ProgressBars::on_terminal(), Default::default()))?;
     println!("MIMIC-Eye demo build (synthetic data, profile {})", summary.profile);
     println!("  {}", summary.headline());
     println!("  planted: {}", planted.describe());

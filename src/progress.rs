@@ -5,15 +5,15 @@ use std::io::IsTerminal;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(Clone)]
-pub struct Progress {
+pub struct ProgressBars {
     multi: Option<MultiProgress>,
 }
 
-impl Progress {
-    /// Bars when stderr is a terminal and `enabled`; hidden otherwise (CI, journald, tests).
-    pub fn new(enabled: bool) -> Self {
-        let multi = (enabled && std::io::stderr().is_terminal())
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+impl ProgressBars {
+    /// Bars when stderr is a terminal; hidden otherwise (CI, journald, tests).
+    pub fn on_terminal() -> Self {
+        let multi =
+            std::io::stderr().is_terminal().then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
         Self { multi }
     }
 

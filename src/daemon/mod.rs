@@ -19,7 +19,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigFile, Overrides};
 use crate::pipeline::{self, paths, publish, BuildOptions, Cancelled};
-use crate::progress::Progress;
+use crate::progress::ProgressBars;
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::telemetry;
 
@@ -152,7 +152,7 @@ impl Daemon {
         });
         gauge!(telemetry::BUILD_RUNNING).set(1.0);
         notify::send(&format!("STATUS=building ({kind})"));
-        let build = pipeline::build(self.config.clone(), Progress::hidden(), options);
+        let build = pipeline::build(self.config.clone(), ProgressBars::hidden(), options);
         tokio::pin!(build);
         let result = tokio::select! {
             r = &mut build => r,

@@ -122,7 +122,6 @@ pub enum ReadMsg {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReadStats {
-    pub rows: u64,
     pub input_bytes: u64,
 }
 

@@ -25,7 +25,7 @@ use crate::pipeline::shrink;
 use crate::pipeline::summary::{CohortSummary, SourceCounts, Summary};
 use crate::pipeline::table_job::run_table_job;
 use crate::pipeline::vanished;
-use crate::progress::Progress;
+use crate::progress::ProgressBars;
 
 /// How a build runs (the daemon sets these; a one-shot build uses the defaults).
 #[derive(Debug, Clone, Default)]
@@ -62,7 +62,7 @@ fn previous_stay_counts(output: &Path) -> Option<(usize, usize)> {
 
 /// One build: link, every table job (each redoing only what changed), derived tables, copied
 /// folders, summary.
-pub async fn build(config: Config, progress: Progress, options: BuildOptions) -> anyhow::Result<Summary> {
+pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let output = config.output.clone();
     prepare_output(&output)?;

@@ -8,7 +8,7 @@ use crate::cohort::Cohort;
 use crate::config::Config;
 use crate::pipeline::linker::Links;
 use crate::pipeline::reader::{self};
-use crate::progress::Progress;
+use crate::progress::ProgressBars;
 
 /// Shared, read-only context of a build.
 pub struct BuildContext {
@@ -19,7 +19,7 @@ pub struct BuildContext {
     pub force_full: bool,
     pub cohort: Arc<Cohort>,
     pub links: Arc<Links>,
-    pub progress: Progress,
+    pub progress: ProgressBars,
     pub max_open_files: usize,
     /// The linker's REFLACX phases and EyeGaze master sheet, read once and reused by the fixer
     /// and the folder sync.

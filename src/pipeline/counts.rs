@@ -10,12 +10,6 @@ pub struct TableCounts {
     pub rejected: u64,
 }
 
-impl TableCounts {
-    pub fn balanced(&self) -> bool {
-        self.read == self.written + self.outside_cohort + self.rejected
-    }
-}
-
 /// How the copied folders' files are placed, for the summary: the counts add up to the files
 /// the folder jobs have in the output.
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -246,7 +246,7 @@ impl TableReader {
                 return Err(self.error(ReadErrorKind::RecordTooLong { line, max: MAX_RECORD }));
             }
             if self.eof && self.work.is_empty() {
-                return Ok(Some(ReadStats { rows: row, input_bytes: self.source.input_read.load(Ordering::Relaxed) }));
+                return Ok(Some(ReadStats { input_bytes: self.source.input_read.load(Ordering::Relaxed) }));
             }
         }
     }

@@ -24,10 +24,10 @@ use crate::pipeline::planner;
 use crate::pipeline::publish::{self, Manifest};
 use crate::pipeline::reader::TableReader;
 use crate::pipeline::writer::{Route, Writer, WriterOutcome, WriterSpec};
-use crate::progress::Progress;
+use crate::progress::ProgressBars;
 
 /// Batches in flight on each link between actors (memory: capacity × about 512 KiB).
-pub const CHANNEL_CAPACITY: usize = 4;
+pub const LINK_CAPACITY: usize = 4;
 
 /// Runs one table job end to end and publishes it. The previous output stays on failure.
 pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<WriterOutcome, JobError> {
@@ -45,8 +45,8 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
     // that reports the job's progress and the links' depths.
     let bar = ctx.progress.table(&job.key, file_len(&job.path));
     let counter = reader.progress_counter();
-    let pool = batch::BatchPool::new(CHANNEL_CAPACITY + 2); // batches circulate back to the reader
-    let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
+    let pool = batch::BatchPool::new(LINK_CAPACITY + 2); // batches circulate back to the reader
+    let (tx, rx) = async_channel::bounded::<ReadMsg>(LINK_CAPACITY);
     let mut probes = vec![("reader->writer", tx.downgrade())];
     let read_task = spawn_reader(reader, routing.key_column, tx, &ctx.cancel, pool.clone());
     let rx = match routing.fix {
@@ -188,7 +188,7 @@ async fn spawn_fixer(
     let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links))
         .await
         .map_err(|e| JobError::joined("fixer", &job.key, e))??;
-    let (tx, rx) = async_channel::bounded::<ReadMsg>(CHANNEL_CAPACITY);
+    let (tx, rx) = async_channel::bounded::<ReadMsg>(LINK_CAPACITY);
     let to_writer = tx.downgrade();
     tokio::task::spawn_blocking(move || fix.run(from_reader, tx));
     Ok((rx, move |reader_link| vec![("reader->fixer", reader_link), ("fixer->writer", to_writer)]))
@@ -207,7 +207,7 @@ fn spawn_ticker(
     let probes: Vec<_> = probes
         .into_iter()
         .map(|(name, weak)| {
-            metrics::gauge!(crate::telemetry::CHANNEL_CAPACITY, "link" => name).set(CHANNEL_CAPACITY as f64);
+            metrics::gauge!(crate::telemetry::CHANNEL_CAPACITY, "link" => name).set(LINK_CAPACITY as f64);
             (metrics::gauge!(crate::telemetry::CHANNEL_DEPTH, "table" => key.clone(), "link" => name), weak)
         })
         .collect();
@@ -279,7 +279,7 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
         cohort: Arc::new(cohort),
         links: Arc::new(Links::default()),
         config,
-        progress: Progress::new(true),
+        progress: ProgressBars::on_terminal(),
         max_open_files: raise_open_file_limit(),
         cancel: Arc::new(AtomicBool::new(false)),
         force_full: true,

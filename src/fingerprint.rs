@@ -39,15 +39,20 @@ impl Fnv {
     }
 }
 
-/// `<size>-<mtime ns>-<hash>`, or an error string when the file cannot be read.
-pub fn of_file(path: &Path) -> String {
-    match fingerprint(path) {
-        Ok(f) => f,
-        Err(e) => format!("unreadable: {e}"),
-    }
+/// A file's size, mtime and a hash of its first and last 64 KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fingerprint {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub sample_fnv: u64,
 }
 
-fn fingerprint(path: &Path) -> std::io::Result<String> {
+/// The fingerprint of a file, or `None` when it cannot be read (its job then fails at open).
+pub fn of_file(path: &Path) -> Option<Fingerprint> {
+    fingerprint(path).ok()
+}
+
+fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
     let mut f = File::open(path)?;
     let meta = f.metadata()?;
     let len = meta.len();
@@ -60,8 +65,8 @@ fn fingerprint(path: &Path) -> std::io::Result<String> {
         f.read_exact(&mut buf)?;
         h = h.bytes(&buf);
     }
-    let mtime = meta.mtime() as i128 * 1_000_000_000 + i128::from(meta.mtime_nsec());
-    Ok(format!("{len}-{mtime}-{:016x}", h.finish()))
+    let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
+    Ok(Fingerprint { size: len, mtime_ns, sample_fnv: h.finish() })
 }
 
 #[cfg(test)]

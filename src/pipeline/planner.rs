@@ -4,8 +4,12 @@
 use std::collections::BTreeSet;
 
 use crate::cohort::Cohort;
-use crate::config::Config;
-use crate::fingerprint::Fnv;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, FilesMode, Profile};
+use crate::fingerprint::{Fingerprint, Fnv};
 use crate::ids::SubjectId;
 use crate::pipeline::publish::Manifest;
 
@@ -21,34 +25,64 @@ pub enum Action {
     Patients { added: BTreeSet<SubjectId>, removed: BTreeSet<SubjectId> },
 }
 
+/// What a table job's outputs depend on, recorded in its manifest: a job whose key and cohort
+/// are unchanged is skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputKey {
+    pub settings: SettingsKey,
+    /// The input file; `None` (unreadable) never matches.
+    pub file: Option<Fingerprint>,
+    /// For dicom-routed tables (EyeGaze): a hash of the dicom → patient map.
+    pub dicom_map: Option<u64>,
+}
+
 /// The settings every output depends on.
-pub fn settings_key(config: &Config) -> String {
-    format!(
-        "profile={};index={};window={};files={:?};v={}",
-        config.profile.as_str(),
-        config.index_column,
-        config.window_days,
-        config.files,
-        env!("CARGO_PKG_VERSION")
-    )
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsKey {
+    pub profile: Profile,
+    pub index_column: bool,
+    pub window_days: u32,
+    pub files: FilesMode,
+    pub program_version: String,
+}
+
+impl InputKey {
+    /// The key of a table job reading `path` under `config`, with the dicom map if routed by it.
+    pub fn new(config: &Config, path: &Path, dicoms: Option<&Cohort>) -> Self {
+        let settings = SettingsKey {
+            profile: config.profile,
+            index_column: config.index_column,
+            window_days: config.window_days,
+            files: config.files,
+            program_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        Self { settings, file: crate::fingerprint::of_file(path), dicom_map: dicoms.map(dicom_map_hash) }
+    }
 }
 
 /// A hash of what routes rows by dicom id (EyeGaze tables are redone when it changes).
-pub fn dicom_map_key(cohort: &Cohort) -> String {
+fn dicom_map_hash(cohort: &Cohort) -> u64 {
     let mut pairs: Vec<(&str, u64)> = cohort.dicoms().map(|(d, s)| (d.as_str(), s.get())).collect();
     pairs.sort_unstable();
     let mut h = Fnv::default();
     for (d, s) in pairs {
         h = h.str(d).u64(s);
     }
-    format!("{:016x}", h.finish())
+    h.finish()
+}
+
+/// Reads a manifest's key leniently: a key in an older format is no key (the job is redone
+/// once) rather than an unreadable manifest (which would lose the record of its files).
+pub fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<InputKey, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 /// Decides one job. `input` is the job's input fingerprint (with its settings and, for
 /// dicom-routed tables, the dicom map); `split` is whether it writes per-patient files by subject.
-pub fn decide(previous: Option<&Manifest>, input: &str, cohort: &Cohort, split: bool) -> Action {
+pub fn decide(previous: Option<&Manifest>, input: &InputKey, cohort: &Cohort, split: bool) -> Action {
     let Some(prev) = previous else { return Action::Full };
-    if prev.input != input {
+    if input.file.is_none() || prev.input != *input {
         return Action::Full;
     }
     if !split {
@@ -83,12 +117,18 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let prev = Manifest { input: "x".into(), cohort: vec![1, 2], ..Default::default() };
-        assert_eq!(decide(None, "x", &cohort(&[1]), true), Action::Full);
-        assert_eq!(decide(Some(&prev), "y", &cohort(&[1, 2]), true), Action::Full);
-        assert_eq!(decide(Some(&prev), "x", &cohort(&[1, 2]), true), Action::Skip);
-        assert_eq!(decide(Some(&prev), "x", &cohort(&[9]), false), Action::Skip);
-        let Action::Patients { added, removed } = decide(Some(&prev), "x", &cohort(&[2, 3]), true) else { panic!() };
+        let key =
+            |size| InputKey { file: Some(Fingerprint { size, mtime_ns: 1, sample_fnv: 2 }), ..Default::default() };
+        let (x, y) = (key(1), key(2));
+        let prev = Manifest { input: x.clone(), cohort: vec![1, 2], ..Default::default() };
+        assert_eq!(decide(None, &x, &cohort(&[1]), true), Action::Full);
+        assert_eq!(decide(Some(&prev), &y, &cohort(&[1, 2]), true), Action::Full);
+        assert_eq!(decide(Some(&prev), &x, &cohort(&[1, 2]), true), Action::Skip);
+        assert_eq!(decide(Some(&prev), &x, &cohort(&[9]), false), Action::Skip);
+        let unreadable = InputKey { file: None, ..x.clone() };
+        let prev_unreadable = Manifest { input: unreadable.clone(), ..Default::default() };
+        assert_eq!(decide(Some(&prev_unreadable), &unreadable, &cohort(&[1, 2]), true), Action::Full);
+        let Action::Patients { added, removed } = decide(Some(&prev), &x, &cohort(&[2, 3]), true) else { panic!() };
         assert_eq!(added.iter().map(|s| s.get()).collect::<Vec<_>>(), vec![3]);
         assert_eq!(removed.iter().map(|s| s.get()).collect::<Vec<_>>(), vec![1]);
     }

@@ -35,8 +35,8 @@ pub struct Manifest {
     pub files: Vec<PathBuf>,
     pub counts: TableCounts,
     /// The input fingerprint and settings the job ran with (the planner compares it).
-    #[serde(default)]
-    pub input: String,
+    #[serde(default, deserialize_with = "crate::pipeline::planner::lenient")]
+    pub input: crate::pipeline::planner::InputKey,
     /// The cohort the per-patient files were written for.
     #[serde(default)]
     pub cohort: Vec<u64>,

@@ -84,7 +84,7 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
 /// What this build does with a table, decided from the last manifest of its job.
 struct Decision {
     /// The input fingerprint and settings, recorded in the manifest for the next build.
-    input: String,
+    input: planner::InputKey,
     split: bool,
     work: Work,
 }
@@ -110,10 +110,8 @@ fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(D
     let last = publish::load_manifest(&ctx.config.output, &job.key);
     let split_before = last.as_ref().is_some_and(Manifest::was_split);
     let routing = routing_for(job, reader, ctx.config.profile, split_before)?;
-    let mut input = format!("{};{}", planner::settings_key(&ctx.config), crate::fingerprint::of_file(&job.path));
-    if routing.route == Route::ByDicom {
-        input = format!("{input};dicoms={}", planner::dicom_map_key(&ctx.cohort));
-    }
+    let dicoms = (routing.route == Route::ByDicom).then_some(&*ctx.cohort);
+    let input = planner::InputKey::new(&ctx.config, &job.path, dicoms);
     let previous = if ctx.force_full { None } else { last };
     let split = routing.route == Route::BySubject;
     let work = match (planner::decide(previous.as_ref(), &input, &ctx.cohort, split), previous) {
@@ -247,7 +245,7 @@ fn check_header_fits(job: &TableJob, columns: usize, outcome: &WriterOutcome) ->
 async fn publish_job(
     ctx: &BuildContext,
     job: &TableJob,
-    input: String,
+    input: planner::InputKey,
     split: bool,
     outcome: &WriterOutcome,
 ) -> Result<(), JobError> {

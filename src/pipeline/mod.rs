@@ -23,6 +23,7 @@ pub mod fixer;
 pub mod folders;
 pub mod jobs;
 pub mod linker;
+pub mod manifest;
 pub mod outsums;
 pub mod paths;
 pub mod planner;

@@ -4,14 +4,10 @@
 use std::collections::BTreeSet;
 
 use crate::cohort::Cohort;
-use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::{Config, FilesMode, Profile};
-use crate::fingerprint::{Fingerprint, Fnv};
 use crate::ids::SubjectId;
-use crate::pipeline::publish::Manifest;
+pub use crate::pipeline::manifest::InputKey;
+use crate::pipeline::manifest::Manifest;
 
 /// What a table job does this build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,59 +19,6 @@ pub enum Action {
     /// The cohort changed: read the table once, write only the new patients' files, and drop
     /// the files of patients who left. Other patients' files are not touched.
     Patients { added: BTreeSet<SubjectId>, removed: BTreeSet<SubjectId> },
-}
-
-/// What a table job's outputs depend on, recorded in its manifest: a job whose key and cohort
-/// are unchanged is skipped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputKey {
-    pub settings: SettingsKey,
-    /// The input file; `None` (unreadable) never matches.
-    pub file: Option<Fingerprint>,
-    /// For dicom-routed tables (EyeGaze): a hash of the dicom → patient map.
-    pub dicom_map: Option<u64>,
-}
-
-/// The settings every output depends on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SettingsKey {
-    pub profile: Profile,
-    pub index_column: bool,
-    pub window_days: u32,
-    pub files: FilesMode,
-    pub program_version: String,
-}
-
-impl InputKey {
-    /// The key of a table job reading `path` under `config`, with the dicom map if routed by it.
-    pub fn new(config: &Config, path: &Path, dicoms: Option<&Cohort>) -> Self {
-        let settings = SettingsKey {
-            profile: config.profile,
-            index_column: config.index_column,
-            window_days: config.window_days,
-            files: config.files,
-            program_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        Self { settings, file: crate::fingerprint::of_file(path), dicom_map: dicoms.map(dicom_map_hash) }
-    }
-}
-
-/// A hash of what routes rows by dicom id (EyeGaze tables are redone when it changes).
-fn dicom_map_hash(cohort: &Cohort) -> u64 {
-    let mut pairs: Vec<(&str, u64)> = cohort.dicoms().map(|(d, s)| (d.as_str(), s.get())).collect();
-    pairs.sort_unstable();
-    let mut h = Fnv::default();
-    for (d, s) in pairs {
-        h = h.str(d).u64(s);
-    }
-    h.finish()
-}
-
-/// Reads a manifest's key leniently: a key in an older format is no key (the job is redone
-/// once) rather than an unreadable manifest (which would lose the record of its files).
-pub fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<InputKey, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(value).unwrap_or_default())
 }
 
 /// Decides one job. `input` is the job's input fingerprint (with its settings and, for
@@ -110,6 +53,7 @@ pub fn cohort_list(cohort: &Cohort) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fingerprint::Fingerprint;
 
     fn cohort(ids: &[u64]) -> Cohort {
         Cohort::from_subjects(ids.iter().map(|i| SubjectId::parse(i.to_string().as_bytes()).unwrap()))

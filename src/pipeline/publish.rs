@@ -10,9 +10,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::pipeline::counts::TableCounts;
+pub use crate::pipeline::manifest::{CopyRecord, Manifest};
 use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
 
 /// The mode of every file the build creates, also where the creating call ignores the umask
@@ -23,94 +21,6 @@ pub const FILE_MODE: u32 = 0o640;
 pub fn set_output_mode(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE))
-}
-
-/// What a published job produced: the record later jobs compare against.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Manifest {
-    pub job: String,
-    /// The table was split per patient (its rows went to patient folders).
-    #[serde(default)]
-    pub split: bool,
-    pub files: Vec<PathBuf>,
-    pub counts: TableCounts,
-    /// The input fingerprint and settings the job ran with (the planner compares it).
-    #[serde(default, deserialize_with = "crate::pipeline::planner::lenient")]
-    pub input: crate::pipeline::planner::InputKey,
-    /// The cohort the per-patient files were written for.
-    #[serde(default)]
-    pub cohort: Vec<u64>,
-    /// Rows written per patient, so patients who leave can be dropped without rereading.
-    #[serde(default)]
-    pub per_patient: std::collections::BTreeMap<u64, u64>,
-    /// Copied files (not hard links): the source each was copied from and the copy's hash.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
-}
-
-/// What a copied output file was made from: the source's identity when it was copied, and the
-/// SHA-256 of the bytes copied. A source replaced by other bytes (even of the same size with an
-/// older mtime) has another inode or ctime, so it is copied again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CopyRecord {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    /// SHA-256 of the copied bytes, lower-case hex (empty in records of older builds, which
-    /// kept an FNV hash instead).
-    #[serde(default)]
-    pub sha256: String,
-    /// A copy-on-write clone (`files = "reflink"`) rather than a byte copy.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub reflink: bool,
-    /// The copy's own inode and mtime when it was made (a rename keeps both): while the output
-    /// file still has them, `SHA256SUMS.txt` takes `sha256` instead of reading it again.
-    #[serde(default)]
-    pub copy_ino: u64,
-    #[serde(default)]
-    pub copy_mtime_ns: i64,
-}
-
-impl CopyRecord {
-    /// The source identity part of a record (hash left empty).
-    pub fn identity(meta: &fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-            sha256: String::new(),
-            reflink: false,
-            copy_ino: 0,
-            copy_mtime_ns: 0,
-        }
-    }
-
-    /// Records the copy `dest` (just written) as this record's output.
-    pub fn set_copy(&mut self, dest: &fs::Metadata) {
-        use std::os::unix::fs::MetadataExt;
-        self.copy_ino = dest.ino();
-        self.copy_mtime_ns = dest.mtime().saturating_mul(1_000_000_000).saturating_add(dest.mtime_nsec());
-    }
-
-    /// Same source, as far as its identity tells.
-    pub fn same_source(&self, other: &CopyRecord) -> bool {
-        (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
-            == (other.dev, other.ino, other.size, other.mtime_ns, other.ctime_ns)
-    }
-}
-
-impl Manifest {
-    /// Whether this job split its table per patient (manifests from before `split` was
-    /// recorded tell it by their per-patient row counts).
-    pub fn was_split(&self) -> bool {
-        self.split || !self.per_patient.is_empty()
-    }
 }
 
 fn manifest_path(output: &Path, job: &str) -> PathBuf {

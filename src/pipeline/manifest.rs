@@ -1,0 +1,154 @@
+//! What a published job records: its files, counts and the key of its inputs (the planner
+//! compares it), the cohort it was written for, and where each copied file came from. A leaf
+//! module: publish writes manifests, the planner and the folder jobs read them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cohort::Cohort;
+use crate::config::{Config, FilesMode, Profile};
+use crate::fingerprint::{Fingerprint, Fnv};
+use crate::pipeline::counts::TableCounts;
+
+/// What a published job produced: the record later jobs compare against.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    pub job: String,
+    /// The table was split per patient (its rows went to patient folders).
+    #[serde(default)]
+    pub split: bool,
+    pub files: Vec<PathBuf>,
+    pub counts: TableCounts,
+    /// The input fingerprint and settings the job ran with (the planner compares it).
+    #[serde(default, deserialize_with = "lenient")]
+    pub input: InputKey,
+    /// The cohort the per-patient files were written for.
+    #[serde(default)]
+    pub cohort: Vec<u64>,
+    /// Rows written per patient, so patients who leave can be dropped without rereading.
+    #[serde(default)]
+    pub per_patient: std::collections::BTreeMap<u64, u64>,
+    /// Copied files (not hard links): the source each was copied from and the copy's hash.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
+}
+
+/// What a copied output file was made from: the source's identity when it was copied, and the
+/// SHA-256 of the bytes copied. A source replaced by other bytes (even of the same size with an
+/// older mtime) has another inode or ctime, so it is copied again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRecord {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    /// SHA-256 of the copied bytes, lower-case hex (empty in records of older builds, which
+    /// kept an FNV hash instead).
+    #[serde(default)]
+    pub sha256: String,
+    /// A copy-on-write clone (`files = "reflink"`) rather than a byte copy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reflink: bool,
+    /// The copy's own inode and mtime when it was made (a rename keeps both): while the output
+    /// file still has them, `SHA256SUMS.txt` takes `sha256` instead of reading it again.
+    #[serde(default)]
+    pub copy_ino: u64,
+    #[serde(default)]
+    pub copy_mtime_ns: i64,
+}
+
+impl CopyRecord {
+    /// The source identity part of a record (hash left empty).
+    pub fn identity(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            sha256: String::new(),
+            reflink: false,
+            copy_ino: 0,
+            copy_mtime_ns: 0,
+        }
+    }
+
+    /// Records the copy `dest` (just written) as this record's output.
+    pub fn set_copy(&mut self, dest: &fs::Metadata) {
+        use std::os::unix::fs::MetadataExt;
+        self.copy_ino = dest.ino();
+        self.copy_mtime_ns = dest.mtime().saturating_mul(1_000_000_000).saturating_add(dest.mtime_nsec());
+    }
+
+    /// Same source, as far as its identity tells.
+    pub fn same_source(&self, other: &CopyRecord) -> bool {
+        (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+            == (other.dev, other.ino, other.size, other.mtime_ns, other.ctime_ns)
+    }
+}
+
+impl Manifest {
+    /// Whether this job split its table per patient (manifests from before `split` was
+    /// recorded tell it by their per-patient row counts).
+    pub fn was_split(&self) -> bool {
+        self.split || !self.per_patient.is_empty()
+    }
+}
+
+/// What a table job's outputs depend on, recorded in its manifest: a job whose key and cohort
+/// are unchanged is skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputKey {
+    pub settings: SettingsKey,
+    /// The input file; `None` (unreadable) never matches.
+    pub file: Option<Fingerprint>,
+    /// For dicom-routed tables (EyeGaze): a hash of the dicom → patient map.
+    pub dicom_map: Option<u64>,
+}
+
+/// The settings every output depends on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsKey {
+    pub profile: Profile,
+    pub index_column: bool,
+    pub window_days: u32,
+    pub files: FilesMode,
+    pub program_version: String,
+}
+
+impl InputKey {
+    /// The key of a table job reading `path` under `config`, with the dicom map if routed by it.
+    pub fn new(config: &Config, path: &Path, dicoms: Option<&Cohort>) -> Self {
+        let settings = SettingsKey {
+            profile: config.profile,
+            index_column: config.index_column,
+            window_days: config.window_days,
+            files: config.files,
+            program_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        Self { settings, file: crate::fingerprint::of_file(path), dicom_map: dicoms.map(dicom_map_hash) }
+    }
+}
+
+/// A hash of what routes rows by dicom id (EyeGaze tables are redone when it changes).
+fn dicom_map_hash(cohort: &Cohort) -> u64 {
+    let mut pairs: Vec<(&str, u64)> = cohort.dicoms().map(|(d, s)| (d.as_str(), s.get())).collect();
+    pairs.sort_unstable();
+    let mut h = Fnv::default();
+    for (d, s) in pairs {
+        h = h.str(d).u64(s);
+    }
+    h.finish()
+}
+
+/// Reads a manifest's key leniently: a key in an older format is no key (the job is redone
+/// once) rather than an unreadable manifest (which would lose the record of its files).
+pub fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<InputKey, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).unwrap_or_default())
+}

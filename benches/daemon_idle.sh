@@ -43,10 +43,14 @@ files=$(find "$work/in" -type f | wc -l)
 folders=$(find "$work/in" -type d | wc -l)
 echo "input: $files files in $folders folders"
 
-rm -rf "$work/once"
-start=$(date +%s.%N)
-"$bin" build --input "$input" --output "$work/once" >/dev/null
-once=$(echo "$(date +%s.%N) - $start" | bc)
+# The one-shot build twice, timing the second: both it and the daemon then read from a warm
+# page cache, as the daemon's first build does after this one.
+for _ in 1 2; do
+  rm -rf "$work/once"
+  start=$(date +%s.%N)
+  "$bin" build --input "$input" --output "$work/once" >/dev/null
+  once=$(echo "$(date +%s.%N) - $start" | bc)
+done
 
 rm -rf "$work/out"
 cat > "$work/daemon.toml" <<TOML
@@ -84,10 +88,11 @@ cpu=$(echo "scale=3; 100 * ($t1 - $t0) / $hz / $idle" | bc)
 # A change to a cohort table: one more admissions row for a cohort patient.
 adm=$(ls "$input"/mimiciv/*/hosp/admissions.csv*)
 sid=$(python3 -c "import json;print(json.load(open('$work/in/synth-planted.json'))['cohort'][0])")
-python3 - "$adm" "$sid" <<'PY'
+hadm=$(( 20000000 + $(date +%s) % 9999999 ))  # new on every run
+python3 - "$adm" "$sid" "$hadm" <<'PY'
 import gzip, sys
-path, sid = sys.argv[1], sys.argv[2]
-row = f"{sid},29999999" + "," * 14 + "\n"
+path, sid, hadm = sys.argv[1], sys.argv[2], sys.argv[3]
+row = f"{sid},{hadm}" + "," * 14 + "\n"
 if path.endswith(".gz"):
     with open(path, "ab") as f:
         f.write(gzip.compress(row.encode()))
@@ -96,7 +101,7 @@ else:
 PY
 resum "$adm"
 start=$(date +%s.%N)
-until grep -q 29999999 "$work/out/patient_$sid/Hosp/admissions.csv" 2>/dev/null; do sleep 0.1; done
+until grep -q "^[0-9]*,$sid,$hadm," "$work/out/patient_$sid/Hosp/admissions.csv" 2>/dev/null; do sleep 0.1; done
 applied=$(echo "$(date +%s.%N) - $start" | bc)
 kill "$pid"; wait "$pid" || true
 

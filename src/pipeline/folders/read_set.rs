@@ -61,7 +61,7 @@ pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
 
 /// Above this many copied folders (a cohort of tens of thousands), only the table folders are
 /// watched: inotify watches are a per-user resource shared with every other program.
-const MAX_WATCHED_COPIED_FOLDERS: usize = 15_000;
+const MAX_WATCHED_COPIED_FOLDERS: usize = 19_000;
 
 /// The folders holding tables, and the dataset roots: what a build reads before it knows the
 /// cohort.

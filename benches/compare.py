@@ -76,6 +76,18 @@ def set_aside(work, path):
         os.rename(path, os.path.join(trash, f"{time.time_ns()}"))
 
 
+def empty_trash(work):
+    """Deletes a previous invocation's trash (see set_aside) and waits out the window above.
+
+    The wait is 360 s: 60 s after the deletion is written back, 360 s while it is not;
+    measured: 60 s was not enough, the first configuration ran up to 2x slower."""
+    trash = os.path.join(work, "trash")
+    if os.path.exists(trash):
+        shutil.rmtree(trash)
+        os.sync()
+        time.sleep(360)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -87,13 +99,7 @@ def main():
     ap.add_argument("--orders", nargs="+", default=["grouped", "shuffled"])
     ap.add_argument("--no-build", action="store_true", help="skip the end-to-end world build")
     a = ap.parse_args()
-    # A previous invocation's trash is deleted now and the first runs wait out the window above
-    # (60 s after the deletion is written back, 360 s while it is not; measured: 60 s was not
-    # enough, the first configuration ran up to 2x slower).
-    if os.path.exists(os.path.join(a.work, "trash")):
-        shutil.rmtree(os.path.join(a.work, "trash"))
-        os.sync()
-        time.sleep(360)
+    empty_trash(a.work)
     rows_out = []
     for size in a.sizes:
         for order in a.orders:

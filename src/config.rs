@@ -311,6 +311,7 @@ mod tests {
         assert_eq!(file.settle_seconds, Some(defaults::SETTLE_SECONDS));
         assert_eq!(file.rescan_seconds, Some(defaults::RESCAN_SECONDS));
         assert_eq!(file.alert_max_age_hours, Some(defaults::ALERT_MAX_AGE_HOURS));
+        assert_eq!(file.cohort, Some(crate::cohort::CohortKind::default()));
         // And a config that sets nothing resolves to them.
         let bare: ConfigFile = toml::from_str("input = '/i'\noutput = '/o'").unwrap();
         let c = Config::resolve(bare, Overrides::default()).unwrap();

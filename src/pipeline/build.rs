@@ -97,6 +97,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let stays_known = stays_pending.is_none();
     write_derived_tables(&ctx, stays_known, &mut report).await?;
     let summary = summarize(&ctx, report, missing, stays_known, started);
+    publish::forget_made_dirs();
     publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
     let sums = output.join(crate::sums::SUMS_FILE);

@@ -5,10 +5,11 @@
 //! rename; after a crash, `recover` redoes the remaining renames from it (publishing is
 //! idempotent) and throws away staging folders of jobs that never reached the journal.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 pub use crate::pipeline::manifest::{CopyRecord, Manifest};
 use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
@@ -108,10 +109,16 @@ pub fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
 /// record the manifest.
 fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Result<()> {
     let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let previous = load_manifest(output, &manifest.job);
+    // Folders this job published into last time exist; the others are made top-down below,
+    // and a file in a folder made now cannot exist yet: no failing mkdir, rename or statx.
+    let existed: HashSet<&Path> = previous.iter().flat_map(|p| p.files.iter().filter_map(|f| f.parent())).collect();
     for rel in &manifest.files {
         let from = staged_path(staging, rel);
         let to = output.join(rel);
-        if same_content(&from, &to) {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let fresh = !existed.contains(parent) && make_dirs(output, parent)?;
+        if !fresh && same_content(&from, &to) {
             // Unchanged output keeps its mtime: readers and rsync see no change.
             fs::remove_file(&from)?;
             continue;
@@ -131,7 +138,7 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
         }
     }
     let new: BTreeSet<&PathBuf> = manifest.files.iter().collect();
-    if let Some(previous) = load_manifest(output, &manifest.job) {
+    if let Some(previous) = &previous {
         for stale in previous.files.iter().filter(|f| !new.contains(f)) {
             let path = output.join(stale);
             match fs::remove_file(&path) {
@@ -147,6 +154,40 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
     )?;
     let _ = fs::remove_dir_all(staging);
     Ok(())
+}
+
+/// Output folders known to exist, made or seen by publishes of this build (several jobs publish
+/// into one patient's folders); cleared after each build by [`forget_made_dirs`].
+fn made_dirs() -> &'static Mutex<HashSet<PathBuf>> {
+    static MADE: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    MADE.get_or_init(Mutex::default)
+}
+
+/// Makes `rel`'s missing folders under `output`, top-down, one `mkdir` each (a folder another
+/// program made is taken as it is). True when `rel` itself was made now.
+fn make_dirs(output: &Path, rel: &Path) -> io::Result<bool> {
+    let mut known = made_dirs().lock().unwrap_or_else(|e| e.into_inner());
+    let mut made_now = false;
+    let mut dir = output.to_path_buf();
+    for part in rel.iter() {
+        dir.push(part);
+        if known.contains(&dir) {
+            made_now = false;
+            continue;
+        }
+        made_now = match fs::create_dir(&dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        known.insert(dir.clone());
+    }
+    Ok(made_now)
+}
+
+/// Drops the folders [`make_dirs`] knows of (the output may change between builds).
+pub fn forget_made_dirs() {
+    made_dirs().lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
 /// `write_atomic`'s temporary files (`.tmpXXXXXX`) left by a crash between write and rename.

@@ -39,6 +39,39 @@ impl Fnv {
     }
 }
 
+/// A file's modification time in nanoseconds since the epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
+/// What identifies one version of a file: a rewrite in place changes the times, a truncation or
+/// an append the size, a replacement the inode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: meta.ctime().saturating_mul(1_000_000_000).saturating_add(meta.ctime_nsec()),
+        }
+    }
+
+    /// The identity of the file at `path` (following links), if it is there.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        std::fs::metadata(path).ok().map(|m| Self::of(&m))
+    }
+}
+
 /// A file's size, mtime and a hash of its first and last 64 KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint {
@@ -65,8 +98,7 @@ fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
         f.read_exact(&mut buf)?;
         h = h.bytes(&buf);
     }
-    let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
-    Ok(Fingerprint { size: len, mtime_ns, sample_fnv: h.finish() })
+    Ok(Fingerprint { size: len, mtime_ns: mtime_ns(&meta), sample_fnv: h.finish() })
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::{Digest, Expected};
+use crate::fingerprint::FileIdentity;
 
 /// Bytes handed over per chunk by the decode thread.
 pub const CHUNK: usize = 256 << 10;
@@ -92,36 +93,11 @@ pub struct Source {
     hash: Option<Arc<Mutex<HashState>>>,
 }
 
-/// What identifies one version of a file: a rewrite in place changes the times, a truncation
-/// or an append the size, a replacement the inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Identity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl Identity {
-    fn of(meta: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-}
-
 /// The end of a read is trusted only if the file is the one that was opened, whole: a file
 /// truncated, appended to or rewritten while it was read must not be published in part.
 struct ReadCheck {
     path: PathBuf,
-    start: Identity,
+    start: FileIdentity,
     input_read: Arc<AtomicU64>,
     hash: Option<Arc<Mutex<HashState>>>,
     expected: Option<Expected>,
@@ -130,7 +106,7 @@ struct ReadCheck {
 impl ReadCheck {
     fn verify(&self) -> io::Result<()> {
         let read = self.input_read.load(Ordering::Relaxed);
-        let now = std::fs::metadata(&self.path).map(|m| Identity::of(&m));
+        let now = FileIdentity::of_path(&self.path).ok_or(());
         let unchanged = now.as_ref().is_ok_and(|n| *n == self.start);
         if unchanged && read == self.start.size {
             return self.finish_hash();
@@ -165,7 +141,7 @@ impl Source {
     /// the read: a mismatch is the read's last error).
     pub fn open(path: &Path, sha256: Sha256Check) -> io::Result<Self> {
         let file = File::open(path)?;
-        let start = Identity::of(&file.metadata()?);
+        let start = FileIdentity::of(&file.metadata()?);
         let input_read = Arc::new(AtomicU64::new(0));
         let (hash, expected) = match sha256 {
             Sha256Check::Off => (None, None),

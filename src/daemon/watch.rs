@@ -13,13 +13,13 @@
 //! set runs periodically and whenever notify says events were lost.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 
+use crate::fingerprint::FileIdentity;
 use crate::pipeline::folders::WatchDir;
 use crate::shutdown::Shutdown;
 
@@ -37,21 +37,13 @@ pub enum WatchEvent {
     Changed(Vec<PathBuf>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
+/// A watched file's identity: size, mtime and ctime tell a file still being written, and the
+/// inode one replaced by another.
+type Stamp = FileIdentity;
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
-    let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
-    m.is_file().then(|| Stamp {
-        size: m.len(),
-        mtime_ns: ns(m.mtime(), m.mtime_nsec()),
-        ctime_ns: ns(m.ctime(), m.ctime_nsec()),
-    })
+    m.is_file().then(|| FileIdentity::of(&m))
 }
 
 struct Pending {
@@ -281,8 +273,8 @@ impl WatchActor {
 
     /// Files modified within the settle period at start-up may still be arriving.
     fn initial_scan(&mut self) {
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as i128;
-        let settle = self.settle.as_nanos() as i128;
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+        let settle = self.settle.as_nanos() as i64;
         for (p, s) in self.walk() {
             if now - s.mtime_ns.max(s.ctime_ns) < settle {
                 self.pending.insert(p.clone(), Pending::new(Some(s)));

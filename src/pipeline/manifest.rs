@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cohort::Cohort;
 use crate::config::{Config, FilesMode, Profile};
-use crate::fingerprint::{Fingerprint, Fnv};
+use crate::fingerprint::{FileIdentity, Fingerprint, Fnv};
 use crate::pipeline::counts::TableCounts;
 
 /// What a published job produced: the record later jobs compare against.
@@ -38,13 +38,11 @@ pub struct Manifest {
 /// What a copied output file was made from: the source's identity when it was copied, and the
 /// SHA-256 of the bytes copied. A source replaced by other bytes (even of the same size with an
 /// older mtime) has another inode or ctime, so it is copied again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRecord {
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    /// The source's identity when it was copied.
+    #[serde(flatten)]
+    pub source: FileIdentity,
     /// SHA-256 of the copied bytes, lower-case hex (empty in records of older builds, which
     /// kept an FNV hash instead).
     #[serde(default)]
@@ -63,32 +61,19 @@ pub struct CopyRecord {
 impl CopyRecord {
     /// The source identity part of a record (hash left empty).
     pub fn identity(meta: &fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
-        Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
-            sha256: String::new(),
-            reflink: false,
-            copy_ino: 0,
-            copy_mtime_ns: 0,
-        }
+        Self { source: FileIdentity::of(meta), ..Default::default() }
     }
 
     /// Records the copy `dest` (just written) as this record's output.
     pub fn set_copy(&mut self, dest: &fs::Metadata) {
         use std::os::unix::fs::MetadataExt;
         self.copy_ino = dest.ino();
-        self.copy_mtime_ns = dest.mtime().saturating_mul(1_000_000_000).saturating_add(dest.mtime_nsec());
+        self.copy_mtime_ns = crate::fingerprint::mtime_ns(dest);
     }
 
     /// Same source, as far as its identity tells.
     pub fn same_source(&self, other: &CopyRecord) -> bool {
-        (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
-            == (other.dev, other.ino, other.size, other.mtime_ns, other.ctime_ns)
+        self.source == other.source
     }
 }
 

@@ -84,7 +84,7 @@ fn copy_digests(output: &Path) -> BTreeMap<Vec<u8>, (u64, i64, u64, Digest)> {
     for m in publish::all_manifests(output) {
         for (path, r) in m.copies {
             if let (Some(d), true) = (sums::parse_hex(&r.sha256), r.copy_ino != 0) {
-                out.insert(path.as_os_str().as_bytes().to_vec(), (r.copy_ino, r.copy_mtime_ns, r.size, d));
+                out.insert(path.as_os_str().as_bytes().to_vec(), (r.copy_ino, r.copy_mtime_ns, r.source.size, d));
             }
         }
     }

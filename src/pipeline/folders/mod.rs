@@ -281,7 +281,7 @@ impl<'a> FolderJob<'a> {
         match self.copied_before.get(dest) {
             Some(record)
                 if record.same_source(&CopyRecord::identity(&source))
-                    && record.size == out.len()
+                    && record.source.size == out.len()
                     && (record.reflink == want_reflink || !want_reflink) =>
             {
                 self.copies.insert(dest.to_path_buf(), record.clone());

@@ -7,7 +7,7 @@
 //! listed are not checked. [`Integrity`] records per dataset what was read and what matched, for
 //! the summary's provenance.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -45,9 +45,19 @@ pub fn hash_file(path: &Path) -> io::Result<Digest> {
 pub fn parse(text: &[u8]) -> Result<Vec<(Vec<u8>, Digest)>, String> {
     let mut out = Vec::new();
     for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        if let Some(entry) = parse_line(i, line)? {
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+/// One line (its 0-based number `i`) of a checksum file; `None` for a blank line.
+fn parse_line(i: usize, line: &[u8]) -> Result<Option<(Vec<u8>, Digest)>, String> {
+    {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            continue;
+            return Ok(None);
         }
         let (escaped, line) = match line.strip_prefix(b"\\") {
             Some(rest) => (true, rest),
@@ -66,9 +76,8 @@ pub fn parse(text: &[u8]) -> Result<Vec<(Vec<u8>, Digest)>, String> {
             return Err(bad());
         }
         let path = if escaped { unescape(path) } else { path.to_vec() };
-        out.push((path, digest));
+        Ok(Some((path, digest)))
     }
-    Ok(out)
 }
 
 fn unescape(p: &[u8]) -> Vec<u8> {
@@ -124,11 +133,19 @@ pub struct DatasetSums {
 
 impl DatasetSums {
     pub fn load(folder: &Path) -> Self {
+        Self::load_where(folder, &|_| true)
+    }
+
+    /// Keeps only the lines whose relative path `keep` accepts, reading the file line by line:
+    /// MIMIC-CXR-JPG's lists about a million files, of which a build reads a few thousand, so
+    /// memory stays with what the build reads, not with the size of the download.
+    pub fn load_where(folder: &Path, keep: &dyn Fn(&[u8]) -> bool) -> Self {
+        use std::io::BufRead;
         use std::os::unix::ffi::OsStrExt;
         let file = folder.join(SUMS_FILE);
         let mut sums = DatasetSums { folder: folder.to_path_buf(), ..Default::default() };
-        let text = match std::fs::read(&file) {
-            Ok(t) => t,
+        let reader = match std::fs::File::open(&file) {
+            Ok(f) => io::BufReader::with_capacity(crate::source::CHUNK, f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return sums,
             Err(e) => {
                 sums.present = true;
@@ -137,12 +154,19 @@ impl DatasetSums {
             }
         };
         sums.present = true;
-        match parse(&text) {
-            Ok(lines) => {
-                sums.listed =
-                    lines.into_iter().map(|(rel, d)| (folder.join(std::ffi::OsStr::from_bytes(&rel)), d)).collect();
+        for (i, line) in reader.split(b'\n').enumerate() {
+            let parsed = line.map_err(|e| e.to_string()).and_then(|l| parse_line(i, &l));
+            match parsed {
+                Ok(Some((rel, d))) if keep(&rel) => {
+                    sums.listed.insert(folder.join(std::ffi::OsStr::from_bytes(&rel)), d);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    sums.error = Some(format!("{}: {e}", file.display()));
+                    sums.listed.clear();
+                    break;
+                }
             }
-            Err(e) => sums.error = Some(format!("{}: {e}", file.display())),
         }
         sums
     }
@@ -155,10 +179,40 @@ pub struct Sums {
 }
 
 impl Sums {
+    /// The lines of the tables (files at most two folders deep: `hosp/labevents.csv.gz`,
+    /// `main_data/metadata_phase_1.csv`); copied folders' files are added by [`Self::add_folders`]
+    /// once the cohort is known.
     pub fn load(config: &Config) -> Self {
-        let datasets =
-            DatasetKey::ALL.into_iter().map(|key| (key, DatasetSums::load(config.datasets.get(key)))).collect();
+        let tables = |rel: &[u8]| rel.iter().filter(|&&b| b == b'/').count() <= 1;
+        let datasets = DatasetKey::ALL
+            .into_iter()
+            .map(|key| (key, DatasetSums::load_where(config.datasets.get(key), &tables)))
+            .collect();
         Self { datasets }
+    }
+
+    /// Adds the lines of the files in `folders` (and below, for recursive ones): what a build
+    /// copies for its cohort.
+    pub fn add_folders(&mut self, folders: &[crate::pipeline::folders::WatchDir]) {
+        for sums in self.datasets.values_mut().filter(|d| d.present && d.error.is_none()) {
+            let wanted: Vec<(PathBuf, bool)> = folders
+                .iter()
+                .filter_map(|f| Some((f.path.strip_prefix(&sums.folder).ok()?.to_path_buf(), f.recursive)))
+                .filter(|(rel, _)| rel.components().count() > 0)
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let flat: HashSet<&Path> = wanted.iter().filter(|w| !w.1).map(|w| w.0.as_path()).collect();
+            let deep: Vec<&Path> = wanted.iter().filter(|w| w.1).map(|w| w.0.as_path()).collect();
+            let keep = |rel: &[u8]| {
+                use std::os::unix::ffi::OsStrExt;
+                let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
+                rel.parent().is_some_and(|p| flat.contains(p)) || deep.iter().any(|d| rel.starts_with(d))
+            };
+            let more = DatasetSums::load_where(&sums.folder, &keep);
+            sums.listed.extend(more.listed);
+        }
     }
 
     /// The dataset whose folder holds `path` (the deepest, should folders nest).

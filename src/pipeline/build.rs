@@ -68,12 +68,17 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     prepare_output(&output)?;
     let side = input::side_inputs(&config);
     let missing = check_inputs(&config, &side)?;
-    let integrity = crate::sums::Integrity::load(&config);
+    let mut integrity = crate::sums::Integrity::load(&config);
     crate::sums::Integrity::report_newer_versions(&config);
     let stays_pending = linker_inputs_pending(&side, &options)?;
     let (links, inputs) = link_cohort(&config, &side, &integrity, stays_pending.is_none()).await?;
     check_linker_rows(&output, &inputs, stays_pending.as_deref(), options.accept_shrink)?;
     let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
+    // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
+    match Arc::get_mut(&mut integrity) {
+        Some(i) => i.sums.add_folders(&folders::copied_folders(&config, &links, &reflacx_metadata)),
+        None => tracing::warn!("copied files are not checked against SHA256SUMS.txt this build"),
+    }
     tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(links.cohort.clone()),

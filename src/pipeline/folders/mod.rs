@@ -31,7 +31,7 @@ mod place;
 mod read_set;
 
 use place::{copy_recorded, is_mismatch, is_output_failure, is_unsupported, link_target, reflink, same_file, Placed};
-pub use read_set::{read_folders, table_folders, WatchDir};
+pub use read_set::{copied_folders, read_folders, table_folders, WatchDir};
 
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;

@@ -3,8 +3,11 @@
 
 use std::path::PathBuf;
 
+use crate::config::Config;
 use crate::ids::ReflacxId;
 use crate::pipeline::context::BuildContext;
+use crate::pipeline::linker::Links;
+use crate::pipeline::reader::SmallTable;
 
 use crate::input::cxr_subject_dir;
 
@@ -20,31 +23,7 @@ pub struct WatchDir {
 /// and the cohort's study, report, reading and transcript folders. It grows with the cohort
 /// and the number of tables, never with the size of the mirror.
 pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
-    let d = &ctx.config.datasets;
-    let flat = |path: PathBuf| WatchDir { path, recursive: false };
-    let mut dirs = Vec::new();
-    for row in &ctx.links.cxr_rows {
-        let sdir = cxr_subject_dir(row.subject);
-        if let Some(study) = row.study {
-            dirs.push(flat(d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}"))));
-        }
-        dirs.push(flat(d.mimic_cxr.join("files").join(&sdir)));
-    }
-    for table in &ctx.reflacx_phases {
-        let Ok(id_col) = table.require("id") else { continue };
-        for row in &table.rows {
-            if let Ok(id) = ReflacxId::parse(row.fields.get(id_col).map_or(&[][..], Vec::as_slice)) {
-                dirs.push(flat(d.reflacx.join("main_data").join(id.as_str())));
-                dirs.push(flat(d.reflacx.join("gaze_data").join(id.as_str())));
-            }
-        }
-    }
-    let transcripts = d.egd_cxr.join("audio_segmentation_transcripts");
-    for dicom in &ctx.links.eye_gaze_dicoms {
-        dirs.push(WatchDir { path: transcripts.join(dicom.as_str()), recursive: true });
-    }
-    dirs.sort();
-    dirs.dedup();
+    let mut dirs = copied_folders(&ctx.config, &ctx.links, &ctx.reflacx_phases);
     if dirs.len() > MAX_WATCHED_COPIED_FOLDERS {
         // A published dataset version's files do not change once complete: for a cohort this
         // large (every CXR patient) the tables that list them are watched, not 200,000 folders.
@@ -57,6 +36,37 @@ pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
     let mut all = table_folders(&ctx.config);
     all.extend(dirs);
     all
+}
+
+/// The cohort's study, report, REFLACX reading and EyeGaze transcript folders: what the folder
+/// jobs copy from.
+pub fn copied_folders(config: &Config, links: &Links, reflacx_phases: &[SmallTable]) -> Vec<WatchDir> {
+    let d = &config.datasets;
+    let flat = |path: PathBuf| WatchDir { path, recursive: false };
+    let mut dirs = Vec::new();
+    for row in &links.cxr_rows {
+        let sdir = cxr_subject_dir(row.subject);
+        if let Some(study) = row.study {
+            dirs.push(flat(d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}"))));
+        }
+        dirs.push(flat(d.mimic_cxr.join("files").join(&sdir)));
+    }
+    for table in reflacx_phases {
+        let Ok(id_col) = table.require("id") else { continue };
+        for row in &table.rows {
+            if let Ok(id) = ReflacxId::parse(row.fields.get(id_col).map_or(&[][..], Vec::as_slice)) {
+                dirs.push(flat(d.reflacx.join("main_data").join(id.as_str())));
+                dirs.push(flat(d.reflacx.join("gaze_data").join(id.as_str())));
+            }
+        }
+    }
+    let transcripts = d.egd_cxr.join("audio_segmentation_transcripts");
+    for dicom in &links.eye_gaze_dicoms {
+        dirs.push(WatchDir { path: transcripts.join(dicom.as_str()), recursive: true });
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// Above this many copied folders (a cohort of tens of thousands), only the table folders are

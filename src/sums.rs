@@ -193,11 +193,12 @@ impl Sums {
 
     /// Adds the lines of the files in `folders` (and below, for recursive ones): what a build
     /// copies for its cohort.
-    pub fn add_folders(&mut self, folders: &[crate::pipeline::folders::WatchDir]) {
+    /// `folders`: each folder and whether its subfolders count too.
+    pub fn add_folders(&mut self, folders: &[(&Path, bool)]) {
         for sums in self.datasets.values_mut().filter(|d| d.present && d.error.is_none()) {
             let wanted: Vec<(PathBuf, bool)> = folders
                 .iter()
-                .filter_map(|f| Some((f.path.strip_prefix(&sums.folder).ok()?.to_path_buf(), f.recursive)))
+                .filter_map(|(path, recursive)| Some((path.strip_prefix(&sums.folder).ok()?.to_path_buf(), *recursive)))
                 .filter(|(rel, _)| rel.components().count() > 0)
                 .collect();
             if wanted.is_empty() {

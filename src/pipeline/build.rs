@@ -76,7 +76,10 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
     match Arc::get_mut(&mut integrity) {
-        Some(i) => i.sums.add_folders(&folders::copied_folders(&config, &links, &reflacx_metadata)),
+        Some(i) => {
+            let copied = folders::copied_folders(&config, &links, &reflacx_metadata);
+            i.sums.add_folders(&copied.iter().map(|f| (f.path.as_path(), f.recursive)).collect::<Vec<_>>());
+        }
         None => tracing::warn!("copied files are not checked against SHA256SUMS.txt this build"),
     }
     tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");

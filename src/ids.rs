@@ -8,7 +8,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Why an id was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
     #[error("empty {0}")]
     Empty(&'static str),

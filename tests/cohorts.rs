@@ -9,19 +9,9 @@ use std::path::Path;
 
 use common::*;
 
-fn rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut r = csv::ReaderBuilder::new().from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header = r.headers().unwrap().iter().map(str::to_string).collect();
-    (header, r.records().map(|x| x.unwrap().iter().map(str::to_string).collect()).collect())
-}
-
-fn col(h: &[String], name: &str) -> usize {
-    h.iter().position(|c| c == name).unwrap_or_else(|| panic!("no {name} in {h:?}"))
-}
-
 /// subject → its metadata rows (dicom ids), from the CXR-JPG metadata.
 fn images_by_subject(input: &Path) -> BTreeMap<u64, Vec<String>> {
-    let (h, rs) = rows(&input.join("mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv"));
+    let (h, rs) = csv_table(&input.join("mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv"));
     let (s, d) = (col(&h, "subject_id"), col(&h, "dicom_id"));
     let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for r in rs {
@@ -59,7 +49,7 @@ fn check_patients(input: &Path, output: &Path, cohort: &BTreeSet<u64>) {
         assert_eq!(&got, expected, "patient_{subject} labevents");
     }
     let images = images_by_subject(input);
-    let (mh, meta) = rows(&output.join("spreadsheets/cxr_meta.csv"));
+    let (mh, meta) = csv_table(&output.join("spreadsheets/cxr_meta.csv"));
     let meta_subjects: BTreeSet<u64> = meta.iter().map(|r| r[col(&mh, "subject_id")].parse().unwrap()).collect();
     assert!(meta_subjects.is_subset(cohort), "cxr_meta holds subjects outside the cohort");
     for subject in cohort {
@@ -78,7 +68,7 @@ fn check_patients(input: &Path, output: &Path, cohort: &BTreeSet<u64>) {
             .map(|p| name(p))
             .collect();
         assert_eq!(copied, sources, "patient_{subject}: every image there copied");
-        let (_, own) = rows(&output.join(format!("patient_{subject}/CXR-JPG/cxr_meta.csv")));
+        let (_, own) = csv_table(&output.join(format!("patient_{subject}/CXR-JPG/cxr_meta.csv")));
         assert_eq!(own.len(), dicoms.len(), "patient_{subject}: a cxr_meta row per image");
     }
 }
@@ -114,7 +104,7 @@ fn the_cxr_cohort_is_every_mimic_cxr_patient_with_all_their_images() {
     assert_eq!(patient_folders(&output), all);
     check_patients(&input, &output, &all);
     // Every metadata row is in cxr_meta, with the flags of its datasets and the stay rule.
-    let (mh, meta) = rows(&output.join("spreadsheets/cxr_meta.csv"));
+    let (mh, meta) = csv_table(&output.join("spreadsheets/cxr_meta.csv"));
     assert_eq!(meta.len(), images_by_subject(&input).values().map(Vec::len).sum::<usize>());
     let flagged = meta.iter().filter(|r| r[col(&mh, "in_eye_gaze")] == "True" || r[col(&mh, "in_reflacx")] == "True");
     assert_eq!(flagged.count() as u64, planted["images"].as_u64().unwrap(), "eye-tracking images flagged");
@@ -156,7 +146,7 @@ fn a_subjects_file_is_the_cohort_exactly() {
     // Eye-tracking data only for the listed patients who have it.
     assert!(!output.join(format!("patient_{outsider}/REFLACX")).exists());
     assert!(!output.join(format!("patient_{outsider}/EyeGaze")).exists());
-    let (rh, readings) = rows(&output.join("spreadsheets/REFLACX/metadata.csv"));
+    let (rh, readings) = csv_table(&output.join("spreadsheets/REFLACX/metadata.csv"));
     let with_folder: BTreeSet<u64> = walk(&output)
         .iter()
         .filter(|p| p.to_string_lossy().contains("/REFLACX/main_data/"))

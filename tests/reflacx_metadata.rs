@@ -17,24 +17,13 @@ const MERGES: [(&str, &[&str]); 3] = [
     ("Pleural abnormality", &["Pleural abnormality", "Pleural thickening", "Pleural effusion"]),
 ];
 
-/// A CSV as (header, rows), header fields as written (the index column's name is "").
-fn table(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut r = csv::ReaderBuilder::new().from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header = r.headers().unwrap().iter().map(str::to_string).collect();
-    (header, r.records().map(|x| x.unwrap().iter().map(str::to_string).collect()).collect())
-}
-
-fn col(header: &[String], name: &str) -> usize {
-    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name:?} in {header:?}"))
-}
-
 /// reading id → (phase, 0-based row in its phase file, the row by column name).
 type Sources = BTreeMap<String, (usize, usize, BTreeMap<String, String>)>;
 
 fn sources(input: &Path) -> Sources {
     let mut out = BTreeMap::new();
     for phase in 1..=3 {
-        let (h, rows) = table(&input.join(format!("reflacx/main_data/metadata_phase_{phase}.csv")));
+        let (h, rows) = csv_table(&input.join(format!("reflacx/main_data/metadata_phase_{phase}.csv")));
         for (i, r) in rows.into_iter().enumerate() {
             let named: BTreeMap<String, String> = h.iter().cloned().zip(r).collect();
             out.insert(named["id"].clone(), (phase, i, named));
@@ -54,7 +43,7 @@ fn max_certainty(values: &[&str]) -> String {
 /// Every row's index is its row number in its own phase file; rows in phase order, then
 /// source order; the first rows of phases 2 and 3 are numbered 0. Returns the checked table.
 fn assert_phase_numbering(metadata: &Path, src: &Sources) -> (Vec<String>, Vec<Vec<String>>) {
-    let (h, rows) = table(metadata);
+    let (h, rows) = csv_table(metadata);
     assert_eq!(h[0], "", "index column first");
     let id = col(&h, "id");
     let mut order = Vec::new();
@@ -114,7 +103,7 @@ fn paper_keeps_the_merged_away_columns_with_their_source_values() {
 
     // Metadata: the sources as the phase files have them (empty where a phase lacks the
     // column), the targets the max of the non-empty ones.
-    let (h, rows) = table(&out.join("spreadsheets/REFLACX/metadata.csv"));
+    let (h, rows) = csv_table(&out.join("spreadsheets/REFLACX/metadata.csv"));
     let id = col(&h, "id");
     let mut v1_checked = 0;
     for r in &rows {
@@ -145,8 +134,8 @@ fn paper_keeps_the_merged_away_columns_with_their_source_values() {
         })
         .expect("a phase-1 reading with an ellipses file");
     let (rid, merged) = reading;
-    let (sh, srows) = table(&input.join(format!("reflacx/main_data/{rid}/anomaly_location_ellipses.csv")));
-    let (mh, mrows) = table(&merged);
+    let (sh, srows) = csv_table(&input.join(format!("reflacx/main_data/{rid}/anomaly_location_ellipses.csv")));
+    let (mh, mrows) = csv_table(&merged);
     assert!(!srows.is_empty(), "the planted v1 ellipses file has rows");
     assert_eq!(&mh[..sh.len()], &sh[..], "source columns kept, in place");
     assert_eq!(&mh[sh.len()..], ["Lung nodule or mass", "High lung volume / emphysema", "Pleural abnormality"]);

@@ -10,17 +10,6 @@ use std::path::Path;
 
 use common::*;
 
-fn csv_rows(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
-    let mut r = csv::ReaderBuilder::new().has_headers(true).from_path(path).unwrap();
-    let header = r.headers().unwrap().iter().map(str::to_string).collect();
-    let rows = r.records().map(|x| x.unwrap().iter().map(str::to_string).collect()).collect();
-    (header, rows)
-}
-
-fn col(header: &[String], name: &str) -> usize {
-    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name} in {header:?}"))
-}
-
 fn walk(root: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in fs::read_dir(root).unwrap().flatten() {
         if e.file_type().unwrap().is_dir() {
@@ -59,12 +48,12 @@ fn paper_profile_matches_what_was_planted() {
     assert!(s["failed"].as_object().unwrap().is_empty(), "{}", s["failed"]);
 
     // cxr_meta: every subset row; the stay-only file holds exactly the linked ones.
-    let (h, rows) = csv_rows(&out.join("spreadsheets/cxr_meta.csv"));
+    let (h, rows) = csv_table(&out.join("spreadsheets/cxr_meta.csv"));
     assert_eq!(rows.len() as u64, p["images"].as_u64().unwrap());
     assert_eq!(&h[h.len() - 4..], ["in_eye_gaze", "in_reflacx", "StudyDateTime", "stay_id"]);
     let stay_col = col(&h, "stay_id");
     let linked: Vec<&Vec<String>> = rows.iter().filter(|r| !r[stay_col].is_empty()).collect();
-    let (_, only) = csv_rows(&out.join("spreadsheets/cxr_meta_with_stay_id_only.csv"));
+    let (_, only) = csv_table(&out.join("spreadsheets/cxr_meta_with_stay_id_only.csv"));
     assert_eq!(only.len(), linked.len());
     // A study before 10:00 is padded and linked in paper.
     let t = col(&h, "StudyTime");
@@ -79,9 +68,9 @@ fn paper_profile_matches_what_was_planted() {
     assert_eq!(eg["rejected"].as_u64().unwrap(), n("dropped_rows") + n("no_candidate_rows") + n("ambiguous_rows"));
     assert_eq!(eg["outside_cohort"].as_u64().unwrap(), n("calibration_rows"));
     let replaced = sh["replaced_id"].as_str().unwrap();
-    let (mh, master) = csv_rows(&out.join("spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv"));
+    let (mh, master) = csv_table(&out.join("spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv"));
     let owner = &master.iter().find(|r| r[col(&mh, "dicom_id")] == replaced).unwrap()[col(&mh, "patient_id")];
-    let (gh, gaze) = csv_rows(&out.join(format!("patient_{owner}/EyeGaze/eye_gaze.csv")));
+    let (gh, gaze) = csv_table(&out.join(format!("patient_{owner}/EyeGaze/eye_gaze.csv")));
     let with_full = gaze.iter().filter(|r| r[col(&gh, "DICOM_ID")] == replaced).count() as u64;
     assert_eq!(with_full, n("replaced_rows"));
     assert!(gaze.iter().all(|r| r[col(&gh, "DICOM_ID")].len() == 44));
@@ -102,7 +91,7 @@ fn paper_profile_matches_what_was_planted() {
 
     // REFLACX: 21 merged classes; the source-only columns stay for the authors' loaders
     // (tests/reflacx_metadata.rs checks their values); every reading's subject has it.
-    let (rh, readings) = csv_rows(&out.join("spreadsheets/REFLACX/metadata.csv"));
+    let (rh, readings) = csv_table(&out.join("spreadsheets/REFLACX/metadata.csv"));
     for source in ["Mass", "Nodule", "Emphysema", "Pleural effusion", "Pleural thickening"] {
         assert!(rh.contains(&source.to_string()), "{source} dropped from the merged metadata");
     }
@@ -113,7 +102,7 @@ fn paper_profile_matches_what_was_planted() {
     }
     assert_eq!(readings.len() as u64, p["reflacx_readings"].as_u64().unwrap());
     let sid = readings[0][col(&rh, "subject_id")].clone();
-    let (ph, prow) = csv_rows(&out.join(format!("patient_{sid}/REFLACX/metadata.csv")));
+    let (ph, prow) = csv_table(&out.join(format!("patient_{sid}/REFLACX/metadata.csv")));
     // A per-patient subset keeps all columns of the whole table.
     assert_eq!(ph, rh);
     assert!(!prow.is_empty());
@@ -126,13 +115,13 @@ fn release_profile_reproduces_the_original_build() {
     let s = build(&w.input, &out, &["--profile", "release"]);
     assert_balanced(&s);
     assert_eq!(s["linked_images"], w.planted["linked_images_release"]);
-    let (h, rows) = csv_rows(&out.join("spreadsheets/cxr_meta.csv"));
+    let (h, rows) = csv_table(&out.join("spreadsheets/cxr_meta.csv"));
     let t = col(&h, "StudyTime");
     let early = rows.iter().find(|r| r[t] == "80556.875").unwrap();
     assert!(early[col(&h, "stay_id")].is_empty(), "a study before 10:00 must not link in release");
     assert!(!early[col(&h, "StudyDateTime")].contains(' '), "release writes the float of the text");
     // Master sheet stays as pandas floats.
-    let (mh, master) = csv_rows(&out.join("spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv"));
+    let (mh, master) = csv_table(&out.join("spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv"));
     for r in &master {
         let v = &r[col(&mh, "stay_id")];
         assert!(v == "nan" || v.ends_with(".0"), "{v}");
@@ -143,7 +132,7 @@ fn release_profile_reproduces_the_original_build() {
         fs::read(out.join("spreadsheets/EyeGaze/fixations.csv")).unwrap()
     );
     // Labels untouched; fixations not repaired (short ids belong to nobody).
-    let (rh, _) = csv_rows(&out.join("spreadsheets/REFLACX/metadata.csv"));
+    let (rh, _) = csv_table(&out.join("spreadsheets/REFLACX/metadata.csv"));
     assert!(rh.contains(&"Mass".to_string()) && rh.contains(&"Lung nodule or mass".to_string()));
     let sh = &w.planted["eye_gaze_short_ids"];
     let n = |k: &str| sh[k].as_u64().unwrap();

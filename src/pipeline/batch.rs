@@ -50,6 +50,10 @@ pub enum Defect {
     ShortIdAmbiguous,
     /// EyeGaze (profile release): a cut-short DICOM_ID whose full id is not present.
     ShortIdUnrepaired,
+    /// A routing key that is not a subject_id (digits).
+    UnroutableSubject(crate::ids::IdError),
+    /// A routing key that is not a DICOM id (nor a cut-short or `_calibration` form of one).
+    UnroutableDicom(crate::ids::IdError),
 }
 
 impl Defect {
@@ -62,6 +66,8 @@ impl Defect {
             Defect::ShortIdNoCandidate => "short_id_no_candidate",
             Defect::ShortIdAmbiguous => "short_id_ambiguous",
             Defect::ShortIdUnrepaired => "short_id_unrepaired",
+            Defect::UnroutableSubject(_) => "bad_subject_id",
+            Defect::UnroutableDicom(_) => "bad_dicom_id",
         }
     }
 }
@@ -79,6 +85,8 @@ impl fmt::Display for Defect {
             Defect::ShortIdUnrepaired => {
                 f.write_str("truncated DICOM_ID whose full id is absent (profile release does not repair)")
             }
+            Defect::UnroutableSubject(e) => write!(f, "unroutable subject_id: {e}"),
+            Defect::UnroutableDicom(e) => write!(f, "unroutable DICOM id: {e}"),
         }
     }
 }

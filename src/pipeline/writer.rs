@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::cohort::Cohort;
 use crate::csvscan::write_field;
 use crate::ids::{DicomId, IdBuildHasher, SubjectId};
-use crate::pipeline::batch::{Batch, BatchPool, ReadMsg, Record};
+use crate::pipeline::batch::{Batch, BatchPool, Defect, ReadMsg, Record};
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError};
 use crate::pipeline::paths;
@@ -74,7 +74,7 @@ pub struct WriterOutcome {
 enum Target {
     Patient(usize),
     Outside,
-    Reject(&'static str),
+    Reject(Defect),
 }
 
 struct PatientFile {
@@ -199,10 +199,7 @@ impl Writer {
             }
         };
         match target {
-            Target::Reject(label) => {
-                let reason = self.describe_bad_key(key);
-                return self.reject(record, raw, label, &reason);
-            }
+            Target::Reject(defect) => return self.reject(record, raw, defect.label(), &defect.to_string()),
             Target::Outside => self.outcome.counts.outside_cohort += 1,
             Target::Patient(p) => {
                 self.append_patient(p, record.row, raw)?;
@@ -220,7 +217,7 @@ impl Writer {
             Route::BySubject => match SubjectId::parse(key) {
                 Ok(s) if self.spec.cohort.contains(s) => s,
                 Ok(_) => return Target::Outside,
-                Err(_) => return Target::Reject("bad_subject_id"),
+                Err(e) => return Target::Reject(Defect::UnroutableSubject(e)),
             },
             Route::ByDicom => match DicomId::parse(key) {
                 Ok(d) => match self.spec.cohort.subject_of_dicom(&d) {
@@ -232,7 +229,7 @@ impl Writer {
                     return Target::Outside
                 }
                 Err(_) if DicomId::is_valid_prefix(key) => return Target::Outside,
-                Err(_) => return Target::Reject("bad_dicom_id"),
+                Err(e) => return Target::Reject(Defect::UnroutableDicom(e)),
             },
             Route::Whole => return Target::Outside,
         };
@@ -254,19 +251,6 @@ impl Writer {
             });
         }
         Target::Patient(index)
-    }
-
-    fn describe_bad_key(&self, key: &[u8]) -> String {
-        match self.spec.route {
-            Route::ByDicom => match DicomId::parse(key) {
-                Err(e) => format!("unroutable DICOM id: {e}"),
-                Ok(_) => String::new(),
-            },
-            _ => match SubjectId::parse(key) {
-                Err(e) => format!("unroutable subject_id: {e}"),
-                Ok(_) => String::new(),
-            },
-        }
     }
 
     fn append_patient(&mut self, p: usize, row: u64, raw: &[u8]) -> Result<(), JobError> {

@@ -208,3 +208,15 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A CSV as (header, rows), fields as written (an index column's name is "").
+pub fn csv_table(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::ReaderBuilder::new().from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = r.headers().unwrap().iter().map(str::to_string).collect();
+    (header, r.records().map(|x| x.unwrap().iter().map(str::to_string).collect()).collect())
+}
+
+/// A column's index in a header, by name.
+pub fn col(header: &[String], name: &str) -> usize {
+    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name:?} in {header:?}"))
+}

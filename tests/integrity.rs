@@ -416,3 +416,95 @@ fn a_copied_image_that_differs_from_its_sha256sums_line_keeps_its_previous_copy_
     assert_eq!(fs::read(&placed).unwrap(), before, "the previous copy is kept");
     assert_eq!(placed_total(&s), copied_folder_files(&s), "{}", s["files"]);
 }
+
+/// A gzip of `csv` in two members: header and the first half of the rows, then the rest. The
+/// first member alone is a valid gzip of a shorter table, which is what a download cut at a
+/// member boundary looks like: only its hash tells that it is not complete.
+fn two_members(csv: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let lines: Vec<usize> = csv.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i + 1).collect();
+    let cut = lines[lines.len() / 2];
+    let member = |bytes: &[u8]| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    };
+    (member(&csv[..cut]), member(&csv[cut..]))
+}
+
+#[test]
+fn the_daemon_publishes_a_download_only_once_its_hash_matches() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out) = (t.path().join("in"), t.path().join("out"));
+    mirror(&input);
+    let port = free_port();
+    let d = Daemon::start(&write_config(t.path(), &input, &out, port, ""), port);
+    d.wait_idle(90);
+    let before = tree(&out);
+    let lab: Vec<PathBuf> = before.keys().filter(|k| k.ends_with("Hosp/labevents.csv")).cloned().collect();
+    assert!(!lab.is_empty());
+
+    // A new labevents is being downloaded: SHA256SUMS.txt lists the new file, and the first of
+    // its two gzip members has arrived, a valid gzip that decodes to half the table.
+    let table = files(&input).join("mimiciv/2.2/hosp/labevents.csv.gz");
+    let new_csv = String::from_utf8(read_table(&table)).unwrap().replace("ROUTINE", "STAT").into_bytes();
+    let (first, rest) = two_members(&new_csv);
+    let whole = [first.clone(), rest.clone()].concat();
+    let sums_path = files(&input).join("mimiciv/2.2/SHA256SUMS.txt");
+    let sums: String = fs::read_to_string(&sums_path)
+        .unwrap()
+        .lines()
+        .map(|l| match l.ends_with(" hosp/labevents.csv.gz") {
+            true => format!("{}  hosp/labevents.csv.gz\n", sha256_hex(&whole)),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    fs::write(&sums_path, sums).unwrap();
+    fs::write(&table, &first).unwrap();
+    let failures = failed_builds(&d);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while failed_builds(&d) == failures {
+        assert!(std::time::Instant::now() < deadline, "no build ran on the partial download:\n{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    d.wait_idle(60);
+    let log = d.log_text();
+    assert!(log.contains(MISMATCH), "the partial download was not refused for its hash:\n{log}");
+    let partial = tree(&out);
+    for k in &lab {
+        assert_eq!(partial.get(k), before.get(k), "{} changed before the download was complete", k.display());
+    }
+    assert_eq!(summary(&out)["datasets"]["mimiciv"]["sha256sums"], "mismatch");
+
+    // The rest arrives: the hash matches and the new table is published, every row of it.
+    fs::OpenOptions::new().append(true).open(&table).unwrap().write_all(&rest).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while summary(&out)["datasets"]["mimiciv"]["sha256sums"] != "verified" {
+        assert!(std::time::Instant::now() < deadline, "the complete download was not taken:\n{}", d.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    d.wait_idle(60);
+    let after = tree(&out);
+    let (mut rows_before, mut rows_after) = (0, 0);
+    for k in &lab {
+        let (old, new) = (text(&before[k]), text(&after[k]));
+        assert_eq!(new, old.replace("ROUTINE", "STAT"), "{}", k.display());
+        (rows_before, rows_after) = (rows_before + old.lines().count(), rows_after + new.lines().count());
+    }
+    assert_eq!(rows_after, rows_before);
+    assert!(summary(&out)["failed"].as_object().unwrap().is_empty());
+    d.stop();
+}
+
+/// `mimic_eye_builds_total` summed over its `result="failure"` series.
+fn failed_builds(d: &Daemon) -> f64 {
+    let (_, body) = http_get(d.port, "/metrics").expect("metrics");
+    body.lines()
+        .filter(|l| l.starts_with("mimic_eye_builds_total{") && l.contains("result=\"failure\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

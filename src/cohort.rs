@@ -73,7 +73,7 @@ impl CohortKind {
 
 /// A subjects file failed to read or holds a line that is not a subject_id.
 #[derive(Debug, thiserror::Error)]
-pub enum SubjectsError {
+pub(crate) enum SubjectsError {
     #[error("reading the subjects file {}: {cause}", path.display())]
     Read { path: PathBuf, cause: std::io::Error },
     #[error("{}: line {line} is not a subject_id ({len} bytes)", path.display())]
@@ -82,7 +82,7 @@ pub enum SubjectsError {
 
 /// Reads a subjects file: one subject_id per line; blank lines, `#` comments and a first line
 /// that is a header (not digits) are allowed.
-pub fn read_subjects(path: &Path) -> Result<HashSet<SubjectId>, SubjectsError> {
+pub(crate) fn read_subjects(path: &Path) -> Result<HashSet<SubjectId>, SubjectsError> {
     let text =
         std::fs::read_to_string(path).map_err(|cause| SubjectsError::Read { path: path.to_path_buf(), cause })?;
     let mut subjects = HashSet::new();
@@ -104,7 +104,7 @@ pub fn read_subjects(path: &Path) -> Result<HashSet<SubjectId>, SubjectsError> {
 
 /// The cohort rule ready for the linker: the subjects file read.
 #[derive(Debug, Clone, Default)]
-pub enum CohortRule {
+pub(crate) enum CohortRule {
     #[default]
     EyeTracking,
     Cxr,
@@ -112,7 +112,7 @@ pub enum CohortRule {
 }
 
 impl CohortRule {
-    pub fn load(kind: &CohortKind) -> Result<Self, SubjectsError> {
+    pub(crate) fn load(kind: &CohortKind) -> Result<Self, SubjectsError> {
         Ok(match kind {
             CohortKind::EyeTracking => Self::EyeTracking,
             CohortKind::Cxr => Self::Cxr,
@@ -140,13 +140,14 @@ const MIN_FILTER_BITS: u32 = 18;
 const MAX_FILTER_BITS: u32 = 24;
 
 impl Cohort {
+    /// A cohort of exactly these subjects.
     pub fn from_subjects(subjects: impl IntoIterator<Item = SubjectId>) -> Self {
         let mut cohort = Self::default();
         subjects.into_iter().for_each(|s| cohort.insert(s));
         cohort
     }
 
-    pub fn insert(&mut self, s: SubjectId) {
+    pub(crate) fn insert(&mut self, s: SubjectId) {
         self.subjects.insert(s);
         let wanted = (self.subjects.len() as u64 * 64).next_power_of_two().trailing_zeros();
         let wanted = wanted.clamp(MIN_FILTER_BITS, MAX_FILTER_BITS);
@@ -174,7 +175,7 @@ impl Cohort {
     }
 
     #[inline]
-    pub fn contains(&self, s: SubjectId) -> bool {
+    pub(crate) fn contains(&self, s: SubjectId) -> bool {
         if self.filter.is_empty() {
             return false;
         }
@@ -185,23 +186,26 @@ impl Cohort {
         }
     }
 
-    pub fn subject_of_dicom(&self, d: &DicomId) -> Option<SubjectId> {
+    pub(crate) fn subject_of_dicom(&self, d: &DicomId) -> Option<SubjectId> {
         self.dicom_subject.get(d).copied()
     }
 
+    /// How many subjects.
     pub fn len(&self) -> usize {
         self.subjects.len()
     }
 
+    /// No subject at all.
     pub fn is_empty(&self) -> bool {
         self.subjects.is_empty()
     }
 
+    /// Its subjects, in no particular order.
     pub fn subjects(&self) -> impl Iterator<Item = SubjectId> + '_ {
         self.subjects.iter().copied()
     }
 
-    pub fn dicoms(&self) -> impl Iterator<Item = (&DicomId, SubjectId)> + '_ {
+    pub(crate) fn dicoms(&self) -> impl Iterator<Item = (&DicomId, SubjectId)> + '_ {
         self.dicom_subject.iter().map(|(d, s)| (d, *s))
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::{self, DatasetKey, Versions};
 
+/// Which rules a build follows (`profile` in the config; docs/SPEC.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
@@ -19,7 +20,7 @@ pub enum Profile {
 }
 
 impl Profile {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Profile::Paper => "paper",
             Profile::Release => "release",
@@ -68,23 +69,31 @@ impl DatasetsFile {
     }
 }
 
+/// The config file as written (every key optional; docs/SPEC.md §7).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    /// The input folder: a PhysioNet mirror or the short layout.
     pub input: Option<PathBuf>,
+    /// The output folder.
     pub output: Option<PathBuf>,
+    /// `paper` or `release`.
     pub profile: Option<Profile>,
+    /// Days an X-ray may fall outside an ED stay and still link to it.
     pub window_days: Option<u32>,
-    pub index_column: Option<bool>,
+    pub(crate) index_column: Option<bool>,
+    /// How copied folders' files are placed.
     pub files: Option<FilesMode>,
+    /// Where `/metrics`, `/healthz` and `/status` are served.
     pub metrics_addr: Option<SocketAddr>,
-    pub allow_non_loopback_metrics: Option<bool>,
-    pub parallel_tables: Option<usize>,
-    pub settle_seconds: Option<u64>,
-    pub rescan_seconds: Option<u64>,
-    pub alert_max_age_hours: Option<u64>,
+    pub(crate) allow_non_loopback_metrics: Option<bool>,
+    pub(crate) parallel_tables: Option<usize>,
+    pub(crate) settle_seconds: Option<u64>,
+    pub(crate) rescan_seconds: Option<u64>,
+    pub(crate) alert_max_age_hours: Option<u64>,
     /// "eye-tracking" (default), "cxr" or "subjects:PATH".
     pub cohort: Option<crate::cohort::CohortKind>,
+    /// Per-dataset folders, overriding layout detection.
     #[serde(default)]
     pub datasets: DatasetsFile,
     /// The version folder to use per dataset when several sit side by side.
@@ -143,51 +152,66 @@ impl Datasets {
     }
 }
 
+/// The settings a build runs with: file, flags and defaults resolved.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
+    /// The input folder.
     pub input: PathBuf,
+    /// The output folder.
     pub output: PathBuf,
+    /// Which rules the build follows.
     pub profile: Profile,
+    /// Days an X-ray may fall outside an ED stay and still link to it.
     pub window_days: u32,
-    pub index_column: bool,
+    pub(crate) index_column: bool,
+    /// How copied folders' files are placed.
     pub files: FilesMode,
+    /// Where the daemon serves its metrics.
     pub metrics_addr: SocketAddr,
-    pub parallel_tables: usize,
-    pub settle_seconds: u64,
-    pub rescan_seconds: u64,
-    pub alert_max_age_hours: u64,
+    pub(crate) parallel_tables: usize,
+    pub(crate) settle_seconds: u64,
+    pub(crate) rescan_seconds: u64,
+    pub(crate) alert_max_age_hours: u64,
     /// Who the dataset is built for.
     pub cohort: crate::cohort::CohortKind,
+    /// Each parent dataset's folder.
     pub datasets: Datasets,
 }
 
 /// Every setting's default, in one place (`config/mimic-eye.toml` states the same values: a
 /// test holds it to them).
-pub mod defaults {
+pub(crate) mod defaults {
     /// Loopback: the metrics listener is never exposed by default.
-    pub const METRICS_ADDR: &str = "127.0.0.1:9898";
-    pub const WINDOW_DAYS: u32 = 0;
-    pub const INDEX_COLUMN: bool = true;
-    pub const PARALLEL_TABLES: usize = 2;
-    pub const SETTLE_SECONDS: u64 = 5;
-    pub const RESCAN_SECONDS: u64 = 300;
-    pub const ALERT_MAX_AGE_HOURS: u64 = 24;
+    pub(crate) const METRICS_ADDR: &str = "127.0.0.1:9898";
+    pub(crate) const WINDOW_DAYS: u32 = 0;
+    pub(crate) const INDEX_COLUMN: bool = true;
+    pub(crate) const PARALLEL_TABLES: usize = 2;
+    pub(crate) const SETTLE_SECONDS: u64 = 5;
+    pub(crate) const RESCAN_SECONDS: u64 = 300;
+    pub(crate) const ALERT_MAX_AGE_HOURS: u64 = 24;
 }
 
-pub const DEFAULT_METRICS_ADDR: &str = defaults::METRICS_ADDR;
+pub(crate) const DEFAULT_METRICS_ADDR: &str = defaults::METRICS_ADDR;
 
 /// Flags that override the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--input`.
     pub input: Option<PathBuf>,
+    /// `--output`.
     pub output: Option<PathBuf>,
+    /// `--profile`.
     pub profile: Option<Profile>,
+    /// `--window-days`.
     pub window_days: Option<u32>,
+    /// `--metrics-addr`.
     pub metrics_addr: Option<SocketAddr>,
+    /// `--cohort`.
     pub cohort: Option<crate::cohort::CohortKind>,
 }
 
 impl ConfigFile {
+    /// Reads and parses a TOML config file (unknown keys are an error).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
@@ -195,6 +219,7 @@ impl ConfigFile {
 }
 
 impl Config {
+    /// Resolves the file and the flags (flags win) into checked settings.
     pub fn resolve(file: ConfigFile, flags: Overrides) -> anyhow::Result<Self> {
         let Some(input) = flags.input.or(file.input) else {
             bail!("no input directory: set `input` in the config or pass --input")

@@ -8,14 +8,16 @@
 /// Byte range `[start, end)` inside a batch buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Span {
-    pub start: u32,
-    pub end: u32,
+    pub(crate) start: u32,
+    pub(crate) end: u32,
 }
 
 impl Span {
+    /// The bytes of `buf` this span covers.
     pub fn slice(self, buf: &[u8]) -> &[u8] {
         &buf[self.start as usize..self.end as usize]
     }
+    /// A field or record with no bytes.
     pub fn is_empty(self) -> bool {
         self.start == self.end
     }
@@ -26,6 +28,7 @@ impl Span {
 pub struct ScannedRecord {
     /// The record's bytes, without its line terminator.
     pub span: Span,
+    /// How many fields the record has.
     pub fields: u32,
     /// The key field's value with its surrounding quotes removed (empty when absent).
     pub key: Span,
@@ -44,6 +47,7 @@ pub struct Scanner {
 const NO_KEY: u32 = u32::MAX;
 
 impl Scanner {
+    /// A scanner that also extracts field `key_col` (unquoted) of each record.
     pub fn new(key_col: Option<usize>) -> Self {
         let key_col = key_col.map_or(NO_KEY, |k| u32::try_from(k).unwrap_or(NO_KEY));
         Self { key_col }

@@ -11,10 +11,11 @@ pub trait Recorder: Send + Sync + std::fmt::Debug {
 }
 
 /// The error of a file whose bytes do not hash to its listed digest.
-pub const MISMATCH: &str = "SHA-256 differs from SHA256SUMS.txt: the download is incomplete or damaged";
+pub(crate) const MISMATCH: &str = "SHA-256 differs from SHA256SUMS.txt: the download is incomplete or damaged";
 
-pub type Digest = [u8; 32];
+pub(crate) type Digest = [u8; 32];
 
+/// A digest as lower-case hex, as in SHA256SUMS.txt.
 pub fn hex(d: &Digest) -> String {
     let mut s = String::with_capacity(64);
     for b in d {
@@ -23,7 +24,7 @@ pub fn hex(d: &Digest) -> String {
     s
 }
 
-pub fn parse_hex(s: &str) -> Option<Digest> {
+pub(crate) fn parse_hex(s: &str) -> Option<Digest> {
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

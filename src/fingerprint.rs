@@ -13,7 +13,7 @@ const SAMPLE: u64 = 64 << 10;
 
 /// A stable 64-bit FNV-1a hasher.
 #[derive(Debug, Clone, Copy)]
-pub struct Fnv(u64);
+pub(crate) struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {
@@ -22,32 +22,32 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    pub fn bytes(mut self, bytes: &[u8]) -> Self {
+    pub(crate) fn bytes(mut self, bytes: &[u8]) -> Self {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
         self
     }
-    pub fn u64(self, v: u64) -> Self {
+    pub(crate) fn u64(self, v: u64) -> Self {
         self.bytes(&v.to_le_bytes())
     }
-    pub fn str(self, s: &str) -> Self {
+    pub(crate) fn str(self, s: &str) -> Self {
         self.bytes(s.as_bytes()).u64(s.len() as u64)
     }
-    pub fn finish(self) -> u64 {
+    pub(crate) fn finish(self) -> u64 {
         self.0
     }
 }
 
 /// A file's modification time in nanoseconds since the epoch.
-pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
 }
 
 /// What identifies one version of a file: a rewrite in place changes the times, a truncation or
 /// an append the size, a replacement the inode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FileIdentity {
+pub(crate) struct FileIdentity {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
@@ -56,7 +56,7 @@ pub struct FileIdentity {
 }
 
 impl FileIdentity {
-    pub fn of(meta: &std::fs::Metadata) -> Self {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Self {
         Self {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -67,21 +67,21 @@ impl FileIdentity {
     }
 
     /// The identity of the file at `path` (following links), if it is there.
-    pub fn of_path(path: &Path) -> Option<Self> {
+    pub(crate) fn of_path(path: &Path) -> Option<Self> {
         std::fs::metadata(path).ok().map(|m| Self::of(&m))
     }
 }
 
 /// A file's size, mtime and a hash of its first and last 64 KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Fingerprint {
+pub(crate) struct Fingerprint {
     pub size: u64,
     pub mtime_ns: i64,
     pub sample_fnv: u64,
 }
 
 /// The fingerprint of a file, or `None` when it cannot be read (its job then fails at open).
-pub fn of_file(path: &Path) -> Option<Fingerprint> {
+pub(crate) fn of_file(path: &Path) -> Option<Fingerprint> {
     fingerprint(path).ok()
 }
 

@@ -41,15 +41,19 @@ fn parse_digits(kind: &'static str, raw: &[u8]) -> Result<u64, IdError> {
 }
 
 macro_rules! numeric_id {
-    ($name:ident, $kind:literal) => {
+    ($(#[$doc:meta])* $vis:vis $name:ident, $kind:literal) => {
+        $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(u64);
+        $vis struct $name(u64);
 
         impl $name {
-            pub fn parse(raw: &[u8]) -> Result<Self, IdError> {
+            /// Parses the id's digits, as they are written in the tables.
+            $vis fn parse(raw: &[u8]) -> Result<Self, IdError> {
                 parse_digits($kind, raw).map(Self)
             }
-            pub fn get(self) -> u64 {
+            /// The id's number. (Study ids are only compared and printed.)
+            #[allow(dead_code)]
+            $vis fn get(self) -> u64 {
                 self.0
             }
         }
@@ -62,9 +66,12 @@ macro_rules! numeric_id {
     };
 }
 
-numeric_id!(SubjectId, "subject_id");
-numeric_id!(StudyId, "study_id");
-numeric_id!(StayId, "stay_id");
+numeric_id!(
+    /// A MIMIC `subject_id`: a patient.
+    pub SubjectId, "subject_id"
+);
+numeric_id!(pub(crate) StudyId, "study_id");
+numeric_id!(pub(crate) StayId, "stay_id");
 
 impl SubjectId {
     /// `patient_<sid>`: the patient's folder name.
@@ -83,12 +90,12 @@ impl SubjectId {
 /// assert!(DicomId::is_valid_prefix(b"02aa804e-bde0"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DicomId(String);
+pub(crate) struct DicomId(String);
 
 impl DicomId {
-    pub const LEN: usize = 44;
+    pub(crate) const LEN: usize = 44;
 
-    pub fn parse(raw: &[u8]) -> Result<Self, IdError> {
+    pub(crate) fn parse(raw: &[u8]) -> Result<Self, IdError> {
         if raw.is_empty() {
             return Err(IdError::Empty("dicom_id"));
         }
@@ -99,7 +106,7 @@ impl DicomId {
         Ok(Self(String::from_utf8_lossy(raw).into_owned()))
     }
 
-    pub fn is_valid(raw: &[u8]) -> bool {
+    pub(crate) fn is_valid(raw: &[u8]) -> bool {
         raw.len() == Self::LEN
             && raw.iter().enumerate().all(|(i, &b)| {
                 if i % 9 == 8 {
@@ -111,7 +118,7 @@ impl DicomId {
     }
 
     /// A cut-short id: a proper prefix of the valid form (used by the EyeGaze repair).
-    pub fn is_valid_prefix(raw: &[u8]) -> bool {
+    pub(crate) fn is_valid_prefix(raw: &[u8]) -> bool {
         !raw.is_empty()
             && raw.len() < Self::LEN
             && raw.iter().enumerate().all(|(i, &b)| {
@@ -123,7 +130,7 @@ impl DicomId {
             })
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -136,10 +143,10 @@ impl fmt::Display for DicomId {
 
 /// A REFLACX reading id: `P`, 3 digits, `R`, 6 digits (e.g. `P102R108387`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReflacxId(String);
+pub(crate) struct ReflacxId(String);
 
 impl ReflacxId {
-    pub fn parse(raw: &[u8]) -> Result<Self, IdError> {
+    pub(crate) fn parse(raw: &[u8]) -> Result<Self, IdError> {
         if raw.is_empty() {
             return Err(IdError::Empty("REFLACX id"));
         }
@@ -154,7 +161,7 @@ impl ReflacxId {
         Ok(Self(String::from_utf8_lossy(raw).into_owned()))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -199,7 +206,7 @@ mod tests {
 /// Hashing for numeric ids in hot lookups: ids are trusted and small, so SipHash's protection
 /// against chosen keys costs time (one lookup per row of a shuffled table) for nothing.
 #[derive(Default)]
-pub struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -215,4 +222,4 @@ impl Hasher for IdHasher {
     }
 }
 
-pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
+pub(crate) type IdBuildHasher = BuildHasherDefault<IdHasher>;

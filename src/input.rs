@@ -6,17 +6,17 @@ use crate::config::Config;
 
 /// A clinical module: every table in its folder is processed, whatever its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Module {
+pub(crate) enum Module {
     Hosp,
     Icu,
     Ed,
 }
 
 impl Module {
-    pub const ALL: [Module; 3] = [Module::Hosp, Module::Icu, Module::Ed];
+    pub(crate) const ALL: [Module; 3] = [Module::Hosp, Module::Icu, Module::Ed];
 
     /// The key prefix (`hosp/labevents`) and the source folder name.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Module::Hosp => "hosp",
             Module::Icu => "icu",
@@ -25,7 +25,7 @@ impl Module {
     }
 
     /// The output folder name, in patient folders and under `spreadsheets/`.
-    pub fn folder(self) -> &'static str {
+    pub(crate) fn folder(self) -> &'static str {
         match self {
             Module::Hosp => "Hosp",
             Module::Icu => "ICU",
@@ -34,7 +34,7 @@ impl Module {
     }
 
     /// The module's main source folder (named in messages).
-    pub fn dir(self, config: &Config) -> PathBuf {
+    pub(crate) fn dir(self, config: &Config) -> PathBuf {
         match self {
             Module::Hosp => config.datasets.mimiciv.join("hosp"),
             Module::Icu => config.datasets.mimiciv.join("icu"),
@@ -44,7 +44,7 @@ impl Module {
 
     /// Every source folder of the module: MIMIC-IV 1.0 keeps admissions, patients and transfers
     /// in `core/`, which 2.0 merged into `hosp/`, so for MIMIC-Eye `core/` is part of Hosp.
-    pub fn dirs(self, config: &Config) -> Vec<PathBuf> {
+    pub(crate) fn dirs(self, config: &Config) -> Vec<PathBuf> {
         match self {
             Module::Hosp => vec![self.dir(config), config.datasets.mimiciv.join("core")],
             Module::Icu | Module::Ed => vec![self.dir(config)],
@@ -53,7 +53,7 @@ impl Module {
 
     /// The module's tables from all its folders, sorted by name; a name found in two folders
     /// (no published version has that) is taken from the first.
-    pub fn tables(self, config: &Config) -> Vec<(String, PathBuf)> {
+    pub(crate) fn tables(self, config: &Config) -> Vec<(String, PathBuf)> {
         let mut found: Vec<(String, PathBuf)> = Vec::new();
         for dir in self.dirs(config) {
             for (name, path) in tables_in(&dir, &config.input) {
@@ -110,12 +110,12 @@ const PER_PATIENT_TABLES: [&str; 30] = [
 ];
 
 /// Whether a clinical table is known to hold one row per patient event (`subject_id`).
-pub fn is_per_patient_table(name: &str) -> bool {
+pub(crate) fn is_per_patient_table(name: &str) -> bool {
     PER_PATIENT_TABLES.contains(&name.to_ascii_lowercase().as_str())
 }
 
 /// The table name of a `.csv` or `.csv.gz` file (`labevents.csv.gz` → `labevents`).
-pub fn table_name(path: &Path) -> Option<String> {
+pub(crate) fn table_name(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let lower = name.to_ascii_lowercase();
     let stem_len = if lower.ends_with(".csv.gz") {
@@ -143,7 +143,7 @@ pub struct Skipped {
 
 /// What a table folder holds: its tables, and the table-like files that are not read.
 #[derive(Debug, Default)]
-pub struct FolderScan {
+pub(crate) struct FolderScan {
     pub tables: Vec<(String, PathBuf)>,
     pub skipped: Vec<Skipped>,
 }
@@ -158,12 +158,12 @@ fn has_table_ending(path: &Path) -> bool {
 /// The tables of a folder, one path per table name (`.csv` preferred over `.csv.gz` when both
 /// exist, since it needs no decoding), sorted by name. A symbolic link is followed when its
 /// target is a file inside `root` (the input tree); one leaving it is refused.
-pub fn tables_in(dir: &Path, root: &Path) -> Vec<(String, PathBuf)> {
+pub(crate) fn tables_in(dir: &Path, root: &Path) -> Vec<(String, PathBuf)> {
     scan_folder(dir, root).tables
 }
 
 /// [`tables_in`], with the files it passes over.
-pub fn scan_folder(dir: &Path, root: &Path) -> FolderScan {
+pub(crate) fn scan_folder(dir: &Path, root: &Path) -> FolderScan {
     let mut scan = FolderScan::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return scan;
@@ -214,13 +214,13 @@ pub fn scan_folder(dir: &Path, root: &Path) -> FolderScan {
 }
 
 /// A table file by base name, `.csv` or `.csv.gz`.
-pub fn find_table(dir: &Path, base: &str, root: &Path) -> Option<PathBuf> {
+pub(crate) fn find_table(dir: &Path, base: &str, root: &Path) -> Option<PathBuf> {
     tables_in(dir, root).into_iter().find(|(n, _)| n == base).map(|(_, p)| p)
 }
 
 /// Every table folder the build reads: the modules' folders and the dataset roots holding
 /// tables.
-pub fn table_folders(config: &Config) -> Vec<PathBuf> {
+pub(crate) fn table_folders(config: &Config) -> Vec<PathBuf> {
     let d = &config.datasets;
     let mut dirs: Vec<PathBuf> = Module::ALL.iter().flat_map(|m| m.dirs(config)).collect();
     dirs.extend([d.mimic_cxr_jpg.clone(), d.reflacx.join("main_data"), d.egd_cxr.clone()]);
@@ -228,7 +228,7 @@ pub fn table_folders(config: &Config) -> Vec<PathBuf> {
 }
 
 /// The table-like files of every table folder that are not read, each named once in the log.
-pub fn skipped_files(config: &Config) -> Vec<Skipped> {
+pub(crate) fn skipped_files(config: &Config) -> Vec<Skipped> {
     let skipped: Vec<Skipped> =
         table_folders(config).iter().flat_map(|dir| scan_folder(dir, &config.input).skipped).collect();
     for s in &skipped {
@@ -238,14 +238,14 @@ pub fn skipped_files(config: &Config) -> Vec<Skipped> {
 }
 
 /// `p<first 2 digits>/p<subject_id>`: the MIMIC-CXR folder of a subject.
-pub fn cxr_subject_dir(subject: crate::ids::SubjectId) -> PathBuf {
+pub(crate) fn cxr_subject_dir(subject: crate::ids::SubjectId) -> PathBuf {
     let s = subject.to_string();
     PathBuf::from(format!("p{}", &s[..2.min(s.len())])).join(format!("p{s}"))
 }
 
 /// Where the linker's and the fixed datasets' files are.
 #[derive(Debug, Clone, Default)]
-pub struct SideInputs {
+pub(crate) struct SideInputs {
     pub cxr_metadata: Option<PathBuf>,
     pub cxr_tables: Vec<(String, PathBuf)>,
     pub edstays: Option<PathBuf>,
@@ -254,7 +254,7 @@ pub struct SideInputs {
     pub eye_gaze_tables: Vec<(String, PathBuf)>,
 }
 
-pub fn side_inputs(config: &Config) -> SideInputs {
+pub(crate) fn side_inputs(config: &Config) -> SideInputs {
     let (d, root) = (&config.datasets, config.input.as_path());
     let cxr_tables = ["chexpert", "negbio", "split"]
         .iter()

@@ -13,11 +13,11 @@ use crate::input::{self, Module, SideInputs};
 use crate::layout::DatasetKey;
 
 /// Appended to the errors of a build that cannot start for want of an input.
-pub const INPUTS_HINT: &str = "(run `mimic-eye inputs` to see what was found)";
+pub(crate) const INPUTS_HINT: &str = "(run `mimic-eye inputs` to see what was found)";
 
 /// One thing the build needs or can do without.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     /// The name used in the summary's `missing_datasets` for optional ones.
     pub name: &'static str,
     pub required: bool,
@@ -28,7 +28,7 @@ pub struct Check {
 }
 
 /// The build's checks, in the order it makes them: required first.
-pub fn checks(config: &Config, side: &SideInputs) -> Vec<Check> {
+pub(crate) fn checks(config: &Config, side: &SideInputs) -> Vec<Check> {
     let d = &config.datasets;
     let hosp = Module::Hosp.dir(config);
     let icu = Module::Icu.dir(config);
@@ -156,11 +156,14 @@ pub struct Verified {
     pub unlisted: Listing,
 }
 
+/// What `mimic-eye inputs` reports: each parent dataset as found under the input.
 #[derive(Debug, Clone, Serialize)]
 pub struct Inventory {
+    /// The input folder.
     pub input: PathBuf,
+    /// One report per dataset.
     pub datasets: Vec<DatasetReport>,
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
 }
 
 /// The folders of a dataset whose tables the build reads ("" is the dataset folder itself).
@@ -174,6 +177,7 @@ fn table_folders(key: DatasetKey) -> &'static [&'static str] {
 }
 
 impl Inventory {
+    /// Finds every dataset under the configured input (no hashing; see `verify`).
     pub fn gather(config: &Config) -> Self {
         let datasets = DatasetKey::ALL
             .into_iter()

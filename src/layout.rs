@@ -144,19 +144,19 @@ pub enum LayoutError {
 
 /// A dataset's folder as resolved: the version folder when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located {
+pub(crate) struct Located {
     pub folder: PathBuf,
     pub version: Option<String>,
 }
 
 /// `2.2`, `1.0.0`, `3.1`: digits separated by single dots.
-pub fn is_version_name(name: &str) -> bool {
+pub(crate) fn is_version_name(name: &str) -> bool {
     !name.is_empty() && name.split('.').all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// The version folders directly inside `dir`, in version order (`2.2` before `10.0`). wget's
 /// `index.html` and anything else that is not a version-named folder is ignored.
-pub fn version_folders(dir: &Path) -> Result<Vec<String>, LayoutError> {
+pub(crate) fn version_folders(dir: &Path) -> Result<Vec<String>, LayoutError> {
     let entries = std::fs::read_dir(dir).map_err(|source| LayoutError::Io { path: dir.to_path_buf(), source })?;
     let mut versions: Vec<String> = entries
         .flatten()
@@ -188,7 +188,7 @@ fn bases(input: &Path) -> Vec<PathBuf> {
 /// Where `key` is in `input` (auto-detected) or in `explicit` (a `[datasets]` path, which wins),
 /// descending into its version folder. `None` when the dataset is not there at all: whether that
 /// is fatal is the build's decision.
-pub fn locate(
+pub(crate) fn locate(
     input: &Path,
     key: DatasetKey,
     explicit: Option<&Path>,

@@ -5,23 +5,38 @@
 //! [`pipeline::fixer`] repairs them, a [`pipeline::writer`] routes them to per-patient staging
 //! files, and [`pipeline::publish`] renames them into place atomically.
 
-pub mod cohort;
-pub mod config;
+#![warn(unreachable_pub, missing_docs)]
+
+mod cohort;
+mod config;
 pub mod csvscan;
-pub mod daemon;
-pub mod digest;
-pub mod fingerprint;
+mod daemon;
+mod digest;
+mod fingerprint;
 pub mod gzip;
-pub mod ids;
-pub mod input;
-pub mod inventory;
-pub mod layout;
-pub mod pipeline;
-pub mod progress;
-pub mod pyfmt;
-pub mod shutdown;
-pub mod source;
-pub mod sums;
+mod ids;
+mod input;
+mod inventory;
+mod layout;
+mod pipeline;
+mod progress;
+mod pyfmt;
+mod shutdown;
+mod source;
+mod sums;
 pub mod synth;
-pub mod sys;
-pub mod telemetry;
+mod sys;
+mod telemetry;
+
+pub use cohort::{Cohort, CohortKind};
+pub use config::{Config, ConfigFile, Overrides, Profile};
+pub use daemon::run as run_daemon;
+pub use ids::SubjectId;
+pub use inventory::Inventory;
+pub use pipeline::{build, split_one, BuildOptions, Summary};
+pub use pipeline::{lock_output, verify_output, SmallTable};
+pub use progress::ProgressBars;
+pub use source::{Sha256Check, Source};
+pub use digest::hex;
+pub use sys::{init_process, peak_rss_bytes};
+pub use telemetry::bounded_text;

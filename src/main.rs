@@ -6,9 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use mimic_eye::config::{Config, ConfigFile, Overrides, Profile};
-use mimic_eye::pipeline;
-use mimic_eye::progress::ProgressBars;
+use mimic_eye::{Config, ConfigFile, Overrides, Profile};
+use mimic_eye::ProgressBars;
 use mimic_eye::synth;
 
 #[derive(Parser)]
@@ -53,7 +52,7 @@ struct Settings {
     /// Who to build for: eye-tracking (the published dataset's patients), cxr (every
     /// MIMIC-CXR-JPG patient) or subjects:PATH (one subject_id per line).
     #[arg(long)]
-    cohort: Option<mimic_eye::cohort::CohortKind>,
+    cohort: Option<mimic_eye::CohortKind>,
 }
 
 impl Settings {
@@ -220,7 +219,7 @@ impl SynthArgs {
 }
 
 fn main() -> ExitCode {
-    mimic_eye::sys::init_process();
+    mimic_eye::init_process();
     let cli = Cli::parse();
     // Build, synth and demo print their result; their logs stay at warnings unless asked.
     let default_log = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
@@ -237,7 +236,7 @@ fn main() -> ExitCode {
 /// The error and its causes on one line.
 fn one_line(e: &anyhow::Error) -> String {
     let text = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ").replace('\n', " ");
-    mimic_eye::telemetry::bounded_text(&text)
+    mimic_eye::bounded_text(&text)
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -267,7 +266,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let (config, overrides) = settings.into_parts();
             let overrides = Overrides { metrics_addr, ..overrides };
             let rt = runtime()?;
-            let result = rt.block_on(mimic_eye::daemon::run(config, overrides));
+            let result = rt.block_on(mimic_eye::run_daemon(config, overrides));
             // Blocking threads of a cancelled build get a moment to finish, not forever.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             result
@@ -289,9 +288,9 @@ fn build(settings: Settings, full: bool, accept_shrink: bool) -> anyhow::Result<
     let config = settings.resolve()?;
     // Checked before the lock: a wrong --input must leave no trace in the output.
     anyhow::ensure!(config.input.is_dir(), "input directory {} does not exist", config.input.display());
-    let _lock = pipeline::publish::lock_output(&config.output)?;
-    let options = pipeline::BuildOptions { force_full: full, accept_shrink, ..Default::default() };
-    let summary = runtime()?.block_on(pipeline::build(config.clone(), ProgressBars::on_terminal(), options))?;
+    let _lock = mimic_eye::lock_output(&config.output)?;
+    let options = mimic_eye::BuildOptions::one_shot(full, accept_shrink);
+    let summary = runtime()?.block_on(mimic_eye::build(config.clone(), ProgressBars::on_terminal(), options))?;
     println!("{}", summary.headline());
     println!("output: {}", config.output.display());
     if !summary.failed.is_empty() {
@@ -303,7 +302,7 @@ fn build(settings: Settings, full: bool, accept_shrink: bool) -> anyhow::Result<
 
 fn inputs(settings: Settings, json: bool, verify: bool) -> anyhow::Result<()> {
     let config = settings.resolve_input_only()?;
-    let mut inventory = mimic_eye::inventory::Inventory::gather(&config);
+    let mut inventory = mimic_eye::Inventory::gather(&config);
     if verify {
         inventory.verify();
     }
@@ -322,7 +321,7 @@ fn inputs(settings: Settings, json: bool, verify: bool) -> anyhow::Result<()> {
 }
 
 fn verify(output: &Path) -> anyhow::Result<()> {
-    let v = pipeline::outsums::verify(output)?;
+    let v = mimic_eye::verify_output(output)?;
     print!("{}", v.text());
     if !v.clean() {
         anyhow::bail!(
@@ -337,12 +336,12 @@ fn verify(output: &Path) -> anyhow::Result<()> {
 }
 
 fn split(table: PathBuf, cohort: &Path, output: PathBuf) -> anyhow::Result<()> {
-    let ids = mimic_eye::pipeline::reader::SmallTable::read(cohort)?;
+    let ids = mimic_eye::SmallTable::read(cohort)?;
     let col = ids.require("subject_id")?;
     let subjects = ids
         .rows
         .iter()
-        .map(|r| mimic_eye::ids::SubjectId::parse(&r.fields[col]))
+        .map(|r| mimic_eye::SubjectId::parse(&r.fields[col]))
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("reading the cohort {}", cohort.display()))?;
     let config = Config::resolve(
@@ -354,22 +353,22 @@ fn split(table: PathBuf, cohort: &Path, output: PathBuf) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let _lock = pipeline::publish::lock_output(&config.output)?;
+    let _lock = mimic_eye::lock_output(&config.output)?;
     let started = std::time::Instant::now();
-    let cohort = mimic_eye::cohort::Cohort::from_subjects(subjects);
-    let outcome = runtime()?.block_on(pipeline::split_one(config, table, cohort))?;
+    let cohort = mimic_eye::Cohort::from_subjects(subjects);
+    let outcome = runtime()?.block_on(mimic_eye::split_one(config, table, cohort))?;
     let secs = started.elapsed().as_secs_f64();
     let c = outcome.counts;
     println!(
         "{{\"rows\": {}, \"written\": {}, \"outside_cohort\": {}, \"rejected\": {}, \"input_bytes\": {}, \"seconds\": {secs:.3}, \"rows_per_second\": {:.0}, \"peak_rss_bytes\": {}, \"gzip_backend\": \"{}\"}}",
-        c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, mimic_eye::sys::peak_rss_bytes(),
+        c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, mimic_eye::peak_rss_bytes(),
         mimic_eye::gzip::BACKEND
     );
     Ok(())
 }
 
 fn decode(table: &Path, sha256: bool) -> anyhow::Result<()> {
-    use mimic_eye::source::{Sha256Check, Source};
+    use mimic_eye::{Sha256Check, Source};
     let started = std::time::Instant::now();
     let check = if sha256 { Sha256Check::Compute } else { Sha256Check::Off };
     let mut source = Source::open(table, check).with_context(|| format!("opening {}", table.display()))?;
@@ -386,7 +385,7 @@ fn decode(table: &Path, sha256: bool) -> anyhow::Result<()> {
     let secs = started.elapsed().as_secs_f64();
     let input = source.input_read.load(std::sync::atomic::Ordering::Relaxed);
     let digest = match source.sha256() {
-        Some(d) => format!(", \"sha256\": \"{}\"", mimic_eye::sums::hex(&d)),
+        Some(d) => format!(", \"sha256\": \"{}\"", mimic_eye::hex(&d)),
         None => String::new(),
     };
     println!(
@@ -417,7 +416,7 @@ fn demo(dir: Option<PathBuf>, profile: Profile) -> anyhow::Result<()> {
             ..Default::default()
         },
     )?;
-    let summary = runtime()?.block_on(pipeline::build(config, ProgressBars::on_terminal(), Default::default()))?;
+    let summary = runtime()?.block_on(mimic_eye::build(config, ProgressBars::on_terminal(), Default::default()))?;
     println!("MIMIC-Eye demo build (synthetic data, profile {})", summary.profile);
     println!("  {}", summary.headline());
     println!("  planted: {}", planted.describe());

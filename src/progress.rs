@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Progress bars on a terminal, nothing elsewhere (CI and the daemon have none).
 #[derive(Clone)]
 pub struct ProgressBars {
     multi: Option<MultiProgress>,
@@ -17,10 +18,11 @@ impl ProgressBars {
         Self { multi }
     }
 
-    pub fn hidden() -> Self {
+    pub(crate) fn hidden() -> Self {
         Self { multi: None }
     }
 
+    /// A bar for one table, sized by its file's bytes.
     pub fn table(&self, name: &str, total_bytes: u64) -> ProgressBar {
         let Some(multi) = &self.multi else {
             return ProgressBar::hidden();

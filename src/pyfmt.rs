@@ -1,7 +1,7 @@
 //! What pandas wrote: profile `release` reproduces the released build's floats.
 
 /// Python's `repr(float)` for the values this program writes: shortest round-trip, `.0` kept.
-pub fn python_float_repr(v: f64) -> String {
+pub(crate) fn python_float_repr(v: f64) -> String {
     if v.is_nan() {
         return "nan".into();
     }

@@ -1,21 +1,24 @@
 //! Graceful shutdown, after mini-redis: one broadcast that every loop selects on.
 
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
 
 /// Listens for the shutdown signal. Cheap to clone (each clone subscribes).
 #[derive(Debug)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     done: bool,
     rx: broadcast::Receiver<()>,
 }
 
 impl Shutdown {
-    pub fn new(rx: broadcast::Receiver<()>) -> Self {
+    pub(crate) fn new(rx: broadcast::Receiver<()>) -> Self {
         Self { done: false, rx }
     }
 
     /// Waits until shutdown is signalled (returns at once if it already was).
-    pub async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         if self.done {
             return;
         }
@@ -26,7 +29,7 @@ impl Shutdown {
 
 /// Owns the sender: `trigger` tells every `Shutdown` to stop.
 #[derive(Debug, Clone)]
-pub struct ShutdownTrigger {
+pub(crate) struct ShutdownTrigger {
     tx: broadcast::Sender<()>,
 }
 
@@ -37,13 +40,63 @@ impl Default for ShutdownTrigger {
 }
 
 impl ShutdownTrigger {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { tx: broadcast::channel(1).0 }
     }
-    pub fn subscribe(&self) -> Shutdown {
+    pub(crate) fn subscribe(&self) -> Shutdown {
         Shutdown::new(self.tx.subscribe())
     }
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         let _ = self.tx.send(());
+    }
+}
+
+/// One build's cancellation, after mini-redis's shutdown-complete channel: every actor of the
+/// build holds a clone while it runs and checks [`CancelToken::is_cancelled`] between batches;
+/// when the last clone is dropped, [`CancelOwner::ended`] returns, so the owner knows that
+/// every actor of the build has stopped (not only that the build's future was dropped).
+#[derive(Debug, Clone)]
+pub(crate) struct CancelToken {
+    flag: Arc<AtomicBool>,
+    _alive: mpsc::Sender<()>,
+}
+
+/// The owner's side of a build's [`CancelToken`]s.
+#[derive(Debug)]
+pub(crate) struct CancelOwner {
+    flag: Arc<AtomicBool>,
+    ended: mpsc::Receiver<()>,
+}
+
+/// A new token and its owner.
+pub(crate) fn cancel_pair() -> (CancelOwner, CancelToken) {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (alive, ended) = mpsc::channel(1);
+    (CancelOwner { flag: Arc::clone(&flag), ended }, CancelToken { flag, _alive: alive })
+}
+
+impl Default for CancelToken {
+    /// A token nobody cancels (a one-shot build).
+    fn default() -> Self {
+        cancel_pair().1
+    }
+}
+
+impl CancelToken {
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+impl CancelOwner {
+    /// Tells every actor holding a token to stop.
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns once every token has been dropped: every actor of the build has ended.
+    pub(crate) async fn ended(&mut self) {
+        // Nothing is ever sent: `recv` returns `None` once the last sender is gone.
+        while self.ended.recv().await.is_some() {}
     }
 }

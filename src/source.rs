@@ -16,7 +16,7 @@ use crate::digest::{Digest, Expected};
 use crate::fingerprint::FileIdentity;
 
 /// Bytes handed over per chunk by the decode thread.
-pub const CHUNK: usize = 256 << 10;
+pub(crate) const CHUNK: usize = 256 << 10;
 /// Chunks in flight between the decode thread and the scanner.
 const DECODE_QUEUE: usize = 4;
 /// Used buffers kept for the decode thread to refill.
@@ -70,6 +70,7 @@ impl HashState {
 /// Whether a read hashes the file's bytes, and what they must hash to.
 #[derive(Debug, Clone, Default)]
 pub enum Sha256Check {
+    /// Do not hash.
     #[default]
     Off,
     /// Hash, for [`Source::sha256`], without a digest to compare with.
@@ -78,7 +79,7 @@ pub enum Sha256Check {
     Expect(Expected),
 }
 
-pub fn is_gzip_name(path: &Path) -> bool {
+pub(crate) fn is_gzip_name(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"))
 }
 

@@ -17,13 +17,13 @@ use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
 use crate::digest::Recorder;
-pub use crate::digest::{hex, parse_hex, Digest, Expected, MISMATCH};
+pub(crate) use crate::digest::{hex, parse_hex, Digest, Expected, MISMATCH};
 use crate::layout::DatasetKey;
 
-pub const SUMS_FILE: &str = "SHA256SUMS.txt";
+pub(crate) const SUMS_FILE: &str = "SHA256SUMS.txt";
 
 /// SHA-256 of a file's bytes.
-pub fn hash_file(path: &Path) -> io::Result<Digest> {
+pub(crate) fn hash_file(path: &Path) -> io::Result<Digest> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; crate::source::CHUNK];
@@ -42,7 +42,7 @@ pub fn hash_file(path: &Path) -> io::Result<Digest> {
 /// space between the two; `sha256sum`'s own two spaces or ` *` (binary mode) are accepted too,
 /// and its escaped names (a line starting with `\`). Blank lines are skipped; a malformed line
 /// is an error naming its number.
-pub fn parse(text: &[u8]) -> Result<Vec<(Vec<u8>, Digest)>, String> {
+pub(crate) fn parse(text: &[u8]) -> Result<Vec<(Vec<u8>, Digest)>, String> {
     let mut out = Vec::new();
     for (i, line) in text.split(|&b| b == b'\n').enumerate() {
         if let Some(entry) = parse_line(i, line)? {
@@ -100,7 +100,7 @@ fn unescape(p: &[u8]) -> Vec<u8> {
 
 /// One line in `sha256sum`'s format for `rel`: names holding `\`, LF or CR are escaped and the
 /// line starts with `\`, as coreutils writes and reads them.
-pub fn format_line(digest: &Digest, rel: &[u8]) -> Vec<u8> {
+pub(crate) fn format_line(digest: &Digest, rel: &[u8]) -> Vec<u8> {
     let needs = rel.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
     let mut line = Vec::with_capacity(rel.len() + 67);
     if needs {
@@ -122,7 +122,7 @@ pub fn format_line(digest: &Digest, rel: &[u8]) -> Vec<u8> {
 
 /// A dataset's checksum file, parsed: absolute path → digest.
 #[derive(Debug, Default)]
-pub struct DatasetSums {
+pub(crate) struct DatasetSums {
     pub folder: PathBuf,
     /// The folder has a `SHA256SUMS.txt` (even one that could not be parsed).
     pub present: bool,
@@ -132,14 +132,14 @@ pub struct DatasetSums {
 }
 
 impl DatasetSums {
-    pub fn load(folder: &Path) -> Self {
+    pub(crate) fn load(folder: &Path) -> Self {
         Self::load_where(folder, &|_| true)
     }
 
     /// Keeps only the lines whose relative path `keep` accepts, reading the file line by line:
     /// MIMIC-CXR-JPG's lists about a million files, of which a build reads a few thousand, so
     /// memory stays with what the build reads, not with the size of the download.
-    pub fn load_where(folder: &Path, keep: &dyn Fn(&[u8]) -> bool) -> Self {
+    pub(crate) fn load_where(folder: &Path, keep: &dyn Fn(&[u8]) -> bool) -> Self {
         use std::io::BufRead;
         use std::os::unix::ffi::OsStrExt;
         let file = folder.join(SUMS_FILE);
@@ -174,7 +174,7 @@ impl DatasetSums {
 
 /// Every dataset's checksum file, parsed once per build.
 #[derive(Debug, Default)]
-pub struct Sums {
+pub(crate) struct Sums {
     pub datasets: BTreeMap<DatasetKey, DatasetSums>,
 }
 
@@ -182,7 +182,7 @@ impl Sums {
     /// The lines of the tables (files at most two folders deep: `hosp/labevents.csv.gz`,
     /// `main_data/metadata_phase_1.csv`); copied folders' files are added by [`Self::add_folders`]
     /// once the cohort is known.
-    pub fn load(config: &Config) -> Self {
+    pub(crate) fn load(config: &Config) -> Self {
         let tables = |rel: &[u8]| rel.iter().filter(|&&b| b == b'/').count() <= 1;
         let datasets = DatasetKey::ALL
             .into_iter()
@@ -194,7 +194,7 @@ impl Sums {
     /// Adds the lines of the files in `folders` (and below, for recursive ones): what a build
     /// copies for its cohort.
     /// `folders`: each folder and whether its subfolders count too.
-    pub fn add_folders(&mut self, folders: &[(&Path, bool)]) {
+    pub(crate) fn add_folders(&mut self, folders: &[(&Path, bool)]) {
         for sums in self.datasets.values_mut().filter(|d| d.present && d.error.is_none()) {
             let wanted: Vec<(PathBuf, bool)> = folders
                 .iter()
@@ -217,7 +217,7 @@ impl Sums {
     }
 
     /// The dataset whose folder holds `path` (the deepest, should folders nest).
-    pub fn dataset_of(&self, path: &Path) -> Option<DatasetKey> {
+    pub(crate) fn dataset_of(&self, path: &Path) -> Option<DatasetKey> {
         self.datasets
             .iter()
             .filter(|(_, d)| path.starts_with(&d.folder))
@@ -226,7 +226,7 @@ impl Sums {
     }
 
     /// The listed digest of `path`, if its dataset's checksum file lists it.
-    pub fn expected(&self, path: &Path) -> Option<Digest> {
+    pub(crate) fn expected(&self, path: &Path) -> Option<Digest> {
         let key = self.dataset_of(path)?;
         self.datasets.get(&key)?.listed.get(path).copied()
     }
@@ -242,7 +242,7 @@ struct DatasetRecord {
 
 /// A build's checksum file lookups and what its reads and copies found.
 #[derive(Debug, Default)]
-pub struct Integrity {
+pub(crate) struct Integrity {
     pub sums: Sums,
     record: Mutex<BTreeMap<DatasetKey, DatasetRecord>>,
     /// How copied folders' files were placed (links, copies, …).
@@ -272,30 +272,30 @@ pub struct Provenance {
 }
 
 impl Integrity {
-    pub fn load(config: &Config) -> Arc<Self> {
+    pub(crate) fn load(config: &Config) -> Arc<Self> {
         Arc::new(Self { sums: Sums::load(config), ..Default::default() })
     }
 
     /// A table about to be read: counted for its dataset; the check to make at the end of the
     /// read, when its dataset lists it.
-    pub fn table(self: &Arc<Self>, path: &Path) -> Option<Expected> {
+    pub(crate) fn table(self: &Arc<Self>, path: &Path) -> Option<Expected> {
         let key = self.sums.dataset_of(path)?;
         self.record.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().tables.insert(path.into());
         self.file(path)
     }
 
     /// [`Self::table`] as the reader's option.
-    pub fn table_check(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
+    pub(crate) fn table_check(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
         self.table(path).map_or(crate::source::Sha256Check::Off, crate::source::Sha256Check::Expect)
     }
 
     /// [`Self::file`] as the reader's option (a file read as a table but not counted as one).
-    pub fn table_check_file(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
+    pub(crate) fn table_check_file(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
         self.file(path).map_or(crate::source::Sha256Check::Off, crate::source::Sha256Check::Expect)
     }
 
     /// The check for a file that is copied (not counted as a table).
-    pub fn file(self: &Arc<Self>, path: &Path) -> Option<Expected> {
+    pub(crate) fn file(self: &Arc<Self>, path: &Path) -> Option<Expected> {
         let digest = self.sums.expected(path)?;
         Some(Expected::recorded(path, digest, Arc::clone(self) as Arc<dyn Recorder>))
     }
@@ -317,13 +317,13 @@ impl Recorder for Integrity {
 
 impl Integrity {
     /// Copied files that differed from their listed digest (tables fail on their own).
-    pub fn mismatched_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn mismatched_files(&self) -> Vec<PathBuf> {
         let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         record.values().flat_map(|r| r.mismatched.iter().filter(|p| !r.tables.contains(*p)).cloned()).collect()
     }
 
     /// The summary's `datasets`, keyed like `[datasets]`.
-    pub fn provenance(&self, config: &Config) -> BTreeMap<&'static str, Provenance> {
+    pub(crate) fn provenance(&self, config: &Config) -> BTreeMap<&'static str, Provenance> {
         let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         DatasetKey::ALL
             .into_iter()
@@ -355,7 +355,7 @@ impl Integrity {
 
     /// Warns about (and exports as a gauge) each dataset with a newer version folder beside the
     /// one in use. Never switches: the user pins versions.
-    pub fn report_newer_versions(config: &Config) {
+    pub(crate) fn report_newer_versions(config: &Config) {
         for key in DatasetKey::ALL {
             let in_use = config.datasets.versions.get(key);
             let newer = newer_version(config.datasets.get(key), in_use);
@@ -380,13 +380,13 @@ impl Integrity {
 
 /// The program that wrote an output, for the summary.
 #[derive(Debug, Clone, Serialize)]
-pub struct Program {
+pub(crate) struct Program {
     pub name: &'static str,
     pub version: &'static str,
 }
 
 impl Program {
-    pub fn this() -> Self {
+    pub(crate) fn this() -> Self {
         Self { name: env!("CARGO_PKG_NAME"), version: env!("CARGO_PKG_VERSION") }
     }
 }

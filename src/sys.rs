@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 /// The process's file-creation mask: files 0640, folders 0750.
-pub const UMASK: libc::mode_t = 0o027;
+pub(crate) const UMASK: libc::mode_t = 0o027;
 
 /// Process-wide settings made once at start, before any thread: writes past a file size limit
 /// fail with EFBIG (a clean table failure) instead of SIGXFSZ killing the process mid-publish,
@@ -22,20 +22,20 @@ pub fn init_process() {
 
 /// One syncfs makes every file of the file system holding `file` durable at once, instead of
 /// an fsync per file.
-pub fn syncfs(file: &File) {
+pub(crate) fn syncfs(file: &File) {
     // SAFETY: syncfs only reads the descriptor, which `file` keeps open for the call.
     unsafe { libc::syncfs(file.as_raw_fd()) };
 }
 
 /// An exclusive, non-blocking lock on `file` (released when it is closed); false if another
 /// process holds it.
-pub fn try_lock_exclusive(file: &File) -> bool {
+pub(crate) fn try_lock_exclusive(file: &File) -> bool {
     // SAFETY: flock on a descriptor `file` owns and keeps open for the call.
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// A copy-on-write clone of `input`'s data into `output` (`ioctl(FICLONE)`).
-pub fn clone_file(output: &File, input: &File) -> io::Result<()> {
+pub(crate) fn clone_file(output: &File, input: &File) -> io::Result<()> {
     // SAFETY: FICLONE reads two descriptors the two files own and keep open for the call.
     let rc = unsafe { libc::ioctl(output.as_raw_fd(), libc::FICLONE, input.as_raw_fd()) };
     if rc == 0 {
@@ -46,7 +46,7 @@ pub fn clone_file(output: &File, input: &File) -> io::Result<()> {
 }
 
 /// Raises the soft open-file limit to the hard one (at most 2^20); returns the soft limit.
-pub fn raise_open_file_limit() -> u64 {
+pub(crate) fn raise_open_file_limit() -> u64 {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit write to and read from a valid rlimit struct on our stack.
     unsafe {
@@ -64,13 +64,13 @@ pub fn raise_open_file_limit() -> u64 {
 /// Hands freed heap memory back to the system. A build allocates and frees tens of MiB
 /// across threads; glibc keeps it in per-thread arenas, so a daemon idling after a build
 /// would keep the build's peak resident (164 MiB measured on a 3,000-patient world).
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };
 }
 
 /// Bytes per memory page and clock ticks per second, for the process metrics.
-pub fn page_size_and_clock_ticks() -> (u64, u64) {
+pub(crate) fn page_size_and_clock_ticks() -> (u64, u64) {
     // SAFETY: sysconf has no preconditions.
     let (page, hz) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
     (page.max(1) as u64, hz.max(1) as u64)

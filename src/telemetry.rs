@@ -15,40 +15,40 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::pipeline::counts::TableCounts;
 use crate::shutdown::Shutdown;
 
-pub const ROWS_READ: &str = "mimic_eye_rows_read_total";
-pub const ROWS_WRITTEN: &str = "mimic_eye_rows_written_total";
-pub const ROWS_OUTSIDE: &str = "mimic_eye_rows_outside_cohort_total";
-pub const ROWS_REJECTED: &str = "mimic_eye_rows_rejected_total";
-pub const BYTES_READ: &str = "mimic_eye_bytes_read_total";
-pub const WRITER_BUFFERED: &str = "mimic_eye_writer_buffered_bytes";
-pub const OPEN_FILES: &str = "mimic_eye_open_output_files";
-pub const CHANNEL_DEPTH: &str = "mimic_eye_channel_depth";
-pub const CHANNEL_CAPACITY: &str = "mimic_eye_channel_capacity";
-pub const TABLE_PROGRESS: &str = "mimic_eye_table_progress_ratio";
-pub const BUILDS: &str = "mimic_eye_builds_total";
-pub const BUILD_DURATION: &str = "mimic_eye_build_duration_seconds";
-pub const LAST_SUCCESS: &str = "mimic_eye_last_success_timestamp_seconds";
-pub const BUILD_RUNNING: &str = "mimic_eye_build_running";
-pub const COHORT_PATIENTS: &str = "mimic_eye_cohort_patients";
-pub const LINKED_IMAGES: &str = "mimic_eye_linked_images";
-pub const IMAGES: &str = "mimic_eye_images";
-pub const STAYS: &str = "mimic_eye_linked_stays";
-pub const TABLES_FAILED: &str = "mimic_eye_tables_failed";
-pub const INPUTS_PENDING: &str = "mimic_eye_inputs_pending";
-pub const WATCH_EVENTS: &str = "mimic_eye_watch_events_total";
-pub const WATCH_ERRORS: &str = "mimic_eye_watch_errors_total";
-pub const WATCHES: &str = "mimic_eye_watches";
-pub const RESIDENT_MEMORY: &str = "mimic_eye_process_resident_memory_bytes";
-pub const CPU_SECONDS: &str = "mimic_eye_process_cpu_seconds_total";
-pub const UP: &str = "mimic_eye_up";
-pub const SUCCESS_MAX_AGE: &str = "mimic_eye_success_max_age_seconds";
-pub const NEWER_VERSION: &str = "mimic_eye_newer_version_available";
+pub(crate) const ROWS_READ: &str = "mimic_eye_rows_read_total";
+pub(crate) const ROWS_WRITTEN: &str = "mimic_eye_rows_written_total";
+pub(crate) const ROWS_OUTSIDE: &str = "mimic_eye_rows_outside_cohort_total";
+pub(crate) const ROWS_REJECTED: &str = "mimic_eye_rows_rejected_total";
+pub(crate) const BYTES_READ: &str = "mimic_eye_bytes_read_total";
+pub(crate) const WRITER_BUFFERED: &str = "mimic_eye_writer_buffered_bytes";
+pub(crate) const OPEN_FILES: &str = "mimic_eye_open_output_files";
+pub(crate) const CHANNEL_DEPTH: &str = "mimic_eye_channel_depth";
+pub(crate) const CHANNEL_CAPACITY: &str = "mimic_eye_channel_capacity";
+pub(crate) const TABLE_PROGRESS: &str = "mimic_eye_table_progress_ratio";
+pub(crate) const BUILDS: &str = "mimic_eye_builds_total";
+pub(crate) const BUILD_DURATION: &str = "mimic_eye_build_duration_seconds";
+pub(crate) const LAST_SUCCESS: &str = "mimic_eye_last_success_timestamp_seconds";
+pub(crate) const BUILD_RUNNING: &str = "mimic_eye_build_running";
+pub(crate) const COHORT_PATIENTS: &str = "mimic_eye_cohort_patients";
+pub(crate) const LINKED_IMAGES: &str = "mimic_eye_linked_images";
+pub(crate) const IMAGES: &str = "mimic_eye_images";
+pub(crate) const STAYS: &str = "mimic_eye_linked_stays";
+pub(crate) const TABLES_FAILED: &str = "mimic_eye_tables_failed";
+pub(crate) const INPUTS_PENDING: &str = "mimic_eye_inputs_pending";
+pub(crate) const WATCH_EVENTS: &str = "mimic_eye_watch_events_total";
+pub(crate) const WATCH_ERRORS: &str = "mimic_eye_watch_errors_total";
+pub(crate) const WATCHES: &str = "mimic_eye_watches";
+pub(crate) const RESIDENT_MEMORY: &str = "mimic_eye_process_resident_memory_bytes";
+pub(crate) const CPU_SECONDS: &str = "mimic_eye_process_cpu_seconds_total";
+pub(crate) const UP: &str = "mimic_eye_up";
+pub(crate) const SUCCESS_MAX_AGE: &str = "mimic_eye_success_max_age_seconds";
+pub(crate) const NEWER_VERSION: &str = "mimic_eye_newer_version_available";
 
 /// Build durations: seconds for an incremental pass up to hours for a full one.
 const DURATION_BUCKETS: [f64; 12] = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 2400.0, 3600.0, 7200.0];
 
 /// Installs the Prometheus recorder (once per process).
-pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
@@ -108,7 +108,7 @@ fn describe() {
 }
 
 /// Handles to one table's counters, looked up once per job rather than per row.
-pub struct TableMetrics {
+pub(crate) struct TableMetrics {
     read: Counter,
     written: Counter,
     outside: Counter,
@@ -119,7 +119,7 @@ pub struct TableMetrics {
 }
 
 impl TableMetrics {
-    pub fn new(table: &str) -> Self {
+    pub(crate) fn new(table: &str) -> Self {
         let t = table.to_string();
         Self {
             read: counter!(ROWS_READ, "table" => t.clone()),
@@ -132,28 +132,28 @@ impl TableMetrics {
         }
     }
 
-    pub fn add(&self, before: &TableCounts, after: &TableCounts) {
+    pub(crate) fn add(&self, before: &TableCounts, after: &TableCounts) {
         self.read.increment(after.read - before.read);
         self.written.increment(after.written - before.written);
         self.outside.increment(after.outside_cohort - before.outside_cohort);
     }
 
-    pub fn rejected(&self, reason: &'static str, n: u64) {
+    pub(crate) fn rejected(&self, reason: &'static str, n: u64) {
         counter!(ROWS_REJECTED, "table" => self.table.clone(), "reason" => reason).increment(n);
     }
 
-    pub fn add_bytes(&self, n: u64) {
+    pub(crate) fn add_bytes(&self, n: u64) {
         self.bytes.increment(n);
     }
 
-    pub fn set_buffered(&self, bytes: usize, open_files: usize) {
+    pub(crate) fn set_buffered(&self, bytes: usize, open_files: usize) {
         self.buffered.set(bytes as f64);
         self.open_files.set(open_files as f64);
     }
 }
 
 /// Samples process memory and CPU into gauges (Prometheus-style process metrics).
-pub fn sample_process() {
+pub(crate) fn sample_process() {
     if let Ok(s) = std::fs::read_to_string("/proc/self/statm") {
         if let Some(rss_pages) = s.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()) {
             let page = crate::sys::page_size_and_clock_ticks().0 as f64;
@@ -177,7 +177,7 @@ pub fn sample_process() {
 /// Error and status texts longer than this are cut: they go to one log line, the systemd STATUS
 /// line, `/status` and summary.json, and a hostile input (a million-column header) must not
 /// turn them into megabytes.
-pub const MAX_ERROR_TEXT: usize = 1000;
+pub(crate) const MAX_ERROR_TEXT: usize = 1000;
 
 /// `text` cut to [`MAX_ERROR_TEXT`] bytes on a character boundary, saying how much was cut.
 pub fn bounded_text(text: &str) -> String {
@@ -193,7 +193,7 @@ pub fn bounded_text(text: &str) -> String {
 
 /// What `/status` shows.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     pub phase: String,
     pub build: u64,
     /// Tables being read now: bytes done of total.
@@ -204,17 +204,17 @@ pub struct Status {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub bytes_done: u64,
     pub bytes_total: u64,
 }
 
-pub fn status() -> &'static Mutex<Status> {
+pub(crate) fn status() -> &'static Mutex<Status> {
     static STATUS: OnceLock<Mutex<Status>> = OnceLock::new();
     STATUS.get_or_init(|| Mutex::new(Status { phase: "starting".into(), ..Default::default() }))
 }
 
-pub fn update_status(f: impl FnOnce(&mut Status)) {
+pub(crate) fn update_status(f: impl FnOnce(&mut Status)) {
     if let Ok(mut s) = status().lock() {
         f(&mut s);
     }
@@ -222,14 +222,14 @@ pub fn update_status(f: impl FnOnce(&mut Status)) {
 
 /// Connections served at once; one more is closed at once (a scraper and a few curls need far
 /// fewer, and each held connection costs a task and a descriptor).
-pub const MAX_CONNECTIONS: usize = 32;
+pub(crate) const MAX_CONNECTIONS: usize = 32;
 /// A connection that has not sent its whole request by then is closed.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a connection is served, request and response together.
-pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics`, `/healthz` and `/status` until shutdown. `alive` tells `/healthz`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     alive: impl Fn() -> bool + Send + Sync + 'static,
@@ -256,7 +256,7 @@ pub async fn serve(
     }
 }
 
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))
 }
 

@@ -5,8 +5,8 @@
 //! published, and the next start resumes from the last published state. SIGHUP reloads the
 //! config. systemd is told READY, STATUS, WATCHDOG and STOPPING through `NOTIFY_SOCKET`.
 
-pub mod notify;
-pub mod watch;
+mod notify;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::config::{Config, ConfigFile, Overrides};
 use crate::pipeline::{self, paths, publish, BuildOptions, Cancelled};
 use crate::progress::ProgressBars;
-use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::shutdown::{cancel_pair, Shutdown, ShutdownTrigger};
 use crate::telemetry;
 
 /// How long a cancelled build may take to stop before the daemon exits anyway; with the
@@ -35,6 +35,7 @@ fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
     Config::resolve(file, overrides.clone())
 }
 
+/// Runs the daemon until SIGTERM or SIGINT: builds, watches, serves metrics, reloads on SIGHUP.
 pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let config = load(config_path.as_deref(), &overrides)?;
     let _lock = publish::lock_output(&config.output)?;
@@ -140,9 +141,8 @@ impl Daemon {
     /// One build, cancelled by a stop (which waits up to [`STOP_GRACE`] for it).
     async fn build(&mut self, shutdown: &mut Shutdown) -> Built {
         self.dirty = false;
-        let cancel = Arc::new(AtomicBool::new(false));
-        let options =
-            BuildOptions { cancel: Arc::clone(&cancel), unstable: self.watch.unstable(), ..Default::default() };
+        let (mut cancel, token) = cancel_pair();
+        let options = BuildOptions { cancel: token, unstable: self.watch.unstable(), ..Default::default() };
         let kind = if self.first && !self.config.output.join("summary.json").exists() { "full" } else { "incremental" };
         self.first = false;
         let started = Instant::now();
@@ -159,8 +159,14 @@ impl Daemon {
             _ = shutdown.recv() => {
                 tracing::info!("stopping: cancelling the running build");
                 notify::send("STOPPING=1\nSTATUS=stopping");
-                cancel.store(true, Ordering::Relaxed);
-                let _ = tokio::time::timeout(STOP_GRACE, &mut build).await;
+                cancel.cancel();
+                let stopped = tokio::time::timeout(STOP_GRACE, async {
+                    let _ = (&mut build).await;
+                    cancel.ended().await;
+                });
+                if stopped.await.is_err() {
+                    tracing::warn!(grace = ?STOP_GRACE, "an actor of the build did not stop in time; exiting anyway");
+                }
                 counter!(telemetry::BUILDS, "kind" => kind, "result" => "cancelled").increment(1);
                 return Built::Stopped;
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::shutdown::Shutdown;
 
-pub fn send(message: &str) {
+pub(super) fn send(message: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let Ok(socket) = UnixDatagram::unbound() else { return };
     let bytes = path.as_encoded_bytes();
@@ -23,7 +23,7 @@ pub fn send(message: &str) {
 }
 
 /// Pings the watchdog at half the interval systemd asks for (`WATCHDOG_USEC`).
-pub fn spawn_watchdog(mut shutdown: Shutdown) {
+pub(super) fn spawn_watchdog(mut shutdown: Shutdown) {
     let Some(usec) = std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse::<u64>().ok()) else { return };
     let every = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
     tokio::spawn(async move {

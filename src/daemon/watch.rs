@@ -32,7 +32,7 @@ const EVENT_QUEUE: usize = 4096;
 
 /// What the watch tells the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WatchEvent {
+pub(super) enum WatchEvent {
     /// These files appeared, changed or disappeared and are now complete (or gone).
     Changed(Vec<PathBuf>),
 }
@@ -62,24 +62,24 @@ impl Pending {
 /// A cheap handle: the files not yet complete, and the folder set to watch. The actor stops
 /// when the last handle is dropped (a reload replaces it without leaking the inotify instance).
 #[derive(Clone)]
-pub struct WatchHandle {
+pub(super) struct WatchHandle {
     unstable: Arc<Mutex<HashSet<PathBuf>>>,
     folders: async_channel::Sender<Vec<WatchDir>>,
 }
 
 impl WatchHandle {
-    pub fn unstable(&self) -> HashSet<PathBuf> {
+    pub(super) fn unstable(&self) -> HashSet<PathBuf> {
         self.unstable.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Watches exactly these folders from now on. Their current files are taken as they are
     /// (the build that named them has just read them).
-    pub fn set_folders(&self, folders: Vec<WatchDir>) {
+    pub(super) fn set_folders(&self, folders: Vec<WatchDir>) {
         let _ = self.folders.try_send(folders);
     }
 }
 
-pub struct WatchConfig {
+pub(super) struct WatchConfig {
     pub folders: Vec<WatchDir>,
     /// Paths that are not inputs (the output folder, when it is inside the input).
     pub ignore: Vec<PathBuf>,
@@ -90,7 +90,7 @@ pub struct WatchConfig {
 /// Starts the actor; events arrive on the returned channel until shutdown or until every
 /// handle is dropped. The first scan is done when this returns, so the first build starts
 /// from the watcher's view of which files are still arriving.
-pub fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, async_channel::Receiver<WatchEvent>) {
+pub(super) fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, async_channel::Receiver<WatchEvent>) {
     let (tx, rx) = async_channel::bounded(16);
     let (folders_tx, folders_rx) = async_channel::bounded(2);
     let handle = WatchHandle { unstable: Arc::default(), folders: folders_tx };

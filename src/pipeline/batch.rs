@@ -6,7 +6,7 @@ use crate::csvscan::Span;
 
 /// Records travel in batches: one buffer of verbatim bytes plus where each record lies in it.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub(crate) struct Batch {
     pub data: Vec<u8>,
     pub records: Vec<Record>,
 }
@@ -95,26 +95,26 @@ impl fmt::Display for Defect {
 /// job instead of once per batch on one thread and freed on another (glibc's per-thread arenas
 /// turned that churn into tens of MiB of resident memory).
 #[derive(Debug, Clone)]
-pub struct BatchPool {
+pub(crate) struct BatchPool {
     tx: async_channel::Sender<Batch>,
     rx: async_channel::Receiver<Batch>,
 }
 
 impl BatchPool {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         let (tx, rx) = async_channel::bounded(capacity);
         Self { tx, rx }
     }
 
     /// A batch with no records, reusing a returned one when there is one. Its `data` is a used
     /// buffer (stale bytes, length kept) that the reader passes on to the decode thread.
-    pub fn take(&self) -> Batch {
+    pub(crate) fn take(&self) -> Batch {
         self.rx.try_recv().unwrap_or_default()
     }
 
     /// Returns a batch for reuse (dropped when the pool is full). `data` keeps its length: the
     /// reader hands it back to the decode thread, which refills it without zeroing it first.
-    pub fn give(&self, mut batch: Batch) {
+    pub(crate) fn give(&self, mut batch: Batch) {
         batch.records.clear();
         let _ = self.tx.try_send(batch);
     }
@@ -122,14 +122,14 @@ impl BatchPool {
 
 /// What the reader sends downstream. A job publishes only after `Done`.
 #[derive(Debug)]
-pub enum ReadMsg {
+pub(crate) enum ReadMsg {
     Batch(Batch),
     Done(ReadStats),
     Failed(crate::pipeline::error::ReadError),
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReadStats {
+pub(crate) struct ReadStats {
     pub input_bytes: u64,
 }
 
@@ -164,7 +164,7 @@ impl Rejects {
 
 /// Builds a batch from in-memory rows so derived tables go through the same writer.
 /// Each row is (where it came from, record bytes, key value).
-pub fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>) -> Batch {
+pub(super) fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>) -> Batch {
     let mut batch = Batch::default();
     for (Origin { row, line }, record, key) in rows {
         let start = batch.data.len() as u32;
@@ -185,7 +185,7 @@ pub fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>)
 
 /// Appends records a small-table read rejected, so the writer keeps and counts them (those
 /// only counted are added to the counts by `write_derived`).
-pub fn append_rejects(batch: &mut Batch, rejects: &Rejects) {
+pub(super) fn append_rejects(batch: &mut Batch, rejects: &Rejects) {
     for (record, raw) in &rejects.kept {
         let start = batch.data.len() as u32;
         batch.data.extend_from_slice(raw);

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,11 +25,12 @@ use crate::pipeline::summary::{CohortSummary, SourceCounts, Summary};
 use crate::pipeline::table_job::run_table_job;
 use crate::pipeline::vanished;
 use crate::progress::ProgressBars;
+use crate::shutdown::CancelToken;
 
 /// How a build runs (the daemon sets these; a one-shot build uses the defaults).
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    pub cancel: Arc<AtomicBool>,
+    pub(crate) cancel: CancelToken,
     /// Rewrite everything, ignoring what earlier builds recorded.
     pub force_full: bool,
     /// Input files that are not complete yet (still being written): their tables keep their
@@ -40,15 +40,22 @@ pub struct BuildOptions {
     pub accept_shrink: bool,
 }
 
+impl BuildOptions {
+    /// A one-shot build's options: nothing cancels it and no input is pending.
+    pub fn one_shot(force_full: bool, accept_shrink: bool) -> Self {
+        Self { force_full, accept_shrink, ..Default::default() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the build was cancelled")]
-pub struct Cancelled;
+pub(crate) struct Cancelled;
 
 /// A table that decides the cohort is still being written: the build waits for it (the daemon
 /// counts this as pending, not as a failure).
 #[derive(Debug, thiserror::Error)]
 #[error("{} is still being written; the build waits for it", .0.display())]
-pub struct Pending(pub PathBuf);
+pub(crate) struct Pending(pub PathBuf);
 
 /// The derived jobs whose content depends on the stay links.
 const STAY_LINKED_JOBS: [&str; 3] = ["cxr_meta", "cxr_meta_with_stay_id_only", "egd-cxr/master_sheet"];
@@ -71,7 +78,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let mut integrity = crate::sums::Integrity::load(&config);
     crate::sums::Integrity::report_newer_versions(&config);
     let stays_pending = linker_inputs_pending(&side, &options)?;
-    let (links, inputs) = link_cohort(&config, &side, &integrity, stays_pending.is_none()).await?;
+    let (links, inputs) = link_cohort(&config, &side, &integrity, stays_pending.is_none(), options.cancel.clone()).await?;
     check_linker_rows(&output, &inputs, stays_pending.as_deref(), options.accept_shrink)?;
     let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
@@ -89,7 +96,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
         config: config.clone(),
         progress,
         max_open_files: raise_open_file_limit(),
-        cancel: Arc::clone(&options.cancel),
+        cancel: options.cancel.clone(),
         force_full: options.force_full,
         reflacx_phases: reflacx_metadata,
         master_sheet,
@@ -99,7 +106,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     if stays_pending.is_some() {
         report.pending.insert(0, "mimic-iv-ed/edstays".to_string());
     }
-    if options.cancel.load(Ordering::Relaxed) {
+    if options.cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
     let stays_known = stays_pending.is_none();
@@ -146,10 +153,12 @@ async fn link_cohort(
     side: &input::SideInputs,
     integrity: &Arc<crate::sums::Integrity>,
     with_stays: bool,
+    alive: CancelToken,
 ) -> anyhow::Result<(Links, linker::LinkInputs)> {
     let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(integrity));
     let edstays = side.edstays.clone().filter(|_| with_stays);
     tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
+        let _alive = alive;
         let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
         let inputs = linker::load_inputs(
             side.cxr_metadata.as_deref(),

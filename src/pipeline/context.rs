@@ -1,7 +1,6 @@
 //! The shared, read-only context of one build: the settings, the cohort and links, the
-//! linker's small tables, the open-file budget and the cancellation flag every actor checks.
+//! linker's small tables, the open-file budget and the cancellation token every actor holds.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::cohort::Cohort;
@@ -9,12 +8,14 @@ use crate::config::Config;
 use crate::pipeline::linker::Links;
 use crate::pipeline::reader::{self};
 use crate::progress::ProgressBars;
+use crate::shutdown::CancelToken;
 
 /// Shared, read-only context of a build.
-pub struct BuildContext {
+pub(crate) struct BuildContext {
     pub config: Config,
-    /// Set to stop the build: readers stop, nothing unfinished is published.
-    pub cancel: Arc<AtomicBool>,
+    /// Cancelled to stop the build (readers stop, nothing unfinished is published); every
+    /// actor holds a clone until it ends.
+    pub cancel: CancelToken,
     /// Ignore manifests: rewrite everything.
     pub force_full: bool,
     pub cohort: Arc<Cohort>,
@@ -30,7 +31,7 @@ pub struct BuildContext {
 }
 
 /// Raises the soft open-file limit to the hard one; returns how many output files to keep open.
-pub fn raise_open_file_limit() -> usize {
+pub(super) fn raise_open_file_limit() -> usize {
     let limit = crate::sys::raise_open_file_limit() as usize;
     // Leave room for inputs, sockets and the other jobs running at once.
     (limit.saturating_sub(OPEN_FILES_RESERVED) / OPEN_FILES_SHARES).clamp(16, MAX_OPEN_OUTPUT_FILES)

@@ -13,7 +13,7 @@ use crate::pipeline::publish::{self, Manifest};
 use crate::pipeline::writer::{Route, Writer, WriterSpec};
 
 /// Where an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) goes.
-pub struct DerivedTable<'a> {
+pub(super) struct DerivedTable<'a> {
     /// The job (and manifest) name.
     pub job: &'a str,
     /// The file its rows came from, named in its rejects.
@@ -28,7 +28,7 @@ pub struct DerivedTable<'a> {
 }
 
 /// Writes a derived table's `rows` (under `header`) through a writer and publishes it as one job.
-pub fn write_derived(
+pub(super) fn write_derived(
     ctx: &BuildContext,
     table: DerivedTable<'_>,
     header: Vec<u8>,
@@ -69,7 +69,7 @@ pub fn write_derived(
 }
 
 /// `spreadsheets/cxr_meta.csv`, its per-patient rows, and the rows with a stay only.
-pub fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
+pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
     let links = &ctx.links;
     let mut header = links.cxr_header.raw.clone();
     header.extend_from_slice(b",in_eye_gaze,in_reflacx,StudyDateTime,stay_id");

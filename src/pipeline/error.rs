@@ -39,7 +39,7 @@ pub enum ReadErrorKind {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum JobError {
+pub(crate) enum JobError {
     #[error(transparent)]
     Read(#[from] ReadError),
     #[error("writing {}: {cause}", path.display())]
@@ -57,7 +57,7 @@ pub enum JobError {
 }
 
 /// `io::Result` → `JobError::Write` naming the path: `fs::create_dir_all(&dir).at(&dir)?`.
-pub trait At<T> {
+pub(super) trait At<T> {
     fn at(self, path: &Path) -> Result<T, JobError>;
 }
 
@@ -69,7 +69,7 @@ impl<T> At<T> for io::Result<T> {
 
 impl JobError {
     /// A task that did not return: a panic is a bug and said so; a cancelled task is not.
-    pub fn joined(task: &'static str, table: &str, e: tokio::task::JoinError) -> Self {
+    pub(crate) fn joined(task: &'static str, table: &str, e: tokio::task::JoinError) -> Self {
         match e.try_into_panic() {
             Ok(panic) => {
                 let cause = panic

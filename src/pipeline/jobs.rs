@@ -12,7 +12,7 @@ use crate::pipeline::writer::Route;
 
 /// What kind of table a job handles, which decides where its rows go.
 #[derive(Debug, Clone)]
-pub enum JobKind {
+pub(super) enum JobKind {
     /// A MIMIC-IV / ED table: split by subject_id if it has one, else whole to spreadsheets.
     Clinical { module: Module, name: String },
     /// chexpert, negbio, split: split by subject_id and whole.
@@ -22,14 +22,14 @@ pub enum JobKind {
 }
 
 #[derive(Debug, Clone)]
-pub struct TableJob {
+pub(super) struct TableJob {
     pub key: String,
     pub path: PathBuf,
     pub kind: JobKind,
 }
 
 /// The jobs for every table found in the input.
-pub fn discover_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
+pub(super) fn discover_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
     let mut jobs = Vec::new();
     for module in Module::ALL {
         for (name, path) in module.tables(config) {
@@ -57,7 +57,7 @@ pub fn discover_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob>
 }
 
 /// Routing decided from the job kind and the header.
-pub struct Routing {
+pub(super) struct Routing {
     pub key_column: Option<usize>,
     pub route: Route,
     pub patient_file: Option<PathBuf>,
@@ -68,7 +68,7 @@ pub struct Routing {
 /// `split_before`: the previous build split this table per patient. A table known to be split
 /// (by name or by that record) must have its `subject_id`: whether its rows go to patients or
 /// whole to `spreadsheets/` never flips because of a damaged header.
-pub fn routing_for(
+pub(super) fn routing_for(
     job: &TableJob,
     reader: &TableReader,
     profile: Profile,

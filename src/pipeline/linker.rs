@@ -17,7 +17,7 @@ use crate::source::Sha256Check;
 
 /// One ED stay of a subject; `None` times are open-ended.
 #[derive(Debug, Clone, Copy)]
-pub struct Stay {
+pub(super) struct Stay {
     pub stay_id: StayId,
     pub intime: Option<NaiveDateTime>,
     pub outtime: Option<NaiveDateTime>,
@@ -25,10 +25,9 @@ pub struct Stay {
 
 /// A row of the CXR subset (SPEC §3.2): the metadata record verbatim plus what Phase 1 adds.
 #[derive(Debug, Clone)]
-pub struct CxrRow {
+pub(crate) struct CxrRow {
     pub origin: Origin,
     pub raw: Vec<u8>,
-    pub dicom: DicomId,
     pub subject: SubjectId,
     pub study: Option<crate::ids::StudyId>,
     pub in_eye_gaze: bool,
@@ -40,7 +39,7 @@ pub struct CxrRow {
 
 /// The small tables the linker reads. Each is optional: a missing dataset is left out, and said.
 #[derive(Debug, Default)]
-pub struct LinkInputs {
+pub(super) struct LinkInputs {
     pub cxr_metadata: Option<SmallTable>,
     pub edstays: Option<SmallTable>,
     pub reflacx_metadata: Vec<SmallTable>,
@@ -56,7 +55,7 @@ pub struct LinkReject {
 }
 
 #[derive(Debug, Default)]
-pub struct Links {
+pub(crate) struct Links {
     pub cohort: Cohort,
     pub cxr_header: Header,
     pub cxr_rows: Vec<CxrRow>,
@@ -72,10 +71,10 @@ pub struct Links {
 }
 
 impl Links {
-    pub fn linked_images(&self) -> usize {
+    pub(crate) fn linked_images(&self) -> usize {
         self.cxr_rows.iter().filter(|r| r.stay.is_some()).count()
     }
-    pub fn stays(&self) -> usize {
+    pub(crate) fn stays(&self) -> usize {
         self.cxr_rows.iter().filter_map(|r| r.stay).collect::<HashSet<_>>().len()
     }
 }
@@ -87,7 +86,7 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 /// Phase 1: the cohort and the stay links.
 /// `rule`: who is in the cohort (the eye-tracking patients of SPEC §3, every CXR patient, or a
 /// list); the metadata rows `load_inputs` kept under the same rule are the CXR subset.
-pub fn link(inputs: &LinkInputs, profile: Profile, window_days: u32, rule: &CohortRule) -> Result<Links, ReadError> {
+pub(super) fn link(inputs: &LinkInputs, profile: Profile, window_days: u32, rule: &CohortRule) -> Result<Links, ReadError> {
     let mut links = Links::default();
     let mut warnings = Vec::new();
     collect_eye_gaze(inputs, &mut links, &mut warnings)?;
@@ -190,14 +189,13 @@ fn link_cxr_rows(
         };
         let stay = when.and_then(|t| stays.get(&subject).and_then(|list| pick_stay(list, t, window_days)));
         links.cohort.insert(subject);
-        links.cohort.dicom_subject.insert(dicom.clone(), subject);
         if let Some(stay) = stay {
             links.stays_by_dicom.insert(dicom.clone(), stay);
         }
+        links.cohort.dicom_subject.insert(dicom, subject);
         links.cxr_rows.push(CxrRow {
             origin: row.origin(),
             raw: row.raw.clone(),
-            dicom,
             subject,
             study: crate::ids::StudyId::parse(field(&row.fields, st)).ok(),
             in_eye_gaze,
@@ -251,7 +249,7 @@ fn parse_datetime(raw: &[u8]) -> Result<Option<NaiveDateTime>, String> {
 /// The study time from `StudyDate` (`YYYYMMDD`) and `StudyTime` (`HHMMSS[.ffffff]` written as a
 /// number, so leading zeros are lost). Profile `paper` pads the integer part to 6 digits;
 /// `release` reproduces the original build, where a time before 10:00 never parsed.
-pub fn study_time(date: &[u8], time: &[u8], profile: Profile) -> Option<NaiveDateTime> {
+pub(super) fn study_time(date: &[u8], time: &[u8], profile: Profile) -> Option<NaiveDateTime> {
     let date = std::str::from_utf8(date).ok()?.trim();
     let time = std::str::from_utf8(time).ok()?.trim();
     let date = NaiveDate::parse_from_str(date, "%Y%m%d").ok()?;
@@ -276,7 +274,7 @@ pub fn study_time(date: &[u8], time: &[u8], profile: Profile) -> Option<NaiveDat
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.fff]`.
-pub fn format_study_time(t: NaiveDateTime) -> String {
+pub(super) fn format_study_time(t: NaiveDateTime) -> String {
     if t.and_utc().timestamp_subsec_nanos() == 0 {
         t.format("%Y-%m-%d %H:%M:%S").to_string()
     } else {
@@ -285,7 +283,7 @@ pub fn format_study_time(t: NaiveDateTime) -> String {
 }
 
 /// Profile `release`: the original build's float of the concatenated `StudyDate`·`StudyTime` text.
-pub fn release_study_datetime(date: &[u8], time: &[u8]) -> String {
+pub(super) fn release_study_datetime(date: &[u8], time: &[u8]) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(date).trim(), String::from_utf8_lossy(time).trim());
     match text.parse::<f64>() {
         Ok(v) => python_float_repr(v),
@@ -294,7 +292,7 @@ pub fn release_study_datetime(date: &[u8], time: &[u8]) -> String {
 }
 
 /// SPEC §3.5: exactly one stay with `intime < t < outtime`; else, with a window, the one nearest.
-pub fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<StayId> {
+pub(super) fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<StayId> {
     let strict: Vec<&Stay> =
         stays.iter().filter(|s| s.intime.is_none_or(|i| i < t) && s.outtime.is_none_or(|o| t < o)).collect();
     match strict.len() {
@@ -337,7 +335,7 @@ pub fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<S
 ///
 /// The CXR metadata (377k rows in MIMIC-CXR-JPG) and edstays (425k) are streamed and only the
 /// rows that matter are kept: the images of REFLACX and EyeGaze, then the stays of their subjects.
-pub fn load_inputs(
+pub(super) fn load_inputs(
     cxr_metadata: Option<&Path>,
     edstays: Option<&Path>,
     reflacx_phases: &[std::path::PathBuf],

@@ -14,7 +14,7 @@ use crate::pipeline::counts::TableCounts;
 
 /// What a published job produced: the record later jobs compare against.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub job: String,
     /// The table was split per patient (its rows went to patient folders).
     #[serde(default)]
@@ -39,7 +39,7 @@ pub struct Manifest {
 /// SHA-256 of the bytes copied. A source replaced by other bytes (even of the same size with an
 /// older mtime) has another inode or ctime, so it is copied again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CopyRecord {
+pub(crate) struct CopyRecord {
     /// The source's identity when it was copied.
     #[serde(flatten)]
     pub source: FileIdentity,
@@ -60,19 +60,19 @@ pub struct CopyRecord {
 
 impl CopyRecord {
     /// The source identity part of a record (hash left empty).
-    pub fn identity(meta: &fs::Metadata) -> Self {
+    pub(crate) fn identity(meta: &fs::Metadata) -> Self {
         Self { source: FileIdentity::of(meta), ..Default::default() }
     }
 
     /// Records the copy `dest` (just written) as this record's output.
-    pub fn set_copy(&mut self, dest: &fs::Metadata) {
+    pub(crate) fn set_copy(&mut self, dest: &fs::Metadata) {
         use std::os::unix::fs::MetadataExt;
         self.copy_ino = dest.ino();
         self.copy_mtime_ns = crate::fingerprint::mtime_ns(dest);
     }
 
     /// Same source, as far as its identity tells.
-    pub fn same_source(&self, other: &CopyRecord) -> bool {
+    pub(crate) fn same_source(&self, other: &CopyRecord) -> bool {
         self.source == other.source
     }
 }
@@ -80,7 +80,7 @@ impl CopyRecord {
 impl Manifest {
     /// Whether this job split its table per patient (manifests from before `split` was
     /// recorded tell it by their per-patient row counts).
-    pub fn was_split(&self) -> bool {
+    pub(crate) fn was_split(&self) -> bool {
         self.split || !self.per_patient.is_empty()
     }
 }
@@ -88,7 +88,7 @@ impl Manifest {
 /// What a table job's outputs depend on, recorded in its manifest: a job whose key and cohort
 /// are unchanged is skipped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputKey {
+pub(crate) struct InputKey {
     pub settings: SettingsKey,
     /// The input file; `None` (unreadable) never matches.
     pub file: Option<Fingerprint>,
@@ -98,7 +98,7 @@ pub struct InputKey {
 
 /// The settings every output depends on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SettingsKey {
+pub(crate) struct SettingsKey {
     pub profile: Profile,
     pub index_column: bool,
     pub window_days: u32,
@@ -108,7 +108,7 @@ pub struct SettingsKey {
 
 impl InputKey {
     /// The key of a table job reading `path` under `config`, with the dicom map if routed by it.
-    pub fn new(config: &Config, path: &Path, dicoms: Option<&Cohort>) -> Self {
+    pub(crate) fn new(config: &Config, path: &Path, dicoms: Option<&Cohort>) -> Self {
         let settings = SettingsKey {
             profile: config.profile,
             index_column: config.index_column,
@@ -133,7 +133,7 @@ fn dicom_map_hash(cohort: &Cohort) -> u64 {
 
 /// Reads a manifest's key leniently: a key in an older format is no key (the job is redone
 /// once) rather than an unreadable manifest (which would lose the record of its files).
-pub fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<InputKey, D::Error> {
+pub(super) fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<InputKey, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
     Ok(serde_json::from_value(value).unwrap_or_default())
 }

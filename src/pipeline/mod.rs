@@ -13,28 +13,32 @@
 //! Each table job is a reader, an optional fixer and a writer, each on a blocking thread,
 //! connected by bounded channels of batches; tokio runs up to `parallel_tables` jobs at once.
 
-pub mod batch;
-pub mod build;
-pub mod context;
-pub mod counts;
-pub mod derived;
-pub mod error;
-pub mod fixer;
-pub mod folders;
-pub mod jobs;
-pub mod linker;
-pub mod manifest;
-pub mod outsums;
-pub mod paths;
-pub mod planner;
-pub mod publish;
-pub mod reader;
-pub mod shrink;
-pub mod summary;
-pub mod table_job;
-pub mod vanished;
-pub mod writer;
+mod batch;
+mod build;
+mod context;
+pub(crate) mod counts;
+mod derived;
+mod error;
+mod fixer;
+pub(crate) mod folders;
+mod jobs;
+mod linker;
+mod manifest;
+mod outsums;
+pub(crate) mod paths;
+mod planner;
+pub(crate) mod publish;
+pub(crate) mod reader;
+mod shrink;
+mod summary;
+mod table_job;
+mod vanished;
+mod writer;
 
-pub use build::{build, BuildOptions, Cancelled, Pending};
+pub use build::{build, BuildOptions};
+pub(crate) use build::{Cancelled, Pending};
 pub use summary::Summary;
 pub use table_job::split_one;
+pub use outsums::verify as verify_output;
+pub use publish::lock_output;
+pub use reader::SmallTable;

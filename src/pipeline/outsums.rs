@@ -93,7 +93,7 @@ fn copy_digests(output: &Path) -> BTreeMap<Vec<u8>, (u64, i64, u64, Digest)> {
 
 /// Writes `<output>/SHA256SUMS.txt` (only when its text changes); returns the number of files
 /// listed and how many were read to hash them.
-pub fn write(output: &Path) -> io::Result<(usize, usize)> {
+pub(super) fn write(output: &Path) -> io::Result<(usize, usize)> {
     let cache_path = paths::state_dir(output).join(CACHE);
     let cache: BTreeMap<String, Cached> =
         fs::read(&cache_path).ok().and_then(|t| serde_json::from_slice(&t).ok()).unwrap_or_default();

@@ -5,19 +5,19 @@
 use std::path::{Path, PathBuf};
 
 /// The program's own state inside the output (manifests, journal, staging, rejects).
-pub const STATE_DIR: &str = ".mimic-eye";
+pub(crate) const STATE_DIR: &str = ".mimic-eye";
 
 /// `<output>/.mimic-eye`.
-pub fn state_dir(output: &Path) -> PathBuf {
+pub(crate) fn state_dir(output: &Path) -> PathBuf {
     output.join(STATE_DIR)
 }
 
 /// The file name of a job key (`hosp/labevents` → `hosp__labevents`).
-pub fn job_file_name(job: &str) -> String {
+pub(crate) fn job_file_name(job: &str) -> String {
     job.replace('/', "__")
 }
 
-pub fn staging_dir(output: &Path, job: &str) -> PathBuf {
+pub(crate) fn staging_dir(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("staging").join(job_file_name(job))
 }
 
@@ -29,7 +29,7 @@ const MAX_STAGED_NAME: usize = 200;
 /// relative path's bytes (`%` → `%25`, `/` → `%2F`), so staging needs no directory tree of its
 /// own; a name that would be too long becomes `%h` and a 128-bit hash of the path (no escaped
 /// name starts with `%h`, so the two kinds never meet).
-pub fn staged_path(staging: &Path, rel: &Path) -> PathBuf {
+pub(crate) fn staged_path(staging: &Path, rel: &Path) -> PathBuf {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let bytes = rel.as_os_str().as_bytes();
     let mut name = Vec::with_capacity(bytes.len() + 8);
@@ -49,6 +49,6 @@ pub fn staged_path(staging: &Path, rel: &Path) -> PathBuf {
 }
 
 /// `<output>/.mimic-eye/rejects/<table>.csv`, relative to the output root.
-pub fn rejects_path(table: &str) -> PathBuf {
+pub(crate) fn rejects_path(table: &str) -> PathBuf {
     PathBuf::from(STATE_DIR).join("rejects").join(format!("{table}.csv"))
 }

@@ -6,12 +6,12 @@ use std::collections::BTreeSet;
 use crate::cohort::Cohort;
 
 use crate::ids::SubjectId;
-pub use crate::pipeline::manifest::InputKey;
+pub(super) use crate::pipeline::manifest::InputKey;
 use crate::pipeline::manifest::Manifest;
 
 /// What a table job does this build.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(super) enum Action {
     /// Inputs, settings and cohort unchanged: nothing to do.
     Skip,
     /// Read the table and write every output.
@@ -23,7 +23,7 @@ pub enum Action {
 
 /// Decides one job. `input` is the job's input fingerprint (with its settings and, for
 /// dicom-routed tables, the dicom map); `split` is whether it writes per-patient files by subject.
-pub fn decide(previous: Option<&Manifest>, input: &InputKey, cohort: &Cohort, split: bool) -> Action {
+pub(super) fn decide(previous: Option<&Manifest>, input: &InputKey, cohort: &Cohort, split: bool) -> Action {
     let Some(prev) = previous else { return Action::Full };
     if input.file.is_none() || prev.input != *input {
         return Action::Full;
@@ -44,7 +44,7 @@ pub fn decide(previous: Option<&Manifest>, input: &InputKey, cohort: &Cohort, sp
 }
 
 /// The cohort as stored in a manifest.
-pub fn cohort_list(cohort: &Cohort) -> Vec<u64> {
+pub(super) fn cohort_list(cohort: &Cohort) -> Vec<u64> {
     let mut v: Vec<u64> = cohort.subjects().map(SubjectId::get).collect();
     v.sort_unstable();
     v

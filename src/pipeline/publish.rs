@@ -11,15 +11,15 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-pub use crate::pipeline::manifest::{CopyRecord, Manifest};
+pub(crate) use crate::pipeline::manifest::{CopyRecord, Manifest};
 use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
 
 /// The mode of every file the build creates, also where the creating call ignores the umask
 /// (temporary files are 0600, copies take their source's mode).
-pub const FILE_MODE: u32 = 0o640;
+pub(crate) const FILE_MODE: u32 = 0o640;
 
 /// Gives a file the output's mode.
-pub fn set_output_mode(path: &Path) -> io::Result<()> {
+pub(crate) fn set_output_mode(path: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(FILE_MODE))
 }
@@ -32,12 +32,12 @@ fn journal_path(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("journal").join(format!("{}.json", job_file_name(job)))
 }
 
-pub fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
+pub(crate) fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
     let text = fs::read(manifest_path(output, job)).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
-pub fn all_manifests(output: &Path) -> Vec<Manifest> {
+pub(crate) fn all_manifests(output: &Path) -> Vec<Manifest> {
     let Ok(entries) = fs::read_dir(state_dir(output).join("jobs")) else {
         return Vec::new();
     };
@@ -52,7 +52,7 @@ pub fn all_manifests(output: &Path) -> Vec<Manifest> {
 
 /// The jobs with a published file that is missing or was modified after the job's manifest
 /// was written (every published file is renamed into place before its manifest is recorded).
-pub fn damaged_jobs(output: &Path) -> Vec<String> {
+pub(crate) fn damaged_jobs(output: &Path) -> Vec<String> {
     let mut damaged = Vec::new();
     for manifest in all_manifests(output) {
         let Ok(recorded) = fs::metadata(manifest_path(output, &manifest.job)).and_then(|m| m.modified()) else {
@@ -68,7 +68,7 @@ pub fn damaged_jobs(output: &Path) -> Vec<String> {
 }
 
 /// Drops a job's record (its files are already gone).
-pub fn forget(output: &Path, job: &str) -> io::Result<()> {
+pub(crate) fn forget(output: &Path, job: &str) -> io::Result<()> {
     match fs::remove_file(manifest_path(output, job)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -76,7 +76,7 @@ pub fn forget(output: &Path, job: &str) -> io::Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, synced, renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
@@ -95,7 +95,7 @@ fn sync_fs(dir: &Path) {
 }
 
 /// Publishes a job whose files are complete in its staging folder.
-pub fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
+pub(crate) fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
     let staging = staging_dir(output, &manifest.job);
     sync_fs(output);
     let journal = journal_path(output, &manifest.job);
@@ -186,7 +186,7 @@ fn make_dirs(output: &Path, rel: &Path) -> io::Result<bool> {
 }
 
 /// Drops the folders [`make_dirs`] knows of (the output may change between builds).
-pub fn forget_made_dirs() {
+pub(crate) fn forget_made_dirs() {
     made_dirs().lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
@@ -270,7 +270,7 @@ pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
 
 /// Finishes publishes interrupted by a crash and discards unpublished staging folders and the
 /// temporary files of atomic writes that a crash cut short.
-pub fn recover(output: &Path) -> io::Result<usize> {
+pub(crate) fn recover(output: &Path) -> io::Result<usize> {
     for dir in [output.to_path_buf(), state_dir(output).join("jobs"), state_dir(output).join("journal")] {
         remove_orphan_temporaries(&dir);
     }

@@ -5,12 +5,13 @@
 //! bounded channel, so memory stays constant whatever the size of the table.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
 use crate::pipeline::batch::{Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record, Rejects};
 use crate::pipeline::error::{ReadError, ReadErrorKind};
+use crate::shutdown::CancelToken;
 use crate::source::{Sha256Check, Source, CHUNK};
 
 /// Room reserved for a batch's records: a chunk of typical rows (60–200 bytes) fits, and shorter
@@ -59,7 +60,7 @@ impl Header {
 }
 
 /// An opened table, positioned after its header line.
-pub struct TableReader {
+pub(crate) struct TableReader {
     path: PathBuf,
     source: Source,
     work: Vec<u8>,
@@ -69,13 +70,13 @@ pub struct TableReader {
 }
 
 impl TableReader {
-    pub fn open(path: &Path) -> Result<Self, ReadError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, ReadError> {
         Self::open_checked(path, Sha256Check::Off)
     }
 
     /// Opens `path`, hashing its bytes as they are read when `sha256` asks for it (a digest
     /// that differs from the listed one fails the read at its end).
-    pub fn open_checked(path: &Path, sha256: Sha256Check) -> Result<Self, ReadError> {
+    pub(crate) fn open_checked(path: &Path, sha256: Sha256Check) -> Result<Self, ReadError> {
         let err = |kind| ReadError { path: path.to_path_buf(), kind };
         let source = Source::open(path, sha256).map_err(|e| err(ReadErrorKind::Open(e)))?;
         let mut reader = Self {
@@ -90,17 +91,17 @@ impl TableReader {
         Ok(reader)
     }
 
-    pub fn header(&self) -> &Header {
+    pub(crate) fn header(&self) -> &Header {
         &self.header
     }
 
     /// Bytes of the input file consumed so far (for progress bars).
-    pub fn progress_counter(&self) -> Arc<AtomicU64> {
+    pub(crate) fn progress_counter(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.source.input_read)
     }
 
     /// A required column's index, or an error naming the file, the column and the header.
-    pub fn require(&self, column: &str) -> Result<usize, ReadError> {
+    pub(crate) fn require(&self, column: &str) -> Result<usize, ReadError> {
         self.header.require(&self.path, column)
     }
 
@@ -166,16 +167,16 @@ impl TableReader {
 
     /// Streams every data record to `tx` in batches; ends with `Done` or `Failed`.
     /// Stops early, silently, when the receiver is dropped (the job was cancelled).
-    pub fn stream(self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>) {
-        self.stream_until(key_col, tx, &AtomicBool::new(false), &BatchPool::new(1));
+    pub(crate) fn stream(self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>) {
+        self.stream_until(key_col, tx, &CancelToken::default(), &BatchPool::new(1));
     }
 
     /// Like `stream`, but stops (without `Done`) as soon as `cancel` is set.
-    pub fn stream_until(
+    pub(crate) fn stream_until(
         mut self,
         key_col: Option<usize>,
         tx: &async_channel::Sender<ReadMsg>,
-        cancel: &AtomicBool,
+        cancel: &CancelToken,
         pool: &BatchPool,
     ) {
         let msg = match self.stream_batches(key_col, tx, cancel, pool) {
@@ -190,7 +191,7 @@ impl TableReader {
         &mut self,
         key_col: Option<usize>,
         tx: &async_channel::Sender<ReadMsg>,
-        cancel: &AtomicBool,
+        cancel: &CancelToken,
         pool: &BatchPool,
     ) -> Result<Option<ReadStats>, ReadError> {
         let scanner = Scanner::new(key_col);
@@ -198,7 +199,7 @@ impl TableReader {
         let mut row: u64 = 0;
         let mut records: Vec<Record> = Vec::with_capacity(RECORDS_PER_BATCH);
         loop {
-            if cancel.load(Ordering::Relaxed) {
+            if cancel.is_cancelled() {
                 return Ok(None);
             }
             if !self.eof {
@@ -277,8 +278,10 @@ fn tail_buffer(tail: &[u8]) -> Vec<u8> {
 /// A small table read whole and decoded (the linker's tables: thousands of rows, not millions).
 #[derive(Debug, Default)]
 pub struct SmallTable {
+    /// The file it was read from.
     pub path: PathBuf,
-    pub header: Header,
+    pub(crate) header: Header,
+    /// Its rows, with their line numbers.
     pub rows: Vec<SmallRow>,
     /// Records with a defect (wrong field count, unterminated quote).
     pub rejects: Rejects,
@@ -300,6 +303,7 @@ impl SmallRow {
 }
 
 impl SmallTable {
+    /// Reads a whole small table (`.csv` or `.csv.gz`).
     pub fn read(path: &Path) -> Result<Self, ReadError> {
         Self::read_where(path, |_, _| true)
     }

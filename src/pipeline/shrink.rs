@@ -12,14 +12,14 @@ use crate::pipeline::publish;
 
 /// Rows of each linker table that the last accepted build used, by file.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct LinkerRows(BTreeMap<PathBuf, u64>);
+pub(super) struct LinkerRows(BTreeMap<PathBuf, u64>);
 
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{}: {now} rows where the previous build had {before}; a linker table that loses most of its rows would remove the cohort's images and stay links, so the previous output is kept (if the shrink is deliberate, run `mimic-eye build --accept-shrink` once)",
     path.display()
 )]
-pub struct Shrunk {
+pub(super) struct Shrunk {
     pub path: PathBuf,
     pub before: u64,
     pub now: u64,
@@ -28,7 +28,7 @@ pub struct Shrunk {
 impl LinkerRows {
     /// The rows each linker table contributed (for the CXR metadata and edstays: the rows of
     /// the cohort, which is what the links are made of).
-    pub fn of(inputs: &LinkInputs) -> Self {
+    pub(super) fn of(inputs: &LinkInputs) -> Self {
         let tables = inputs.cxr_metadata.iter().chain(&inputs.edstays).chain(&inputs.reflacx_metadata);
         let all = tables.chain(&inputs.master_sheet);
         Self(all.map(|t| (t.path.clone(), t.rows.len() as u64 + t.rejected())).collect())
@@ -43,7 +43,7 @@ impl LinkerRows {
     }
 
     /// Fails when a table now has fewer than half the rows it had in the last accepted build.
-    pub fn check(&self, output: &Path) -> Result<(), Shrunk> {
+    pub(super) fn check(&self, output: &Path) -> Result<(), Shrunk> {
         let Some(before) = Self::load(output) else { return Ok(()) };
         for (path, &was) in &before.0 {
             let now = self.0.get(path).copied().unwrap_or(0);
@@ -56,14 +56,14 @@ impl LinkerRows {
 
     /// Takes `path`'s count from the last accepted build (a table left out of this one
     /// because it is still being written).
-    pub fn carry(&mut self, output: &Path, path: &Path) {
+    pub(super) fn carry(&mut self, output: &Path, path: &Path) {
         if let Some(was) = Self::load(output).and_then(|b| b.0.get(path).copied()) {
             self.0.insert(path.to_path_buf(), was);
         }
     }
 
     /// Records these counts as the ones the next build is compared with.
-    pub fn record(&self, output: &Path) -> std::io::Result<()> {
+    pub(super) fn record(&self, output: &Path) -> std::io::Result<()> {
         if Self::load(output).as_ref() == Some(self) {
             return Ok(());
         }

@@ -17,29 +17,35 @@ pub struct CohortSummary {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SourceCounts {
+pub(crate) struct SourceCounts {
     pub patients: usize,
     pub images: usize,
 }
 
+/// What a build did, written to `<output>/summary.json` (docs/SPEC.md §6).
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The profile built.
     pub profile: &'static str,
     /// The cohort rule and how many patients it gave.
     pub cohort: CohortSummary,
+    /// Patients in the cohort.
     pub patients: usize,
-    pub stays: usize,
-    pub images: usize,
-    pub linked_images: usize,
-    pub eye_gaze: SourceCounts,
-    pub reflacx: SourceCounts,
-    pub both: SourceCounts,
+    pub(crate) stays: usize,
+    pub(crate) images: usize,
+    pub(crate) linked_images: usize,
+    pub(crate) eye_gaze: SourceCounts,
+    pub(crate) reflacx: SourceCounts,
+    pub(crate) both: SourceCounts,
+    /// The stay-link window used.
     pub window_days: u32,
+    /// Rows read, written and rejected per table job.
     pub tables: BTreeMap<String, TableCounts>,
+    /// Table jobs that failed, with the reason (their previous output is kept).
     pub failed: BTreeMap<String, String>,
     /// Tables whose input was still being written: previous output kept.
     pub pending: Vec<String>,
-    pub missing_datasets: Vec<String>,
+    pub(crate) missing_datasets: Vec<String>,
     /// Tables gone from the input whose outputs this build removed.
     pub removed_tables: Vec<String>,
     /// Table-like files not read (odd names, symbolic links leaving the input tree).
@@ -51,15 +57,18 @@ pub struct Summary {
     pub linker_skipped: Vec<linker::LinkReject>,
     /// Each parent dataset: folder, version, SHA256SUMS.txt outcome, tables read.
     pub datasets: BTreeMap<&'static str, crate::sums::Provenance>,
-    pub program: crate::sums::Program,
+    pub(crate) program: crate::sums::Program,
+    /// The settings that shape the output.
     pub settings: crate::sums::Settings,
     /// How the copied folders' files were placed.
     pub files: crate::pipeline::counts::FileStats,
+    /// The process's peak resident memory so far.
     pub peak_rss_bytes: u64,
-    pub duration_seconds: f64,
+    pub(crate) duration_seconds: f64,
 }
 
 impl Summary {
+    /// One line for the terminal: patients, stays, images, failures.
     pub fn headline(&self) -> String {
         format!(
             "patients {}, stays {}, images {}, linked images {} (profile {})",

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,13 @@ use crate::pipeline::publish::{self, Manifest};
 use crate::pipeline::reader::TableReader;
 use crate::pipeline::writer::{Route, Writer, WriterOutcome, WriterSpec};
 use crate::progress::ProgressBars;
+use crate::shutdown::CancelToken;
 
 /// Batches in flight on each link between actors (memory: capacity × about 512 KiB).
-pub const LINK_CAPACITY: usize = 4;
+pub(super) const LINK_CAPACITY: usize = 4;
 
 /// Runs one table job end to end and publishes it. The previous output stays on failure.
-pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<WriterOutcome, JobError> {
+pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<WriterOutcome, JobError> {
     let started = Instant::now();
     let reader = open_reader(&ctx, &job).await?;
     let (decision, routing) = decide(&ctx, &job, &reader)?;
@@ -57,7 +58,11 @@ pub async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Result<Writ
         }
         None => rx,
     };
-    let write_task = tokio::task::spawn_blocking(move || Writer::new(spec)?.run(rx, &pool));
+    let alive = ctx.cancel.clone();
+    let write_task = tokio::task::spawn_blocking(move || {
+        let _alive = alive;
+        Writer::new(spec)?.run(rx, &pool)
+    });
     let ticker = spawn_ticker(&job, bar.clone(), counter, probes);
 
     let outcome = write_task.await.map_err(|e| JobError::joined("writer", &job.key, e));
@@ -162,10 +167,10 @@ fn spawn_reader(
     reader: TableReader,
     key_column: Option<usize>,
     tx: async_channel::Sender<ReadMsg>,
-    cancel: &Arc<AtomicBool>,
+    cancel: &CancelToken,
     pool: batch::BatchPool,
 ) -> ReaderTask {
-    let cancel = Arc::clone(cancel);
+    let cancel = cancel.clone();
     tokio::task::spawn_blocking(move || reader.stream_until(key_column, &tx, &cancel, &pool))
 }
 
@@ -182,13 +187,16 @@ async fn spawn_fixer(
     from_reader: async_channel::Receiver<ReadMsg>,
 ) -> Result<(async_channel::Receiver<ReadMsg>, impl FnOnce(async_channel::WeakSender<ReadMsg>) -> Vec<Probe>), JobError>
 {
-    let (path, links) = (job.path.clone(), Arc::clone(&ctx.links));
+    let (path, links, alive) = (job.path.clone(), Arc::clone(&ctx.links), ctx.cancel.clone());
     let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links))
         .await
         .map_err(|e| JobError::joined("fixer", &job.key, e))??;
     let (tx, rx) = async_channel::bounded::<ReadMsg>(LINK_CAPACITY);
     let to_writer = tx.downgrade();
-    tokio::task::spawn_blocking(move || fix.run(from_reader, tx));
+    tokio::task::spawn_blocking(move || {
+        let _alive = alive;
+        fix.run(from_reader, tx)
+    });
     Ok((rx, move |reader_link| vec![("reader->fixer", reader_link), ("fixer->writer", to_writer)]))
 }
 
@@ -279,7 +287,7 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
         config,
         progress: ProgressBars::on_terminal(),
         max_open_files: raise_open_file_limit(),
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel: CancelToken::default(),
         force_full: true,
         reflacx_phases: Vec::new(),
         master_sheet: None,

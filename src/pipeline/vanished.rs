@@ -26,7 +26,7 @@ fn source_dir(config: &Config, job: &str) -> Option<PathBuf> {
 
 /// Removes the published files of every table job that this build did not plan, whose source
 /// folder is present and readable; returns their keys.
-pub fn remove_vanished(config: &Config, planned: &HashSet<String>) -> std::io::Result<Vec<String>> {
+pub(super) fn remove_vanished(config: &Config, planned: &HashSet<String>) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
     for manifest in publish::all_manifests(&config.output) {
         if planned.contains(&manifest.job) {

@@ -28,7 +28,7 @@ const BUFFER_BUDGET: usize = 8 << 20;
 
 /// How a table's records find their destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(super) enum Route {
     /// Every record to the whole-table file.
     Whole,
     /// By the key column as a `subject_id`.
@@ -39,7 +39,7 @@ pub enum Route {
 
 /// Everything a writer needs to know about its table job.
 #[derive(Debug, Clone)]
-pub struct WriterSpec {
+pub(super) struct WriterSpec {
     /// `<dataset or module>/<table>`, e.g. `hosp/labevents`.
     pub table: String,
     pub source: PathBuf,
@@ -99,7 +99,7 @@ struct OpenFile {
 
 type IdMap<V> = HashMap<SubjectId, V, IdBuildHasher>;
 
-pub struct Writer {
+pub(super) struct Writer {
     spec: WriterSpec,
     patients: Vec<PatientFile>,
     by_subject: IdMap<usize>,
@@ -115,7 +115,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(spec: WriterSpec) -> Result<Self, JobError> {
+    pub(super) fn new(spec: WriterSpec) -> Result<Self, JobError> {
         fs::create_dir_all(&spec.staging).at(&spec.staging)?;
         let mut w = Self {
             spec,
@@ -143,7 +143,7 @@ impl Writer {
     }
 
     /// Receives batches until the reader is done, then flushes everything.
-    pub fn run(mut self, rx: async_channel::Receiver<ReadMsg>, pool: &BatchPool) -> Result<WriterOutcome, JobError> {
+    pub(super) fn run(mut self, rx: async_channel::Receiver<ReadMsg>, pool: &BatchPool) -> Result<WriterOutcome, JobError> {
         let table = self.spec.table.clone();
         let metrics = telemetry::TableMetrics::new(&table);
         while let Ok(msg) = rx.recv_blocking() {
@@ -169,7 +169,7 @@ impl Writer {
         Err(JobError::Interrupted(table))
     }
 
-    pub fn write_batch(&mut self, batch: &Batch) -> Result<(), JobError> {
+    pub(super) fn write_batch(&mut self, batch: &Batch) -> Result<(), JobError> {
         for record in &batch.records {
             self.write_record(record, &batch.data)?;
         }
@@ -370,7 +370,7 @@ impl Writer {
         Ok(())
     }
 
-    pub fn finish(mut self) -> Result<WriterOutcome, JobError> {
+    pub(super) fn finish(mut self) -> Result<WriterOutcome, JobError> {
         self.flush_all(true)?;
         self.open.clear(); // closes the files
         for p in &self.patients {
@@ -393,7 +393,7 @@ fn create_file(path: &Path) -> Result<BufWriter<File>, JobError> {
 }
 
 /// The output header: the source header, after an empty index column name when enabled.
-pub fn header_line(header: &[u8], index_column: bool) -> Vec<u8> {
+pub(super) fn header_line(header: &[u8], index_column: bool) -> Vec<u8> {
     let mut line = Vec::with_capacity(header.len() + 2);
     if index_column {
         line.push(b',');
@@ -405,7 +405,7 @@ pub fn header_line(header: &[u8], index_column: bool) -> Vec<u8> {
 
 /// One output line: `<row>,<verbatim record>\n` (or just the record without the index column).
 #[inline]
-pub fn push_line(out: &mut Vec<u8>, index_column: bool, row: u64, raw: &[u8]) {
+pub(super) fn push_line(out: &mut Vec<u8>, index_column: bool, row: u64, raw: &[u8]) {
     if index_column {
         out.extend_from_slice(itoa::Buffer::new().format(row).as_bytes());
         out.push(b',');

@@ -26,7 +26,7 @@ fn dicom_id(n: u64) -> String {
 /// Writes `patients` patients' study folders (3–4 studies of 1–2 tiny JPGs) under
 /// `<jpg>/files` and their reports under `<reports>/files`, an `index.html` in every folder,
 /// and appends their images to the CXR metadata as one more gzip member (or plain lines).
-pub fn write(jpg: &Path, reports: &Path, patients: u64, rng: &mut Rng) -> anyhow::Result<Bulk> {
+pub(super) fn write(jpg: &Path, reports: &Path, patients: u64, rng: &mut Rng) -> anyhow::Result<Bulk> {
     let mut bulk = Bulk { patients, ..Default::default() };
     let mut meta = Vec::new();
     let page = |dir: &Path, bulk: &mut Bulk| -> std::io::Result<()> {

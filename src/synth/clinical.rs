@@ -28,7 +28,7 @@ fn hosp_table_dir(root: &Path, table: &str, core: bool) -> std::path::PathBuf {
 
 /// Copies real hosp/icu tables; the first `patients` subjects (by id) form the cohort. With
 /// `core`, admissions, patients and transfers go to `core/` as in MIMIC-IV 1.0.
-pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool) -> anyhow::Result<Vec<Subject>> {
+pub(super) fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool) -> anyhow::Result<Vec<Subject>> {
     for module in ["hosp", "icu"] {
         let from = src.join(module);
         for entry in fs::read_dir(&from).with_context(|| format!("reading {}", from.display()))?.flatten() {
@@ -56,7 +56,7 @@ pub fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool) -> any
 
 /// Fake hosp and icu tables; labevents and chartevents hold `rows_per_patient` rows per subject.
 /// With `core`, admissions, patients and transfers go to `core/` as in MIMIC-IV 1.0.
-pub fn write_mimiciv(
+pub(super) fn write_mimiciv(
     root: &Path,
     subjects: &[Subject],
     world: &World,
@@ -256,7 +256,7 @@ fn write_big(
 }
 
 /// MIMIC-IV-ED tables for the planned stays (and one stay per subject outside the cohort).
-pub fn write_ed(dir: &Path, _subjects: &[Subject], world: &World, gz: bool, rng: &mut Rng) -> anyhow::Result<()> {
+pub(super) fn write_ed(dir: &Path, _subjects: &[Subject], world: &World, gz: bool, rng: &mut Rng) -> anyhow::Result<()> {
     let mut edstays = TableOut::mimic(
         dir,
         "edstays",

@@ -10,7 +10,7 @@ use chrono::{Duration, NaiveDate, NaiveDateTime};
 use super::spec::{write_file, DatasetRoots, Planted, Rng, ShortIds, Subject, SynthSpec, TableOut};
 
 #[derive(Debug, Clone)]
-pub struct StayPlan {
+pub(super) struct StayPlan {
     pub subject: u64,
     pub stay_id: u64,
     pub hadm_id: u64,
@@ -19,7 +19,7 @@ pub struct StayPlan {
 }
 
 #[derive(Debug, Clone)]
-pub struct StudyPlan {
+pub(super) struct StudyPlan {
     pub subject: u64,
     pub study_id: u64,
     pub dicoms: Vec<(String, &'static str)>,
@@ -34,7 +34,7 @@ pub struct StudyPlan {
 }
 
 #[derive(Debug, Default)]
-pub struct World {
+pub(super) struct World {
     pub stays: Vec<StayPlan>,
     pub studies: Vec<StudyPlan>,
 }
@@ -126,7 +126,7 @@ impl Planner<'_> {
 }
 
 /// Plans stays and studies so that every linking case occurs (case = cohort index mod 6).
-pub fn plan_world(subjects: &[Subject], rng: &mut Rng) -> World {
+pub(super) fn plan_world(subjects: &[Subject], rng: &mut Rng) -> World {
     let mut p =
         Planner { world: World::default(), next_stay: 30_000_000, next_hadm: 20_000_000, next_study: 50_000_000, rng };
     let epoch = NaiveDate::from_ymd_opt(2150, 1, 1).unwrap_or_default();
@@ -184,7 +184,7 @@ fn subject_dir(subject: u64) -> String {
 }
 
 /// Writes MIMIC-CXR-JPG, MIMIC-CXR reports, REFLACX and EyeGaze; returns what was planted.
-pub fn write_imaging(
+pub(super) fn write_imaging(
     roots: &DatasetRoots,
     _subjects: &[Subject],
     w: &World,

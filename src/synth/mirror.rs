@@ -14,7 +14,7 @@ const SUMS: &str = "SHA256SUMS.txt";
 const INDEX: &str = "index.html";
 
 /// Adds the listing pages, then each version's checksum file.
-pub fn finish(root: &Path, roots: &DatasetRoots) -> io::Result<()> {
+pub(super) fn finish(root: &Path, roots: &DatasetRoots) -> io::Result<()> {
     add_index_pages(&root.join("physionet.org"))?;
     for version in roots.all() {
         write_sums(version)?;

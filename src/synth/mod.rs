@@ -17,7 +17,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use spec::write_file;
-pub use spec::{DatasetRoots, Layout, LayoutKind, MimicIvVersion, Order, Planted, Rng, ShortIds, Subject, SynthSpec};
+pub use spec::{DatasetRoots, Layout, LayoutKind, MimicIvVersion, Order, Planted, Rng, Subject, SynthSpec};
 
 /// Writes the whole input tree under `root`, in `spec.layout`; `synth-planted.json` goes to
 /// `root` itself whatever the layout.

@@ -9,17 +9,22 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::Serialize;
 
+/// The row order of the big synthetic tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
+    /// Rows grouped by subject, as MIMIC-IV ships them.
     Grouped,
+    /// Rows in random order.
     Shuffled,
 }
 
 /// Which layout `--layout` asks for (the MIMIC-IV version is a flag of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LayoutKind {
+    /// The short layout (`mimiciv/`, `mimic-cxr-jpg/`, …).
     Short,
+    /// A PhysioNet wget mirror (`physionet.org/files/<slug>/<version>/`).
     Physionet,
 }
 
@@ -29,14 +34,16 @@ pub enum MimicIvVersion {
     /// admissions, patients and transfers in `core/`.
     #[value(name = "1.0")]
     V1_0,
+    /// MIMIC-IV 2.2 (the demo's version).
     #[value(name = "2.2")]
     V2_2,
+    /// MIMIC-IV 3.1.
     #[value(name = "3.1")]
     V3_1,
 }
 
 impl MimicIvVersion {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MimicIvVersion::V1_0 => "1.0",
             MimicIvVersion::V2_2 => "2.2",
@@ -52,21 +59,26 @@ pub enum Layout {
     Short,
     /// A PhysioNet wget mirror: `<root>/physionet.org/files/<slug>/<version>/…`, an
     /// `index.html` in every folder and a `SHA256SUMS.txt` per version.
-    Physionet { mimiciv: MimicIvVersion },
+    Physionet {
+        /// The MIMIC-IV version folder written.
+        mimiciv: MimicIvVersion,
+    },
 }
 
 /// The folder of each dataset (its version folder in the mirror layout).
 #[derive(Debug, Clone)]
 pub struct DatasetRoots {
+    /// The MIMIC-IV folder.
     pub mimiciv: PathBuf,
-    pub mimic_iv_ed: PathBuf,
-    pub mimic_cxr_jpg: PathBuf,
-    pub mimic_cxr: PathBuf,
-    pub reflacx: PathBuf,
-    pub egd_cxr: PathBuf,
+    pub(crate) mimic_iv_ed: PathBuf,
+    pub(crate) mimic_cxr_jpg: PathBuf,
+    pub(crate) mimic_cxr: PathBuf,
+    pub(crate) reflacx: PathBuf,
+    pub(crate) egd_cxr: PathBuf,
 }
 
 impl DatasetRoots {
+    /// The dataset folders of a tree at `root` in this layout.
     pub fn new(root: &Path, layout: Layout) -> Self {
         use crate::layout::DatasetKey as K;
         let at = |key: K| match layout {
@@ -91,18 +103,21 @@ impl DatasetRoots {
         }
     }
 
-    pub fn all(&self) -> [&Path; 6] {
+    pub(crate) fn all(&self) -> [&Path; 6] {
         [&self.mimiciv, &self.mimic_iv_ed, &self.mimic_cxr_jpg, &self.mimic_cxr, &self.reflacx, &self.egd_cxr]
     }
 }
 
+/// What `mimic-eye synth` generates.
 #[derive(Debug, Clone)]
 pub struct SynthSpec {
     /// Patients in the cohort (they get chest X-rays and eye-tracking data).
     pub patients: usize,
+    /// The random seed: the same seed gives the same tree.
     pub seed: u64,
     /// Rows per subject in labevents and chartevents.
     pub rows_per_patient: usize,
+    /// Row order of the big tables.
     pub order: Order,
     /// Subjects outside the cohort (clinical rows only, plus CXR images not in REFLACX/EyeGaze).
     pub others: usize,
@@ -110,6 +125,7 @@ pub struct SynthSpec {
     pub gzip: bool,
     /// Real MIMIC-IV tables to use (e.g. the demo) instead of fake hosp/icu tables.
     pub mimiciv: Option<PathBuf>,
+    /// Folder layout of the tree.
     pub layout: Layout,
     /// Chest X-ray patients in no eye-tracking dataset, as a real mirror has 65,379 of them
     /// (study folders, images, reports, `index.html` pages; about 15 files each).
@@ -136,32 +152,35 @@ impl SynthSpec {
 /// What the generator planted: the counts a build of this tree must find.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Planted {
+    /// Subjects in the generated world.
     pub patients: usize,
-    pub images: usize,
-    pub linked_images_paper: usize,
-    pub linked_images_release: usize,
-    pub linked_images_window7: usize,
-    pub stays_paper: usize,
-    pub eye_gaze_short_ids: ShortIds,
-    pub reflacx_readings: usize,
-    pub reflacx_bad_ids: usize,
+    pub(crate) images: usize,
+    pub(crate) linked_images_paper: usize,
+    pub(crate) linked_images_release: usize,
+    pub(crate) linked_images_window7: usize,
+    pub(crate) stays_paper: usize,
+    pub(crate) eye_gaze_short_ids: ShortIds,
+    pub(crate) reflacx_readings: usize,
+    pub(crate) reflacx_bad_ids: usize,
+    /// The subject ids of the expected cohort.
     pub cohort: Vec<u64>,
     /// The mirror-sized chest X-ray tree beside the world (none unless asked for).
     pub bulk: Bulk,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ShortIds {
+pub(crate) struct ShortIds {
     /// (short id, rows) per case, for eye_gaze.csv; fixations.csv has the same cases.
     pub dropped_rows: usize,
-    pub replaced_rows: usize,
-    pub no_candidate_rows: usize,
-    pub ambiguous_rows: usize,
-    pub calibration_rows: usize,
-    pub replaced_id: String,
+    pub(crate) replaced_rows: usize,
+    pub(crate) no_candidate_rows: usize,
+    pub(crate) ambiguous_rows: usize,
+    pub(crate) calibration_rows: usize,
+    pub(crate) replaced_id: String,
 }
 
 impl Planted {
+    /// A one-line description of what was generated and planted.
     pub fn describe(&self) -> String {
         format!(
             "{} patients, {} images, linked images {} (paper) / {} (release) / {} (window 7 days), {} REFLACX readings",
@@ -180,36 +199,37 @@ impl Planted {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         Self(seed ^ 0x5DEE_CE66_D1CE_4E5B)
     }
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         if n == 0 {
             0
         } else {
             self.next_u64() % n
         }
     }
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
-    pub fn hex8(&mut self) -> String {
+    pub(crate) fn hex8(&mut self) -> String {
         format!("{:08x}", self.next_u64() as u32)
     }
-    pub fn dicom(&mut self) -> String {
+    pub(crate) fn dicom(&mut self) -> String {
         (0..5).map(|_| self.hex8()).collect::<Vec<_>>().join("-")
     }
 }
 
 /// A CSV table being written: plain or gzip, with a new gzip member every `member_rows` rows.
-pub struct TableOut {
+pub(super) struct TableOut {
     path: PathBuf,
     inner: Out,
     rows: u64,
@@ -223,7 +243,7 @@ enum Out {
 }
 
 impl TableOut {
-    pub fn create(path: &Path, header: &str, gzip: bool) -> io::Result<Self> {
+    pub(super) fn create(path: &Path, header: &str, gzip: bool) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
@@ -237,7 +257,7 @@ impl TableOut {
     }
 
     /// A MIMIC table: `<dir>/<name>.csv[.gz]`.
-    pub fn mimic(dir: &Path, name: &str, header: &str, gzip: bool) -> io::Result<Self> {
+    pub(super) fn mimic(dir: &Path, name: &str, header: &str, gzip: bool) -> io::Result<Self> {
         let file = if gzip { format!("{name}.csv.gz") } else { format!("{name}.csv") };
         let mut t = Self::create(&dir.join(file), header, gzip)?;
         t.member_rows = 50_000; // several gzip members, as concatenated downloads have
@@ -245,12 +265,12 @@ impl TableOut {
     }
 
     /// CRLF line ends (REFLACX files are written that way).
-    pub fn crlf(mut self) -> Self {
+    pub(super) fn crlf(mut self) -> Self {
         self.crlf = true;
         self
     }
 
-    pub fn line(&mut self, line: &str) -> io::Result<()> {
+    pub(super) fn line(&mut self, line: &str) -> io::Result<()> {
         let eol: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
         let w: &mut dyn Write = match &mut self.inner {
             Out::Plain(w) => w,
@@ -276,7 +296,7 @@ impl TableOut {
         Ok(())
     }
 
-    pub fn finish(self) -> io::Result<()> {
+    pub(super) fn finish(self) -> io::Result<()> {
         let file = match self.inner {
             Out::Plain(w) => w,
             Out::Gzip(enc) => enc.finish()?,
@@ -295,7 +315,7 @@ impl<T> IoContext<T> for io::Result<T> {
 }
 
 /// Writes a small whole file, creating its folder.
-pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(super) fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
@@ -305,8 +325,9 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// A subject in the generated world, and what the imaging part planted for it.
 #[derive(Debug, Clone)]
 pub struct Subject {
-    pub id: u64,
-    pub in_cohort: bool,
+    pub(crate) id: u64,
+    pub(crate) in_cohort: bool,
+    /// Its position in the generated world.
     pub index: usize,
 }
 
@@ -321,6 +342,6 @@ pub struct Bulk {
 }
 
 /// `<root>/physionet.org/files`: where wget puts PhysioNet's projects.
-pub fn files_dir(root: &Path) -> PathBuf {
+pub(super) fn files_dir(root: &Path) -> PathBuf {
     root.join("physionet.org").join("files")
 }

@@ -12,14 +12,14 @@ use crate::pipeline::reader::TableReader;
 
 /// What happens to the rows of one short id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Replace(Vec<u8>),
     Reject(Defect),
 }
 
 /// The repair of one table, decided from a first pass over its ids.
 #[derive(Debug, Clone, Default)]
-pub struct Repair {
+pub(crate) struct Repair {
     pub decisions: HashMap<Vec<u8>, Decision>,
     /// For a short id that prefixes no master-sheet id (so it was never collected): rejected
     /// for having no candidate (`paper`) or as unrepaired (`release`).
@@ -28,7 +28,7 @@ pub struct Repair {
 
 /// Decides every short id of a table. `valid_known` are the master sheet's ids; `in_table` are
 /// the distinct ids of the table itself.
-pub fn decide(valid_known: &BTreeSet<String>, in_table: &BTreeSet<Vec<u8>>, profile: Profile) -> Repair {
+pub(crate) fn decide(valid_known: &BTreeSet<String>, in_table: &BTreeSet<Vec<u8>>, profile: Profile) -> Repair {
     let table_valid: BTreeSet<String> =
         in_table.iter().filter(|k| DicomId::is_valid(k)).map(|k| String::from_utf8_lossy(k).into_owned()).collect();
     let candidates_of = |short: &str| -> Vec<&String> {
@@ -74,7 +74,7 @@ fn can_match(id: &[u8], known: &BTreeSet<String>) -> bool {
 /// First pass: the distinct DICOM_IDs of the table that can match a master-sheet id (at most
 /// 44 per master-sheet id, whatever the table holds: millions of distinct hostile ids cost no
 /// memory).
-pub fn distinct_ids(path: &Path, known: &BTreeSet<String>) -> Result<BTreeSet<Vec<u8>>, JobError> {
+pub(crate) fn distinct_ids(path: &Path, known: &BTreeSet<String>) -> Result<BTreeSet<Vec<u8>>, JobError> {
     let reader = TableReader::open(path)?;
     let col = reader.require("dicom_id")?;
     let (tx, rx) = async_channel::bounded(4);
@@ -106,7 +106,7 @@ pub fn distinct_ids(path: &Path, known: &BTreeSet<String>) -> Result<BTreeSet<Ve
 
 impl Repair {
     /// Applies the decisions to one batch: rejected rows get a defect, replaced rows are rewritten.
-    pub fn apply(&self, batch: Batch) -> Batch {
+    pub(crate) fn apply(&self, batch: Batch) -> Batch {
         let mut needs_rewrite = false;
         let mut batch = batch;
         for r in batch.records.iter_mut().filter(|r| r.defect.is_none()) {

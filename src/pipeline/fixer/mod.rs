@@ -4,8 +4,8 @@
 //! their job; the small derived tables (stacked REFLACX metadata, the master sheet with updated
 //! stays) are fixed whole in memory and written through the same writer.
 
-pub mod eyegaze;
-pub mod reflacx;
+pub(super) mod eyegaze;
+pub(super) mod reflacx;
 
 use std::path::{Path, PathBuf};
 
@@ -26,18 +26,18 @@ use crate::pyfmt::python_float_repr;
 
 /// A streaming fix, chosen per table.
 #[derive(Debug, Clone)]
-pub enum Fix {
+pub(super) enum Fix {
     EyeGazeIds { profile: Profile },
 }
 
 /// A fix ready to run: its decisions are made.
-pub struct PreparedFix {
+pub(super) struct PreparedFix {
     repair: eyegaze::Repair,
 }
 
 impl Fix {
     /// EyeGaze repairs `eye_gaze` and `fixations` in `paper`, only `eye_gaze` in `release`.
-    pub fn for_eye_gaze(name: &str, profile: Profile) -> Option<Fix> {
+    pub(super) fn for_eye_gaze(name: &str, profile: Profile) -> Option<Fix> {
         match (name, profile) {
             ("eye_gaze", _) | ("fixations", Profile::Paper) => Some(Fix::EyeGazeIds { profile }),
             _ => None,
@@ -45,7 +45,7 @@ impl Fix {
     }
 
     /// Makes the fix's decisions (a first pass over the table's ids).
-    pub fn prepare(&self, path: &Path, links: &Links) -> Result<PreparedFix, JobError> {
+    pub(super) fn prepare(&self, path: &Path, links: &Links) -> Result<PreparedFix, JobError> {
         match self {
             Fix::EyeGazeIds { profile } => {
                 let known = links.eye_gaze_dicoms.iter().map(|d| d.as_str().to_string()).collect();
@@ -60,7 +60,7 @@ impl Fix {
 
 impl PreparedFix {
     /// The fixer loop: transforms batches until the reader is done or the writer goes away.
-    pub fn run(self, rx: async_channel::Receiver<ReadMsg>, tx: async_channel::Sender<ReadMsg>) {
+    pub(super) fn run(self, rx: async_channel::Receiver<ReadMsg>, tx: async_channel::Sender<ReadMsg>) {
         while let Ok(msg) = rx.recv_blocking() {
             let msg = match msg {
                 ReadMsg::Batch(b) => ReadMsg::Batch(self.repair.apply(b)),
@@ -80,7 +80,7 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 /// The fixed small tables: stacked REFLACX metadata and the EyeGaze master sheet.
 /// `stays_known`: false while edstays is being written; the master sheet, whose stay_id comes
 /// from the links, then keeps its previous output.
-pub fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<Vec<(String, TableCounts)>, JobError> {
+pub(super) fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<Vec<(String, TableCounts)>, JobError> {
     let mut done = Vec::new();
     let phases = &ctx.reflacx_phases;
     if let Some(first) = phases.first() {

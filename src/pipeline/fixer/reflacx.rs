@@ -5,7 +5,7 @@ use crate::pipeline::batch::Origin;
 use crate::pipeline::reader::{SmallRow, SmallTable};
 
 /// Each merged class and the labels it takes (the first is the class itself).
-pub const MERGES: [(&str, &[&str]); 3] = [
+pub(crate) const MERGES: [(&str, &[&str]); 3] = [
     ("Lung nodule or mass", &["Lung nodule or mass", "Mass", "Nodule"]),
     ("High lung volume / emphysema", &["High lung volume / emphysema", "Emphysema"]),
     ("Pleural abnormality", &["Pleural abnormality", "Pleural thickening", "Pleural effusion"]),
@@ -13,7 +13,7 @@ pub const MERGES: [(&str, &[&str]); 3] = [
 
 /// A decoded table: column names, rows of fields, and where each row came from.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Columns {
+pub(crate) struct Columns {
     pub names: Vec<String>,
     pub rows: Vec<Vec<Vec<u8>>>,
     /// Each row's number and line in its own source file (a stacked phase restarts at 0).
@@ -22,7 +22,7 @@ pub struct Columns {
 
 impl Columns {
     /// A small table's rows as they are.
-    pub fn of(table: &SmallTable) -> Self {
+    pub(crate) fn of(table: &SmallTable) -> Self {
         Self {
             names: table.header.names.clone(),
             rows: table.rows.iter().map(|r| r.fields.clone()).collect(),
@@ -32,7 +32,7 @@ impl Columns {
 }
 
 /// The three phases stacked in phase order, columns the outer union (a missing one is empty).
-pub fn stack(phases: &[SmallTable]) -> Columns {
+pub(crate) fn stack(phases: &[SmallTable]) -> Columns {
     let mut names: Vec<String> = Vec::new();
     for p in phases {
         for n in &p.header.names {
@@ -56,7 +56,7 @@ pub fn stack(phases: &[SmallTable]) -> Columns {
 /// Merges the classes of [`MERGES`]: each target takes `combine` of its sources present, and a
 /// missing target is appended (in MERGES order) when a source is present. The source-only
 /// columns stay as they are: the authors' loaders select them and merge by themselves.
-pub fn merge(table: &Columns, combine: fn(&[&[u8]]) -> Vec<u8>) -> Columns {
+pub(crate) fn merge(table: &Columns, combine: fn(&[&[u8]]) -> Vec<u8>) -> Columns {
     let mut out = table.clone();
     for (target, sources) in MERGES {
         let present: Vec<usize> = sources.iter().filter_map(|s| out.names.iter().position(|n| n == s)).collect();
@@ -82,7 +82,7 @@ pub fn merge(table: &Columns, combine: fn(&[&[u8]]) -> Vec<u8>) -> Columns {
 }
 
 /// Metadata certainties (0–5): the largest non-empty source, written as that source wrote it.
-pub fn max_certainty(values: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn max_certainty(values: &[&[u8]]) -> Vec<u8> {
     values
         .iter()
         .filter(|v| !v.is_empty())
@@ -93,7 +93,7 @@ pub fn max_certainty(values: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Ellipse label booleans: OR of the sources.
-pub fn any_true(values: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn any_true(values: &[&[u8]]) -> Vec<u8> {
     if values.iter().all(|v| v.is_empty()) {
         return Vec::new();
     }
@@ -106,7 +106,7 @@ pub fn any_true(values: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Re-encodes a merged ellipses file with the source's line terminator.
-pub fn encode(table: &Columns, crlf: bool) -> Vec<u8> {
+pub(crate) fn encode(table: &Columns, crlf: bool) -> Vec<u8> {
     let eol: &[u8] = if crlf { b"\r\n" } else { b"\n" };
     let mut out = Vec::new();
     let names: Vec<Vec<u8>> = table.names.iter().map(|n| n.as_bytes().to_vec()).collect();

@@ -31,7 +31,7 @@ mod place;
 mod read_set;
 
 use place::{copy_recorded, is_mismatch, is_output_failure, is_unsupported, link_target, reflink, same_file, Placed};
-pub use read_set::{copied_folders, read_folders, table_folders, WatchDir};
+pub(crate) use read_set::{copied_folders, read_folders, table_folders, WatchDir};
 
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;
@@ -321,7 +321,7 @@ fn sorted_entries(dir: &Path) -> Vec<fs::DirEntry> {
 }
 
 /// Syncs every copied folder of the cohort.
-pub fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
+pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
     let d = &ctx.config.datasets;
     let mut done = Vec::new();
 

@@ -22,7 +22,7 @@ pub struct WatchDir {
 /// Every folder this build reads: the table folders and the dataset roots (not recursive),
 /// and the cohort's study, report, reading and transcript folders. It grows with the cohort
 /// and the number of tables, never with the size of the mirror.
-pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
+pub(crate) fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
     let mut dirs = copied_folders(&ctx.config, &ctx.links, &ctx.reflacx_phases);
     if dirs.len() > MAX_WATCHED_COPIED_FOLDERS {
         // A published dataset version's files do not change once complete: for a cohort this
@@ -40,7 +40,7 @@ pub fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
 
 /// The cohort's study, report, REFLACX reading and EyeGaze transcript folders: what the folder
 /// jobs copy from.
-pub fn copied_folders(config: &Config, links: &Links, reflacx_phases: &[SmallTable]) -> Vec<WatchDir> {
+pub(crate) fn copied_folders(config: &Config, links: &Links, reflacx_phases: &[SmallTable]) -> Vec<WatchDir> {
     let d = &config.datasets;
     let flat = |path: PathBuf| WatchDir { path, recursive: false };
     let mut dirs = Vec::new();
@@ -75,7 +75,7 @@ const MAX_WATCHED_COPIED_FOLDERS: usize = 19_000;
 
 /// The folders holding tables, and the dataset roots: what a build reads before it knows the
 /// cohort.
-pub fn table_folders(config: &crate::config::Config) -> Vec<WatchDir> {
+pub(crate) fn table_folders(config: &crate::config::Config) -> Vec<WatchDir> {
     let flat = |path: PathBuf| WatchDir { path, recursive: false };
     let mut dirs: Vec<WatchDir> = crate::input::table_folders(config).into_iter().map(flat).collect();
     dirs.extend(config.datasets.all().into_iter().map(|p| flat(p.clone())));

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{self, DatasetKey, Versions};
+use crate::layout::{self, PerDataset, Versions};
 
 /// Which rules a build follows (`profile` in the config; docs/SPEC.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -45,29 +45,7 @@ pub enum FilesMode {
 }
 
 /// Dataset roots as written in the file (relative paths are relative to `input`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatasetsFile {
-    pub mimiciv: Option<PathBuf>,
-    pub mimic_iv_ed: Option<PathBuf>,
-    pub mimic_cxr_jpg: Option<PathBuf>,
-    pub mimic_cxr: Option<PathBuf>,
-    pub reflacx: Option<PathBuf>,
-    pub egd_cxr: Option<PathBuf>,
-}
-
-impl DatasetsFile {
-    pub fn get(&self, key: DatasetKey) -> Option<&Path> {
-        match key {
-            DatasetKey::MimicIv => self.mimiciv.as_deref(),
-            DatasetKey::MimicIvEd => self.mimic_iv_ed.as_deref(),
-            DatasetKey::MimicCxrJpg => self.mimic_cxr_jpg.as_deref(),
-            DatasetKey::MimicCxr => self.mimic_cxr.as_deref(),
-            DatasetKey::Reflacx => self.reflacx.as_deref(),
-            DatasetKey::EgdCxr => self.egd_cxr.as_deref(),
-        }
-    }
-}
+pub(crate) type DatasetsFile = PerDataset<Option<PathBuf>>;
 
 /// The config file as written (every key optional; docs/SPEC.md §7).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,60 +73,57 @@ pub struct ConfigFile {
     pub cohort: Option<crate::cohort::CohortKind>,
     /// Per-dataset folders, overriding layout detection.
     #[serde(default)]
-    pub datasets: DatasetsFile,
+    pub(crate) datasets: DatasetsFile,
     /// The version folder to use per dataset when several sit side by side.
     #[serde(default)]
-    pub versions: Versions,
+    pub(crate) versions: Versions,
 }
 
-/// Resolved dataset roots: the version folder when the dataset has one (see `layout`).
+/// Resolved dataset roots: the version folder when the dataset has one (see `layout`), and the
+/// version of each found, for provenance. Derefs to the roots (`datasets.mimiciv`).
 #[derive(Debug, Clone, Serialize)]
-pub struct Datasets {
-    pub mimiciv: PathBuf,
-    pub mimic_iv_ed: PathBuf,
-    pub mimic_cxr_jpg: PathBuf,
-    pub mimic_cxr: PathBuf,
-    pub reflacx: PathBuf,
-    pub egd_cxr: PathBuf,
+pub(crate) struct Datasets {
+    #[serde(flatten)]
+    roots: PerDataset<PathBuf>,
     /// The version of each dataset found (its version folder's name), for provenance; `None`
     /// for a folder without version folders (the short layout) or a dataset not found.
-    pub versions: Versions,
+    pub(crate) versions: Versions,
+}
+
+impl std::ops::Deref for Datasets {
+    type Target = PerDataset<PathBuf>;
+    fn deref(&self) -> &Self::Target {
+        &self.roots
+    }
+}
+
+impl std::ops::DerefMut for Datasets {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.roots
+    }
 }
 
 impl Datasets {
-    pub fn get(&self, key: DatasetKey) -> &Path {
-        match key {
-            DatasetKey::MimicIv => &self.mimiciv,
-            DatasetKey::MimicIvEd => &self.mimic_iv_ed,
-            DatasetKey::MimicCxrJpg => &self.mimic_cxr_jpg,
-            DatasetKey::MimicCxr => &self.mimic_cxr,
-            DatasetKey::Reflacx => &self.reflacx,
-            DatasetKey::EgdCxr => &self.egd_cxr,
-        }
-    }
-
     /// Finds every dataset in `input` (explicit paths win), in whichever layout it is. A dataset
     /// not found keeps its short-layout path, which does not exist: the build decides whether
     /// that is fatal.
-    pub fn resolve(input: &Path, explicit: &DatasetsFile, pins: &Versions) -> Result<Self, layout::LayoutError> {
+    pub(crate) fn resolve(input: &Path, explicit: &DatasetsFile, pins: &Versions) -> Result<Self, layout::LayoutError> {
         let mut versions = Versions::default();
-        let mut folder = |key: DatasetKey| -> Result<PathBuf, layout::LayoutError> {
-            Ok(match layout::locate(input, key, explicit.get(key), pins.get(key))? {
+        let roots = PerDataset::try_from_fn(|key| -> Result<PathBuf, layout::LayoutError> {
+            let given = explicit.get(key).as_deref();
+            Ok(match layout::locate(input, key, given, pins.get(key).as_deref())? {
                 Some(found) => {
-                    versions.set(key, found.version);
+                    *versions.get_mut(key) = found.version;
                     found.folder
                 }
-                None => match explicit.get(key) {
+                None => match given {
                     Some(p) if p.is_absolute() => p.to_path_buf(),
                     Some(p) => input.join(p),
                     None => input.join(key.short_name()),
                 },
             })
-        };
-        let (mimiciv, mimic_iv_ed) = (folder(DatasetKey::MimicIv)?, folder(DatasetKey::MimicIvEd)?);
-        let (mimic_cxr_jpg, mimic_cxr) = (folder(DatasetKey::MimicCxrJpg)?, folder(DatasetKey::MimicCxr)?);
-        let (reflacx, egd_cxr) = (folder(DatasetKey::Reflacx)?, folder(DatasetKey::EgdCxr)?);
-        Ok(Self { mimiciv, mimic_iv_ed, mimic_cxr_jpg, mimic_cxr, reflacx, egd_cxr, versions })
+        })?;
+        Ok(Self { roots, versions })
     }
 }
 
@@ -175,7 +150,7 @@ pub struct Config {
     /// Who the dataset is built for.
     pub cohort: crate::cohort::CohortKind,
     /// Each parent dataset's folder.
-    pub datasets: Datasets,
+    pub(crate) datasets: Datasets,
 }
 
 /// Every setting's default, in one place (`config/mimic-eye.toml` states the same values: a
@@ -313,7 +288,7 @@ fn check_no_overlap(input: &Path, output: &Path, datasets: &Datasets) -> anyhow:
 }
 
 impl Datasets {
-    pub fn all(&self) -> [&PathBuf; 6] {
+    pub(crate) fn all(&self) -> [&PathBuf; 6] {
         [&self.mimiciv, &self.mimic_iv_ed, &self.mimic_cxr_jpg, &self.mimic_cxr, &self.reflacx, &self.egd_cxr]
     }
 }

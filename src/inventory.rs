@@ -208,7 +208,7 @@ impl Inventory {
                     key: key.config_key(),
                     title: key.title(),
                     found: folder.is_dir(),
-                    version: config.datasets.versions.get(key).map(str::to_string),
+                    version: config.datasets.versions.get(key).clone(),
                     sha256sums: sums.present,
                     sha256sums_error: sums.error,
                     folder,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// One of the six parent datasets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DatasetKey {
+pub(crate) enum DatasetKey {
     MimicIv,
     MimicIvEd,
     MimicCxrJpg,
@@ -24,7 +24,7 @@ pub enum DatasetKey {
 }
 
 impl DatasetKey {
-    pub const ALL: [DatasetKey; 6] = [
+    pub(crate) const ALL: [DatasetKey; 6] = [
         DatasetKey::MimicIv,
         DatasetKey::MimicIvEd,
         DatasetKey::MimicCxrJpg,
@@ -34,7 +34,7 @@ impl DatasetKey {
     ];
 
     /// The key in the config's `[datasets]` and `[versions]` tables.
-    pub fn config_key(self) -> &'static str {
+    pub(crate) fn config_key(self) -> &'static str {
         match self {
             DatasetKey::MimicIv => "mimiciv",
             DatasetKey::MimicIvEd => "mimic_iv_ed",
@@ -46,7 +46,7 @@ impl DatasetKey {
     }
 
     /// The project's slug on PhysioNet: the folder name in a wget mirror.
-    pub fn slug(self) -> &'static str {
+    pub(crate) fn slug(self) -> &'static str {
         match self {
             DatasetKey::MimicIv => "mimiciv",
             DatasetKey::MimicIvEd => "mimic-iv-ed",
@@ -58,7 +58,7 @@ impl DatasetKey {
     }
 
     /// The folder name of the short layout (SPEC §2), also the default `[datasets]` path.
-    pub fn short_name(self) -> &'static str {
+    pub(crate) fn short_name(self) -> &'static str {
         match self {
             DatasetKey::Reflacx => "reflacx",
             other => other.slug(),
@@ -66,7 +66,7 @@ impl DatasetKey {
     }
 
     /// The name people use for it, in messages.
-    pub fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             DatasetKey::MimicIv => "MIMIC-IV",
             DatasetKey::MimicIvEd => "MIMIC-IV-ED",
@@ -78,40 +78,45 @@ impl DatasetKey {
     }
 }
 
-/// A value per dataset, named as in the config file. `[versions]` in the file (a pin per
-/// dataset) and the versions found, once resolved.
+/// A value per parent dataset, named as in the config file's `[datasets]` and `[versions]`
+/// tables: the file's paths and pins, the resolved folders, the versions found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Versions {
-    pub mimiciv: Option<String>,
-    pub mimic_iv_ed: Option<String>,
-    pub mimic_cxr_jpg: Option<String>,
-    pub mimic_cxr: Option<String>,
-    pub reflacx: Option<String>,
-    pub egd_cxr: Option<String>,
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct PerDataset<T> {
+    pub mimiciv: T,
+    pub mimic_iv_ed: T,
+    pub mimic_cxr_jpg: T,
+    pub mimic_cxr: T,
+    pub reflacx: T,
+    pub egd_cxr: T,
 }
 
-impl Versions {
-    pub fn get(&self, key: DatasetKey) -> Option<&str> {
-        self.slot(key).as_deref()
-    }
-
-    pub fn set(&mut self, key: DatasetKey, version: Option<String>) {
-        *self.slot_mut(key) = version;
-    }
-
-    fn slot(&self, key: DatasetKey) -> &Option<String> {
-        match key {
-            DatasetKey::MimicIv => &self.mimiciv,
-            DatasetKey::MimicIvEd => &self.mimic_iv_ed,
-            DatasetKey::MimicCxrJpg => &self.mimic_cxr_jpg,
-            DatasetKey::MimicCxr => &self.mimic_cxr,
-            DatasetKey::Reflacx => &self.reflacx,
-            DatasetKey::EgdCxr => &self.egd_cxr,
+impl<T> PerDataset<T> {
+    /// Each dataset's value, made by `f`.
+    pub(crate) fn from_fn(mut f: impl FnMut(DatasetKey) -> T) -> Self {
+        Self {
+            mimiciv: f(DatasetKey::MimicIv),
+            mimic_iv_ed: f(DatasetKey::MimicIvEd),
+            mimic_cxr_jpg: f(DatasetKey::MimicCxrJpg),
+            mimic_cxr: f(DatasetKey::MimicCxr),
+            reflacx: f(DatasetKey::Reflacx),
+            egd_cxr: f(DatasetKey::EgdCxr),
         }
     }
 
-    fn slot_mut(&mut self, key: DatasetKey) -> &mut Option<String> {
+    /// Like [`PerDataset::from_fn`], for a fallible `f` (the first error is returned).
+    pub(crate) fn try_from_fn<E>(mut f: impl FnMut(DatasetKey) -> Result<T, E>) -> Result<Self, E> {
+        Ok(Self {
+            mimiciv: f(DatasetKey::MimicIv)?,
+            mimic_iv_ed: f(DatasetKey::MimicIvEd)?,
+            mimic_cxr_jpg: f(DatasetKey::MimicCxrJpg)?,
+            mimic_cxr: f(DatasetKey::MimicCxr)?,
+            reflacx: f(DatasetKey::Reflacx)?,
+            egd_cxr: f(DatasetKey::EgdCxr)?,
+        })
+    }
+
+    pub(crate) fn get_mut(&mut self, key: DatasetKey) -> &mut T {
         match key {
             DatasetKey::MimicIv => &mut self.mimiciv,
             DatasetKey::MimicIvEd => &mut self.mimic_iv_ed,
@@ -121,11 +126,26 @@ impl Versions {
             DatasetKey::EgdCxr => &mut self.egd_cxr,
         }
     }
+
+    pub(crate) fn get(&self, key: DatasetKey) -> &T {
+        match key {
+            DatasetKey::MimicIv => &self.mimiciv,
+            DatasetKey::MimicIvEd => &self.mimic_iv_ed,
+            DatasetKey::MimicCxrJpg => &self.mimic_cxr_jpg,
+            DatasetKey::MimicCxr => &self.mimic_cxr,
+            DatasetKey::Reflacx => &self.reflacx,
+            DatasetKey::EgdCxr => &self.egd_cxr,
+        }
+    }
 }
+
+/// A version per dataset: the file's pins, or the version folders a build found (`None`: no
+/// version folders, as in the short layout, or not found).
+pub(crate) type Versions = PerDataset<Option<String>>;
 
 /// Why the input's layout cannot be used as it is.
 #[derive(Debug, thiserror::Error)]
-pub enum LayoutError {
+pub(crate) enum LayoutError {
     #[error(
         "{title} has several versions in {folder}: {list}; pin one in the config: [versions] {key} = \"{example}\"",
         title = .dataset.title(), folder = .folder.display(), list = .versions.join(", "),

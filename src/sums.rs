@@ -336,7 +336,7 @@ impl Integrity {
                     (true, true) => "verified",
                     (true, false) => "mismatch",
                 };
-                let version = config.datasets.versions.get(key).map(str::to_string);
+                let version = config.datasets.versions.get(key).clone();
                 let p = Provenance {
                     root: std::path::absolute(config.datasets.get(key))
                         .unwrap_or_else(|_| config.datasets.get(key).to_path_buf()),
@@ -357,7 +357,7 @@ impl Integrity {
     /// one in use. Never switches: the user pins versions.
     pub(crate) fn report_newer_versions(config: &Config) {
         for key in DatasetKey::ALL {
-            let in_use = config.datasets.versions.get(key);
+            let in_use = config.datasets.versions.get(key).as_deref();
             let newer = newer_version(config.datasets.get(key), in_use);
             if let (Some(newer), Some(in_use)) = (&newer, in_use) {
                 tracing::warn!(

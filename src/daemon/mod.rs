@@ -5,6 +5,7 @@
 //! published, and the next start resumes from the last published state. SIGHUP reloads the
 //! config. systemd is told READY, STATUS, WATCHDOG and STOPPING through `NOTIFY_SOCKET`.
 
+mod known;
 mod notify;
 mod watch;
 
@@ -129,6 +130,10 @@ impl Daemon {
                 ev = self.events.recv() => match ev {
                     Ok(watch::WatchEvent::Changed(paths)) => {
                         tracing::info!(files = paths.len(), first = %paths[0].display(), "input changed");
+                        self.dirty = true;
+                    }
+                    Ok(watch::WatchEvent::Removed(files)) => {
+                        tracing::info!(files, "input files removed");
                         self.dirty = true;
                     }
                     Err(_) => return Ok(()),

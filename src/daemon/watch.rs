@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use notify::{RecursiveMode, Watcher};
 
 use crate::fingerprint::FileIdentity;
+use super::known::Known;
 use crate::pipeline::folders::WatchDir;
 use crate::shutdown::Shutdown;
 
@@ -35,11 +36,18 @@ const EVENT_QUEUE: usize = 4096;
 pub(super) enum WatchEvent {
     /// These files appeared, changed or disappeared and are now complete (or gone).
     Changed(Vec<PathBuf>),
+    /// A rescan found this many files gone that no event had reported.
+    Removed(usize),
 }
 
 /// A watched file's identity: size, mtime and ctime tell a file still being written, and the
 /// inode one replaced by another.
 type Stamp = FileIdentity;
+
+/// Whether `path` is a file of the folder set.
+fn in_set(folders: &[WatchDir], path: &Path) -> bool {
+    folders.iter().any(|f| path.parent() == Some(f.path.as_path()) || (f.recursive && path.starts_with(&f.path)))
+}
 
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
@@ -100,7 +108,7 @@ pub(super) fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, as
         settle: config.settle,
         rescan: config.rescan,
         watched: HashSet::new(),
-        known: HashMap::new(),
+        known: Known::default(),
         pending: HashMap::new(),
         unstable: Arc::clone(&handle.unstable),
         tx,
@@ -120,7 +128,7 @@ struct WatchActor {
     /// Folders with an inotify watch; the others (not there yet, or over the limit) are
     /// covered by rescans.
     watched: HashSet<PathBuf>,
-    known: HashMap<PathBuf, Stamp>,
+    known: Known,
     pending: HashMap<PathBuf, Pending>,
     unstable: Arc<Mutex<HashSet<PathBuf>>>,
     tx: async_channel::Sender<WatchEvent>,
@@ -244,43 +252,17 @@ impl WatchActor {
         metrics::gauge!(crate::telemetry::WATCHES).set(self.watched.len() as f64);
     }
 
-    /// The files of the folder set (recursive folders to [`MAX_DEPTH`]).
-    fn walk(&self) -> HashMap<PathBuf, Stamp> {
-        let mut found = HashMap::new();
-        for f in &self.folders {
-            let mut stack = vec![(f.path.clone(), 0)];
-            while let Some((dir, depth)) = stack.pop() {
-                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-                for e in entries.flatten() {
-                    let p = e.path();
-                    if self.ignored(&p) {
-                        continue;
-                    }
-                    match e.file_type() {
-                        Ok(t) if t.is_dir() && f.recursive && depth < MAX_DEPTH => stack.push((p, depth + 1)),
-                        Ok(t) if t.is_file() || t.is_symlink() => {
-                            if let Some(s) = stamp(&p) {
-                                found.insert(p, s);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        found
-    }
-
     /// Files modified within the settle period at start-up may still be arriving.
     fn initial_scan(&mut self) {
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
         let settle = self.settle.as_nanos() as i64;
-        for (p, s) in self.walk() {
+        let (known, pending) = (&mut self.known, &mut self.pending);
+        walk(&self.folders, &self.ignore, &mut |p, s| {
+            known.insert(&p, s);
             if now - s.mtime_ns.max(s.ctime_ns) < settle {
-                self.pending.insert(p.clone(), Pending::new(Some(s)));
+                pending.insert(p, Pending::new(Some(s)));
             }
-            self.known.insert(p, s);
-        }
+        });
         self.publish_unstable();
     }
 
@@ -292,12 +274,16 @@ impl WatchActor {
         }
         self.folders = folders;
         self.update_watches(watcher);
-        let now = self.walk();
-        self.known.retain(|p, _| now.contains_key(p));
-        self.pending.retain(|p, _| now.contains_key(p));
-        for (p, s) in now {
-            self.known.entry(p).or_insert(s);
-        }
+        self.known.begin_sweep();
+        let known = &mut self.known;
+        walk(&self.folders, &self.ignore, &mut |p, s| {
+            if known.see(&p).is_none() {
+                known.insert_new(&p, s);
+            }
+        });
+        self.known.end_sweep();
+        let folders = &self.folders;
+        self.pending.retain(|p, _| in_set(folders, p));
         self.publish_unstable();
         tracing::debug!(folders = self.folders.len(), files = self.known.len(), "watch set updated");
     }
@@ -310,7 +296,7 @@ impl WatchActor {
         match self.pending.get_mut(&path) {
             Some(p) if p.stamp == s => {}
             Some(p) => *p = Pending::new(s),
-            None if self.known.get(&path).copied() == s => {}
+            None if self.known.get(&path) == s => {}
             None => {
                 self.pending.insert(path, Pending::new(s));
             }
@@ -323,15 +309,22 @@ impl WatchActor {
         if self.watched.len() < self.folders.len() {
             self.update_watches(watcher);
         }
-        let now = self.walk();
-        let gone: Vec<PathBuf> = self.known.keys().filter(|p| !now.contains_key(*p)).cloned().collect();
-        for p in gone {
+        self.known.begin_sweep();
+        let mut changed = Vec::new();
+        let known = &mut self.known;
+        walk(&self.folders, &self.ignore, &mut |p, s| {
+            if known.see(&p) != Some(s) {
+                changed.push(p);
+            }
+        });
+        // Files gone without an event (pending ones are followed by path, below).
+        let gone = self.known.end_sweep();
+        let vanished: Vec<PathBuf> = self.pending.keys().filter(|p| stamp(p).is_none()).cloned().collect();
+        for p in changed.into_iter().chain(vanished) {
             self.touch(p);
         }
-        for (p, s) in now {
-            if self.known.get(&p) != Some(&s) {
-                self.touch(p);
-            }
+        if gone > 0 {
+            let _ = self.tx.try_send(WatchEvent::Removed(gone));
         }
     }
 
@@ -363,9 +356,9 @@ impl WatchActor {
             }
             self.pending.remove(&path);
             match current {
-                Some(s) => self.known.insert(path.clone(), s),
+                Some(s) => self.known.insert(&path, s),
                 None => self.known.remove(&path),
-            };
+            }
             ready.push(path);
         }
         self.publish_unstable();
@@ -380,6 +373,31 @@ impl WatchActor {
         if let Ok(mut u) = self.unstable.lock() {
             *u = self.pending.keys().cloned().collect();
             metrics::gauge!(crate::telemetry::INPUTS_PENDING).set(u.len() as f64);
+        }
+    }
+}
+
+/// Calls `each` with every file of the folder set (recursive folders to [`MAX_DEPTH`]).
+fn walk(folders: &[WatchDir], ignore: &[PathBuf], each: &mut dyn FnMut(PathBuf, Stamp)) {
+    for f in folders {
+        let mut stack = vec![(f.path.clone(), 0)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let p = e.path();
+                if ignore.iter().any(|i| p.starts_with(i)) {
+                    continue;
+                }
+                match e.file_type() {
+                    Ok(t) if t.is_dir() && f.recursive && depth < MAX_DEPTH => stack.push((p, depth + 1)),
+                    Ok(t) if t.is_file() || t.is_symlink() => {
+                        if let Some(s) = stamp(&p) {
+                            each(p, s);
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 }

@@ -37,24 +37,22 @@ pub(crate) fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
     serde_json::from_slice(&text).ok()
 }
 
-pub(crate) fn all_manifests(output: &Path) -> Vec<Manifest> {
-    let Ok(entries) = fs::read_dir(state_dir(output).join("jobs")) else {
-        return Vec::new();
+/// Every job's manifest, one at a time (a manifest of a split table lists a file per
+/// patient: they are never all in memory at once), in the order of their file names.
+pub(crate) fn manifests(output: &Path) -> impl Iterator<Item = Manifest> {
+    let mut paths: Vec<PathBuf> = match fs::read_dir(state_dir(output).join("jobs")) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect(),
+        Err(_) => Vec::new(),
     };
-    let mut v: Vec<Manifest> = entries
-        .flatten()
-        .filter_map(|e| fs::read(e.path()).ok())
-        .filter_map(|t| serde_json::from_slice(&t).ok())
-        .collect();
-    v.sort_by(|a, b| a.job.cmp(&b.job));
-    v
+    paths.sort();
+    paths.into_iter().filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
 }
 
 /// The jobs with a published file that is missing or was modified after the job's manifest
 /// was written (every published file is renamed into place before its manifest is recorded).
 pub(crate) fn damaged_jobs(output: &Path) -> Vec<String> {
     let mut damaged = Vec::new();
-    for manifest in all_manifests(output) {
+    for manifest in manifests(output) {
         let Ok(recorded) = fs::metadata(manifest_path(output, &manifest.job)).and_then(|m| m.modified()) else {
             continue;
         };
@@ -271,7 +269,7 @@ pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
 /// Finishes publishes interrupted by a crash and discards unpublished staging folders and the
 /// temporary files of atomic writes that a crash cut short.
 pub(crate) fn recover(output: &Path) -> io::Result<usize> {
-    for dir in [output.to_path_buf(), state_dir(output).join("jobs"), state_dir(output).join("journal")] {
+    for dir in [output.to_path_buf(), state_dir(output), state_dir(output).join("jobs"), state_dir(output).join("journal")] {
         remove_orphan_temporaries(&dir);
     }
     let mut redone = 0;

@@ -28,7 +28,7 @@ fn source_dir(config: &Config, job: &str) -> Option<PathBuf> {
 /// folder is present and readable; returns their keys.
 pub(super) fn remove_vanished(config: &Config, planned: &HashSet<String>) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
-    for manifest in publish::all_manifests(&config.output) {
+    for manifest in publish::manifests(&config.output) {
         if planned.contains(&manifest.job) {
             continue;
         }

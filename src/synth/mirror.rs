@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::imaging::INDEX_HTML;
 use super::spec::DatasetRoots;
+use crate::layout::DatasetKey;
 
 const SUMS: &str = "SHA256SUMS.txt";
 const INDEX: &str = "index.html";
@@ -16,7 +17,7 @@ const INDEX: &str = "index.html";
 /// Adds the listing pages, then each version's checksum file.
 pub(super) fn finish(root: &Path, roots: &DatasetRoots) -> io::Result<()> {
     add_index_pages(&root.join("physionet.org"))?;
-    for version in roots.all() {
+    for version in DatasetKey::ALL.map(|k| roots.get(k)) {
         write_sums(version)?;
     }
     Ok(())

@@ -17,13 +17,13 @@ use std::path::Path;
 use anyhow::Context;
 
 use spec::write_file;
-pub use spec::{DatasetRoots, Layout, LayoutKind, MimicIvVersion, Order, Planted, Rng, Subject, SynthSpec};
+pub use spec::{Layout, LayoutKind, MimicIvVersion, Order, Planted, Rng, Subject, SynthSpec};
 
 /// Writes the whole input tree under `root`, in `spec.layout`; `synth-planted.json` goes to
 /// `root` itself whatever the layout.
 pub fn generate(root: &Path, spec: &SynthSpec) -> anyhow::Result<Planted> {
     fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let roots = DatasetRoots::new(root, spec.layout);
+    let roots = spec::dataset_roots(root, spec.layout);
     // The same data in every layout (the tests compare builds of both): only folders differ.
     let core = spec.layout == Layout::Physionet { mimiciv: MimicIvVersion::V1_0 };
     let mut rng = Rng::new(spec.seed);

@@ -9,6 +9,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use serde::Serialize;
 
+use crate::layout::PerDataset;
+
 /// The row order of the big synthetic tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,46 +68,23 @@ pub enum Layout {
 }
 
 /// The folder of each dataset (its version folder in the mirror layout).
-#[derive(Debug, Clone)]
-pub struct DatasetRoots {
-    /// The MIMIC-IV folder.
-    pub mimiciv: PathBuf,
-    pub(crate) mimic_iv_ed: PathBuf,
-    pub(crate) mimic_cxr_jpg: PathBuf,
-    pub(crate) mimic_cxr: PathBuf,
-    pub(crate) reflacx: PathBuf,
-    pub(crate) egd_cxr: PathBuf,
-}
+pub(crate) type DatasetRoots = PerDataset<PathBuf>;
 
-impl DatasetRoots {
-    /// The dataset folders of a tree at `root` in this layout.
-    pub fn new(root: &Path, layout: Layout) -> Self {
-        use crate::layout::DatasetKey as K;
-        let at = |key: K| match layout {
-            Layout::Short => root.join(key.short_name()),
-            Layout::Physionet { mimiciv } => {
-                let version = match key {
-                    K::MimicIv => mimiciv.as_str(),
-                    K::MimicIvEd => "2.2",
-                    K::MimicCxrJpg | K::MimicCxr => "2.0.0",
-                    K::Reflacx | K::EgdCxr => "1.0.0",
-                };
-                files_dir(root).join(key.slug()).join(version)
-            }
-        };
-        Self {
-            mimiciv: at(K::MimicIv),
-            mimic_iv_ed: at(K::MimicIvEd),
-            mimic_cxr_jpg: at(K::MimicCxrJpg),
-            mimic_cxr: at(K::MimicCxr),
-            reflacx: at(K::Reflacx),
-            egd_cxr: at(K::EgdCxr),
+/// The dataset folders of a tree at `root` in this layout.
+pub(crate) fn dataset_roots(root: &Path, layout: Layout) -> DatasetRoots {
+    use crate::layout::DatasetKey as K;
+    PerDataset::from_fn(|key| match layout {
+        Layout::Short => root.join(key.short_name()),
+        Layout::Physionet { mimiciv } => {
+            let version = match key {
+                K::MimicIv => mimiciv.as_str(),
+                K::MimicIvEd => "2.2",
+                K::MimicCxrJpg | K::MimicCxr => "2.0.0",
+                K::Reflacx | K::EgdCxr => "1.0.0",
+            };
+            files_dir(root).join(key.slug()).join(version)
         }
-    }
-
-    pub(crate) fn all(&self) -> [&Path; 6] {
-        [&self.mimiciv, &self.mimic_iv_ed, &self.mimic_cxr_jpg, &self.mimic_cxr, &self.reflacx, &self.egd_cxr]
-    }
+    })
 }
 
 /// What `mimic-eye synth` generates.

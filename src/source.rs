@@ -15,6 +15,9 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::{Digest, Expected};
 use crate::fingerprint::FileIdentity;
 
+/// Files up to this size are read on the reader's own thread (gzip: compressed size).
+const INLINE_MAX_BYTES: u64 = 64 << 10;
+const INLINE_GZIP_MAX_BYTES: u64 = 16 << 10;
 /// Bytes handed over per chunk by the decode thread.
 pub(crate) const CHUNK: usize = 256 << 10;
 /// Chunks in flight between the decode thread and the scanner.
@@ -159,11 +162,15 @@ impl Source {
         let counting = Counting { inner: file, read: Arc::clone(&input_read), hash: hash.clone() };
         // Room for every buffer in flight (decode queue, batch link, reader, writer).
         let (spare, spares) = async_channel::bounded(SPARE_BUFFERS);
-        let chunks = if is_gzip_name(path) {
+        let gzip = is_gzip_name(path);
+        // A small file (a REFLACX reading's ellipses, a short side table) is read at once on
+        // this thread: a thread and a 256 KiB buffer per file would cost more than the read.
+        let inline = start.size <= if gzip { INLINE_GZIP_MAX_BYTES } else { INLINE_MAX_BYTES };
+        let chunks = if gzip {
             let decoder = crate::gzip::decoder(io::BufReader::with_capacity(CHUNK, counting))?;
-            spawn_producer(check, decoder, spares)?
+            start_producer(check, decoder, spares, inline)?
         } else {
-            spawn_producer(check, counting, spares)?
+            start_producer(check, counting, spares, inline)?
         };
         Ok(Self { chunks, spare, input_read, decoded: 0, hash })
     }
@@ -206,22 +213,42 @@ impl Source {
     }
 }
 
-/// Reads `reader` to its end on a thread of its own, in chunks, into a bounded channel.
-fn spawn_producer<R: Read + Send + 'static>(
+/// Reads `reader` to its end, in chunks, into a channel: on a thread of its own into a bounded
+/// channel, or (`inline`, for a small file) at once on this thread.
+fn start_producer<R: Read + Send + 'static>(
     check: ReadCheck,
-    mut reader: R,
+    reader: R,
     spares: async_channel::Receiver<Vec<u8>>,
+    inline: bool,
 ) -> io::Result<async_channel::Receiver<io::Result<Vec<u8>>>> {
+    if inline {
+        let (tx, rx) = async_channel::unbounded();
+        produce(check, reader, &spares, &tx, CHUNK.min(INLINE_MAX_BYTES as usize));
+        return Ok(rx);
+    }
     let (tx, rx) = async_channel::bounded(DECODE_QUEUE);
     let name = format!("read {}", check.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-    std::thread::Builder::new().name(name).spawn(move || {
+    std::thread::Builder::new().name(name).spawn(move || produce(check, reader, &spares, &tx, CHUNK))?;
+    Ok(rx)
+}
+
+/// The producer's loop: chunks of `chunk_len` bytes ending at a line end, then the end-of-read
+/// check (or the error).
+fn produce<R: Read>(
+    check: ReadCheck,
+    mut reader: R,
+    spares: &async_channel::Receiver<Vec<u8>>,
+    tx: &async_channel::Sender<io::Result<Vec<u8>>>,
+    chunk_len: usize,
+) {
+    {
         // What followed the last line feed of a full chunk starts the next one, so that chunks
         // hold whole lines (unless a line is longer than a chunk or a quoted field spans lines).
         let mut carry: Vec<u8> = Vec::new();
         loop {
             // A recycled buffer keeps its length, so this zeroes only bytes it never held.
             let mut chunk = spares.try_recv().unwrap_or_default();
-            chunk.resize(CHUNK, 0);
+            chunk.resize(chunk_len, 0);
             chunk[..carry.len()].copy_from_slice(&carry);
             let mut filled = carry.len();
             carry.clear();
@@ -257,6 +284,5 @@ fn spawn_producer<R: Read + Send + 'static>(
                 }
             }
         }
-    })?;
-    Ok(rx)
+    }
 }

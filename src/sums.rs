@@ -205,11 +205,13 @@ impl Sums {
                 continue;
             }
             let flat: HashSet<&Path> = wanted.iter().filter(|w| !w.1).map(|w| w.0.as_path()).collect();
-            let deep: Vec<&Path> = wanted.iter().filter(|w| w.1).map(|w| w.0.as_path()).collect();
+            let deep: HashSet<&Path> = wanted.iter().filter(|w| w.1).map(|w| w.0.as_path()).collect();
+            // A set lookup per ancestor: a mirror's checksum file has a million lines and a
+            // cohort thousands of recursive folders.
             let keep = |rel: &[u8]| {
                 use std::os::unix::ffi::OsStrExt;
                 let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
-                rel.parent().is_some_and(|p| flat.contains(p)) || deep.iter().any(|d| rel.starts_with(d))
+                rel.parent().is_some_and(|p| flat.contains(p)) || rel.ancestors().skip(1).any(|a| deep.contains(a))
             };
             let more = DatasetSums::load_where(&sums.folder, &keep);
             sums.listed.extend(more.listed);

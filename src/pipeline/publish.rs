@@ -111,8 +111,17 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
     // Folders this job published into last time exist; the others are made top-down below,
     // and a file in a folder made now cannot exist yet: no failing mkdir, rename or statx.
     let existed: HashSet<&Path> = previous.iter().flat_map(|p| p.files.iter().filter_map(|f| f.parent())).collect();
+    // Only what is staged is renamed: a file not staged is unchanged since the last publish
+    // (or was renamed before a crash), and costs no syscall.
+    let staged: HashSet<std::ffi::OsString> = match fs::read_dir(staging) {
+        Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
+        Err(_) => HashSet::new(),
+    };
     for rel in &manifest.files {
         let from = staged_path(staging, rel);
+        if !from.file_name().is_some_and(|n| staged.contains(n)) {
+            continue;
+        }
         let to = output.join(rel);
         let parent = rel.parent().unwrap_or(Path::new(""));
         let fresh = !existed.contains(parent) && make_dirs(output, parent)?;

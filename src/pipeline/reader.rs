@@ -302,6 +302,9 @@ impl SmallRow {
     }
 }
 
+/// Tables up to this size are read on the caller's thread (a REFLACX reading's ellipses file).
+const INLINE_READ_MAX_BYTES: u64 = 64 << 10;
+
 impl SmallTable {
     /// Reads a whole small table (`.csv` or `.csv.gz`).
     pub fn read(path: &Path) -> Result<Self, ReadError> {
@@ -322,8 +325,18 @@ impl SmallTable {
     ) -> Result<Self, ReadError> {
         let reader = TableReader::open_checked(path, sha256)?;
         let header = reader.header().clone();
-        let (tx, rx) = async_channel::bounded(4);
-        let handle = std::thread::spawn(move || reader.stream(None, &tx));
+        // A small file is read on this thread (its batches all fit in the channel); a big one
+        // on a thread of its own, bounded, while this one keeps what it needs.
+        let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= INLINE_READ_MAX_BYTES);
+        let (tx, rx) = if small { async_channel::unbounded() } else { async_channel::bounded(4) };
+        let handle = match small {
+            true => {
+                reader.stream(None, &tx);
+                drop(tx);
+                None
+            }
+            false => Some(std::thread::spawn(move || reader.stream(None, &tx))),
+        };
         let mut table = SmallTable { path: path.to_path_buf(), header, ..Default::default() };
         let mut failure = None;
         while let Ok(msg) = rx.recv_blocking() {
@@ -345,7 +358,9 @@ impl SmallTable {
                 ReadMsg::Failed(e) => failure = Some(e),
             }
         }
-        let _ = handle.join();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(table),

@@ -20,7 +20,8 @@ pub enum Profile {
 }
 
 impl Profile {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The name used in the config file and in summary.json.
+    pub fn as_str(self) -> &'static str {
         match self {
             Profile::Paper => "paper",
             Profile::Release => "release",

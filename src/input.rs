@@ -245,7 +245,7 @@ pub(crate) fn cxr_subject_dir(subject: crate::ids::SubjectId) -> PathBuf {
 
 /// Where the linker's and the fixed datasets' files are.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SideInputs {
+pub(crate) struct LinkerTablePaths {
     pub cxr_metadata: Option<PathBuf>,
     pub cxr_tables: Vec<(String, PathBuf)>,
     pub edstays: Option<PathBuf>,
@@ -254,7 +254,7 @@ pub(crate) struct SideInputs {
     pub eye_gaze_tables: Vec<(String, PathBuf)>,
 }
 
-pub(crate) fn side_inputs(config: &Config) -> SideInputs {
+pub(crate) fn linker_table_paths(config: &Config) -> LinkerTablePaths {
     let (d, root) = (&config.datasets, config.input.as_path());
     let cxr_tables = ["chexpert", "negbio", "split"]
         .iter()
@@ -266,7 +266,7 @@ pub(crate) fn side_inputs(config: &Config) -> SideInputs {
         .iter()
         .filter_map(|t| find_table(&d.egd_cxr, t, root).map(|p| (t.to_string(), p)))
         .collect();
-    SideInputs {
+    LinkerTablePaths {
         cxr_metadata: find_table(&d.mimic_cxr_jpg, "mimic-cxr-2.0.0-metadata", root),
         cxr_tables,
         edstays: Module::Ed.tables(config).into_iter().find(|(n, _)| n == "edstays").map(|(_, p)| p),

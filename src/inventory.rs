@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::input::{self, Module, SideInputs};
+use crate::input::{self, Module, LinkerTablePaths};
 use crate::layout::DatasetKey;
 
 /// Appended to the errors of a build that cannot start for want of an input.
@@ -28,7 +28,7 @@ pub(crate) struct Check {
 }
 
 /// The build's checks, in the order it makes them: required first.
-pub(crate) fn checks(config: &Config, side: &SideInputs) -> Vec<Check> {
+pub(crate) fn checks(config: &Config, side: &LinkerTablePaths) -> Vec<Check> {
     let d = &config.datasets;
     let hosp = Module::Hosp.dir(config);
     let icu = Module::Icu.dir(config);
@@ -219,7 +219,7 @@ impl Inventory {
                 }
             })
             .collect();
-        let checks = checks(config, &input::side_inputs(config));
+        let checks = checks(config, &input::linker_table_paths(config));
         Self { input: config.input.clone(), datasets, checks }
     }
 

@@ -417,7 +417,7 @@ fn demo(dir: Option<PathBuf>, profile: Profile) -> anyhow::Result<()> {
         },
     )?;
     let summary = runtime()?.block_on(mimic_eye::build(config, ProgressBars::on_terminal(), Default::default()))?;
-    println!("MIMIC-Eye demo build (synthetic data, profile {})", summary.profile);
+    println!("MIMIC-Eye demo build (synthetic data, profile {})", summary.profile.as_str());
     println!("  {}", summary.headline());
     println!("  planted: {}", planted.describe());
     let rejected: u64 = summary.tables.values().map(|c| c.rejected).sum();

@@ -191,14 +191,75 @@ pub fn bounded_text(text: &str) -> String {
     format!("{}… ({} more bytes)", &text[..end], text.len() - end)
 }
 
+/// What the daemon is doing, as `/status` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Phase {
+    #[default]
+    Starting,
+    Building,
+    /// A table that decides the cohort is still being written.
+    Waiting,
+    Idle,
+}
+
+/// A build of everything (no earlier output) or of what changed: the `kind` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BuildKind {
+    Full,
+    Incremental,
+}
+
+impl BuildKind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            BuildKind::Full => "full",
+            BuildKind::Incremental => "incremental",
+        }
+    }
+}
+
+/// How a build ended: the `result` label of `mimic_eye_builds_total`, and `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BuildResult {
+    Success,
+    /// A table or the build failed (previous outputs kept).
+    Failure,
+    /// Stopped by SIGTERM/SIGINT.
+    Cancelled,
+    /// An input the cohort depends on is still being written: not a failure.
+    Pending,
+}
+
+impl BuildResult {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            BuildResult::Success => "success",
+            BuildResult::Failure => "failure",
+            BuildResult::Cancelled => "cancelled",
+            BuildResult::Pending => "pending",
+        }
+    }
+}
+
+/// The last build's result, with what went wrong (no value of a data row: texts are bounded
+/// error messages naming files, lines and columns).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct LastResult {
+    pub result: BuildResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// What `/status` shows.
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Status {
-    pub phase: String,
+    pub phase: Phase,
     pub build: u64,
     /// Tables being read now: bytes done of total.
     pub tables: BTreeMap<String, Progress>,
-    pub last_result: Option<String>,
+    pub last_result: Option<LastResult>,
     pub last_success_unix: Option<u64>,
     pub headline: Option<String>,
 }
@@ -211,7 +272,7 @@ pub(crate) struct Progress {
 
 pub(crate) fn status() -> &'static Mutex<Status> {
     static STATUS: OnceLock<Mutex<Status>> = OnceLock::new();
-    STATUS.get_or_init(|| Mutex::new(Status { phase: "starting".into(), ..Default::default() }))
+    STATUS.get_or_init(|| Mutex::new(Status::default()))
 }
 
 pub(crate) fn update_status(f: impl FnOnce(&mut Status)) {

@@ -208,3 +208,90 @@ fn reloads_replace_the_watcher_without_leaking() {
     assert_eq!(http_get(d.port, "/healthz").map(|r| r.0), Some(200));
     d.stop();
 }
+
+/// Starts the daemon in a user namespace whose inotify limit `limit` (a file of
+/// `/proc/sys/user/`) is `value`: the kernel's per-user limits, lowered for this process only.
+/// `None` (with the reason printed) where user namespaces are not available.
+fn daemon_with_inotify_limit(w: &World, limit: &str, value: u32) -> Option<Daemon> {
+    let set = format!("echo {value} > /proc/sys/user/{limit}");
+    let probe = std::process::Command::new("unshare").args(["--user", "--map-root-user", "sh", "-c", &set]).output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: cannot lower {limit} in a user namespace here: {probe:?}");
+        return None;
+    }
+    let port = free_port();
+    let config = write_config(&w.root, &w.input, &w.output, port, "");
+    let log = w.root.join(format!("daemon-{port}.log"));
+    let file = fs::File::create(&log).unwrap();
+    let child = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &format!("{set} && exec \"$0\" run --config \"$1\"")])
+        .arg(env!("CARGO_BIN_EXE_mimic-eye"))
+        .arg(&config)
+        .env("MIMIC_EYE_LOG", "info")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let d = Daemon { child, port, config, log };
+    d.wait_idle(120);
+    Some(d)
+}
+
+/// Replaces an input file with new bytes (a new inode, as a download does), and waits until its
+/// copy in the output has them.
+fn replace_and_wait(d: &Daemon, input: &Path, output: &Path, bytes: &[u8], seconds: u64) {
+    let tmp = input.with_extension("new");
+    fs::write(&tmp, bytes).unwrap();
+    fs::rename(&tmp, input).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while fs::read(output).ok().as_deref() != Some(bytes) {
+        assert!(Instant::now() < deadline, "{} not updated in {seconds} s:\n{}", output.display(), d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An EyeGaze transcript file of the cohort: (input path, output path).
+fn a_transcript(w: &World) -> (PathBuf, PathBuf) {
+    let root = w.input.join("egd-cxr/audio_segmentation_transcripts");
+    let dicom = fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name()).max().unwrap();
+    let input = root.join(&dicom).join("transcript.json");
+    let pattern = format!("EyeGaze/audio_segmentation_transcripts/{}/transcript.json", dicom.to_string_lossy());
+    let output = tree(&w.output).into_keys().find(|k| k.to_string_lossy().ends_with(&pattern)).unwrap();
+    (input, w.output.join(output))
+}
+
+#[test]
+fn at_the_inotify_watch_limit_rescans_cover_the_folders_left_unwatched() {
+    let w = world(0);
+    let Some(d) = daemon_with_inotify_limit(&w, "max_inotify_watches", 8) else { return };
+    let log = d.log_text();
+    assert!(log.contains("inotify watch limit reached"), "{log}");
+    assert!(d.metric("mimic_eye_watch_errors_total").unwrap() >= 1.0);
+    let watches = d.metric("mimic_eye_watches").unwrap();
+    assert!((1.0..=8.0).contains(&watches), "{watches} watches under a limit of 8");
+    assert!(inotify(d.child.id()).0 <= 8);
+    // A copied folder past the limit (the last transcript folder): a rescan (every 2 s here)
+    // finds the new file, and the build places it.
+    let (input, output) = a_transcript(&w);
+    replace_and_wait(&d, &input, &output, b"{\"replaced\": true}\n", 30);
+    d.stop();
+}
+
+#[test]
+fn without_inotify_the_daemon_rescans_and_does_not_spin() {
+    let w = world(0);
+    let Some(d) = daemon_with_inotify_limit(&w, "max_inotify_instances", 0) else { return };
+    let log = d.log_text();
+    assert!(log.contains("cannot start inotify; rescans only"), "{log}");
+    assert!(d.metric("mimic_eye_watch_errors_total").unwrap() >= 1.0);
+    assert_eq!(inotify(d.child.id()), (0, 0));
+    // Idle: rescans every 2 s of a few dozen folders, no busy loop.
+    let pid = d.child.id();
+    let (t0, start) = (cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(5));
+    let share = (cpu_ticks(pid) - t0) as f64 / 100.0 / start.elapsed().as_secs_f64();
+    assert!(share < 0.2, "the daemon used {:.0} % of a core idling without inotify", share * 100.0);
+    let (input, output) = a_transcript(&w);
+    replace_and_wait(&d, &input, &output, b"{\"replaced\": true}\n", 30);
+    d.stop();
+}

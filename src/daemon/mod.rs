@@ -22,7 +22,7 @@ use crate::config::{Config, ConfigFile, Overrides};
 use crate::pipeline::{self, paths, publish, BuildOptions, Cancelled};
 use crate::progress::ProgressBars;
 use crate::shutdown::{cancel_pair, Shutdown, ShutdownTrigger};
-use crate::telemetry;
+use crate::telemetry::{self, BuildKind, BuildResult, LastResult, Phase};
 
 /// How long a cancelled build may take to stop before the daemon exits anyway; with the
 /// runtime's own shutdown timeout (main.rs) a stop stays under systemd's 5 s.
@@ -148,15 +148,16 @@ impl Daemon {
         self.dirty = false;
         let (mut cancel, token) = cancel_pair();
         let options = BuildOptions { cancel: token, unstable: self.watch.unstable(), ..Default::default() };
-        let kind = if self.first && !self.config.output.join("summary.json").exists() { "full" } else { "incremental" };
+        let fresh = self.first && !self.config.output.join("summary.json").exists();
+        let kind = if fresh { BuildKind::Full } else { BuildKind::Incremental };
         self.first = false;
         let started = Instant::now();
         telemetry::update_status(|s| {
-            s.phase = "building".into();
+            s.phase = Phase::Building;
             s.build += 1;
         });
         gauge!(telemetry::BUILD_RUNNING).set(1.0);
-        notify::send(&format!("STATUS=building ({kind})"));
+        notify::send(&format!("STATUS=building ({})", kind.label()));
         let build = pipeline::build(self.config.clone(), ProgressBars::hidden(), options);
         tokio::pin!(build);
         let result = tokio::select! {
@@ -172,7 +173,7 @@ impl Daemon {
                 if stopped.await.is_err() {
                     tracing::warn!(grace = ?STOP_GRACE, "an actor of the build did not stop in time; exiting anyway");
                 }
-                counter!(telemetry::BUILDS, "kind" => kind, "result" => "cancelled").increment(1);
+                count_build(kind, BuildResult::Cancelled);
                 return Built::Stopped;
             }
         };
@@ -258,12 +259,16 @@ fn check_output(output: &Path) -> anyhow::Result<usize> {
     Ok(damaged.len())
 }
 
-fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipeline::Summary>) {
-    histogram!(telemetry::BUILD_DURATION, "kind" => kind).record(elapsed.as_secs_f64());
+fn count_build(kind: BuildKind, result: BuildResult) {
+    counter!(telemetry::BUILDS, "kind" => kind.label(), "result" => result.label()).increment(1);
+}
+
+fn record(kind: BuildKind, elapsed: Duration, result: &anyhow::Result<pipeline::Summary>) {
+    histogram!(telemetry::BUILD_DURATION, "kind" => kind.label()).record(elapsed.as_secs_f64());
     match result {
         Ok(summary) => {
-            let outcome = if summary.failed.is_empty() { "success" } else { "failure" };
-            counter!(telemetry::BUILDS, "kind" => kind, "result" => outcome).increment(1);
+            let outcome = if summary.failed.is_empty() { BuildResult::Success } else { BuildResult::Failure };
+            count_build(kind, outcome);
             gauge!(telemetry::COHORT_PATIENTS).set(summary.patients as f64);
             gauge!(telemetry::LINKED_IMAGES).set(summary.linked_images as f64);
             gauge!(telemetry::IMAGES).set(summary.images as f64);
@@ -278,7 +283,7 @@ fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipelin
                 }
             }
             tracing::info!(
-                kind,
+                kind = kind.label(),
                 seconds = elapsed.as_secs_f64(),
                 failed = summary.failed.len(),
                 "build finished: {}",
@@ -286,9 +291,9 @@ fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipelin
             );
             notify::send(&format!("STATUS=idle: {}", summary.headline()));
             telemetry::update_status(|s| {
-                s.phase = "idle".into();
+                s.phase = Phase::Idle;
                 s.tables.clear();
-                s.last_result = Some(outcome.into());
+                s.last_result = Some(LastResult { result: outcome, detail: None });
                 if summary.failed.is_empty() {
                     s.last_success_unix = Some(now);
                 }
@@ -297,18 +302,19 @@ fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipelin
         }
         Err(e) if e.is::<pipeline::Pending>() => {
             // A download in progress is not a failure: no alert fires for it.
-            counter!(telemetry::BUILDS, "kind" => kind, "result" => "pending").increment(1);
+            count_build(kind, BuildResult::Pending);
             tracing::info!(reason = %e, "build waiting for an input to be complete");
             notify::send(&format!("STATUS=waiting: {}", telemetry::bounded_text(&e.to_string())));
             telemetry::update_status(|s| {
-                s.phase = "waiting".into();
+                s.phase = Phase::Waiting;
                 s.tables.clear();
-                s.last_result = Some(format!("pending: {}", telemetry::bounded_text(&e.to_string())));
+                let detail = Some(telemetry::bounded_text(&e.to_string()));
+                s.last_result = Some(LastResult { result: BuildResult::Pending, detail });
             });
         }
         Err(e) => {
-            let outcome = if e.is::<Cancelled>() { "cancelled" } else { "failure" };
-            counter!(telemetry::BUILDS, "kind" => kind, "result" => outcome).increment(1);
+            let outcome = if e.is::<Cancelled>() { BuildResult::Cancelled } else { BuildResult::Failure };
+            count_build(kind, outcome);
             let error = telemetry::bounded_text(&format!("{e:#}"));
             tracing::error!(error, "build failed; waiting for the input to change");
             notify::send(&format!(
@@ -316,9 +322,9 @@ fn record(kind: &'static str, elapsed: Duration, result: &anyhow::Result<pipelin
                 telemetry::bounded_text(&e.to_string()).replace('\n', " ")
             ));
             telemetry::update_status(|s| {
-                s.phase = "idle".into();
+                s.phase = Phase::Idle;
                 s.tables.clear();
-                s.last_result = Some(format!("failure: {error}"));
+                s.last_result = Some(LastResult { result: outcome, detail: Some(error) });
             });
         }
     }

@@ -73,7 +73,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let started = Instant::now();
     let output = config.output.clone();
     prepare_output(&output)?;
-    let side = input::side_inputs(&config);
+    let side = input::linker_table_paths(&config);
     let missing = check_inputs(&config, &side)?;
     let mut integrity = crate::sums::Integrity::load(&config);
     crate::sums::Integrity::report_newer_versions(&config);
@@ -134,7 +134,7 @@ fn prepare_output(output: &Path) -> anyhow::Result<()> {
 /// A linker table still being written: the CXR metadata, REFLACX phases and master sheet
 /// decide the cohort, so the build waits (pending, not failed); edstays only gives the stay
 /// links, so the build goes on without it (returned) and keeps the previous stay-linked outputs.
-fn linker_inputs_pending(side: &input::SideInputs, options: &BuildOptions) -> anyhow::Result<Option<PathBuf>> {
+fn linker_inputs_pending(side: &input::LinkerTablePaths, options: &BuildOptions) -> anyhow::Result<Option<PathBuf>> {
     let unstable = |p: &PathBuf| options.unstable.contains(p);
     let cohort_inputs = side.cxr_metadata.iter().chain(&side.reflacx_phases).chain(&side.master_sheet);
     if let Some(p) = cohort_inputs.into_iter().find(|p| unstable(p)) {
@@ -150,7 +150,7 @@ fn linker_inputs_pending(side: &input::SideInputs, options: &BuildOptions) -> an
 /// The linker on its blocking thread: the small tables read under the cohort rule, then linked.
 async fn link_cohort(
     config: &Config,
-    side: &input::SideInputs,
+    side: &input::LinkerTablePaths,
     integrity: &Arc<crate::sums::Integrity>,
     with_stays: bool,
     alive: CancelToken,
@@ -209,7 +209,7 @@ impl Report {
 /// keeps its previous output and counts.
 async fn run_table_jobs(
     ctx: &Arc<BuildContext>,
-    side: &input::SideInputs,
+    side: &input::LinkerTablePaths,
     options: &BuildOptions,
 ) -> anyhow::Result<Report> {
     let (config, output) = (&ctx.config, &ctx.config.output);
@@ -289,7 +289,7 @@ fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_kno
     let both_dicoms = links.eye_gaze_dicoms.intersection(&links.reflacx_dicoms).count();
     let both_subjects = links.eye_gaze_subjects.intersection(&links.reflacx_subjects).count();
     Summary {
-        profile: config.profile.as_str(),
+        profile: config.profile,
         cohort: CohortSummary { kind: config.cohort.name(), size: links.cohort.len() },
         patients: links.cohort.len(),
         stays: if stays_known { links.stays() } else { previous.map_or(0, |p| p.0) },
@@ -334,7 +334,7 @@ fn warn_if_shared_by_links(config: &Config) {
 }
 
 /// Fails at start-up when a required dataset is missing; names the optional ones that are.
-fn check_inputs(config: &Config, side: &input::SideInputs) -> anyhow::Result<Vec<String>> {
+fn check_inputs(config: &Config, side: &input::LinkerTablePaths) -> anyhow::Result<Vec<String>> {
     if !config.input.is_dir() {
         anyhow::bail!("input directory {} does not exist", config.input.display());
     }

@@ -48,7 +48,7 @@ pub(super) fn write_derived(
         cohort: Arc::clone(&ctx.cohort),
         staging,
         max_open_files: ctx.max_open_files,
-        only: None,
+        only_patients: None,
     };
     let mut writer = Writer::new(spec)?;
     writer.write_batch(&rows)?;
@@ -103,7 +103,7 @@ pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCou
         header.clone(),
         all,
     )?;
-    let only = write_derived(
+    let stay_only = write_derived(
         ctx,
         DerivedTable {
             job: "cxr_meta_with_stay_id_only",
@@ -116,5 +116,5 @@ pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCou
         header,
         linked,
     )?;
-    Ok(vec![("cxr_meta".into(), meta), ("cxr_meta_with_stay_id_only".into(), only)])
+    Ok(vec![("cxr_meta".into(), meta), ("cxr_meta_with_stay_id_only".into(), stay_only)])
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::config::{Config, Profile};
 use crate::input::{self, Module};
 use crate::pipeline::error::JobError;
-use crate::pipeline::fixer::Fix;
+use crate::pipeline::fixer::FixKind;
 use crate::pipeline::reader::TableReader;
 use crate::pipeline::writer::Route;
 
@@ -29,7 +29,7 @@ pub(super) struct TableJob {
 }
 
 /// The jobs for every table found in the input.
-pub(super) fn discover_jobs(config: &Config, side: &input::SideInputs) -> Vec<TableJob> {
+pub(super) fn discover_jobs(config: &Config, side: &input::LinkerTablePaths) -> Vec<TableJob> {
     let mut jobs = Vec::new();
     for module in Module::ALL {
         for (name, path) in module.tables(config) {
@@ -62,7 +62,7 @@ pub(super) struct Routing {
     pub route: Route,
     pub patient_file: Option<PathBuf>,
     pub whole_file: Option<PathBuf>,
-    pub fix: Option<Fix>,
+    pub fix: Option<FixKind>,
 }
 
 /// `split_before`: the previous build split this table per patient. A table known to be split
@@ -129,7 +129,7 @@ pub(super) fn routing_for(
                 route: Route::ByDicom,
                 patient_file: Some(PathBuf::from("EyeGaze").join(format!("{name}.csv"))),
                 whole_file: whole,
-                fix: Fix::for_eye_gaze(name, profile),
+                fix: FixKind::for_eye_gaze(name, profile),
             }
         }
     })

@@ -118,10 +118,10 @@ pub(super) fn link(inputs: &LinkInputs, profile: Profile, window_days: u32, rule
 /// EG: dicom_ids (and patients) of the EyeGaze master sheet.
 fn collect_eye_gaze(inputs: &LinkInputs, links: &mut Links, warnings: &mut Vec<LinkReject>) -> Result<(), ReadError> {
     let Some(sheet) = &inputs.master_sheet else { return Ok(()) };
-    let d = sheet.require("dicom_id")?;
-    let p = sheet.require("patient_id")?;
+    let dicom_col = sheet.require("dicom_id")?;
+    let patient_col = sheet.require("patient_id")?;
     for row in &sheet.rows {
-        match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, p))) {
+        match (DicomId::parse(field(&row.fields, dicom_col)), SubjectId::parse(field(&row.fields, patient_col))) {
             (Ok(dicom), Ok(subject)) => {
                 links.eye_gaze_subjects.insert(subject);
                 links.cohort.dicom_subject.insert(dicom.clone(), subject);
@@ -136,10 +136,10 @@ fn collect_eye_gaze(inputs: &LinkInputs, links: &mut Links, warnings: &mut Vec<L
 /// RF: dicom_ids (and subjects) of the three REFLACX phases.
 fn collect_reflacx(inputs: &LinkInputs, links: &mut Links, warnings: &mut Vec<LinkReject>) -> Result<(), ReadError> {
     for phase in &inputs.reflacx_metadata {
-        let d = phase.require("dicom_id")?;
-        let s = phase.require("subject_id")?;
+        let dicom_col = phase.require("dicom_id")?;
+        let subject_col = phase.require("subject_id")?;
         for row in &phase.rows {
-            match (DicomId::parse(field(&row.fields, d)), SubjectId::parse(field(&row.fields, s))) {
+            match (DicomId::parse(field(&row.fields, dicom_col)), SubjectId::parse(field(&row.fields, subject_col))) {
                 (Ok(dicom), Ok(subject)) => {
                     links.reflacx_subjects.insert(subject);
                     links.cohort.dicom_subject.entry(dicom.clone()).or_insert(subject);
@@ -160,13 +160,14 @@ fn link_cxr_rows(
     links: &mut Links,
     warnings: &mut Vec<LinkReject>,
 ) -> Result<(), ReadError> {
-    let (d, s, st) = (meta.require("dicom_id")?, meta.require("subject_id")?, meta.require("study_id")?);
+    let (dicom_col, subject_col) = (meta.require("dicom_id")?, meta.require("subject_id")?);
+    let study_col = meta.require("study_id")?;
     let (date, time) = (meta.require("StudyDate")?, meta.require("StudyTime")?);
     links.cxr_header = meta.header.clone();
     links.cxr_rejects = meta.rejects.clone();
     links.cxr_source = meta.path.clone();
     for row in &meta.rows {
-        let Ok(dicom) = DicomId::parse(field(&row.fields, d)) else {
+        let Ok(dicom) = DicomId::parse(field(&row.fields, dicom_col)) else {
             continue;
         };
         let in_eye_gaze = links.eye_gaze_dicoms.contains(&dicom);
@@ -174,7 +175,7 @@ fn link_cxr_rows(
         if matches!(rule, CohortRule::EyeTracking) && !in_eye_gaze && !in_reflacx {
             continue;
         }
-        let subject = match SubjectId::parse(field(&row.fields, s)) {
+        let subject = match SubjectId::parse(field(&row.fields, subject_col)) {
             Ok(s) => s,
             Err(e) => {
                 skip(warnings, "mimic-cxr-jpg/metadata", row.line, e.to_string());
@@ -197,7 +198,7 @@ fn link_cxr_rows(
             origin: row.origin(),
             raw: row.raw.clone(),
             subject,
-            study: crate::ids::StudyId::parse(field(&row.fields, st)).ok(),
+            study: crate::ids::StudyId::parse(field(&row.fields, study_col)).ok(),
             in_eye_gaze,
             in_reflacx,
             study_datetime,
@@ -213,17 +214,17 @@ fn skip(warnings: &mut Vec<LinkReject>, table: &str, line: u64, reason: String) 
 }
 
 fn read_stays(table: &SmallTable, warnings: &mut Vec<LinkReject>) -> Result<HashMap<SubjectId, Vec<Stay>>, ReadError> {
-    let s = table.require("subject_id")?;
-    let id = table.require("stay_id")?;
-    let it = table.require("intime")?;
-    let ot = table.require("outtime")?;
+    let subject_col = table.require("subject_id")?;
+    let stay_col = table.require("stay_id")?;
+    let intime_col = table.require("intime")?;
+    let outtime_col = table.require("outtime")?;
     let mut stays: HashMap<SubjectId, Vec<Stay>> = HashMap::new();
     for row in &table.rows {
         let parsed = (|| -> Result<(SubjectId, Stay), String> {
-            let subject = SubjectId::parse(field(&row.fields, s)).map_err(|e| e.to_string())?;
-            let stay_id = StayId::parse(field(&row.fields, id)).map_err(|e| e.to_string())?;
-            let intime = parse_datetime(field(&row.fields, it))?;
-            let outtime = parse_datetime(field(&row.fields, ot))?;
+            let subject = SubjectId::parse(field(&row.fields, subject_col)).map_err(|e| e.to_string())?;
+            let stay_id = StayId::parse(field(&row.fields, stay_col)).map_err(|e| e.to_string())?;
+            let intime = parse_datetime(field(&row.fields, intime_col))?;
+            let outtime = parse_datetime(field(&row.fields, outtime_col))?;
             Ok((subject, Stay { stay_id, intime, outtime }))
         })();
         match parsed {
@@ -348,13 +349,13 @@ pub(super) fn load_inputs(
     let reflacx_metadata: Vec<SmallTable> = reflacx_phases.iter().map(|p| read(p)).collect::<Result<_, _>>()?;
     let mut dicoms: HashSet<Vec<u8>> = HashSet::new();
     let mut subjects: HashSet<Vec<u8>> = HashSet::new();
-    for (table, subject_col) in
+    for (table, subject_name) in
         master_sheet.iter().map(|t| (t, "patient_id")).chain(reflacx_metadata.iter().map(|t| (t, "subject_id")))
     {
-        let (d, s) = (table.require("dicom_id")?, table.require(subject_col)?);
+        let (dicom_col, subject_col) = (table.require("dicom_id")?, table.require(subject_name)?);
         for row in &table.rows {
-            dicoms.insert(field(&row.fields, d).to_vec());
-            subjects.insert(field(&row.fields, s).to_vec());
+            dicoms.insert(field(&row.fields, dicom_col).to_vec());
+            subjects.insert(field(&row.fields, subject_col).to_vec());
         }
     }
     if let CohortRule::Subjects(listed) = rule {
@@ -364,27 +365,29 @@ pub(super) fn load_inputs(
         .map(|p| {
             let mut cols = None;
             SmallTable::read_checked(p, sha256(p), |h, f| {
-                let (d, s) = *cols.get_or_insert_with(|| {
+                let (dicom_col, subject_col) = *cols.get_or_insert_with(|| {
                     (h.find("dicom_id").unwrap_or(usize::MAX), h.find("subject_id").unwrap_or(usize::MAX))
                 });
                 match rule {
-                    CohortRule::EyeTracking => dicoms.contains(field(f, d)),
+                    CohortRule::EyeTracking => dicoms.contains(field(f, dicom_col)),
                     CohortRule::Cxr => true,
-                    CohortRule::Subjects(listed) => SubjectId::parse(field(f, s)).is_ok_and(|id| listed.contains(&id)),
+                    CohortRule::Subjects(listed) => {
+                        SubjectId::parse(field(f, subject_col)).is_ok_and(|id| listed.contains(&id))
+                    }
                 }
             })
         })
         .transpose()?;
     if let Some(meta) = &cxr_metadata {
-        let s = meta.require("subject_id")?;
-        subjects.extend(meta.rows.iter().map(|r| field(&r.fields, s).to_vec()));
+        let subject_col = meta.require("subject_id")?;
+        subjects.extend(meta.rows.iter().map(|r| field(&r.fields, subject_col).to_vec()));
     }
     let edstays = edstays
         .map(|p| {
             let mut subject_col = None;
             SmallTable::read_checked(p, sha256(p), |h, f| {
-                let s = *subject_col.get_or_insert_with(|| h.find("subject_id").unwrap_or(usize::MAX));
-                subjects.contains(field(f, s))
+                let col = *subject_col.get_or_insert_with(|| h.find("subject_id").unwrap_or(usize::MAX));
+                subjects.contains(field(f, col))
             })
         })
         .transpose()?;

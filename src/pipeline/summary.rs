@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::config::Profile;
 use crate::input::{self};
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::folders;
@@ -26,7 +27,7 @@ pub(crate) struct SourceCounts {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// The profile built.
-    pub profile: &'static str,
+    pub profile: Profile,
     /// The cohort rule and how many patients it gave.
     pub cohort: CohortSummary,
     /// Patients in the cohort.
@@ -72,7 +73,7 @@ impl Summary {
     pub fn headline(&self) -> String {
         format!(
             "patients {}, stays {}, images {}, linked images {} (profile {})",
-            self.patients, self.stays, self.images, self.linked_images, self.profile
+            self.patients, self.stays, self.images, self.linked_images, self.profile.as_str()
         )
     }
 }

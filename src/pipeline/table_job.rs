@@ -16,7 +16,7 @@ use crate::input::{self, Module};
 use crate::pipeline::batch::{self, ReadMsg};
 use crate::pipeline::context::{raise_open_file_limit, BuildContext};
 use crate::pipeline::error::{At, JobError};
-use crate::pipeline::fixer::Fix;
+use crate::pipeline::fixer::FixKind;
 use crate::pipeline::jobs::{routing_for, JobKind, Routing, TableJob};
 use crate::pipeline::linker::Links;
 use crate::pipeline::paths;
@@ -35,12 +35,12 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
     let started = Instant::now();
     let reader = open_reader(&ctx, &job).await?;
     let (decision, routing) = decide(&ctx, &job, &reader)?;
-    let (only, kept_files) = match decision.work {
+    let (only_patients, kept_files) = match decision.work {
         Work::Skip(outcome) => return Ok(outcome),
-        Work::Write { only, kept } => (only, kept),
+        Work::Write { only_patients, kept } => (only_patients, kept),
     };
     let header_columns = reader.header().names.len();
-    let spec = writer_spec(&ctx, &job, &reader, &routing, only);
+    let spec = writer_spec(&ctx, &job, &reader, &routing, only_patients);
 
     // The topology: reader → [fixer] → writer, each actor on a blocking thread, and a ticker
     // that reports the job's progress and the links' depths.
@@ -97,8 +97,8 @@ struct Decision {
 enum Work {
     /// Unchanged: the last publish stands, with its counts.
     Skip(WriterOutcome),
-    /// Write every patient, or `only` these (the cohort grew), keeping `kept` files as they are.
-    Write { only: Option<Arc<HashSet<SubjectId>>>, kept: Vec<PathBuf> },
+    /// Write every patient, or `only_patients` (the cohort grew), keeping `kept` files as they are.
+    Write { only_patients: Option<Arc<HashSet<SubjectId>>>, kept: Vec<PathBuf> },
 }
 
 async fn open_reader(ctx: &BuildContext, job: &TableJob) -> Result<TableReader, JobError> {
@@ -129,9 +129,9 @@ fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(D
             // Keep the files of patients still in the cohort; drop those of patients who left.
             let gone: Vec<String> = removed.iter().map(|s| s.folder()).collect();
             let kept = prev.files.into_iter().filter(|f| !gone.iter().any(|g| f.starts_with(g))).collect();
-            Work::Write { only: Some(Arc::new(added.into_iter().collect())), kept }
+            Work::Write { only_patients: Some(Arc::new(added.into_iter().collect())), kept }
         }
-        _ => Work::Write { only: None, kept: Vec::new() },
+        _ => Work::Write { only_patients: None, kept: Vec::new() },
     };
     Ok((Decision { input, split, work }, routing))
 }
@@ -141,7 +141,7 @@ fn writer_spec(
     job: &TableJob,
     reader: &TableReader,
     routing: &Routing,
-    only: Option<Arc<HashSet<SubjectId>>>,
+    only_patients: Option<Arc<HashSet<SubjectId>>>,
 ) -> WriterSpec {
     let staging = paths::staging_dir(&ctx.config.output, &job.key);
     let _ = std::fs::remove_dir_all(&staging);
@@ -153,11 +153,11 @@ fn writer_spec(
         route: routing.route,
         patient_file: routing.patient_file.clone(),
         // A patients-only pass leaves the whole-table file (same input) as it is.
-        whole_file: if only.is_some() { None } else { routing.whole_file.clone() },
+        whole_file: if only_patients.is_some() { None } else { routing.whole_file.clone() },
         cohort: Arc::clone(&ctx.cohort),
         staging,
         max_open_files: ctx.max_open_files,
-        only,
+        only_patients,
     }
 }
 
@@ -183,7 +183,7 @@ type Probe = (&'static str, async_channel::WeakSender<ReadMsg>);
 async fn spawn_fixer(
     ctx: &BuildContext,
     job: &TableJob,
-    fix: Fix,
+    fix: FixKind,
     from_reader: async_channel::Receiver<ReadMsg>,
 ) -> Result<(async_channel::Receiver<ReadMsg>, impl FnOnce(async_channel::WeakSender<ReadMsg>) -> Vec<Probe>), JobError>
 {

@@ -55,7 +55,7 @@ pub(super) struct WriterSpec {
     pub staging: PathBuf,
     pub max_open_files: usize,
     /// Write only these patients' files (the others are counted, not rewritten).
-    pub only: Option<Arc<std::collections::HashSet<SubjectId>>>,
+    pub only_patients: Option<Arc<std::collections::HashSet<SubjectId>>>,
 }
 
 #[derive(Debug, Default)]
@@ -238,7 +238,7 @@ impl Writer {
         if index == next {
             let file = self.spec.patient_file.as_deref().unwrap_or(Path::new("table.csv"));
             let rel = PathBuf::from(subject.folder()).join(file);
-            let write = self.spec.only.as_ref().is_none_or(|o| o.contains(&subject));
+            let write = self.spec.only_patients.as_ref().is_none_or(|o| o.contains(&subject));
             self.patients.push(PatientFile {
                 subject,
                 rows: 0,

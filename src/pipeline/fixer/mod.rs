@@ -26,39 +26,39 @@ use crate::pyfmt::python_float_repr;
 
 /// A streaming fix, chosen per table.
 #[derive(Debug, Clone)]
-pub(super) enum Fix {
+pub(super) enum FixKind {
     EyeGazeIds { profile: Profile },
 }
 
-/// A fix ready to run: its decisions are made.
-pub(super) struct PreparedFix {
+/// The fixer actor: a fix whose decisions are made, transforming batches between reader and writer.
+pub(super) struct Fixer {
     repair: eyegaze::Repair,
 }
 
-impl Fix {
+impl FixKind {
     /// EyeGaze repairs `eye_gaze` and `fixations` in `paper`, only `eye_gaze` in `release`.
-    pub(super) fn for_eye_gaze(name: &str, profile: Profile) -> Option<Fix> {
+    pub(super) fn for_eye_gaze(name: &str, profile: Profile) -> Option<FixKind> {
         match (name, profile) {
-            ("eye_gaze", _) | ("fixations", Profile::Paper) => Some(Fix::EyeGazeIds { profile }),
+            ("eye_gaze", _) | ("fixations", Profile::Paper) => Some(FixKind::EyeGazeIds { profile }),
             _ => None,
         }
     }
 
     /// Makes the fix's decisions (a first pass over the table's ids).
-    pub(super) fn prepare(&self, path: &Path, links: &Links) -> Result<PreparedFix, JobError> {
+    pub(super) fn prepare(&self, path: &Path, links: &Links) -> Result<Fixer, JobError> {
         match self {
-            Fix::EyeGazeIds { profile } => {
+            FixKind::EyeGazeIds { profile } => {
                 let known = links.eye_gaze_dicoms.iter().map(|d| d.as_str().to_string()).collect();
                 let ids = eyegaze::distinct_ids(path, &known)?;
                 let repair = eyegaze::decide(&known, &ids, *profile);
                 tracing::info!(table = %path.display(), short_ids = repair.decisions.len(), "EyeGaze DICOM_ID repair decided");
-                Ok(PreparedFix { repair })
+                Ok(Fixer { repair })
             }
         }
     }
 }
 
-impl PreparedFix {
+impl Fixer {
     /// The fixer loop: transforms batches until the reader is done or the writer goes away.
     pub(super) fn run(self, rx: async_channel::Receiver<ReadMsg>, tx: async_channel::Sender<ReadMsg>) {
         while let Ok(msg) = rx.recv_blocking() {

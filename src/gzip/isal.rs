@@ -19,7 +19,7 @@ extern "C" {
 }
 
 /// Decodes every gzip member of a `BufRead`, like flate2's `MultiGzDecoder`.
-pub struct MultiGzDecoder<R> {
+pub(crate) struct MultiGzDecoder<R> {
     input: R,
     state: NonNull<c_void>,
     at: Position,
@@ -40,7 +40,7 @@ enum Position {
 unsafe impl<R: Send> Send for MultiGzDecoder<R> {}
 
 impl<R: BufRead> MultiGzDecoder<R> {
-    pub fn new(input: R) -> io::Result<Self> {
+    pub(crate) fn new(input: R) -> io::Result<Self> {
         // SAFETY: returns a fresh heap state or null.
         let state = NonNull::new(unsafe { mimic_eye_isal_new() })
             .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "cannot allocate the ISA-L inflate state"))?;

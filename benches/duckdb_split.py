@@ -14,6 +14,8 @@ table, cohort, out = sys.argv[1:4]
 con = duckdb.connect()
 con.execute("SET threads = 2")
 con.execute("SET preserve_insertion_order = true")
+# Spill files beside the output (a killed run leaves them there, not in the caller's folder).
+con.execute(f"SET temp_directory = '{out}.duckdb-tmp'")
 start = time.perf_counter()
 # all_varchar: like mimic-eye, values are copied, not parsed (and no type sniffing can fail);
 # ignore_errors: the synthetic tables plant malformed rows, which mimic-eye keeps as rejects.

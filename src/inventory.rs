@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::input::{self, Module, LinkerTablePaths};
+use crate::input::{self, LinkerTablePaths, Module};
 use crate::layout::DatasetKey;
 
 /// Appended to the errors of a build that cannot start for want of an input.

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use mimic_eye::{Config, ConfigFile, Overrides, Profile};
-use mimic_eye::ProgressBars;
 use mimic_eye::synth;
+use mimic_eye::ProgressBars;
+use mimic_eye::{Config, ConfigFile, Overrides, Profile};
 
 #[derive(Parser)]
 #[command(

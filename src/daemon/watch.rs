@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 
-use crate::fingerprint::FileIdentity;
 use super::known::Known;
+use crate::fingerprint::FileIdentity;
 use crate::pipeline::folders::WatchDir;
 use crate::shutdown::Shutdown;
 

@@ -78,7 +78,8 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let mut integrity = crate::sums::Integrity::load(&config);
     crate::sums::Integrity::report_newer_versions(&config);
     let stays_pending = linker_inputs_pending(&side, &options)?;
-    let (links, inputs) = link_cohort(&config, &side, &integrity, stays_pending.is_none(), options.cancel.clone()).await?;
+    let (links, inputs) =
+        link_cohort(&config, &side, &integrity, stays_pending.is_none(), options.cancel.clone()).await?;
     check_linker_rows(&output, &inputs, stays_pending.as_deref(), options.accept_shrink)?;
     let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.

@@ -86,7 +86,12 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 /// Phase 1: the cohort and the stay links.
 /// `rule`: who is in the cohort (the eye-tracking patients of SPEC §3, every CXR patient, or a
 /// list); the metadata rows `load_inputs` kept under the same rule are the CXR subset.
-pub(super) fn link(inputs: &LinkInputs, profile: Profile, window_days: u32, rule: &CohortRule) -> Result<Links, ReadError> {
+pub(super) fn link(
+    inputs: &LinkInputs,
+    profile: Profile,
+    window_days: u32,
+    rule: &CohortRule,
+) -> Result<Links, ReadError> {
     let mut links = Links::default();
     let mut warnings = Vec::new();
     collect_eye_gaze(inputs, &mut links, &mut warnings)?;

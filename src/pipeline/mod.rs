@@ -37,8 +37,8 @@ mod writer;
 
 pub use build::{build, BuildOptions};
 pub(crate) use build::{Cancelled, Pending};
-pub use summary::Summary;
-pub use table_job::split_one;
 pub use outsums::verify as verify_output;
 pub use publish::lock_output;
 pub use reader::SmallTable;
+pub use summary::Summary;
+pub use table_job::split_one;

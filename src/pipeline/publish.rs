@@ -41,7 +41,9 @@ pub(crate) fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
 /// patient: they are never all in memory at once), in the order of their file names.
 pub(crate) fn manifests(output: &Path) -> impl Iterator<Item = Manifest> {
     let mut paths: Vec<PathBuf> = match fs::read_dir(state_dir(output).join("jobs")) {
-        Ok(entries) => entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect(),
+        Ok(entries) => {
+            entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect()
+        }
         Err(_) => Vec::new(),
     };
     paths.sort();
@@ -278,7 +280,9 @@ pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
 /// Finishes publishes interrupted by a crash and discards unpublished staging folders and the
 /// temporary files of atomic writes that a crash cut short.
 pub(crate) fn recover(output: &Path) -> io::Result<usize> {
-    for dir in [output.to_path_buf(), state_dir(output), state_dir(output).join("jobs"), state_dir(output).join("journal")] {
+    for dir in
+        [output.to_path_buf(), state_dir(output), state_dir(output).join("jobs"), state_dir(output).join("journal")]
+    {
         remove_orphan_temporaries(&dir);
     }
     let mut redone = 0;

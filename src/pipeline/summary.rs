@@ -73,7 +73,11 @@ impl Summary {
     pub fn headline(&self) -> String {
         format!(
             "patients {}, stays {}, images {}, linked images {} (profile {})",
-            self.patients, self.stays, self.images, self.linked_images, self.profile.as_str()
+            self.patients,
+            self.stays,
+            self.images,
+            self.linked_images,
+            self.profile.as_str()
         )
     }
 }

@@ -143,7 +143,11 @@ impl Writer {
     }
 
     /// Receives batches until the reader is done, then flushes everything.
-    pub(super) fn run(mut self, rx: async_channel::Receiver<ReadMsg>, pool: &BatchPool) -> Result<WriterOutcome, JobError> {
+    pub(super) fn run(
+        mut self,
+        rx: async_channel::Receiver<ReadMsg>,
+        pool: &BatchPool,
+    ) -> Result<WriterOutcome, JobError> {
         let table = self.spec.table.clone();
         let metrics = telemetry::TableMetrics::new(&table);
         while let Ok(msg) = rx.recv_blocking() {

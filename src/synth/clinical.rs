@@ -256,7 +256,13 @@ fn write_big(
 }
 
 /// MIMIC-IV-ED tables for the planned stays (and one stay per subject outside the cohort).
-pub(super) fn write_ed(dir: &Path, _subjects: &[Subject], world: &World, gz: bool, rng: &mut Rng) -> anyhow::Result<()> {
+pub(super) fn write_ed(
+    dir: &Path,
+    _subjects: &[Subject],
+    world: &World,
+    gz: bool,
+    rng: &mut Rng,
+) -> anyhow::Result<()> {
     let mut edstays = TableOut::mimic(
         dir,
         "edstays",

@@ -80,7 +80,10 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
 /// The fixed small tables: stacked REFLACX metadata and the EyeGaze master sheet.
 /// `stays_known`: false while edstays is being written; the master sheet, whose stay_id comes
 /// from the links, then keeps its previous output.
-pub(super) fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<Vec<(String, TableCounts)>, JobError> {
+pub(super) fn write_fixed_side_tables(
+    ctx: &BuildContext,
+    stays_known: bool,
+) -> Result<Vec<(String, TableCounts)>, JobError> {
     let mut done = Vec::new();
     let phases = &ctx.reflacx_phases;
     if let Some(first) = phases.first() {

@@ -83,7 +83,11 @@ fn parse(line: &[u8]) -> Option<Entry> {
     let mut parts = line.splitn(4, |&b| b == b' ');
     let mut number = || std::str::from_utf8(parts.next()?).ok()?.parse::<i128>().ok();
     let (size, mtime_ns, ino) = (number()?, number()?, number()?);
-    let id = Identity { size: u64::try_from(size).ok()?, mtime_ns: i64::try_from(mtime_ns).ok()?, ino: u64::try_from(ino).ok()? };
+    let id = Identity {
+        size: u64::try_from(size).ok()?,
+        mtime_ns: i64::try_from(mtime_ns).ok()?,
+        ino: u64::try_from(ino).ok()?,
+    };
     let rest = parts.next()?;
     let rest = rest.strip_suffix(b"\n").unwrap_or(rest);
     let (path, digest) = sums::parse(rest).ok()?.pop()?;

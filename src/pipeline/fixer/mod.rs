@@ -77,13 +77,13 @@ fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
     fields.get(i).map_or(&[][..], Vec::as_slice)
 }
 
+/// What the side-table writers return: each job with its counts.
+type Written = Vec<(String, TableCounts)>;
+
 /// The fixed small tables: stacked REFLACX metadata and the EyeGaze master sheet.
 /// `stays_known`: false while edstays is being written; the master sheet, whose stay_id comes
 /// from the links, then keeps its previous output.
-pub(super) fn write_fixed_side_tables(
-    ctx: &BuildContext,
-    stays_known: bool,
-) -> Result<Vec<(String, TableCounts)>, JobError> {
+pub(super) fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<Written, JobError> {
     let mut done = Vec::new();
     let phases = &ctx.reflacx_phases;
     if let Some(first) = phases.first() {

@@ -94,6 +94,15 @@ sync
 
 results=$world/results
 rm -rf "$results"; mkdir -p "$results"
+# SHA256SUMS.txt for the world's MIMIC-IV, made once (sha256sum) and kept beside the world: put
+# in the dataset folder for the `-sha256` runs only, so that the build hashes every table it
+# reads and compares it with its line (a PhysioNet download always carries one).
+sums=$world/mimiciv-SHA256SUMS.txt
+if [ ! -f "$sums" ]; then
+  (cd "$world/in/mimiciv" && find . -type f ! -name SHA256SUMS.txt -printf '%P\n' | sort | xargs -d '\n' sha256sum) >"$sums.part"
+  mv "$sums.part" "$sums"
+fi
+rm -f "$world/in/mimiciv/SHA256SUMS.txt"
 # timed NAME CMD...: one run, its output folder (if any) set aside before and after, so no
 # run pays for deleting another's files (compare.py's set_aside says why); `sync` first, so the
 # build's syncfs does not write back what an earlier run left dirty. Appends "seconds rss_mib".
@@ -112,15 +121,23 @@ timed() {
   if [ -f "$out/summary.json" ] && [ ! -f "$results/$name.summary.json" ]; then cp "$out/summary.json" "$results/$name.summary.json"; fi
   py_compare set_aside "$work" "$out"
 }
-jobs=(decode-labevents decode-chartevents build-eye-tracking build-cxr)
+jobs=(decode-labevents decode-labevents-sha256 decode-chartevents build-eye-tracking build-eye-tracking-sha256 build-cxr)
 for run in $(seq "$runs"); do
   # Alternating order: no job always runs first, or always right after another.
   order=("${jobs[@]}")
-  if [ $((run % 2)) = 0 ]; then order=(build-cxr build-eye-tracking decode-chartevents decode-labevents); fi
+  if [ $((run % 2)) = 0 ]; then
+    order=(build-cxr build-eye-tracking-sha256 build-eye-tracking decode-chartevents decode-labevents-sha256 decode-labevents)
+  fi
   for job in "${order[@]}"; do
     case "$job" in
       decode-labevents) timed "$job" "$bin" decode --table "$lab" ;;
+      decode-labevents-sha256) timed "$job" "$bin" decode --table "$lab" --sha256 ;;
       decode-chartevents) timed "$job" "$bin" decode --table "$chart" ;;
+      build-eye-tracking-sha256)
+        cp "$sums" "$world/in/mimiciv/SHA256SUMS.txt"
+        timed "$job" "$bin" build --input "$world/in" --output "$world/out-$job" --cohort eye-tracking
+        rm "$world/in/mimiciv/SHA256SUMS.txt"
+        ;;
       build-*) timed "$job" "$bin" build --input "$world/in" --output "$world/out-$job" --cohort "${job#build-}" ;;
     esac
   done
@@ -131,13 +148,13 @@ max_rss() { awk '$2 > m { m = $2 } END { printf "%.1f", m }' "$1"; }
 python3 - "$results" <<'PY'
 import json, sys
 results = sys.argv[1]
-for cohort in ("eye-tracking", "cxr"):
+for cohort in ("eye-tracking", "eye-tracking-sha256", "cxr"):
     s = json.load(open(f"{results}/build-{cohort}.summary.json"))
     t = s["tables"]
     failed = f"; FAILED: {s['failed']}" if s["failed"] else ""
     print(f"build --cohort {cohort}: {s['patients']:,} patients; rows read labevents {t['hosp/labevents']['read']:,}, "
           f"chartevents {t['icu/chartevents']['read']:,}; written {t['hosp/labevents']['written']:,} and "
-          f"{t['icu/chartevents']['written']:,}{failed}")
+          f"{t['icu/chartevents']['written']:,}; MIMIC-IV SHA256SUMS.txt {s['datasets']['mimiciv']['sha256sums']}{failed}")
 PY
 echo "MIMIC-IV 3.1: labevents $(commas $lab_rows_real) rows, chartevents $(commas $chart_rows_real) (synth writes labevents' count to both)"
 mb() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f", b / 1e6 }'; }
@@ -153,6 +170,8 @@ eye=$(cut -d' ' -f1 "$results/build-eye-tracking" | median)
 echo "| floor: both decodes | $floor | | |"
 echo
 echo "- default cohort end to end <= 1.25x the floor: $eye s vs $floor s, $(awk -v e="$eye" -v f="$floor" 'BEGIN { printf "%.2fx: %s", e / f, e <= 1.25 * f ? "met" : "NOT met" }')"
+ratio() { awk -v a="$(cut -d' ' -f1 "$results/$1" | median)" -v b="$(cut -d' ' -f1 "$results/$2" | median)" 'BEGIN { printf "%+.2f s (%+.1f %%)", b - a, 100 * (b - a) / a }'; }
+echo "- SHA-256 while reading (on a thread of its own): decode labevents $(ratio decode-labevents decode-labevents-sha256), default cohort build $(ratio build-eye-tracking build-eye-tracking-sha256)"
 rss_eye=$(max_rss "$results/build-eye-tracking") rss_cxr=$(max_rss "$results/build-cxr")
 echo "- peak RSS <= 128 MiB: eye-tracking $rss_eye MiB, cxr $rss_cxr MiB: $(awk -v a="$rss_eye" -v b="$rss_cxr" 'BEGIN { print a <= 128 && b <= 128 ? "met" : "NOT met" }')"
 # The outputs stay aside; the next invocation deletes them and waits, as compare.py does.

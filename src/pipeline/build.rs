@@ -103,21 +103,28 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
         master_sheet,
         integrity: Arc::clone(&integrity),
     });
-    let mut report = run_table_jobs(&ctx, &side, &options).await?;
+    let stays_known = stays_pending.is_none();
+    // The derived tables and copied folders need the links, not the table jobs' outputs: they
+    // run beside the big tables (mostly file system calls, they fill the time the reading
+    // threads leave) instead of after them.
+    let (report, derived) =
+        tokio::join!(run_table_jobs(&ctx, &side, &options), write_derived_tables(&ctx, stays_known));
+    let mut report = report?;
+    report.merge(derived?);
     if stays_pending.is_some() {
         report.pending.insert(0, "mimic-iv-ed/edstays".to_string());
     }
     if options.cancel.is_cancelled() {
         return Err(Cancelled.into());
     }
-    let stays_known = stays_pending.is_none();
-    write_derived_tables(&ctx, stays_known, &mut report).await?;
     let summary = summarize(&ctx, report, missing, stays_known, started);
     publish::forget_made_dirs();
     publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
     let sums = output.join(crate::sums::SUMS_FILE);
-    crate::pipeline::outsums::write(&output).with_context(|| format!("writing {}", sums.display()))?;
+    let (listed, hashed) =
+        crate::pipeline::outsums::write(&output).with_context(|| format!("writing {}", sums.display()))?;
+    tracing::debug!(listed, hashed, "output SHA256SUMS.txt written");
     Ok(summary)
 }
 
@@ -204,6 +211,13 @@ impl Report {
     fn fail(&mut self, key: String, error: &dyn std::fmt::Display) {
         self.failed.insert(key, crate::telemetry::bounded_text(&error.to_string()));
     }
+
+    fn merge(&mut self, other: Report) {
+        self.tables.extend(other.tables);
+        self.failed.extend(other.failed);
+        self.pending.extend(other.pending);
+        self.removed_tables.extend(other.removed_tables);
+    }
 }
 
 /// Every table job, `parallel_tables` at a time; a table whose input is still being written
@@ -256,7 +270,8 @@ async fn run_table_jobs(
 
 /// cxr_meta, the fixed side tables and the copied folders; with edstays still being written,
 /// the stay-linked ones keep their previous output and counts.
-async fn write_derived_tables(ctx: &Arc<BuildContext>, stays_known: bool, report: &mut Report) -> anyhow::Result<()> {
+async fn write_derived_tables(ctx: &Arc<BuildContext>, stays_known: bool) -> anyhow::Result<Report> {
+    let mut report = Report::default();
     let derived_ctx = Arc::clone(ctx);
     let derived = tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
         let mut v = if stays_known { write_cxr_meta(&derived_ctx)? } else { Vec::new() };
@@ -281,7 +296,7 @@ async fn write_derived_tables(ctx: &Arc<BuildContext>, stays_known: bool, report
         let error = format!("{} copied file(s): {}: {}", damaged.len(), first.display(), crate::sums::MISMATCH);
         report.fail("copied files".into(), &error);
     }
-    Ok(())
+    Ok(report)
 }
 
 fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_known: bool, started: Instant) -> Summary {

@@ -82,10 +82,6 @@ struct PatientFile {
     rows: u64,
     /// False when this build keeps the patient's existing file.
     write: bool,
-    /// Relative to the output root.
-    rel: PathBuf,
-    /// The staged file.
-    path: PathBuf,
     buf: Vec<u8>,
     created: bool,
     open_slot: Option<usize>,
@@ -240,15 +236,11 @@ impl Writer {
         let next = self.patients.len();
         let index = *self.by_subject.entry(subject).or_insert(next);
         if index == next {
-            let file = self.spec.patient_file.as_deref().unwrap_or(Path::new("table.csv"));
-            let rel = PathBuf::from(subject.folder()).join(file);
             let write = self.spec.only_patients.as_ref().is_none_or(|o| o.contains(&subject));
             self.patients.push(PatientFile {
                 subject,
                 rows: 0,
                 write,
-                path: paths::staged_path(&self.spec.staging, &rel),
-                rel,
                 buf: Vec::new(),
                 created: false,
                 open_slot: None,
@@ -282,10 +274,22 @@ impl Writer {
         }
         let slot = self.open_for(p)?;
         let file = &mut self.patients[p];
-        let path = &file.path;
-        self.open[slot].file.write_all(&file.buf).at(path)?;
-        file.buf.clear();
+        if let Err(e) = self.open[slot].file.write_all(&file.buf) {
+            return Err(e).at(&self.staged_path(p));
+        }
+        self.patients[p].buf.clear();
         Ok(())
+    }
+
+    /// A patient's file, relative to the output root: built when needed rather than kept
+    /// (two paths per patient were a third of the memory of a 65,000-patient split).
+    fn patient_rel(&self, p: usize) -> PathBuf {
+        let file = self.spec.patient_file.as_deref().unwrap_or(Path::new("table.csv"));
+        PathBuf::from(self.patients[p].subject.folder()).join(file)
+    }
+
+    fn staged_path(&self, p: usize) -> PathBuf {
+        paths::staged_path(&self.spec.staging, &self.patient_rel(p))
     }
 
     /// Flushes every pending buffer; with `release`, also gives their memory back.
@@ -309,17 +313,14 @@ impl Writer {
             self.open[slot].last_use = self.clock;
             return Ok(slot);
         }
-        let file = {
-            let pf = &mut self.patients[p];
-            let file = if pf.created {
-                OpenOptions::new().append(true).open(&pf.path).at(&pf.path)?
-            } else {
-                let mut f = create_file(&pf.path)?.into_inner().map_err(|e| e.into_error()).at(&pf.path)?;
-                f.write_all(&header_line(&self.spec.header, self.spec.index_column)).at(&pf.path)?;
-                pf.created = true;
-                f
-            };
-            file
+        let path = self.staged_path(p);
+        let file = if self.patients[p].created {
+            OpenOptions::new().append(true).open(&path).at(&path)?
+        } else {
+            let mut f = File::create(&path).at(&path)?;
+            f.write_all(&header_line(&self.spec.header, self.spec.index_column)).at(&path)?;
+            self.patients[p].created = true;
+            f
         };
         let entry = OpenFile { patient: p, file, last_use: self.clock };
         let slot = if self.open.len() < self.spec.max_open_files.max(1) {
@@ -377,11 +378,13 @@ impl Writer {
     pub(super) fn finish(mut self) -> Result<WriterOutcome, JobError> {
         self.flush_all(true)?;
         self.open.clear(); // closes the files
-        for p in &self.patients {
-            if p.created {
-                self.outcome.files.push(p.rel.clone());
+        for p in 0..self.patients.len() {
+            if self.patients[p].created {
+                let rel = self.patient_rel(p);
+                self.outcome.files.push(rel);
             }
-            self.outcome.per_patient.insert(p.subject.get(), p.rows);
+            let file = &self.patients[p];
+            self.outcome.per_patient.insert(file.subject.get(), file.rows);
         }
         for (path, file) in [self.whole.take(), self.rejects.take()].into_iter().flatten() {
             file.into_inner().map_err(|e| e.into_error()).at(&path)?;

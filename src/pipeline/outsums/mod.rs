@@ -18,6 +18,7 @@ use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 use sha2::Digest as _;
@@ -69,6 +70,16 @@ fn holds(path: &Path, len: u64, digest: &Digest) -> bool {
     fs::metadata(path).is_ok_and(|m| m.len() == len) && sums::hash_file(path).is_ok_and(|d| d == *digest)
 }
 
+/// Files looked up, then hashed in parallel, per round: bounds the paths held in memory.
+const BATCH: usize = 1024;
+
+/// A file of the listing, and its digest once known.
+struct Entry {
+    rel: Vec<u8>,
+    id: Identity,
+    digest: Option<Digest>,
+}
+
 /// Writes `<output>/SHA256SUMS.txt` (replaced only when its text changes) and the digest
 /// cache, streaming: the output is walked in path order and merged with the last cache.
 /// Returns the number of files listed and how many were read to hash them.
@@ -76,11 +87,16 @@ pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
     let state = paths::state_dir(output);
     let mut cache = CacheReader::open(&state.join(CACHE));
     let copies = copy_digests(output);
-    let mut new_cache = Pending::new(&state)?;
-    // Written in the state folder (the walk would list a temporary file at the top).
-    let mut listing = Pending::new(&state)?;
-    let (mut text_hash, mut text_len) = (sha2::Sha256::new(), 0u64);
-    let (mut listed, mut hashed) = (0, 0);
+    let mut out = Listing {
+        cache: Pending::new(&state)?,
+        // Written in the state folder (the walk would list a temporary file at the top).
+        text: Pending::new(&state)?,
+        text_hash: sha2::Sha256::new(),
+        text_len: 0,
+        listed: 0,
+        hashed: 0,
+    };
+    let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
     walk::each_listable_file(output, &mut |rel| {
         let path = output.join(OsStr::from_bytes(rel));
         let meta = match fs::metadata(&path) {
@@ -90,29 +106,86 @@ pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
         };
         let id = Identity::of(&meta);
         let copied = || copies.get(&id.ino).filter(|c| (c.0, c.1) == (id.mtime_ns, id.size)).map(|c| c.2);
-        let digest = match cache.lookup(rel, id).or_else(copied) {
-            Some(d) => d,
-            None => {
-                hashed += 1;
-                sums::hash_file(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?
-            }
-        };
-        cache::write_line(&mut new_cache.file, rel, id, &digest)?;
-        let line = sums::format_line(&digest, rel);
-        text_hash.update(&line);
-        text_len += line.len() as u64;
-        listing.file.write_all(&line)?;
-        listed += 1;
+        let digest = cache.lookup(rel, id).or_else(copied);
+        batch.push(Entry { rel: rel.to_vec(), id, digest });
+        if batch.len() == BATCH {
+            out.add(output, &mut batch)?;
+        }
         Ok(())
     })?;
+    out.add(output, &mut batch)?;
+    let Listing { cache: new_cache, text, text_hash, text_len, listed, hashed } = out;
     let target = output.join(SUMS_FILE);
     if !holds(&target, text_len, &text_hash.finalize().into()) {
-        listing.finish(&target)?;
+        text.finish(&target)?;
     }
     new_cache.finish(&state.join(CACHE))?;
     let _ = fs::remove_file(state.join("sha256-cache.json")); // the cache's earlier format
     Ok((listed, hashed))
 }
+
+/// The listing and the new cache being written.
+struct Listing {
+    cache: Pending,
+    text: Pending,
+    text_hash: sha2::Sha256,
+    text_len: u64,
+    listed: usize,
+    hashed: usize,
+}
+
+impl Listing {
+    /// Hashes the batch's files without a known digest, then writes its lines in order.
+    fn add(&mut self, output: &Path, batch: &mut Vec<Entry>) -> io::Result<()> {
+        self.hashed += hash_unknown(output, batch)?;
+        for e in batch.drain(..) {
+            let digest = e.digest.ok_or_else(|| io::Error::other("a file was left unhashed"))?;
+            cache::write_line(&mut self.cache.file, &e.rel, e.id, &digest)?;
+            let line = sums::format_line(&digest, &e.rel);
+            self.text_hash.update(&line);
+            self.text_len += line.len() as u64;
+            self.text.file.write_all(&line)?;
+            self.listed += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Hashes the entries without a digest on up to [`HASH_THREADS`] threads (a first build hashes
+/// every output file: on one thread that was a third of the full-size world's build after its
+/// tables were done). Returns how many were hashed.
+fn hash_unknown(output: &Path, batch: &mut [Entry]) -> io::Result<usize> {
+    let unknown: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].digest.is_none()).collect();
+    if unknown.is_empty() {
+        return Ok(0);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HASH_THREADS);
+    let next = AtomicUsize::new(0);
+    let entries: &[Entry] = batch;
+    let work = || -> io::Result<Vec<(usize, Digest)>> {
+        let mut done = Vec::new();
+        while let Some(&i) = unknown.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let path = output.join(OsStr::from_bytes(&entries[i].rel));
+            let digest =
+                sums::hash_file(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            done.push((i, digest));
+        }
+        Ok(done)
+    };
+    let results: Vec<io::Result<Vec<(usize, Digest)>>> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mine = work();
+        let panicked = || Err(io::Error::other("a hashing thread panicked"));
+        helpers.into_iter().map(|h| h.join().unwrap_or_else(|_| panicked())).chain([mine]).collect()
+    });
+    for (i, digest) in results.into_iter().collect::<io::Result<Vec<_>>>()?.into_iter().flatten() {
+        batch[i].digest = Some(digest);
+    }
+    Ok(unknown.len())
+}
+
+/// Threads hashing output files at the end of a build.
+const HASH_THREADS: usize = 4;
 
 /// What `mimic-eye verify` found.
 #[derive(Debug, Default, Serialize)]

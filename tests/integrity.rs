@@ -508,3 +508,34 @@ fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// `decode --sha256` prints the SHA-256 of the file's own bytes (compressed for `.gz`), whether
+/// the file is hashed where it is read (a small one) or on a hashing thread fed copies of the
+/// bytes (a large one): the digest a download is checked with.
+#[test]
+fn the_digest_of_a_read_is_the_files_sha256_small_or_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let large_gz = demo_data().join("hosp/labevents.csv.gz");
+    let mut csv = Vec::new();
+    flate2::read::MultiGzDecoder::new(fs::File::open(&large_gz).unwrap()).read_to_end(&mut csv).unwrap();
+    let large_csv = dir.path().join("labevents.csv");
+    fs::write(&large_csv, &csv).unwrap();
+    let small_csv = dir.path().join("small.csv");
+    fs::write(&small_csv, &csv[..4000]).unwrap();
+    let small_gz = dir.path().join("small.csv.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&csv[..4000]).unwrap();
+    fs::write(&small_gz, gz.finish().unwrap()).unwrap();
+    for table in [&large_gz, &large_csv, &small_csv, &small_gz] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mimic-eye"))
+            .args(["decode", "--sha256", "--table"])
+            .arg(table)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let bytes = fs::read(table).unwrap();
+        assert_eq!(report["sha256"].as_str(), Some(sha256_hex(&bytes).as_str()), "{}", table.display());
+        assert_eq!(report["input_bytes"].as_u64(), Some(bytes.len() as u64));
+    }
+}

@@ -173,6 +173,9 @@ struct SynthArgs {
     seed: u64,
     #[arg(long, default_value_t = 20)]
     rows_per_patient: usize,
+    /// Rows per subject in chartevents (default: --rows-per-patient).
+    #[arg(long)]
+    chart_rows_per_patient: Option<usize>,
     /// Rows of the big tables grouped by subject (like MIMIC) or shuffled.
     #[arg(long, value_enum, default_value_t = synth::Order::Grouped)]
     order: synth::Order,
@@ -205,6 +208,7 @@ impl SynthArgs {
             patients: self.patients,
             seed: self.seed,
             rows_per_patient: self.rows_per_patient,
+            chart_rows_per_patient: self.chart_rows_per_patient,
             order: self.order,
             others: self.others.unwrap_or(self.patients),
             gzip: !self.plain,

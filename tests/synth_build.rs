@@ -226,3 +226,20 @@ fn copy_mode_from_the_config_copies_and_flags_override_the_file() {
     let first = fs::read_to_string(out.join("spreadsheets/cxr_meta.csv")).unwrap();
     assert!(first.starts_with("dicom_id,"));
 }
+
+/// `--chart-rows-per-patient` gives chartevents its own row count (MIMIC-IV 3.1 has 2.7 times
+/// as many chartevents rows as labevents rows), and a build reads and writes every one of them.
+#[test]
+fn chartevents_can_have_more_rows_per_patient_than_labevents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let args = ["--patients", "6", "--others", "4", "--rows-per-patient", "3", "--chart-rows-per-patient", "8"];
+    synth(&input, &args);
+    let out = tmp.path().join("out");
+    let s = build(&input, &out, &[]);
+    // Every subject's rows plus the two planted defective rows.
+    assert_eq!(s["tables"]["hosp/labevents"]["read"], 10 * 3 + 2);
+    assert_eq!(s["tables"]["icu/chartevents"]["read"], 10 * 8 + 2);
+    assert_eq!(s["tables"]["hosp/labevents"]["written"], 6 * 3);
+    assert_eq!(s["tables"]["icu/chartevents"]["written"], 6 * 8);
+}

@@ -181,7 +181,8 @@ fn write_events(
 ) -> anyhow::Result<()> {
     let (hosp, icu) = (root.join("hosp"), root.join("icu"));
     let hadm_of = |s: u64| hadm(first_hadm, s);
-    write_big(&hosp, "labevents", LABEVENTS, subjects, spec, rng, |rng, s, n| {
+    let chart_rows = spec.chart_rows_per_patient.unwrap_or(spec.rows_per_patient);
+    write_big(&hosp, "labevents", LABEVENTS, subjects, (spec, spec.rows_per_patient), rng, |rng, s, n| {
         let comment = match n % 997 {
             0 => "\"Hemolyzed, results may be affected.\nLine two: \"\"repeat\"\" advised\"",
             1..=20 => "\"Verified by repeat analysis, see note.\"",
@@ -194,7 +195,7 @@ fn write_events(
             if n % 9 == 0 { "abnormal" } else { "" }
         )
     })?;
-    write_big(&icu, "chartevents", CHARTEVENTS, subjects, spec, rng, |rng, s, n| {
+    write_big(&icu, "chartevents", CHARTEVENTS, subjects, (spec, chart_rows), rng, |rng, s, n| {
         let value = match n % 11 {
             0 => "On ,,".to_string(),
             1 => "\"Quiet, calm space\",,".to_string(),
@@ -214,19 +215,20 @@ fn write_events(
     Ok(())
 }
 
-/// A big table, row by row: grouped by subject, or each row's subject drawn at random.
-/// Two defective rows are planted (a malformed subject_id and a short row).
+/// A big table, `rows_per_patient` rows per subject, row by row: grouped by subject, or each
+/// row's subject drawn at random. Two defective rows are planted (a malformed subject_id and a
+/// short row).
 fn write_big(
     dir: &Path,
     name: &str,
     header: &str,
     subjects: &[Subject],
-    spec: &SynthSpec,
+    (spec, rows_per_patient): (&SynthSpec, usize),
     rng: &mut Rng,
     mut row: impl FnMut(&mut Rng, u64, u64) -> String,
 ) -> anyhow::Result<()> {
     let mut t = TableOut::mimic(dir, name, header, spec.gzip)?;
-    let total = (subjects.len() * spec.rows_per_patient) as u64;
+    let total = (subjects.len() * rows_per_patient) as u64;
     let mut n = 0u64;
     let mut emit = |t: &mut TableOut, rng: &mut Rng, s: u64| -> anyhow::Result<()> {
         n += 1;
@@ -236,7 +238,7 @@ fn write_big(
     match spec.order {
         Order::Grouped => {
             for s in subjects {
-                for _ in 0..spec.rows_per_patient {
+                for _ in 0..rows_per_patient {
                     emit(&mut t, rng, s.id)?;
                 }
             }

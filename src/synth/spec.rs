@@ -96,6 +96,9 @@ pub struct SynthSpec {
     pub seed: u64,
     /// Rows per subject in labevents and chartevents.
     pub rows_per_patient: usize,
+    /// Rows per subject in chartevents, when it differs (MIMIC-IV 3.1 has 2.7 times as many
+    /// chartevents rows as labevents rows).
+    pub chart_rows_per_patient: Option<usize>,
     /// Row order of the big tables.
     pub order: Order,
     /// Subjects outside the cohort (clinical rows only, plus CXR images not in REFLACX/EyeGaze).
@@ -118,6 +121,7 @@ impl SynthSpec {
             patients: 24,
             seed: 7,
             rows_per_patient: 30,
+            chart_rows_per_patient: None,
             order: Order::Grouped,
             others: 24,
             gzip: true,

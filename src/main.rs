@@ -345,7 +345,7 @@ fn split(table: PathBuf, cohort: &Path, output: PathBuf) -> anyhow::Result<()> {
     let subjects = ids
         .rows
         .iter()
-        .map(|r| mimic_eye::SubjectId::parse(&r.fields[col]))
+        .map(|r| mimic_eye::SubjectId::parse(r.fields.field(col)))
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("reading the cohort {}", cohort.display()))?;
     let config = Config::resolve(

@@ -166,21 +166,26 @@ impl Rejects {
 /// Each row is (where it came from, record bytes, key value).
 pub(super) fn batch_of<'a>(rows: impl IntoIterator<Item = (Origin, Vec<u8>, &'a [u8])>) -> Batch {
     let mut batch = Batch::default();
-    for (Origin { row, line }, record, key) in rows {
-        let start = batch.data.len() as u32;
-        batch.data.extend_from_slice(&record);
-        let end = batch.data.len() as u32;
-        batch.data.extend_from_slice(key);
-        let key_end = batch.data.len() as u32;
-        batch.records.push(Record {
-            span: Span { start, end },
-            key: Span { start: end, end: key_end },
-            row,
-            line,
-            defect: None,
-        });
+    for (origin, record, key) in rows {
+        push_record(&mut batch, origin, &record, key);
     }
     batch
+}
+
+/// Appends one in-memory row (record bytes and key value) to a batch.
+pub(super) fn push_record(batch: &mut Batch, Origin { row, line }: Origin, record: &[u8], key: &[u8]) {
+    let start = batch.data.len() as u32;
+    batch.data.extend_from_slice(record);
+    let end = batch.data.len() as u32;
+    batch.data.extend_from_slice(key);
+    let key_end = batch.data.len() as u32;
+    batch.records.push(Record {
+        span: Span { start, end },
+        key: Span { start: end, end: key_end },
+        row,
+        line,
+        defect: None,
+    });
 }
 
 /// Appends records a small-table read rejected, so the writer keeps and counts them (those

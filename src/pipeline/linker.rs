@@ -79,7 +79,12 @@ impl Links {
     }
 }
 
-fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
+fn field(fields: &crate::pipeline::reader::Fields, i: usize) -> &[u8] {
+    fields.field(i)
+}
+
+/// A field of a record being read (before it is kept).
+fn split_field(fields: &[Vec<u8>], i: usize) -> &[u8] {
     fields.get(i).map_or(&[][..], Vec::as_slice)
 }
 
@@ -374,10 +379,10 @@ pub(super) fn load_inputs(
                     (h.find("dicom_id").unwrap_or(usize::MAX), h.find("subject_id").unwrap_or(usize::MAX))
                 });
                 match rule {
-                    CohortRule::EyeTracking => dicoms.contains(field(f, dicom_col)),
+                    CohortRule::EyeTracking => dicoms.contains(split_field(f, dicom_col)),
                     CohortRule::Cxr => true,
                     CohortRule::Subjects(listed) => {
-                        SubjectId::parse(field(f, subject_col)).is_ok_and(|id| listed.contains(&id))
+                        SubjectId::parse(split_field(f, subject_col)).is_ok_and(|id| listed.contains(&id))
                     }
                 }
             })
@@ -392,7 +397,7 @@ pub(super) fn load_inputs(
             let mut subject_col = None;
             SmallTable::read_checked(p, sha256(p), |h, f| {
                 let col = *subject_col.get_or_insert_with(|| h.find("subject_id").unwrap_or(usize::MAX));
-                subjects.contains(field(f, col))
+                subjects.contains(split_field(f, col))
             })
         })
         .transpose()?;

@@ -44,8 +44,11 @@ pub(super) fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool)
         .context("no hosp/patients table in the MIMIC-IV folder")?;
     let patients_table = SmallTable::read(&table)?;
     let col = patients_table.require("subject_id")?;
-    let mut ids: Vec<u64> =
-        patients_table.rows.iter().filter_map(|r| std::str::from_utf8(&r.fields[col]).ok()?.parse().ok()).collect();
+    let mut ids: Vec<u64> = patients_table
+        .rows
+        .iter()
+        .filter_map(|r| std::str::from_utf8(r.fields.field(col)).ok()?.parse().ok())
+        .collect();
     ids.sort_unstable();
     Ok(ids
         .into_iter()

@@ -25,7 +25,7 @@ impl Columns {
     pub(crate) fn of(table: &SmallTable) -> Self {
         Self {
             names: table.header.names.clone(),
-            rows: table.rows.iter().map(|r| r.fields.clone()).collect(),
+            rows: table.rows.iter().map(|r| r.fields.iter().map(<[u8]>::to_vec).collect()).collect(),
             origins: table.rows.iter().map(SmallRow::origin).collect(),
         }
     }
@@ -46,7 +46,9 @@ pub(crate) fn stack(phases: &[SmallTable]) -> Columns {
     for p in phases {
         let map: Vec<Option<usize>> = names.iter().map(|n| p.header.names.iter().position(|m| m == n)).collect();
         for row in &p.rows {
-            rows.push(map.iter().map(|i| i.and_then(|i| row.fields.get(i).cloned()).unwrap_or_default()).collect());
+            rows.push(
+                map.iter().map(|i| i.and_then(|i| row.fields.get(i).map(<[u8]>::to_vec)).unwrap_or_default()).collect(),
+            );
             origins.push(row.origin());
         }
     }

@@ -354,7 +354,7 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
         let phase = &table.path;
         let (id_col, s_col) = (table.require("id")?, table.require("subject_id")?);
         for row in &table.rows {
-            let raw_id = row.fields.get(id_col).map_or(&[][..], Vec::as_slice);
+            let raw_id = row.fields.field(id_col);
             let id = match ReflacxId::parse(raw_id) {
                 Ok(id) => id,
                 Err(e) => {
@@ -362,7 +362,7 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
                     continue;
                 }
             };
-            let subject = SubjectId::parse(row.fields.get(s_col).map_or(&[][..], Vec::as_slice));
+            let subject = SubjectId::parse(row.fields.field(s_col));
             // A reading of a subject outside the cohort (a subjects-file cohort) is not copied.
             let Some(subject) = subject.ok().filter(|s| ctx.cohort.contains(*s)) else {
                 continue;

@@ -54,7 +54,7 @@ pub(crate) fn copied_folders(config: &Config, links: &Links, reflacx_phases: &[S
     for table in reflacx_phases {
         let Ok(id_col) = table.require("id") else { continue };
         for row in &table.rows {
-            if let Ok(id) = ReflacxId::parse(row.fields.get(id_col).map_or(&[][..], Vec::as_slice)) {
+            if let Ok(id) = ReflacxId::parse(row.fields.field(id_col)) {
                 dirs.push(flat(d.reflacx.join("main_data").join(id.as_str())));
                 dirs.push(flat(d.reflacx.join("gaze_data").join(id.as_str())));
             }

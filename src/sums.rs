@@ -25,9 +25,8 @@ pub(crate) const SUMS_FILE: &str = "SHA256SUMS.txt";
 /// SHA-256 of a file's bytes.
 pub(crate) fn hash_file(path: &Path) -> io::Result<Digest> {
     thread_local! {
-        // One buffer per thread, reused: the output's manifest hashes 100,000 files per build,
-        // and a fresh 256 KiB buffer each (an mmap, its page faults and an munmap) took
-        // 4 of the 7 seconds that cost on the full-size world.
+        // One buffer per thread, reused: a first build's output manifest hashes 100,000 files
+        // and needs no fresh 256 KiB buffer for each.
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; crate::source::CHUNK]);
     }
     let mut file = std::fs::File::open(path)?;

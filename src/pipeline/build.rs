@@ -106,11 +106,16 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let stays_known = stays_pending.is_none();
     // The derived tables and copied folders need the links, not the table jobs' outputs: they
     // run beside the big tables (mostly file system calls, they fill the time the reading
-    // threads leave) instead of after them.
+    // threads leave) instead of after them. Profile release's copy of the published fixations
+    // table is the exception, made once the tables are done.
     let (report, derived) =
         tokio::join!(run_table_jobs(&ctx, &side, &options), write_derived_tables(&ctx, stays_known));
     let mut report = report?;
     report.merge(derived?);
+    let copy_ctx = Arc::clone(&ctx);
+    if let Err(e) = tokio::task::spawn_blocking(move || fixer::write_release_eye_gaze_copy(&copy_ctx)).await? {
+        report.fail("egd-cxr/eye_gaze_release_copy".into(), &e);
+    }
     if stays_pending.is_some() {
         report.pending.insert(0, "mimic-iv-ed/edstays".to_string());
     }

@@ -144,22 +144,29 @@ pub(super) fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> 
             )?,
         ));
     }
-    if ctx.config.profile == Profile::Release {
-        // The released build wrote fixations.csv where the whole eye_gaze table belonged.
-        let from = ctx.config.output.join("spreadsheets/EyeGaze/fixations.csv");
-        if from.exists() {
-            let job = "egd-cxr/eye_gaze_release_copy";
-            let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
-            let staging = paths::staging_dir(&ctx.config.output, job);
-            let staged = paths::staged_path(&staging, &rel);
-            let io = |cause| JobError::Write { path: staged.clone(), cause };
-            std::fs::create_dir_all(&staging).map_err(io)?;
-            std::fs::copy(&from, &staged).map_err(io)?;
-            let manifest = publish::Manifest { job: job.into(), files: vec![rel], ..Default::default() };
-            publish::publish(&ctx.config.output, manifest).map_err(io)?;
-        }
-    }
     Ok(done)
+}
+
+/// Profile release: the released build wrote fixations.csv where the whole eye_gaze table
+/// belonged, so `spreadsheets/EyeGaze/eye_gaze.csv` is a copy of the published fixations table
+/// (run after the table jobs: it reads their output).
+pub(crate) fn write_release_eye_gaze_copy(ctx: &BuildContext) -> Result<(), JobError> {
+    if ctx.config.profile != Profile::Release {
+        return Ok(());
+    }
+    let from = ctx.config.output.join("spreadsheets/EyeGaze/fixations.csv");
+    if from.exists() {
+        let job = "egd-cxr/eye_gaze_release_copy";
+        let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
+        let staging = paths::staging_dir(&ctx.config.output, job);
+        let staged = paths::staged_path(&staging, &rel);
+        let io = |cause| JobError::Write { path: staged.clone(), cause };
+        std::fs::create_dir_all(&staging).map_err(io)?;
+        std::fs::copy(&from, &staged).map_err(io)?;
+        let manifest = publish::Manifest { job: job.into(), files: vec![rel], ..Default::default() };
+        publish::publish(&ctx.config.output, manifest).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// A table written per patient (`patient_file` in each folder) and whole (`whole_file`).

@@ -152,8 +152,8 @@ impl Listing {
 }
 
 /// Hashes the entries without a digest on up to [`HASH_THREADS`] threads (a first build hashes
-/// every output file: on one thread that was a third of the full-size world's build after its
-/// tables were done). Returns how many were hashed.
+/// every output file: on one thread that was the longest step after the tables on the
+/// full-size world, 106,520 files). Returns how many were hashed.
 fn hash_unknown(output: &Path, batch: &mut [Entry]) -> io::Result<usize> {
     let unknown: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].digest.is_none()).collect();
     if unknown.is_empty() {

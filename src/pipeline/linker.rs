@@ -79,10 +79,6 @@ impl Links {
     }
 }
 
-fn field(fields: &crate::pipeline::reader::Fields, i: usize) -> &[u8] {
-    fields.field(i)
-}
-
 /// A field of a record being read (before it is kept).
 fn split_field(fields: &[Vec<u8>], i: usize) -> &[u8] {
     fields.get(i).map_or(&[][..], Vec::as_slice)
@@ -131,7 +127,7 @@ fn collect_eye_gaze(inputs: &LinkInputs, links: &mut Links, warnings: &mut Vec<L
     let dicom_col = sheet.require("dicom_id")?;
     let patient_col = sheet.require("patient_id")?;
     for row in &sheet.rows {
-        match (DicomId::parse(field(&row.fields, dicom_col)), SubjectId::parse(field(&row.fields, patient_col))) {
+        match (DicomId::parse(row.fields.field(dicom_col)), SubjectId::parse(row.fields.field(patient_col))) {
             (Ok(dicom), Ok(subject)) => {
                 links.eye_gaze_subjects.insert(subject);
                 links.cohort.dicom_subject.insert(dicom.clone(), subject);
@@ -149,7 +145,7 @@ fn collect_reflacx(inputs: &LinkInputs, links: &mut Links, warnings: &mut Vec<Li
         let dicom_col = phase.require("dicom_id")?;
         let subject_col = phase.require("subject_id")?;
         for row in &phase.rows {
-            match (DicomId::parse(field(&row.fields, dicom_col)), SubjectId::parse(field(&row.fields, subject_col))) {
+            match (DicomId::parse(row.fields.field(dicom_col)), SubjectId::parse(row.fields.field(subject_col))) {
                 (Ok(dicom), Ok(subject)) => {
                     links.reflacx_subjects.insert(subject);
                     links.cohort.dicom_subject.entry(dicom.clone()).or_insert(subject);
@@ -177,7 +173,7 @@ fn link_cxr_rows(
     links.cxr_rejects = meta.rejects.clone();
     links.cxr_source = meta.path.clone();
     for row in &meta.rows {
-        let Ok(dicom) = DicomId::parse(field(&row.fields, dicom_col)) else {
+        let Ok(dicom) = DicomId::parse(row.fields.field(dicom_col)) else {
             continue;
         };
         let in_eye_gaze = links.eye_gaze_dicoms.contains(&dicom);
@@ -185,14 +181,14 @@ fn link_cxr_rows(
         if matches!(rule, CohortRule::EyeTracking) && !in_eye_gaze && !in_reflacx {
             continue;
         }
-        let subject = match SubjectId::parse(field(&row.fields, subject_col)) {
+        let subject = match SubjectId::parse(row.fields.field(subject_col)) {
             Ok(s) => s,
             Err(e) => {
                 skip(warnings, "mimic-cxr-jpg/metadata", row.line, e.to_string());
                 continue;
             }
         };
-        let (date_raw, time_raw) = (field(&row.fields, date), field(&row.fields, time));
+        let (date_raw, time_raw) = (row.fields.field(date), row.fields.field(time));
         let when = study_time(date_raw, time_raw, profile);
         let study_datetime = match profile {
             Profile::Paper => when.map(format_study_time).unwrap_or_default(),
@@ -208,7 +204,7 @@ fn link_cxr_rows(
             origin: row.origin(),
             raw: row.raw.clone(),
             subject,
-            study: crate::ids::StudyId::parse(field(&row.fields, study_col)).ok(),
+            study: crate::ids::StudyId::parse(row.fields.field(study_col)).ok(),
             in_eye_gaze,
             in_reflacx,
             study_datetime,
@@ -231,10 +227,10 @@ fn read_stays(table: &SmallTable, warnings: &mut Vec<LinkReject>) -> Result<Hash
     let mut stays: HashMap<SubjectId, Vec<Stay>> = HashMap::new();
     for row in &table.rows {
         let parsed = (|| -> Result<(SubjectId, Stay), String> {
-            let subject = SubjectId::parse(field(&row.fields, subject_col)).map_err(|e| e.to_string())?;
-            let stay_id = StayId::parse(field(&row.fields, stay_col)).map_err(|e| e.to_string())?;
-            let intime = parse_datetime(field(&row.fields, intime_col))?;
-            let outtime = parse_datetime(field(&row.fields, outtime_col))?;
+            let subject = SubjectId::parse(row.fields.field(subject_col)).map_err(|e| e.to_string())?;
+            let stay_id = StayId::parse(row.fields.field(stay_col)).map_err(|e| e.to_string())?;
+            let intime = parse_datetime(row.fields.field(intime_col))?;
+            let outtime = parse_datetime(row.fields.field(outtime_col))?;
             Ok((subject, Stay { stay_id, intime, outtime }))
         })();
         match parsed {
@@ -364,8 +360,8 @@ pub(super) fn load_inputs(
     {
         let (dicom_col, subject_col) = (table.require("dicom_id")?, table.require(subject_name)?);
         for row in &table.rows {
-            dicoms.insert(field(&row.fields, dicom_col).to_vec());
-            subjects.insert(field(&row.fields, subject_col).to_vec());
+            dicoms.insert(row.fields.field(dicom_col).to_vec());
+            subjects.insert(row.fields.field(subject_col).to_vec());
         }
     }
     if let CohortRule::Subjects(listed) = rule {
@@ -390,7 +386,7 @@ pub(super) fn load_inputs(
         .transpose()?;
     if let Some(meta) = &cxr_metadata {
         let subject_col = meta.require("subject_id")?;
-        subjects.extend(meta.rows.iter().map(|r| field(&r.fields, subject_col).to_vec()));
+        subjects.extend(meta.rows.iter().map(|r| r.fields.field(subject_col).to_vec()));
     }
     let edstays = edstays
         .map(|p| {

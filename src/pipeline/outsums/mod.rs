@@ -159,7 +159,8 @@ fn hash_unknown(output: &Path, batch: &mut [Entry]) -> io::Result<usize> {
     if unknown.is_empty() {
         return Ok(0);
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HASH_THREADS);
+    // No helper thread for a batch with one changed file (a daemon's typical rebuild).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(HASH_THREADS).min(unknown.len());
     let next = AtomicUsize::new(0);
     let entries: &[Entry] = batch;
     let work = || -> io::Result<Vec<(usize, Digest)>> {

@@ -173,15 +173,16 @@ async fn link_cohort(
     tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
         let _alive = alive;
         let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
-        let inputs = linker::load_inputs(
-            side.cxr_metadata.as_deref(),
-            edstays.as_deref(),
-            &side.reflacx_phases,
-            side.master_sheet.as_deref(),
-            &|p| integrity.table_check(p),
-            &rule,
-        )?;
-        Ok((linker::link(&inputs, cfg.profile, cfg.window_days, &rule)?, inputs))
+        let tables = linker::LinkTables {
+            cxr_metadata: side.cxr_metadata.as_deref(),
+            edstays: edstays.as_deref(),
+            reflacx_phases: &side.reflacx_phases,
+            master_sheet: side.master_sheet.as_deref(),
+        };
+        let sha256 = |p: &Path| integrity.table_check(p);
+        let settings =
+            linker::LinkSettings { profile: cfg.profile, window_days: cfg.window_days, rule: &rule, sha256: &sha256 };
+        Ok(linker::link(tables, settings)?)
     })
     .await?
 }

@@ -4,13 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::ids::SubjectId;
 use crate::pipeline::batch::{self, Batch};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::counts::TableCounts;
-use crate::pipeline::error::{At, JobError};
+use crate::pipeline::error::{At, JobError, ReadError, ReadErrorKind};
+use crate::pipeline::linker::study_datetime_column;
 use crate::pipeline::paths;
 use crate::pipeline::publish::{self, Manifest};
+use crate::pipeline::reader::SmallTable;
 use crate::pipeline::writer::{Route, Writer, WriterSpec};
+use crate::source::Sha256Check;
 
 /// Where an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) goes.
 pub(super) struct DerivedTable<'a> {
@@ -34,91 +38,145 @@ pub(super) fn write_derived(
     header: Vec<u8>,
     rows: batch::Batch,
 ) -> Result<TableCounts, JobError> {
-    let DerivedTable { job, source, route, patient_file, whole_file, rejects_not_kept } = table;
-    let staging = paths::staging_dir(&ctx.config.output, job);
-    let _ = std::fs::remove_dir_all(&staging);
-    let spec = WriterSpec {
-        table: job.to_string(),
-        source: source.to_path_buf(),
-        header,
-        index_column: ctx.config.index_column,
-        route,
-        patient_file,
-        whole_file,
-        cohort: Arc::clone(&ctx.cohort),
-        staging,
-        max_open_files: ctx.max_open_files,
-        only_patients: None,
-    };
-    let mut writer = Writer::new(spec)?;
-    writer.write_batch(&rows)?;
-    let mut outcome = writer.finish()?;
-    if rejects_not_kept > 0 {
-        tracing::warn!(
-            table = job,
-            rows = rejects_not_kept,
-            "more malformed rows than the rejects file keeps: counted only"
-        );
-        outcome.counts.read += rejects_not_kept;
-        outcome.counts.rejected += rejects_not_kept;
-    }
-    let manifest =
-        Manifest { job: job.to_string(), files: outcome.files, counts: outcome.counts, ..Default::default() };
-    publish::publish(&ctx.config.output, manifest).at(&ctx.config.output)?;
-    Ok(outcome.counts)
+    let mut writer = DerivedWriter::open(ctx, table, header)?;
+    writer.writer.write_batch(&rows)?;
+    writer.publish(ctx)
 }
 
-/// The CXR metadata rows with the columns the build adds, as one batch: all of them, or only
-/// those linked to a stay. Built one at a time and dropped once written: at 65,000 patients
-/// the rows, their batch and the linked batch held together were 73 MB of a build's heap.
-fn cxr_meta_batch(links: &crate::pipeline::linker::Links, only_linked: bool) -> Batch {
-    let tf = |b: bool| if b { "True" } else { "False" };
-    let mut batch = Batch::default();
-    let mut rec = Vec::new();
-    for r in links.cxr_rows.iter().filter(|r| !only_linked || r.stay.is_some()) {
-        rec.clear();
-        rec.extend_from_slice(&r.raw);
-        let stay = r.stay.map(|s| s.to_string()).unwrap_or_default();
-        rec.extend_from_slice(
-            format!(",{},{},{},{stay}", tf(r.in_eye_gaze), tf(r.in_reflacx), r.study_datetime).as_bytes(),
-        );
-        batch::push_record(&mut batch, r.origin, &rec, r.subject.to_string().as_bytes());
-    }
-    batch
+/// A derived table being written: its writer, then its publish as one job.
+struct DerivedWriter {
+    job: String,
+    writer: Writer,
+    rejects_not_kept: u64,
 }
 
-/// `spreadsheets/cxr_meta.csv`, its per-patient rows, and the rows with a stay only.
+impl DerivedWriter {
+    fn open(ctx: &BuildContext, table: DerivedTable<'_>, header: Vec<u8>) -> Result<Self, JobError> {
+        let DerivedTable { job, source, route, patient_file, whole_file, rejects_not_kept } = table;
+        let staging = paths::staging_dir(&ctx.config.output, job);
+        let _ = std::fs::remove_dir_all(&staging);
+        let spec = WriterSpec {
+            table: job.to_string(),
+            source: source.to_path_buf(),
+            header,
+            index_column: ctx.config.index_column,
+            route,
+            patient_file,
+            whole_file,
+            cohort: Arc::clone(&ctx.cohort),
+            staging,
+            max_open_files: ctx.max_open_files,
+            only_patients: None,
+        };
+        Ok(Self { job: job.to_string(), writer: Writer::new(spec)?, rejects_not_kept })
+    }
+
+    fn publish(self, ctx: &BuildContext) -> Result<TableCounts, JobError> {
+        let Self { job, writer, rejects_not_kept } = self;
+        let mut outcome = writer.finish()?;
+        if rejects_not_kept > 0 {
+            tracing::warn!(
+                table = job,
+                rows = rejects_not_kept,
+                "more malformed rows than the rejects file keeps: counted only"
+            );
+            outcome.counts.read += rejects_not_kept;
+            outcome.counts.rejected += rejects_not_kept;
+        }
+        let manifest = Manifest { job, files: outcome.files, counts: outcome.counts, ..Default::default() };
+        publish::publish(&ctx.config.output, manifest).at(&ctx.config.output)?;
+        Ok(outcome.counts)
+    }
+}
+
+/// Rows of cxr_meta handed to its writers at a time.
+const CXR_META_BATCH_ROWS: usize = 4096;
+
+/// `spreadsheets/cxr_meta.csv`, its per-patient rows, and the rows with a stay only: the CXR
+/// metadata re-read, each row of the subset written with the columns the build adds. The linker
+/// kept ids, not rows: a `--cohort cxr` build holds a batch of rows here, not 377,000.
 pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
     let links = &ctx.links;
+    let source = &links.cxr_source;
     let mut header = links.cxr_header.raw.clone();
     header.extend_from_slice(b",in_eye_gaze,in_reflacx,StudyDateTime,stay_id");
-    let mut all = cxr_meta_batch(links, false);
-    crate::pipeline::batch::append_rejects(&mut all, &links.cxr_rejects);
-    let meta = write_derived(
-        ctx,
-        DerivedTable {
-            job: "cxr_meta",
-            source: &ctx.links.cxr_source,
-            route: Route::BySubject,
-            patient_file: Some(PathBuf::from("CXR-JPG/cxr_meta.csv")),
-            whole_file: Some(PathBuf::from("spreadsheets/cxr_meta.csv")),
-            rejects_not_kept: links.cxr_rejects.not_kept,
-        },
-        header.clone(),
-        all,
-    )?;
-    let stay_only = write_derived(
-        ctx,
-        DerivedTable {
-            job: "cxr_meta_with_stay_id_only",
-            source: &ctx.links.cxr_source,
-            route: Route::Whole,
-            patient_file: None,
-            whole_file: Some(PathBuf::from("spreadsheets/cxr_meta_with_stay_id_only.csv")),
-            rejects_not_kept: 0,
-        },
-        header,
-        cxr_meta_batch(links, true),
-    )?;
-    Ok(vec![("cxr_meta".into(), meta), ("cxr_meta_with_stay_id_only".into(), stay_only)])
+    let table = |job, route, patient_file: Option<&str>, whole_file: &str, rejects_not_kept| DerivedTable {
+        job,
+        source,
+        route,
+        patient_file: patient_file.map(PathBuf::from),
+        whole_file: Some(PathBuf::from(whole_file)),
+        rejects_not_kept,
+    };
+    let meta_table = table(
+        "cxr_meta",
+        Route::BySubject,
+        Some("CXR-JPG/cxr_meta.csv"),
+        "spreadsheets/cxr_meta.csv",
+        links.cxr_rejects.not_kept,
+    );
+    let stay_table =
+        table("cxr_meta_with_stay_id_only", Route::Whole, None, "spreadsheets/cxr_meta_with_stay_id_only.csv", 0);
+    let mut meta = DerivedWriter::open(ctx, meta_table, header.clone())?;
+    let mut stay_only = DerivedWriter::open(ctx, stay_table, header)?;
+    if !links.cxr_rows.is_empty() {
+        rewrite_subset(ctx, &mut meta.writer, &mut stay_only.writer)?;
+    }
+    let mut rejects = Batch::default();
+    batch::append_rejects(&mut rejects, &links.cxr_rejects);
+    meta.writer.write_batch(&rejects)?;
+    Ok(vec![("cxr_meta".into(), meta.publish(ctx)?), ("cxr_meta_with_stay_id_only".into(), stay_only.publish(ctx)?)])
+}
+
+/// Re-reads the CXR metadata and writes the linker's rows of it, in batches, to `all` and
+/// (those with a stay) to `linked`.
+fn rewrite_subset(ctx: &BuildContext, all: &mut Writer, linked: &mut Writer) -> Result<(), JobError> {
+    let links = &ctx.links;
+    let source = &links.cxr_source;
+    let changed = || JobError::Read(ReadError { path: source.clone(), kind: ReadErrorKind::ChangedDuringBuild });
+    let header = &links.cxr_header;
+    let (subject_col, date_col, time_col) = (
+        header.require(source, "subject_id")?,
+        header.require(source, "StudyDate")?,
+        header.require(source, "StudyTime")?,
+    );
+    let tf = |b: bool| if b { "True" } else { "False" };
+    let (mut batch_all, mut batch_linked) = (Batch::default(), Batch::default());
+    let mut rows = links.cxr_rows.iter().peekable();
+    let mut rec = Vec::new();
+    let (reread_header, _) = SmallTable::visit::<JobError>(source, Sha256Check::Off, |h, origin, raw, fields| {
+        let Some(row) = rows.next_if(|r| r.row == origin.row) else { return Ok(()) };
+        let field = |i: usize| fields.get(i).map_or(&[][..], Vec::as_slice);
+        if h.raw != header.raw || SubjectId::parse(field(subject_col)).ok() != Some(row.subject) {
+            return Err(changed());
+        }
+        let datetime = study_datetime_column(field(date_col), field(time_col), ctx.config.profile);
+        let stay = row.stay.map(|s| s.to_string()).unwrap_or_default();
+        rec.clear();
+        rec.extend_from_slice(raw);
+        let suffix = format!(",{},{},{datetime},{stay}", tf(row.in_eye_gaze), tf(row.in_reflacx));
+        rec.extend_from_slice(suffix.as_bytes());
+        let key = row.subject.to_string();
+        batch::push_record(&mut batch_all, origin, &rec, key.as_bytes());
+        if row.stay.is_some() {
+            batch::push_record(&mut batch_linked, origin, &rec, key.as_bytes());
+        }
+        if batch_all.records.len() >= CXR_META_BATCH_ROWS {
+            flush(all, &mut batch_all)?;
+            flush(linked, &mut batch_linked)?;
+        }
+        Ok(())
+    })?;
+    if rows.next().is_some() || reread_header.raw != header.raw {
+        return Err(changed());
+    }
+    flush(all, &mut batch_all)?;
+    flush(linked, &mut batch_linked)
+}
+
+fn flush(writer: &mut Writer, batch: &mut Batch) -> Result<(), JobError> {
+    writer.write_batch(batch)?;
+    batch.data.clear();
+    batch.records.clear();
+    Ok(())
 }

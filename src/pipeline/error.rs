@@ -36,6 +36,9 @@ pub enum ReadErrorKind {
     DuplicateColumn { column: String, count: usize },
     #[error("a record starting at line {line} is longer than {max} bytes (unterminated quote?)")]
     RecordTooLong { line: u64, max: usize },
+    /// A second read of a table (cxr_meta re-reads the CXR metadata) found other rows.
+    #[error("the file changed while the build read it; the next build reads it again")]
+    ChangedDuringBuild,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -362,6 +362,26 @@ impl SmallTable {
         sha256: Sha256Check,
         mut keep: impl FnMut(&Header, &[Vec<u8>]) -> bool,
     ) -> Result<Self, ReadError> {
+        let mut rows = Vec::new();
+        let (header, rejects) = Self::visit(path, sha256, |header, origin, raw, fields| {
+            if keep(header, fields) {
+                let fields = Fields::from_split(fields);
+                rows.push(SmallRow { row: origin.row, line: origin.line, raw: raw.to_vec(), fields });
+            }
+            Ok::<_, ReadError>(())
+        })?;
+        Ok(SmallTable { path: path.to_path_buf(), header, rows, rejects })
+    }
+
+    /// Streams the table's well-formed records to `each` (with the header, the record's
+    /// origin, its verbatim bytes and its decoded fields) and returns the header and the
+    /// malformed records: a table of any size read in bounded memory. An error from `each`
+    /// stops the read.
+    pub(crate) fn visit<E: From<ReadError>>(
+        path: &Path,
+        sha256: Sha256Check,
+        mut each: impl FnMut(&Header, Origin, &[u8], &[Vec<u8>]) -> Result<(), E>,
+    ) -> Result<(Header, Rejects), E> {
         let reader = TableReader::open_checked(path, sha256)?;
         let header = reader.header().clone();
         // A small file is read on this thread (its batches all fit in the channel); a big one
@@ -376,35 +396,33 @@ impl SmallTable {
             }
             false => Some(std::thread::spawn(move || reader.stream(None, &tx))),
         };
-        let mut table = SmallTable { path: path.to_path_buf(), header, ..Default::default() };
-        let mut failure = None;
-        while let Ok(msg) = rx.recv_blocking() {
+        let mut rejects = Rejects::default();
+        let mut outcome = Ok(());
+        'read: while let Ok(msg) = rx.recv_blocking() {
             match msg {
                 ReadMsg::Batch(b) => {
                     for r in &b.records {
                         let raw = r.span.slice(&b.data);
                         if r.defect.is_some() {
-                            table.rejects.push(*r, raw);
+                            rejects.push(*r, raw);
                             continue;
                         }
-                        let fields = split_fields(raw);
-                        if keep(&table.header, &fields) {
-                            let fields = Fields::from_split(&fields);
-                            table.rows.push(SmallRow { row: r.row, line: r.line, raw: raw.to_vec(), fields });
+                        if let Err(e) = each(&header, Origin { row: r.row, line: r.line }, raw, &split_fields(raw)) {
+                            outcome = Err(e);
+                            break 'read;
                         }
                     }
                 }
                 ReadMsg::Done(_) => {}
-                ReadMsg::Failed(e) => failure = Some(e),
+                ReadMsg::Failed(e) => outcome = Err(e.into()),
             }
         }
+        // Dropping the receiver stops a reading thread that is still sending.
+        drop(rx);
         if let Some(handle) = handle {
             let _ = handle.join();
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(table),
-        }
+        outcome.map(|()| (header, rejects))
     }
 
     /// A column's index, or an error naming the file and the missing column.

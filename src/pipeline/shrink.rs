@@ -29,9 +29,7 @@ impl LinkerRows {
     /// The rows each linker table contributed (for the CXR metadata and edstays: the rows of
     /// the cohort, which is what the links are made of).
     pub(super) fn of(inputs: &LinkInputs) -> Self {
-        let tables = inputs.cxr_metadata.iter().chain(&inputs.edstays).chain(&inputs.reflacx_metadata);
-        let all = tables.chain(&inputs.master_sheet);
-        Self(all.map(|t| (t.path.clone(), t.rows.len() as u64 + t.rejected())).collect())
+        Self(inputs.rows.iter().cloned().collect())
     }
 
     fn path(output: &Path) -> PathBuf {

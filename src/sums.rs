@@ -130,7 +130,12 @@ pub(crate) struct DatasetSums {
     pub folder: PathBuf,
     /// The folder has a `SHA256SUMS.txt` (even one that could not be parsed).
     pub present: bool,
+    /// The tables' lines, by path (the inventory names the missing ones).
     pub listed: HashMap<PathBuf, Digest>,
+    /// The lines of the files the build copies, by a hash of the path: a `--cohort cxr` build
+    /// copies about 600,000 listed images and reports, and whole paths as keys cost about 200
+    /// bytes a file.
+    copied: HashMap<u64, Digest>,
     /// Why the file could not be read or parsed (then nothing is checked).
     pub error: Option<String>,
 }
@@ -144,36 +149,49 @@ impl DatasetSums {
     /// MIMIC-CXR-JPG's lists about a million files, of which a build reads a few thousand, so
     /// memory stays with what the build reads, not with the size of the download.
     pub(crate) fn load_where(folder: &Path, keep: &dyn Fn(&[u8]) -> bool) -> Self {
-        use std::io::BufRead;
         use std::os::unix::ffi::OsStrExt;
-        let file = folder.join(SUMS_FILE);
-        let mut sums = DatasetSums { folder: folder.to_path_buf(), ..Default::default() };
-        let reader = match std::fs::File::open(&file) {
-            Ok(f) => io::BufReader::with_capacity(crate::source::CHUNK, f),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return sums,
-            Err(e) => {
-                sums.present = true;
-                sums.error = Some(format!("{}: {e}", file.display()));
-                return sums;
-            }
-        };
-        sums.present = true;
-        for (i, line) in reader.split(b'\n').enumerate() {
-            let parsed = line.map_err(|e| e.to_string()).and_then(|l| parse_line(i, &l));
-            match parsed {
-                Ok(Some((rel, d))) if keep(&rel) => {
-                    sums.listed.insert(folder.join(std::ffi::OsStr::from_bytes(&rel)), d);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    sums.error = Some(format!("{}: {e}", file.display()));
-                    sums.listed.clear();
-                    break;
-                }
-            }
+        let mut listed = HashMap::new();
+        let (present, error) = read_sums_file(folder, keep, &mut |rel, d| {
+            listed.insert(folder.join(std::ffi::OsStr::from_bytes(rel)), d);
+        });
+        if error.is_some() {
+            listed.clear();
         }
-        sums
+        DatasetSums { folder: folder.to_path_buf(), present, listed, copied: HashMap::new(), error }
     }
+}
+
+/// Reads `folder`'s checksum file line by line and hands each line `keep` accepts to `put`;
+/// returns whether the file exists, and why it could not be read or parsed.
+fn read_sums_file(
+    folder: &Path,
+    keep: &dyn Fn(&[u8]) -> bool,
+    put: &mut dyn FnMut(&[u8], Digest),
+) -> (bool, Option<String>) {
+    use std::io::BufRead;
+    let file = folder.join(SUMS_FILE);
+    let reader = match std::fs::File::open(&file) {
+        Ok(f) => io::BufReader::with_capacity(crate::source::CHUNK, f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return (false, None),
+        Err(e) => return (true, Some(format!("{}: {e}", file.display()))),
+    };
+    for (i, line) in reader.split(b'\n').enumerate() {
+        match line.map_err(|e| e.to_string()).and_then(|l| parse_line(i, &l)) {
+            Ok(Some((rel, d))) if keep(&rel) => put(&rel, d),
+            Ok(_) => {}
+            Err(e) => return (true, Some(format!("{}: {e}", file.display()))),
+        }
+    }
+    (true, None)
+}
+
+/// The key of a copied file's line: a hash of its path, component by component (as paths
+/// compare), so `a//b` and `a/b` are one file.
+fn path_key(path: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    path.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Every dataset's checksum file, parsed once per build.
@@ -200,25 +218,35 @@ impl Sums {
     /// `folders`: each folder and whether its subfolders count too.
     pub(crate) fn add_folders(&mut self, folders: &[(&Path, bool)]) {
         for sums in self.datasets.values_mut().filter(|d| d.present && d.error.is_none()) {
-            let wanted: Vec<(PathBuf, bool)> = folders
-                .iter()
-                .filter_map(|(path, recursive)| Some((path.strip_prefix(&sums.folder).ok()?.to_path_buf(), *recursive)))
-                .filter(|(rel, _)| rel.components().count() > 0)
-                .collect();
-            if wanted.is_empty() {
+            // Folder keys, not paths: `--cohort cxr` copies from about 300,000 folders. A key
+            // that collides only keeps a line the build will not look up.
+            let (mut flat, mut deep) = (HashSet::new(), HashSet::new());
+            for (path, recursive) in folders {
+                let Ok(rel) = path.strip_prefix(&sums.folder) else { continue };
+                if rel.components().next().is_some() {
+                    (if *recursive { &mut deep } else { &mut flat }).insert(path_key(rel));
+                }
+            }
+            if flat.is_empty() && deep.is_empty() {
                 continue;
             }
-            let flat: HashSet<&Path> = wanted.iter().filter(|w| !w.1).map(|w| w.0.as_path()).collect();
-            let deep: HashSet<&Path> = wanted.iter().filter(|w| w.1).map(|w| w.0.as_path()).collect();
             // A set lookup per ancestor: a mirror's checksum file has a million lines and a
             // cohort thousands of recursive folders.
             let keep = |rel: &[u8]| {
                 use std::os::unix::ffi::OsStrExt;
                 let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
-                rel.parent().is_some_and(|p| flat.contains(p)) || rel.ancestors().skip(1).any(|a| deep.contains(a))
+                rel.parent().is_some_and(|p| flat.contains(&path_key(p)))
+                    || (!deep.is_empty() && rel.ancestors().skip(1).any(|a| deep.contains(&path_key(a))))
             };
-            let more = DatasetSums::load_where(&sums.folder, &keep);
-            sums.listed.extend(more.listed);
+            let mut copied = HashMap::new();
+            let (_, error) = read_sums_file(&sums.folder, &keep, &mut |rel, d| {
+                use std::os::unix::ffi::OsStrExt;
+                copied.insert(path_key(&sums.folder.join(std::ffi::OsStr::from_bytes(rel))), d);
+            });
+            // It parsed when the tables' lines were read: an error now is a file being replaced.
+            if error.is_none() {
+                sums.copied.extend(copied);
+            }
         }
     }
 
@@ -234,7 +262,8 @@ impl Sums {
     /// The listed digest of `path`, if its dataset's checksum file lists it.
     pub(crate) fn expected(&self, path: &Path) -> Option<Digest> {
         let key = self.dataset_of(path)?;
-        self.datasets.get(&key)?.listed.get(path).copied()
+        let sums = self.datasets.get(&key)?;
+        sums.listed.get(path).or_else(|| sums.copied.get(&path_key(path))).copied()
     }
 }
 

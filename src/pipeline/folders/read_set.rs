@@ -1,10 +1,11 @@
 //! The folders a build reads, handed to the daemon's watcher after each build: it grows with
 //! the cohort and the number of tables, never with the size of the mirror.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::config::Config;
-use crate::ids::ReflacxId;
+use crate::ids::{ReflacxId, StudyId, SubjectId};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::linker::Links;
 use crate::pipeline::reader::SmallTable;
@@ -43,13 +44,17 @@ pub(crate) fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
 pub(crate) fn copied_folders(config: &Config, links: &Links, reflacx_phases: &[SmallTable]) -> Vec<WatchDir> {
     let d = &config.datasets;
     let flat = |path: PathBuf| WatchDir { path, recursive: false };
-    let mut dirs = Vec::new();
-    for row in &links.cxr_rows {
-        let sdir = cxr_subject_dir(row.subject);
-        if let Some(study) = row.study {
-            dirs.push(flat(d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}"))));
-        }
-        dirs.push(flat(d.mimic_cxr.join("files").join(&sdir)));
+    // Distinct ids first, paths after: `--cohort cxr` has 377,000 images in 227,000 studies
+    // of 65,000 subjects.
+    let subjects: BTreeSet<SubjectId> = links.cxr_rows.iter().map(|r| r.subject).collect();
+    let studies: BTreeSet<(SubjectId, StudyId)> =
+        links.cxr_rows.iter().filter_map(|r| Some((r.subject, r.study?))).collect();
+    let mut dirs = Vec::with_capacity(subjects.len() + studies.len());
+    for (subject, study) in studies {
+        dirs.push(flat(d.mimic_cxr_jpg.join("files").join(cxr_subject_dir(subject)).join(format!("s{study}"))));
+    }
+    for subject in subjects {
+        dirs.push(flat(d.mimic_cxr.join("files").join(cxr_subject_dir(subject))));
     }
     for table in reflacx_phases {
         let Ok(id_col) = table.require("id") else { continue };

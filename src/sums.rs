@@ -134,8 +134,8 @@ pub(crate) struct DatasetSums {
     pub listed: HashMap<PathBuf, Digest>,
     /// The lines of the files the build copies, by a hash of the path: a `--cohort cxr` build
     /// copies about 600,000 listed images and reports, and whole paths as keys cost about 200
-    /// bytes a file.
-    copied: HashMap<u64, Digest>,
+    /// bytes a file (sorted by key and binary-searched: 40 bytes a line).
+    copied: Vec<(u64, Digest)>,
     /// Why the file could not be read or parsed (then nothing is checked).
     pub error: Option<String>,
 }
@@ -157,7 +157,7 @@ impl DatasetSums {
         if error.is_some() {
             listed.clear();
         }
-        DatasetSums { folder: folder.to_path_buf(), present, listed, copied: HashMap::new(), error }
+        DatasetSums { folder: folder.to_path_buf(), present, listed, copied: Vec::new(), error }
     }
 }
 
@@ -238,15 +238,17 @@ impl Sums {
                 rel.parent().is_some_and(|p| flat.contains(&path_key(p)))
                     || (!deep.is_empty() && rel.ancestors().skip(1).any(|a| deep.contains(&path_key(a))))
             };
-            let mut copied = HashMap::new();
+            let before = sums.copied.len();
             let (_, error) = read_sums_file(&sums.folder, &keep, &mut |rel, d| {
                 use std::os::unix::ffi::OsStrExt;
-                copied.insert(path_key(&sums.folder.join(std::ffi::OsStr::from_bytes(rel))), d);
+                sums.copied.push((path_key(&sums.folder.join(std::ffi::OsStr::from_bytes(rel))), d));
             });
             // It parsed when the tables' lines were read: an error now is a file being replaced.
-            if error.is_none() {
-                sums.copied.extend(copied);
+            if error.is_some() {
+                sums.copied.truncate(before);
             }
+            sums.copied.sort_unstable_by_key(|(key, _)| *key);
+            sums.copied.shrink_to_fit();
         }
     }
 
@@ -263,7 +265,11 @@ impl Sums {
     pub(crate) fn expected(&self, path: &Path) -> Option<Digest> {
         let key = self.dataset_of(path)?;
         let sums = self.datasets.get(&key)?;
-        sums.listed.get(path).or_else(|| sums.copied.get(&path_key(path))).copied()
+        if let Some(d) = sums.listed.get(path) {
+            return Some(*d);
+        }
+        let key = path_key(path);
+        sums.copied.binary_search_by_key(&key, |(k, _)| *k).ok().map(|i| sums.copied[i].1)
     }
 }
 

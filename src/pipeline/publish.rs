@@ -47,7 +47,12 @@ pub(crate) fn manifests(output: &Path) -> impl Iterator<Item = Manifest> {
         Err(_) => Vec::new(),
     };
     paths.sort();
-    paths.into_iter().filter_map(|p| serde_json::from_slice(&fs::read(p).ok()?).ok())
+    // Parsed from the file, not from a copy of it in memory (a cxr cohort's image manifest is
+    // 30 MB of text).
+    paths.into_iter().filter_map(|p| {
+        let file = io::BufReader::with_capacity(1 << 16, fs::File::open(p).ok()?);
+        serde_json::from_reader(file).ok()
+    })
 }
 
 /// The jobs with a published file that is missing or was modified after the job's manifest

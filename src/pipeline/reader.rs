@@ -297,8 +297,7 @@ pub struct SmallRow {
 }
 
 /// A record's decoded fields in one buffer: a kept row costs two allocations, not one per
-/// field. The linker keeps every cohort row of the CXR metadata and the ED stays: as one
-/// vector per field that was 65 MB of a 65,000-patient `--cohort cxr` build's heap.
+/// field (the REFLACX metadata and the master sheet are kept whole for the build).
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     bytes: Vec<u8>,

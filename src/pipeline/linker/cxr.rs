@@ -6,8 +6,8 @@ use std::path::Path;
 
 use chrono::NaiveDateTime;
 
+use super::links::{skip, CxrRow, LinkReject, LinkSettings, Links};
 use super::times::{parse_datetime, pick_stay, study_time, Stay};
-use super::{skip, CxrRow, LinkReject, LinkSettings, Links};
 use crate::cohort::CohortRule;
 use crate::ids::{DicomId, StayId, StudyId, SubjectId};
 use crate::pipeline::error::ReadError;

@@ -6,33 +6,20 @@
 //! metadata to write them), so its memory for `--cohort cxr` is tens of bytes per image.
 
 mod cxr;
+mod links;
 mod times;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::cohort::{Cohort, CohortRule};
-use crate::config::Profile;
-use crate::ids::{DicomId, StayId, StudyId, SubjectId};
-use crate::pipeline::batch::Rejects;
+use crate::cohort::CohortRule;
+use crate::ids::{DicomId, SubjectId};
 use crate::pipeline::error::ReadError;
-use crate::pipeline::reader::{Header, SmallTable};
-use crate::source::Sha256Check;
+use crate::pipeline::reader::SmallTable;
 
+use links::skip;
+pub(crate) use links::{LinkReject, LinkSettings, Links};
 pub(crate) use times::study_datetime_column;
-
-/// An image of the CXR subset (SPEC §3.2): its metadata row's number and ids, and what Phase 1
-/// adds. The row itself stays in the file.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CxrRow {
-    /// The record's data-row number in the metadata file (rows are kept in file order).
-    pub row: u64,
-    pub subject: SubjectId,
-    pub study: Option<StudyId>,
-    pub in_eye_gaze: bool,
-    pub in_reflacx: bool,
-    pub stay: Option<StayId>,
-}
 
 /// The linker's tables, each optional: a missing dataset is left out, and said.
 #[derive(Debug, Clone, Copy)]
@@ -41,16 +28,6 @@ pub(super) struct LinkTables<'a> {
     pub edstays: Option<&'a Path>,
     pub reflacx_phases: &'a [PathBuf],
     pub master_sheet: Option<&'a Path>,
-}
-
-/// How the linker links: the profile's time rule, the stay window, who is in the cohort, and
-/// each table's SHA-256 check.
-#[derive(Clone, Copy)]
-pub(super) struct LinkSettings<'a> {
-    pub profile: Profile,
-    pub window_days: u32,
-    pub rule: &'a CohortRule,
-    pub sha256: &'a dyn Fn(&Path) -> Sha256Check,
 }
 
 /// The small linker tables other jobs write (REFLACX metadata, the master sheet), and how many
@@ -62,40 +39,6 @@ pub(super) struct LinkInputs {
     /// For the CXR metadata and edstays, the rows of the cohort (what the links are made of),
     /// malformed records included.
     pub rows: Vec<(PathBuf, u64)>,
-}
-
-/// A row the linker could not use (its id or time is malformed); listed in `summary.json`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LinkReject {
-    pub table: String,
-    pub line: u64,
-    pub reason: String,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Links {
-    pub cohort: Cohort,
-    pub cxr_header: Header,
-    pub cxr_rows: Vec<CxrRow>,
-    /// The stays of the eye-tracking images (the master sheet's `stay_id`).
-    pub stays_by_dicom: HashMap<DicomId, StayId>,
-    pub eye_gaze_dicoms: BTreeSet<DicomId>,
-    pub reflacx_dicoms: BTreeSet<DicomId>,
-    pub eye_gaze_subjects: BTreeSet<SubjectId>,
-    pub reflacx_subjects: BTreeSet<SubjectId>,
-    pub warnings: Vec<LinkReject>,
-    /// Records of the CXR metadata that could not be read (wrong field count…).
-    pub cxr_rejects: Rejects,
-    pub cxr_source: PathBuf,
-}
-
-impl Links {
-    pub(crate) fn linked_images(&self) -> usize {
-        self.cxr_rows.iter().filter(|r| r.stay.is_some()).count()
-    }
-    pub(crate) fn stays(&self) -> usize {
-        self.cxr_rows.iter().filter_map(|r| r.stay).collect::<HashSet<_>>().len()
-    }
 }
 
 /// Phase 1: the cohort and the stay links, from whichever linker tables exist.
@@ -207,9 +150,4 @@ fn collect_reflacx(phases: &[SmallTable], links: &mut Links, warnings: &mut Vec<
         }
     }
     Ok(())
-}
-
-fn skip(warnings: &mut Vec<LinkReject>, table: &str, line: u64, reason: String) {
-    tracing::warn!(table, line, reason, "linker skipped a row");
-    warnings.push(LinkReject { table: table.to_string(), line, reason });
 }

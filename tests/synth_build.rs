@@ -243,3 +243,66 @@ fn chartevents_can_have_more_rows_per_patient_than_labevents() {
     assert_eq!(s["tables"]["hosp/labevents"]["written"], 6 * 3);
     assert_eq!(s["tables"]["icu/chartevents"]["written"], 6 * 8);
 }
+
+/// The copied folders' file lists are kept on disk beside the manifests: an image that leaves
+/// a study folder leaves the output, one that arrives is placed, a study folder that goes is
+/// removed with its folder, and each job keeps one list (the last build's), whatever a crash
+/// or a failed job left.
+#[test]
+fn images_leaving_and_arriving_between_builds_follow_and_each_job_keeps_one_list() {
+    let w = world();
+    let out = w.input.parent().unwrap().join("out");
+    build(&w.input, &out, &[]);
+    let jobs = out.join(".mimic-eye/jobs");
+    let lists = || {
+        let mut v: Vec<String> = fs::read_dir(&jobs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".files"))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = lists();
+    assert_eq!(first.len(), 4, "one list per copied-folder job: {first:?}");
+    let mut outputs = Vec::new();
+    walk(&out, &mut outputs);
+    let jpgs: Vec<_> = outputs.iter().filter(|f| f.extension().is_some_and(|e| e == "jpg")).collect();
+    // Two images of different studies: one study loses an image, the other loses its folder.
+    let (one, other) = (jpgs[0], jpgs.iter().find(|f| f.parent() != jpgs[0].parent()).unwrap());
+    let source_of = |f: &Path| {
+        let rel = f.strip_prefix(&out).unwrap().to_string_lossy().to_string();
+        let parts: Vec<&str> = rel.split('/').collect();
+        let sid = parts[0].trim_start_matches("patient_");
+        w.input.join(format!("mimic-cxr-jpg/files/p{}/p{sid}/{}/{}", &sid[..2], parts[2], parts[3]))
+    };
+    fs::remove_file(source_of(one)).unwrap();
+    let arrived = source_of(one).with_file_name("arrived.jpg");
+    fs::write(&arrived, b"\xff\xd8 a new image").unwrap();
+    fs::remove_dir_all(source_of(other).parent().unwrap()).unwrap();
+    // A list a crashed build left behind.
+    fs::write(jobs.join("files__cxr-jpg.dead.files"), b"patient_1/x\0").unwrap();
+
+    build(&w.input, &out, &[]);
+    assert!(!one.exists(), "an image gone from the input is gone from the output");
+    assert_eq!(fs::read(one.with_file_name("arrived.jpg")).unwrap(), b"\xff\xd8 a new image");
+    assert!(!other.parent().unwrap().exists(), "a study folder gone from the input is removed");
+    let second = lists();
+    assert_eq!(second.len(), 4, "{second:?}");
+    assert!(second.iter().all(|n| !first.contains(n)), "each build writes new lists and drops the old");
+    // The new list is what the output holds.
+    let listed = fs::read(jobs.join(second.iter().find(|n| n.starts_with("files__cxr-jpg.")).unwrap())).unwrap();
+    let listed: Vec<&[u8]> = listed.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+    let mut now = Vec::new();
+    walk(&out, &mut now);
+    let mut placed: Vec<String> = now
+        .iter()
+        .filter(|f| f.to_string_lossy().contains("/CXR-JPG/s"))
+        .map(|f| f.strip_prefix(&out).unwrap().to_string_lossy().into_owned())
+        .collect();
+    placed.sort();
+    let listed: Vec<String> = listed.iter().map(|p| String::from_utf8(p.to_vec()).unwrap()).collect();
+    assert_eq!(listed, placed);
+    run_ok(bin().args(["verify", "--output"]).arg(&out));
+}

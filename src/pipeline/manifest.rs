@@ -11,6 +11,7 @@ use crate::cohort::Cohort;
 use crate::config::{Config, FilesMode, Profile};
 use crate::fingerprint::{FileIdentity, Fingerprint, Fnv};
 use crate::pipeline::counts::TableCounts;
+use crate::pipeline::file_list::{ListReader, ListRef};
 
 /// What a published job produced: the record later jobs compare against.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -33,6 +34,27 @@ pub(crate) struct Manifest {
     /// Copied files (not hard links): the source each was copied from and the copy's hash.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
+    /// The files listed apart, on disk (then `files` is empty): copied folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_list: Option<ListRef>,
+}
+
+/// A manifest's files one at a time, from the manifest or from its list on disk, in [`Path`]
+/// order.
+pub(crate) enum Files<'a> {
+    Inline(std::slice::Iter<'a, PathBuf>),
+    Apart(ListReader),
+}
+
+impl Iterator for Files<'_> {
+    type Item = std::io::Result<PathBuf>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Files::Inline(files) => files.next().cloned().map(Ok),
+            Files::Apart(list) => list.next(),
+        }
+    }
 }
 
 /// What a copied output file was made from: the source's identity when it was copied, and the
@@ -78,6 +100,19 @@ impl CopyRecord {
 }
 
 impl Manifest {
+    /// Its files, wherever they are listed (a list that cannot be opened is an error).
+    pub(crate) fn each_file(&self, output: &Path) -> std::io::Result<Files<'_>> {
+        match &self.file_list {
+            Some(list) => ListReader::of(output, list).map(Files::Apart),
+            None => Ok(Files::Inline(self.files.iter())),
+        }
+    }
+
+    /// How many files it lists.
+    pub(crate) fn file_count(&self) -> u64 {
+        self.file_list.as_ref().map_or(self.files.len() as u64, |l| l.count)
+    }
+
     /// Whether this job split its table per patient (manifests from before `split` was
     /// recorded tell it by their per-patient row counts).
     pub(crate) fn was_split(&self) -> bool {

@@ -19,6 +19,7 @@ mod context;
 pub(crate) mod counts;
 mod derived;
 mod error;
+mod file_list;
 mod fixer;
 pub(crate) mod folders;
 mod jobs;

@@ -5,12 +5,13 @@
 //! rename; after a crash, `recover` redoes the remaining renames from it (publishing is
 //! idempotent) and throws away staging folders of jobs that never reached the journal.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use crate::pipeline::file_list;
 pub(crate) use crate::pipeline::manifest::{CopyRecord, Manifest};
 use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
 
@@ -63,9 +64,11 @@ pub(crate) fn damaged_jobs(output: &Path) -> Vec<String> {
         let Ok(recorded) = fs::metadata(manifest_path(output, &manifest.job)).and_then(|m| m.modified()) else {
             continue;
         };
-        let intact =
-            |rel: &PathBuf| fs::metadata(output.join(rel)).and_then(|m| m.modified()).is_ok_and(|t| t <= recorded);
-        if !manifest.files.iter().all(intact) {
+        let intact = |rel: io::Result<PathBuf>| {
+            rel.and_then(|rel| fs::metadata(output.join(rel))).and_then(|m| m.modified()).is_ok_and(|t| t <= recorded)
+        };
+        // A list that cannot be read is damage too: the job is redone.
+        if !manifest.each_file(output).is_ok_and(|mut files| files.all(intact)) {
             damaged.push(manifest.job);
         }
     }
@@ -113,6 +116,7 @@ fn sync_fs(dir: &Path) {
 
 /// Publishes a job whose files are complete in its staging folder.
 pub(crate) fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
+    let manifest = sorted(manifest);
     let staging = staging_dir(output, &manifest.job);
     sync_fs(output);
     let journal = journal_path(output, &manifest.job);
@@ -123,27 +127,76 @@ pub(crate) fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
 }
 
 /// The idempotent part: rename what is still staged, delete what the job no longer produces,
-/// record the manifest.
+/// record the manifest, drop the last list of files if it was kept apart.
 fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Result<()> {
-    let mut made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    let previous = load_manifest(output, &manifest.job);
-    // Folders this job published into last time exist; the others are made top-down below,
-    // and a file in a folder made now cannot exist yet: no failing mkdir, rename or statx.
-    let existed: HashSet<&Path> = previous.iter().flat_map(|p| p.files.iter().filter_map(|f| f.parent())).collect();
+    let previous = load_manifest(output, &manifest.job).map(sorted);
     // Only what is staged is renamed: a file not staged is unchanged since the last publish
     // (or was renamed before a crash), and costs no syscall.
     let staged: HashSet<std::ffi::OsString> = match fs::read_dir(staging) {
         Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
         Err(_) => HashSet::new(),
     };
-    for rel in &manifest.files {
-        let from = staged_path(staging, rel);
+    if !staged.is_empty() {
+        rename_staged(output, staging, &staged, manifest, previous.as_ref())?;
+    }
+    if let Some(previous) = &previous {
+        file_list::each_missing(previous.each_file(output)?, manifest.each_file(output)?, |stale| {
+            let path = output.join(stale);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => {
+                    remove_empty_parents(output, &path);
+                    Ok(())
+                }
+            }
+        })?;
+    }
+    sync_fs(output);
+    write_json_atomic(&manifest_path(output, &manifest.job), manifest)?;
+    if let Some(old) = previous.as_ref().and_then(|p| p.file_list.as_ref()) {
+        if manifest.file_list.as_ref() != Some(old) {
+            file_list::remove(output, old);
+        }
+    }
+    let _ = fs::remove_dir_all(staging);
+    Ok(())
+}
+
+/// A manifest with its inline files in [`Path`] order (older builds did not always sort them).
+fn sorted(mut manifest: Manifest) -> Manifest {
+    if !manifest.files.is_sorted() {
+        manifest.files.sort();
+        manifest.files.dedup();
+    }
+    manifest
+}
+
+/// Renames the staged files of `manifest` over their final paths.
+fn rename_staged(
+    output: &Path,
+    staging: &Path,
+    staged: &HashSet<std::ffi::OsString>,
+    manifest: &Manifest,
+    previous: Option<&Manifest>,
+) -> io::Result<()> {
+    // Folders this job published into last time exist; the others are made top-down below,
+    // and a file in a folder made now cannot exist yet: no failing mkdir, rename or statx.
+    let mut existed: HashSet<u64> = HashSet::new();
+    if let Some(previous) = previous {
+        for rel in previous.each_file(output)? {
+            existed.insert(dir_key(rel?.parent().unwrap_or(Path::new(""))));
+        }
+    }
+    let mut made: HashSet<PathBuf> = HashSet::new();
+    for rel in manifest.each_file(output)? {
+        let rel = rel?;
+        let from = staged_path(staging, &rel);
         if !from.file_name().is_some_and(|n| staged.contains(n)) {
             continue;
         }
-        let to = output.join(rel);
+        let to = output.join(&rel);
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let fresh = !existed.contains(parent) && make_dirs(output, parent)?;
+        let fresh = !existed.contains(&dir_key(parent)) && make_dirs(output, parent)?;
         if !fresh && same_content(&from, &to) {
             // Unchanged output keeps its mtime: readers and rsync see no change.
             fs::remove_file(&from)?;
@@ -163,19 +216,6 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
             Err(e) => return Err(e),
         }
     }
-    let new: BTreeSet<&PathBuf> = manifest.files.iter().collect();
-    if let Some(previous) = &previous {
-        for stale in previous.files.iter().filter(|f| !new.contains(f)) {
-            let path = output.join(stale);
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => remove_empty_parents(output, &path),
-            }
-        }
-    }
-    sync_fs(output);
-    write_json_atomic(&manifest_path(output, &manifest.job), manifest)?;
-    let _ = fs::remove_dir_all(staging);
     Ok(())
 }
 
@@ -325,5 +365,9 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
         }
     }
     let _ = fs::remove_dir_all(state_dir(output).join("staging"));
+    file_list::remove_unnamed(output, |job_file| {
+        let text = fs::read(state_dir(output).join("jobs").join(format!("{job_file}.json"))).ok()?;
+        serde_json::from_slice::<Manifest>(&text).ok()?.file_list.map(|l| l.name)
+    });
     Ok(redone)
 }

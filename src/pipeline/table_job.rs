@@ -268,6 +268,7 @@ async fn publish_job(
         cohort: planner::cohort_list(&ctx.cohort),
         per_patient: std::mem::take(&mut outcome.per_patient),
         copies: Default::default(),
+        file_list: None,
     };
     let output = ctx.config.output.clone();
     tokio::task::spawn_blocking(move || publish::publish(&output, manifest))

@@ -37,7 +37,7 @@ pub(super) fn remove_vanished(config: &Config, planned: &HashSet<String>) -> std
             tracing::warn!(table = %manifest.job, folder = %dir.display(), "table folder missing or unreadable: its outputs are kept");
             continue;
         }
-        tracing::info!(table = %manifest.job, files = manifest.files.len(), "table removed from the input: removing its outputs");
+        tracing::info!(table = %manifest.job, files = manifest.file_count(), "table removed from the input: removing its outputs");
         // Publishing an empty file list deletes what the job had published.
         publish::publish(&config.output, Manifest { job: manifest.job.clone(), ..Default::default() })?;
         publish::forget(&config.output, &manifest.job)?;

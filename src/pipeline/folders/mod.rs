@@ -21,6 +21,7 @@ use crate::ids::{ReflacxId, StudyId, SubjectId};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError};
+use crate::pipeline::file_list::ListWriter;
 use crate::pipeline::fixer::reflacx;
 use crate::pipeline::paths;
 use crate::pipeline::publish;
@@ -42,7 +43,8 @@ struct FolderJob<'a> {
     key: &'static str,
     staging: PathBuf,
     input_root: PathBuf,
-    files: Vec<PathBuf>,
+    /// What the job placed, streamed to disk (377,000 images in a `cxr` cohort).
+    list: ListWriter,
     counts: TableCounts,
     /// (device, inode) of the folders being walked, outermost first: a link back to one of
     /// them would recurse without end.
@@ -53,7 +55,7 @@ struct FolderJob<'a> {
 }
 
 impl<'a> FolderJob<'a> {
-    fn new(ctx: &'a BuildContext, key: &'static str) -> Self {
+    fn new(ctx: &'a BuildContext, key: &'static str) -> Result<Self, JobError> {
         let staging = paths::staging_dir(&ctx.config.output, key);
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::create_dir_all(&staging);
@@ -62,17 +64,18 @@ impl<'a> FolderJob<'a> {
             true => Default::default(),
             false => publish::load_manifest(&ctx.config.output, key).map(|m| m.copies).unwrap_or_default(),
         };
-        Self {
+        let list = ListWriter::create(&ctx.config.output, key).at(&paths::state_dir(&ctx.config.output))?;
+        Ok(Self {
             ctx,
             key,
             staging,
             input_root,
-            files: Vec::new(),
+            list,
             counts: TableCounts::default(),
             walking: Vec::new(),
             copied_before,
             copies: Default::default(),
-        }
+        })
     }
 
     /// Skips one entry that cannot be placed: named (escaped) in the log and counted.
@@ -205,7 +208,9 @@ impl<'a> FolderJob<'a> {
             Placed::Written => stats.written += 1,
         }
         drop(stats);
-        self.files.push(dest.to_path_buf());
+        if let Err(cause) = self.list.push(dest) {
+            return Err(JobError::Write { path: self.list.path().to_path_buf(), cause });
+        }
         self.counts.written += 1;
         Ok(())
     }
@@ -298,14 +303,13 @@ impl<'a> FolderJob<'a> {
     }
 
     fn publish(self) -> Result<(String, TableCounts), JobError> {
-        let mut files = self.files;
-        files.sort();
-        files.dedup();
+        let list_path = self.list.path().to_path_buf();
+        let list = self.list.finish().at(&list_path)?;
         let manifest = publish::Manifest {
             job: self.key.to_string(),
-            files,
             counts: self.counts,
             copies: self.copies,
+            file_list: Some(list),
             ..Default::default()
         };
         publish::publish(&self.ctx.config.output, manifest).at(&self.ctx.config.output)?;
@@ -328,8 +332,8 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     // Chest X-ray study folders and their reports, for each study in a patient's subset rows.
     let studies: BTreeSet<(SubjectId, StudyId)> =
         ctx.links.cxr_rows.iter().filter_map(|r| r.study.map(|s| (r.subject, s))).collect();
-    let mut jpg = FolderJob::new(ctx, "files/cxr-jpg");
-    let mut reports = FolderJob::new(ctx, "files/cxr-reports");
+    let mut jpg = FolderJob::new(ctx, "files/cxr-jpg")?;
+    let mut reports = FolderJob::new(ctx, "files/cxr-reports")?;
     for (subject, study) in &studies {
         let sdir = crate::input::cxr_subject_dir(*subject);
         jpg.folder(
@@ -349,7 +353,7 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     done.push(reports.publish()?);
 
     // REFLACX reading folders (ellipses merged in profile paper) and gaze samples.
-    let mut readings = FolderJob::new(ctx, "files/reflacx");
+    let mut readings = FolderJob::new(ctx, "files/reflacx")?;
     for table in &ctx.reflacx_phases {
         let phase = &table.path;
         let (id_col, s_col) = (table.require("id")?, table.require("subject_id")?);
@@ -377,7 +381,7 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     done.push(readings.publish()?);
 
     // EyeGaze audio, transcript and mask folders of each patient's images.
-    let mut transcripts = FolderJob::new(ctx, "files/eye-gaze-transcripts");
+    let mut transcripts = FolderJob::new(ctx, "files/eye-gaze-transcripts")?;
     let root = d.egd_cxr.join("audio_segmentation_transcripts");
     for dicom in &ctx.links.eye_gaze_dicoms {
         let Some(subject) = ctx.cohort.subject_of_dicom(dicom) else {

@@ -1,0 +1,242 @@
+//! A job's list of published files kept apart from its manifest, on disk, sorted: a copied
+//! folder job of a `cxr` cohort places 377,000 images, and neither the job, nor the publish
+//! that compares the list with the last one, nor the daemon's checkup holds them in memory.
+//!
+//! The list lives in `.mimic-eye/jobs/` beside the manifests, named after its job and a
+//! nonce (`files__cxr-jpg.<nonce>.files`): a publish writes the new list under a new name,
+//! records the name in the journal and then the manifest, and only then deletes the old one,
+//! so a crash at any point leaves the list each record names. Paths are stored as their bytes,
+//! each ended by a NUL (no Unix path holds one), in [`Path`] order without repeats.
+
+use std::cmp::Ordering;
+use std::fs;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::paths::{job_file_name, state_dir};
+
+/// Where a manifest's files are listed apart, and how many.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ListRef {
+    /// File name in `.mimic-eye/jobs/`.
+    pub name: String,
+    pub count: u64,
+}
+
+const SUFFIX: &str = ".files";
+
+fn jobs_dir(output: &Path) -> PathBuf {
+    state_dir(output).join("jobs")
+}
+
+/// Writes a job's list as its files are placed. Paths that come in order are streamed to disk;
+/// if one comes out of order the list is sorted once at the end (the REFLACX and EyeGaze
+/// folders follow their tables' rows, and are small).
+pub(crate) struct ListWriter {
+    path: PathBuf,
+    name: String,
+    out: BufWriter<fs::File>,
+    last: Vec<u8>,
+    sorted: bool,
+    count: u64,
+}
+
+impl ListWriter {
+    /// A new, empty list for `job` under `output`.
+    pub(crate) fn create(output: &Path, job: &str) -> io::Result<Self> {
+        let dir = jobs_dir(output);
+        fs::create_dir_all(&dir)?;
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("{}.{:x}{:x}{SUFFIX}", job_file_name(job), std::process::id(), nonce);
+        let path = dir.join(&name);
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o640).open(&path)?;
+        let out = BufWriter::with_capacity(1 << 16, file);
+        Ok(Self { path, name, out, last: Vec::new(), sorted: true, count: 0 })
+    }
+
+    /// The list's own path (for errors).
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Adds `rel`; the same path as the one before is not repeated.
+    pub(crate) fn push(&mut self, rel: &Path) -> io::Result<()> {
+        let bytes = rel.as_os_str().as_bytes();
+        if self.count > 0 && self.sorted {
+            match Path::new(std::ffi::OsStr::from_bytes(&self.last)).cmp(rel) {
+                Ordering::Equal => return Ok(()),
+                Ordering::Greater => self.sorted = false,
+                Ordering::Less => {}
+            }
+        }
+        self.out.write_all(bytes)?;
+        self.out.write_all(&[0])?;
+        self.last.clear();
+        self.last.extend_from_slice(bytes);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Completes the list (sorted, without repeats) and names it for the manifest.
+    pub(crate) fn finish(self) -> io::Result<ListRef> {
+        let Self { path, name, out, sorted, mut count, .. } = self;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        drop(file);
+        if !sorted {
+            let mut all = ListReader::open(&path)?.collect::<io::Result<Vec<PathBuf>>>()?;
+            all.sort();
+            all.dedup();
+            let mut out = BufWriter::new(fs::File::create(&path)?);
+            for rel in &all {
+                out.write_all(rel.as_os_str().as_bytes())?;
+                out.write_all(&[0])?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?;
+            count = all.len() as u64;
+        }
+        Ok(ListRef { name, count })
+    }
+}
+
+/// Reads a list back, one path at a time.
+pub(crate) struct ListReader {
+    input: BufReader<fs::File>,
+    buf: Vec<u8>,
+}
+
+impl ListReader {
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+        let file = fs::File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Ok(Self { input: BufReader::with_capacity(1 << 16, file), buf: Vec::new() })
+    }
+
+    /// The list `list` of the output `output`.
+    pub(crate) fn of(output: &Path, list: &ListRef) -> io::Result<Self> {
+        Self::open(&jobs_dir(output).join(&list.name))
+    }
+}
+
+impl Iterator for ListReader {
+    type Item = io::Result<PathBuf>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.buf.clear();
+        match self.input.read_until(0, &mut self.buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                if self.buf.last() == Some(&0) {
+                    self.buf.pop();
+                }
+                Some(Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&self.buf))))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Deletes a list no record names any more.
+pub(crate) fn remove(output: &Path, list: &ListRef) {
+    let _ = fs::remove_file(jobs_dir(output).join(&list.name));
+}
+
+/// Deletes the lists their job's manifest does not name (left by a job that failed, or by a
+/// crash between a manifest and the deletion of the list it replaced). `named` gives the list
+/// a job's manifest names, by the job's file name; only jobs with a list are looked up.
+pub(crate) fn remove_unnamed(output: &Path, named: impl Fn(&str) -> Option<String>) {
+    let Ok(entries) = fs::read_dir(jobs_dir(output)) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(job) = name.strip_suffix(SUFFIX).and_then(|n| n.rsplit_once('.')).map(|(job, _)| job) else {
+            continue;
+        };
+        if named(job).as_deref() != Some(name) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The paths of `old` that are not in `new`, both in [`Path`] order without repeats, merged:
+/// memory does not grow with the lists.
+pub(crate) fn each_missing(
+    old: impl Iterator<Item = io::Result<PathBuf>>,
+    new: impl Iterator<Item = io::Result<PathBuf>>,
+    mut missing: impl FnMut(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut new = new;
+    let mut next_new = new.next().transpose()?;
+    for old in old {
+        let old = old?;
+        while next_new.as_ref().is_some_and(|n| *n < old) {
+            next_new = new.next().transpose()?;
+        }
+        if next_new.as_ref() != Some(&old) {
+            missing(&old)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(v: &[&str]) -> Vec<io::Result<PathBuf>> {
+        v.iter().map(|s| Ok(PathBuf::from(s))).collect()
+    }
+
+    #[test]
+    fn a_list_written_out_of_order_reads_back_sorted_without_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ListWriter::create(dir.path(), "files/reflacx").unwrap();
+        for p in ["b/x", "a/z", "a/z", "a/b.txt", "a/b/c", "b/x"] {
+            w.push(Path::new(p)).unwrap();
+        }
+        let list = w.finish().unwrap();
+        assert!(list.name.starts_with("files__reflacx.") && list.name.ends_with(".files"));
+        let back: Vec<PathBuf> = ListReader::of(dir.path(), &list).unwrap().map(Result::unwrap).collect();
+        // Path order: a component at a time ("a/b/c" before "a/b.txt").
+        assert_eq!(back, ["a/b/c", "a/b.txt", "a/z", "b/x"].map(PathBuf::from));
+        assert_eq!(list.count, 4);
+    }
+
+    #[test]
+    fn in_order_repeats_are_dropped_as_they_come() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ListWriter::create(dir.path(), "j").unwrap();
+        for p in ["p/1", "p/1", "p/2"] {
+            w.push(Path::new(p)).unwrap();
+        }
+        let list = w.finish().unwrap();
+        assert_eq!(list.count, 2);
+        assert_eq!(ListReader::of(dir.path(), &list).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn missing_names_what_only_the_old_list_holds() {
+        let mut gone = Vec::new();
+        let old = paths(&["a/1", "a/2", "b/1", "c/1", "d/9"]);
+        let new = paths(&["a/0", "a/2", "c/1", "c/2"]);
+        each_missing(old.into_iter(), new.into_iter(), |p| {
+            gone.push(p.to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(gone, ["a/1", "b/1", "d/9"].map(PathBuf::from));
+    }
+
+    #[test]
+    fn lists_no_record_names_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = ListWriter::create(dir.path(), "a").unwrap().finish().unwrap();
+        let orphan = ListWriter::create(dir.path(), "b").unwrap().finish().unwrap();
+        let named = |job: &str| (job == "a").then(|| keep.name.clone());
+        remove_unnamed(dir.path(), named);
+        assert!(jobs_dir(dir.path()).join(&keep.name).exists());
+        assert!(!jobs_dir(dir.path()).join(&orphan.name).exists());
+    }
+}

@@ -55,6 +55,7 @@ for _ in 1 2; do
   "$bin" build --input "$input" --output "$work/once" --cohort "$cohort" >/dev/null
   once=$(echo "$(date +%s.%N) - $start" | bc)
 done
+once_rss=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['peak_rss_bytes'] >> 20)" "$work/once/summary.json")
 
 rm -rf "$work/out"
 cat > "$work/daemon.toml" <<TOML
@@ -110,7 +111,7 @@ until grep -q "^[0-9]*,$sid,$hadm," "$work/out/patient_$sid/Hosp/admissions.csv"
 applied=$(echo "$(date +%s.%N) - $start" | bc)
 kill "$pid"; wait "$pid" || true
 
-printf '%-40s %s\n' "cohort" "$cohort" "one-shot build (s)" "$once" "daemon first build (s)" "$first" \
+printf '%-40s %s\n' "cohort" "$cohort" "one-shot build (s)" "$once" "one-shot peak RSS (MiB)" "$once_rss" "daemon first build (s)" "$first" \
   "first build / one-shot" "$(echo "scale=2; $first / $once" | bc)" \
   "inotify watches" "$watches" "idle seconds" "$idle" "idle CPU (% of one core)" "$cpu" \
   "peak RSS while idle (MiB)" "$((rss_max / 1024))" "change applied after (s; settle 5)" "$applied"

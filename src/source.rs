@@ -15,9 +15,17 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::{Digest, Expected};
 use crate::fingerprint::FileIdentity;
 
-/// Files up to this size are read on the reader's own thread (gzip: compressed size).
+/// Files up to this size are read where they are opened (gzip: compressed size).
 const INLINE_MAX_BYTES: u64 = 64 << 10;
 const INLINE_GZIP_MAX_BYTES: u64 = 16 << 10;
+
+/// Whether a file of `size` bytes at `path` is read at once where it is opened (a REFLACX
+/// reading's ellipses, a short side table): a thread and a 256 KiB buffer per file would cost
+/// more than the read. One rule for the decoding and the hashing here and the table reads of
+/// the pipeline.
+pub(crate) fn is_small(path: &Path, size: u64) -> bool {
+    size <= if is_gzip_name(path) { INLINE_GZIP_MAX_BYTES } else { INLINE_MAX_BYTES }
+}
 /// Bytes handed over per chunk by the decode thread.
 pub(crate) const CHUNK: usize = 256 << 10;
 /// Chunks in flight between the decode thread and the scanner.
@@ -207,9 +215,7 @@ impl Source {
         let start = FileIdentity::of(&file.metadata()?);
         let input_read = Arc::new(AtomicU64::new(0));
         let gzip = is_gzip_name(path);
-        // A small file (a REFLACX reading's ellipses, a short side table) is read at once on
-        // this thread: a thread and a 256 KiB buffer per file would cost more than the read.
-        let inline = start.size <= if gzip { INLINE_GZIP_MAX_BYTES } else { INLINE_MAX_BYTES };
+        let inline = is_small(path, start.size);
         let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
         let (hash, expected) = match sha256 {
             Sha256Check::Off => (None, None),

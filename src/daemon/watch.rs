@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -135,28 +136,32 @@ struct WatchActor {
 }
 
 /// notify's callback thread hands paths over without blocking; `None` asks for a rescan.
-type PathQueue = async_channel::Receiver<Option<PathBuf>>;
+/// When the queue is full even that cannot be sent: the thread raises `overflowed` instead,
+/// and the actor rescans after the message it takes next (the queue is full, so one comes).
+struct PathQueue {
+    paths: async_channel::Receiver<Option<PathBuf>>,
+    overflowed: Arc<AtomicBool>,
+}
 
 fn start_notify() -> (Option<notify::RecommendedWatcher>, Option<PathQueue>) {
     let (ntx, nrx) = async_channel::bounded::<Option<PathBuf>>(EVENT_QUEUE);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&overflowed);
+    let send = move |msg: Option<PathBuf>| {
+        if ntx.try_send(msg).is_err() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    };
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) if ev.need_rescan() => {
-            let _ = ntx.try_send(None);
-        }
-        Ok(ev) => {
-            for p in ev.paths {
-                if ntx.try_send(Some(p)).is_err() {
-                    let _ = ntx.try_send(None); // queue full: fall back to a rescan
-                }
-            }
-        }
+        Ok(ev) if ev.need_rescan() => send(None),
+        Ok(ev) => ev.paths.into_iter().for_each(|p| send(Some(p))),
         Err(e) => {
             tracing::warn!(error = %e, "file watch error; relying on rescans");
-            let _ = ntx.try_send(None);
+            send(None);
         }
     });
     match watcher {
-        Ok(w) => (Some(w), Some(nrx)),
+        Ok(w) => (Some(w), Some(PathQueue { paths: nrx, overflowed })),
         Err(e) => {
             tracing::error!(error = %e, "cannot start inotify; rescans only");
             metrics::counter!(crate::telemetry::WATCH_ERRORS).increment(1);
@@ -179,7 +184,7 @@ impl WatchActor {
         loop {
             let next_path = async {
                 match &queue {
-                    Some(q) => q.recv().await.ok(),
+                    Some(q) => q.paths.recv().await.ok(),
                     None => std::future::pending().await,
                 }
             };
@@ -193,8 +198,15 @@ impl WatchActor {
                     Some(Some(path)) => {
                         metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "inotify").increment(1);
                         self.touch(path);
+                        if queue.as_ref().is_some_and(|q| q.overflowed.swap(false, Ordering::Relaxed)) {
+                            metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "overflow").increment(1);
+                            self.rescan(watcher.as_mut());
+                        }
                     }
                     Some(None) => {
+                        if let Some(q) = &queue {
+                            q.overflowed.store(false, Ordering::Relaxed);
+                        }
                         metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "overflow").increment(1);
                         self.rescan(watcher.as_mut());
                     }

@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::ids::SubjectId;
-use crate::pipeline::batch::{self, Batch};
+use crate::pipeline::batch::{self, Batch, Origin};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError, ReadError, ReadErrorKind};
-use crate::pipeline::linker::study_datetime_column;
+use crate::pipeline::linker::{study_datetime_column, CxrRow};
 use crate::pipeline::paths;
 use crate::pipeline::publish::{self, Manifest};
-use crate::pipeline::reader::SmallTable;
+use crate::pipeline::reader::{Header, SmallTable};
 use crate::pipeline::writer::{Route, Writer, WriterSpec};
 use crate::source::Sha256Check;
 
@@ -119,9 +119,7 @@ pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCou
         table("cxr_meta_with_stay_id_only", Route::Whole, None, "spreadsheets/cxr_meta_with_stay_id_only.csv", 0);
     let mut meta = DerivedWriter::open(ctx, meta_table, header.clone())?;
     let mut stay_only = DerivedWriter::open(ctx, stay_table, header)?;
-    if !links.cxr_rows.is_empty() {
-        rewrite_subset(ctx, &mut meta.writer, &mut stay_only.writer)?;
-    }
+    rewrite_subset(ctx, &mut meta.writer, &mut stay_only.writer)?;
     let mut rejects = Batch::default();
     batch::append_rejects(&mut rejects, &links.cxr_rejects);
     meta.writer.write_batch(&rejects)?;
@@ -131,35 +129,31 @@ pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCou
 /// Re-reads the CXR metadata and writes the linker's rows of it, in batches, to `all` and
 /// (those with a stay) to `linked`.
 fn rewrite_subset(ctx: &BuildContext, all: &mut Writer, linked: &mut Writer) -> Result<(), JobError> {
+    use std::io::Write as _;
     let links = &ctx.links;
-    let source = &links.cxr_source;
-    let changed = || JobError::Read(ReadError { path: source.clone(), kind: ReadErrorKind::ChangedDuringBuild });
-    let header = &links.cxr_header;
-    let (subject_col, date_col, time_col) = (
-        header.require(source, "subject_id")?,
-        header.require(source, "StudyDate")?,
-        header.require(source, "StudyTime")?,
-    );
+    if links.cxr_rows.is_empty() {
+        return Ok(());
+    }
+    let (source, header) = (&links.cxr_source, &links.cxr_header);
+    let (date_col, time_col) = (header.require(source, "StudyDate")?, header.require(source, "StudyTime")?);
     let tf = |b: bool| if b { "True" } else { "False" };
     let (mut batch_all, mut batch_linked) = (Batch::default(), Batch::default());
-    let mut rows = links.cxr_rows.iter().peekable();
-    let mut rec = Vec::new();
-    let (reread_header, _) = SmallTable::visit::<JobError>(source, Sha256Check::Off, |h, origin, raw, fields| {
-        let Some(row) = rows.next_if(|r| r.row == origin.row) else { return Ok(()) };
+    let (mut rec, mut key) = (Vec::new(), Vec::new());
+    each_subset_row(source, header, &links.cxr_rows, |row, origin, raw, fields| {
         let field = |i: usize| fields.get(i).map_or(&[][..], Vec::as_slice);
-        if h.raw != header.raw || SubjectId::parse(field(subject_col)).ok() != Some(row.subject) {
-            return Err(changed());
-        }
         let datetime = study_datetime_column(field(date_col), field(time_col), ctx.config.profile);
-        let stay = row.stay.map(|s| s.to_string()).unwrap_or_default();
+        // Written into reused buffers: no allocation per row but the date's.
         rec.clear();
         rec.extend_from_slice(raw);
-        let suffix = format!(",{},{},{datetime},{stay}", tf(row.in_eye_gaze), tf(row.in_reflacx));
-        rec.extend_from_slice(suffix.as_bytes());
-        let key = row.subject.to_string();
-        batch::push_record(&mut batch_all, origin, &rec, key.as_bytes());
+        let _ = write!(rec, ",{},{},{datetime},", tf(row.in_eye_gaze), tf(row.in_reflacx));
+        if let Some(stay) = row.stay {
+            let _ = write!(rec, "{stay}");
+        }
+        key.clear();
+        let _ = write!(key, "{}", row.subject);
+        batch::push_record(&mut batch_all, origin, &rec, &key);
         if row.stay.is_some() {
-            batch::push_record(&mut batch_linked, origin, &rec, key.as_bytes());
+            batch::push_record(&mut batch_linked, origin, &rec, &key);
         }
         if batch_all.records.len() >= CXR_META_BATCH_ROWS {
             flush(all, &mut batch_all)?;
@@ -167,11 +161,34 @@ fn rewrite_subset(ctx: &BuildContext, all: &mut Writer, linked: &mut Writer) -> 
         }
         Ok(())
     })?;
+    flush(all, &mut batch_all)?;
+    flush(linked, &mut batch_linked)
+}
+
+/// Streams the metadata rows the linker kept (`rows`, in file order) to `each`, re-read from
+/// `source`. A file that no longer holds them (another header, a kept row gone or of another
+/// subject) fails with [`ReadErrorKind::ChangedDuringBuild`]: its rows are not written.
+fn each_subset_row(
+    source: &Path,
+    header: &Header,
+    rows: &[CxrRow],
+    mut each: impl FnMut(&CxrRow, Origin, &[u8], &[Vec<u8>]) -> Result<(), JobError>,
+) -> Result<(), JobError> {
+    let changed = || JobError::Read(ReadError { path: source.to_path_buf(), kind: ReadErrorKind::ChangedDuringBuild });
+    let subject_col = header.require(source, "subject_id")?;
+    let mut rows = rows.iter().peekable();
+    let (reread_header, _) = SmallTable::visit::<JobError>(source, Sha256Check::Off, |h, origin, raw, fields| {
+        let Some(row) = rows.next_if(|r| r.row == origin.row) else { return Ok(()) };
+        let subject = fields.get(subject_col).and_then(|f| SubjectId::parse(f).ok());
+        if h.raw != header.raw || subject != Some(row.subject) {
+            return Err(changed());
+        }
+        each(row, origin, raw, fields)
+    })?;
     if rows.next().is_some() || reread_header.raw != header.raw {
         return Err(changed());
     }
-    flush(all, &mut batch_all)?;
-    flush(linked, &mut batch_linked)
+    Ok(())
 }
 
 fn flush(writer: &mut Writer, batch: &mut Batch) -> Result<(), JobError> {
@@ -179,4 +196,49 @@ fn flush(writer: &mut Writer, batch: &mut Batch) -> Result<(), JobError> {
     batch.data.clear();
     batch.records.clear();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "dicom_id,subject_id,study_id,StudyDate,StudyTime\n";
+
+    fn kept(row: u64, subject: u64) -> CxrRow {
+        let subject = SubjectId::parse(subject.to_string().as_bytes()).unwrap();
+        CxrRow { row, subject, study: None, in_eye_gaze: false, in_reflacx: false, stay: None }
+    }
+
+    /// The rows `rows` of `text` re-read through [`each_subset_row`], with the header of `first`.
+    fn reread(first: &str, text: &str, rows: &[CxrRow]) -> Result<Vec<String>, JobError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.csv");
+        std::fs::write(&path, first).unwrap();
+        let (header, _) = SmallTable::visit::<JobError>(&path, Sha256Check::Off, |_, _, _, _| Ok(())).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let mut seen = Vec::new();
+        each_subset_row(&path, &header, rows, |_, _, raw, _| {
+            seen.push(String::from_utf8(raw.to_vec()).unwrap());
+            Ok(())
+        })?;
+        Ok(seen)
+    }
+
+    fn is_changed(r: Result<Vec<String>, JobError>) -> bool {
+        matches!(r, Err(JobError::Read(ReadError { kind: ReadErrorKind::ChangedDuringBuild, .. })))
+    }
+
+    #[test]
+    fn kept_rows_are_re_read_verbatim_and_a_changed_file_fails_the_job() {
+        let text = format!("{HEADER}d0,10000001,50000001,21000101,1200\nd1,10000002,50000002,21000101,1300\nd2,10000003,50000003,21000101,1400\n");
+        let rows = [kept(0, 10000001), kept(2, 10000003)];
+        let got = reread(&text, &text, &rows).unwrap();
+        assert_eq!(got, ["d0,10000001,50000001,21000101,1200", "d2,10000003,50000003,21000101,1400"]);
+        // Row 2 now of another subject; row 2 gone; another header: nothing is written.
+        assert!(is_changed(reread(&text, &text.replace("d2,10000003", "d2,10000009"), &rows)));
+        assert!(is_changed(reread(&text, &format!("{HEADER}d0,10000001,50000001,21000101,1200\n"), &rows)));
+        assert!(is_changed(reread(&text, &text.replace("StudyTime", "Time"), &rows)));
+        // Rows the linker did not keep may change.
+        assert!(reread(&text, &text.replace("d1,10000002", "d1,10000007"), &rows).is_ok());
+    }
 }

@@ -340,9 +340,6 @@ impl SmallRow {
     }
 }
 
-/// Tables up to this size are read on the caller's thread (a REFLACX reading's ellipses file).
-const INLINE_READ_MAX_BYTES: u64 = 64 << 10;
-
 impl SmallTable {
     /// Reads a whole small table (`.csv` or `.csv.gz`).
     pub fn read(path: &Path) -> Result<Self, ReadError> {
@@ -385,7 +382,7 @@ impl SmallTable {
         let header = reader.header().clone();
         // A small file is read on this thread (its batches all fit in the channel); a big one
         // on a thread of its own, bounded, while this one keeps what it needs.
-        let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= INLINE_READ_MAX_BYTES);
+        let small = std::fs::metadata(path).is_ok_and(|m| crate::source::is_small(path, m.len()));
         let (tx, rx) = if small { async_channel::unbounded() } else { async_channel::bounded(4) };
         let handle = match small {
             true => {

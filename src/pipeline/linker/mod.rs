@@ -18,7 +18,7 @@ use crate::pipeline::error::ReadError;
 use crate::pipeline::reader::SmallTable;
 
 use links::skip;
-pub(crate) use links::{LinkReject, LinkSettings, Links};
+pub(crate) use links::{CxrRow, LinkReject, LinkSettings, Links};
 pub(crate) use times::study_datetime_column;
 
 /// The linker's tables, each optional: a missing dataset is left out, and said.

@@ -47,11 +47,11 @@ fn copy_digests(output: &Path) -> HashMap<u64, (i64, u64, Digest)> {
 }
 
 /// A file being written beside its final path, renamed over it when complete.
-struct Pending {
+struct AtomicFile {
     file: BufWriter<tempfile::NamedTempFile>,
 }
 
-impl Pending {
+impl AtomicFile {
     fn new(dir: &Path) -> io::Result<Self> {
         Ok(Self { file: BufWriter::with_capacity(1 << 16, tempfile::NamedTempFile::new_in(dir)?) })
     }
@@ -88,9 +88,9 @@ pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
     let mut cache = CacheReader::open(&state.join(CACHE));
     let copies = copy_digests(output);
     let mut out = Listing {
-        cache: Pending::new(&state)?,
+        cache: AtomicFile::new(&state)?,
         // Written in the state folder (the walk would list a temporary file at the top).
-        text: Pending::new(&state)?,
+        text: AtomicFile::new(&state)?,
         text_hash: sha2::Sha256::new(),
         text_len: 0,
         listed: 0,
@@ -126,8 +126,8 @@ pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
 
 /// The listing and the new cache being written.
 struct Listing {
-    cache: Pending,
-    text: Pending,
+    cache: AtomicFile,
+    text: AtomicFile,
     text_hash: sha2::Sha256,
     text_len: u64,
     listed: usize,

@@ -213,20 +213,20 @@ impl Sums {
         Self { datasets }
     }
 
-    /// Adds the lines of the files in `folders` (and below, for recursive ones): what a build
-    /// copies for its cohort.
-    /// `folders`: each folder and whether its subfolders count too.
-    pub(crate) fn add_folders(&mut self, folders: &[(&Path, bool)]) {
+    /// Adds the lines of the files in the folders `folders` hands out (and below, for
+    /// recursive ones): what a build copies for its cohort. `folders` calls its argument with
+    /// each folder and whether its subfolders count too, once per dataset.
+    pub(crate) fn add_folders(&mut self, folders: impl Fn(&mut dyn FnMut(&Path, bool))) {
         for sums in self.datasets.values_mut().filter(|d| d.present && d.error.is_none()) {
             // Folder keys, not paths: `--cohort cxr` copies from about 300,000 folders. A key
             // that collides only keeps a line the build will not look up.
             let (mut flat, mut deep) = (HashSet::new(), HashSet::new());
-            for (path, recursive) in folders {
-                let Ok(rel) = path.strip_prefix(&sums.folder) else { continue };
+            folders(&mut |path, recursive| {
+                let Ok(rel) = path.strip_prefix(&sums.folder) else { return };
                 if rel.components().next().is_some() {
-                    (if *recursive { &mut deep } else { &mut flat }).insert(path_key(rel));
+                    (if recursive { &mut deep } else { &mut flat }).insert(path_key(rel));
                 }
-            }
+            });
             if flat.is_empty() && deep.is_empty() {
                 continue;
             }

@@ -85,8 +85,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
     match Arc::get_mut(&mut integrity) {
         Some(i) => {
-            let copied = folders::copied_folders(&config, &links, &reflacx_metadata);
-            i.sums.add_folders(&copied.iter().map(|f| (f.path.as_path(), f.recursive)).collect::<Vec<_>>());
+            i.sums.add_folders(|each| folders::each_copied_folder(&config, &links, &reflacx_metadata, each));
         }
         None => tracing::warn!("copied files are not checked against SHA256SUMS.txt this build"),
     }

@@ -10,7 +10,6 @@
 //! while it is made and, when its dataset's SHA256SUMS.txt lists the source, compared with it: a
 //! mismatch keeps the previous copy (if any) and fails the build.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -32,7 +31,7 @@ mod place;
 mod read_set;
 
 use place::{copy_recorded, is_mismatch, is_output_failure, is_unsupported, link_target, reflink, same_file, Placed};
-pub(crate) use read_set::{copied_folders, read_folders, table_folders, WatchDir};
+pub(crate) use read_set::{each_copied_folder, read_folders, table_folders, WatchDir};
 
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;
@@ -330,8 +329,10 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     let mut done = Vec::new();
 
     // Chest X-ray study folders and their reports, for each study in a patient's subset rows.
-    let studies: BTreeSet<(SubjectId, StudyId)> =
+    let mut studies: Vec<(SubjectId, StudyId)> =
         ctx.links.cxr_rows.iter().filter_map(|r| r.study.map(|s| (r.subject, s))).collect();
+    studies.sort_unstable();
+    studies.dedup();
     let mut jpg = FolderJob::new(ctx, "files/cxr-jpg")?;
     let mut reports = FolderJob::new(ctx, "files/cxr-reports")?;
     for (subject, study) in &studies {

@@ -1,8 +1,7 @@
 //! The folders a build reads, handed to the daemon's watcher after each build: it grows with
 //! the cohort and the number of tables, never with the size of the mirror.
 
-use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::ids::{ReflacxId, StudyId, SubjectId};
@@ -24,54 +23,73 @@ pub struct WatchDir {
 /// and the cohort's study, report, reading and transcript folders. It grows with the cohort
 /// and the number of tables, never with the size of the mirror.
 pub(crate) fn read_folders(ctx: &BuildContext) -> Vec<WatchDir> {
-    let mut dirs = copied_folders(&ctx.config, &ctx.links, &ctx.reflacx_phases);
-    if dirs.len() > MAX_WATCHED_COPIED_FOLDERS {
+    let mut all = table_folders(&ctx.config);
+    // Counted before they are collected: the folders of every CXR patient are 300,000 paths.
+    let mut count = 0;
+    each_copied_folder(&ctx.config, &ctx.links, &ctx.reflacx_phases, &mut |_, _| count += 1);
+    if count > MAX_WATCHED_COPIED_FOLDERS {
         // A published dataset version's files do not change once complete: for a cohort this
         // large (every CXR patient) the tables that list them are watched, not 200,000 folders.
         tracing::info!(
-            folders = dirs.len(),
+            folders = count,
             "copied folders not watched (the cohort is large): a change in them is picked up by the next build"
         );
-        dirs.clear();
+    } else {
+        all.extend(copied_folders(&ctx.config, &ctx.links, &ctx.reflacx_phases));
     }
-    let mut all = table_folders(&ctx.config);
-    all.extend(dirs);
     all
 }
 
-/// The cohort's study, report, REFLACX reading and EyeGaze transcript folders: what the folder
-/// jobs copy from.
-pub(crate) fn copied_folders(config: &Config, links: &Links, reflacx_phases: &[SmallTable]) -> Vec<WatchDir> {
+/// The cohort's study, report, REFLACX reading and EyeGaze transcript folders, sorted: what
+/// the folder jobs copy from.
+fn copied_folders(config: &Config, links: &Links, reflacx_phases: &[SmallTable]) -> Vec<WatchDir> {
+    let mut dirs = Vec::new();
+    each_copied_folder(config, links, reflacx_phases, &mut |path, recursive| {
+        dirs.push(WatchDir { path: path.to_path_buf(), recursive });
+    });
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Calls `each` with every folder the folder jobs copy from and whether its subfolders count
+/// too, a path at a time (a folder may come twice): `--cohort cxr` has 377,000 images in
+/// 227,000 studies of 65,000 subjects, and their paths are never all held at once.
+pub(crate) fn each_copied_folder(
+    config: &Config,
+    links: &Links,
+    reflacx_phases: &[SmallTable],
+    each: &mut dyn FnMut(&Path, bool),
+) {
     let d = &config.datasets;
-    let flat = |path: PathBuf| WatchDir { path, recursive: false };
-    // Distinct ids first, paths after: `--cohort cxr` has 377,000 images in 227,000 studies
-    // of 65,000 subjects.
-    let subjects: BTreeSet<SubjectId> = links.cxr_rows.iter().map(|r| r.subject).collect();
-    let studies: BTreeSet<(SubjectId, StudyId)> =
+    // Distinct ids first (16 bytes a study), paths after.
+    let mut studies: Vec<(SubjectId, StudyId)> =
         links.cxr_rows.iter().filter_map(|r| Some((r.subject, r.study?))).collect();
-    let mut dirs = Vec::with_capacity(subjects.len() + studies.len());
-    for (subject, study) in studies {
-        dirs.push(flat(d.mimic_cxr_jpg.join("files").join(cxr_subject_dir(subject)).join(format!("s{study}"))));
+    studies.sort_unstable();
+    studies.dedup();
+    for (subject, study) in &studies {
+        each(&d.mimic_cxr_jpg.join("files").join(cxr_subject_dir(*subject)).join(format!("s{study}")), false);
     }
+    drop(studies);
+    let mut subjects: Vec<SubjectId> = links.cxr_rows.iter().map(|r| r.subject).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
     for subject in subjects {
-        dirs.push(flat(d.mimic_cxr.join("files").join(cxr_subject_dir(subject))));
+        each(&d.mimic_cxr.join("files").join(cxr_subject_dir(subject)), false);
     }
     for table in reflacx_phases {
         let Ok(id_col) = table.require("id") else { continue };
         for row in &table.rows {
             if let Ok(id) = ReflacxId::parse(row.fields.field(id_col)) {
-                dirs.push(flat(d.reflacx.join("main_data").join(id.as_str())));
-                dirs.push(flat(d.reflacx.join("gaze_data").join(id.as_str())));
+                each(&d.reflacx.join("main_data").join(id.as_str()), false);
+                each(&d.reflacx.join("gaze_data").join(id.as_str()), false);
             }
         }
     }
     let transcripts = d.egd_cxr.join("audio_segmentation_transcripts");
     for dicom in &links.eye_gaze_dicoms {
-        dirs.push(WatchDir { path: transcripts.join(dicom.as_str()), recursive: true });
+        each(&transcripts.join(dicom.as_str()), true);
     }
-    dirs.sort();
-    dirs.dedup();
-    dirs
 }
 
 /// Above this many copied folders (a cohort of tens of thousands), only the table folders are

@@ -333,6 +333,7 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
         ctx.links.cxr_rows.iter().filter_map(|r| r.study.map(|s| (r.subject, s))).collect();
     studies.sort_unstable();
     studies.dedup();
+    studies.shrink_to_fit();
     let mut jpg = FolderJob::new(ctx, "files/cxr-jpg")?;
     let mut reports = FolderJob::new(ctx, "files/cxr-reports")?;
     for (subject, study) in &studies {

@@ -57,6 +57,50 @@ impl Iterator for Files<'_> {
     }
 }
 
+/// A manifest without its per-file parts (files, per-patient row counts, copies): what the
+/// planner needs to skip an unchanged table, read without a path per patient in memory (the
+/// parser skips the rest without allocating it).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct ManifestHead {
+    #[serde(default)]
+    pub split: bool,
+    pub counts: TableCounts,
+    #[serde(default, deserialize_with = "lenient")]
+    pub input: InputKey,
+    #[serde(default)]
+    pub cohort: Vec<u64>,
+    /// Whether it has per-patient row counts (older manifests tell a split table by them).
+    #[serde(default, rename = "per_patient", deserialize_with = "non_empty_map")]
+    pub has_per_patient: bool,
+}
+
+impl ManifestHead {
+    /// Whether this job split its table per patient.
+    pub(crate) fn was_split(&self) -> bool {
+        self.split || self.has_per_patient
+    }
+}
+
+/// Whether a JSON object has any entry, read without keeping them.
+fn non_empty_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct AnyEntry;
+    impl<'de> serde::de::Visitor<'de> for AnyEntry {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            use serde::de::IgnoredAny;
+            let mut any = false;
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {
+                any = true;
+            }
+            Ok(any)
+        }
+    }
+    d.deserialize_map(AnyEntry)
+}
+
 /// What a copied output file was made from: the source's identity when it was copied, and the
 /// SHA-256 of the bytes copied. A source replaced by other bytes (even of the same size with an
 /// older mtime) has another inode or ctime, so it is copied again.
@@ -112,12 +156,6 @@ impl Manifest {
     pub(crate) fn file_count(&self) -> u64 {
         self.file_list.as_ref().map_or(self.files.len() as u64, |l| l.count)
     }
-
-    /// Whether this job split its table per patient (manifests from before `split` was
-    /// recorded tell it by their per-patient row counts).
-    pub(crate) fn was_split(&self) -> bool {
-        self.split || !self.per_patient.is_empty()
-    }
 }
 
 /// What a table job's outputs depend on, recorded in its manifest: a job whose key and cohort
@@ -171,4 +209,27 @@ fn dicom_map_hash(cohort: &Cohort) -> u64 {
 pub(super) fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<InputKey, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
     Ok(serde_json::from_value(value).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_read_as_its_head_keeps_what_the_planner_needs() {
+        let mut full = Manifest { job: "hosp/labevents".into(), cohort: vec![1, 2], ..Default::default() };
+        full.files = vec![PathBuf::from("patient_1/Hosp/labevents.csv")];
+        full.per_patient.insert(1, 7);
+        full.counts.read = 7;
+        let head: ManifestHead = serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
+        assert_eq!((head.cohort.clone(), head.counts.read), (vec![1, 2], 7));
+        // Written before `split` was recorded: told by its per-patient counts.
+        assert!(!head.split && head.was_split());
+        full.per_patient.clear();
+        let head: ManifestHead = serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
+        assert!(!head.was_split());
+        full.split = true;
+        let head: ManifestHead = serde_json::from_str(&serde_json::to_string(&full).unwrap()).unwrap();
+        assert!(head.was_split());
+    }
 }

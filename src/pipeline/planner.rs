@@ -7,7 +7,7 @@ use crate::cohort::Cohort;
 
 use crate::ids::SubjectId;
 pub(super) use crate::pipeline::manifest::InputKey;
-use crate::pipeline::manifest::Manifest;
+use crate::pipeline::manifest::ManifestHead;
 
 /// What a table job does this build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub(super) enum Action {
 
 /// Decides one job. `input` is the job's input fingerprint (with its settings and, for
 /// dicom-routed tables, the dicom map); `split` is whether it writes per-patient files by subject.
-pub(super) fn decide(previous: Option<&Manifest>, input: &InputKey, cohort: &Cohort, split: bool) -> Action {
+pub(super) fn decide(previous: Option<&ManifestHead>, input: &InputKey, cohort: &Cohort, split: bool) -> Action {
     let Some(prev) = previous else { return Action::Full };
     if input.file.is_none() || prev.input != *input {
         return Action::Full;
@@ -64,13 +64,13 @@ mod tests {
         let key =
             |size| InputKey { file: Some(Fingerprint { size, mtime_ns: 1, sample_fnv: 2 }), ..Default::default() };
         let (x, y) = (key(1), key(2));
-        let prev = Manifest { input: x.clone(), cohort: vec![1, 2], ..Default::default() };
+        let prev = ManifestHead { input: x.clone(), cohort: vec![1, 2], ..Default::default() };
         assert_eq!(decide(None, &x, &cohort(&[1]), true), Action::Full);
         assert_eq!(decide(Some(&prev), &y, &cohort(&[1, 2]), true), Action::Full);
         assert_eq!(decide(Some(&prev), &x, &cohort(&[1, 2]), true), Action::Skip);
         assert_eq!(decide(Some(&prev), &x, &cohort(&[9]), false), Action::Skip);
         let unreadable = InputKey { file: None, ..x.clone() };
-        let prev_unreadable = Manifest { input: unreadable.clone(), ..Default::default() };
+        let prev_unreadable = ManifestHead { input: unreadable.clone(), ..Default::default() };
         assert_eq!(decide(Some(&prev_unreadable), &unreadable, &cohort(&[1, 2]), true), Action::Full);
         let Action::Patients { added, removed } = decide(Some(&prev), &x, &cohort(&[2, 3]), true) else { panic!() };
         assert_eq!(added.iter().map(|s| s.get()).collect::<Vec<_>>(), vec![3]);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use crate::pipeline::file_list;
-pub(crate) use crate::pipeline::manifest::{CopyRecord, Manifest};
+pub(crate) use crate::pipeline::manifest::{CopyRecord, Manifest, ManifestHead};
 use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
 
 /// The mode of every file the build creates, also where the creating call ignores the umask
@@ -36,6 +36,12 @@ fn journal_path(output: &Path, job: &str) -> PathBuf {
 pub(crate) fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
     let text = fs::read(manifest_path(output, job)).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+/// A job's manifest without its file list and per-patient counts (see [`ManifestHead`]).
+pub(crate) fn load_manifest_head(output: &Path, job: &str) -> Option<ManifestHead> {
+    let file = io::BufReader::with_capacity(1 << 16, fs::File::open(manifest_path(output, job)).ok()?);
+    serde_json::from_reader(file).ok()
 }
 
 /// Every job's manifest, one at a time (a manifest of a split table lists a file per

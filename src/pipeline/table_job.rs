@@ -21,7 +21,7 @@ use crate::pipeline::jobs::{routing_for, JobKind, Routing, TableJob};
 use crate::pipeline::linker::Links;
 use crate::pipeline::paths;
 use crate::pipeline::planner;
-use crate::pipeline::publish::{self, Manifest};
+use crate::pipeline::publish::{self, Manifest, ManifestHead};
 use crate::pipeline::reader::TableReader;
 use crate::pipeline::writer::{Route, Writer, WriterOutcome, WriterSpec};
 use crate::progress::ProgressBars;
@@ -111,9 +111,10 @@ async fn open_reader(ctx: &BuildContext, job: &TableJob) -> Result<TableReader, 
 }
 
 fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(Decision, Routing), JobError> {
-    // Read even with --full: it says whether this table was split per patient before.
-    let last = publish::load_manifest(&ctx.config.output, &job.key);
-    let split_before = last.as_ref().is_some_and(Manifest::was_split);
+    // Read even with --full: it says whether this table was split per patient before. Its
+    // head only: an unchanged table is skipped without loading a path per patient.
+    let last = publish::load_manifest_head(&ctx.config.output, &job.key);
+    let split_before = last.as_ref().is_some_and(ManifestHead::was_split);
     let routing = routing_for(job, reader, ctx.config.profile, split_before)?;
     let dicoms = (routing.route == Route::ByDicom).then_some(&*ctx.cohort);
     let input = planner::InputKey::new(&ctx.config, &job.path, dicoms);
@@ -122,13 +123,14 @@ fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(D
     let work = match (planner::decide(previous.as_ref(), &input, &ctx.cohort, split), previous) {
         (planner::Action::Skip, Some(prev)) => {
             tracing::debug!(table = %job.key, "unchanged: skipped");
-            Work::Skip(WriterOutcome { counts: prev.counts, files: prev.files, ..Default::default() })
+            Work::Skip(WriterOutcome { counts: prev.counts, ..Default::default() })
         }
-        (planner::Action::Patients { added, removed }, Some(prev)) => {
+        (planner::Action::Patients { added, removed }, Some(_)) => {
             tracing::info!(table = %job.key, added = added.len(), removed = removed.len(), "cohort changed: writing new patients only");
             // Keep the files of patients still in the cohort; drop those of patients who left.
             let gone: Vec<String> = removed.iter().map(|s| s.folder()).collect();
-            let kept = prev.files.into_iter().filter(|f| !gone.iter().any(|g| f.starts_with(g))).collect();
+            let files = publish::load_manifest(&ctx.config.output, &job.key).map(|m| m.files).unwrap_or_default();
+            let kept = files.into_iter().filter(|f| !gone.iter().any(|g| f.starts_with(g))).collect();
             Work::Write { only_patients: Some(Arc::new(added.into_iter().collect())), kept }
         }
         _ => Work::Write { only_patients: None, kept: Vec::new() },

@@ -51,7 +51,7 @@ macro_rules! numeric_id {
             $vis fn parse(raw: &[u8]) -> Result<Self, IdError> {
                 parse_digits($kind, raw).map(Self)
             }
-            /// The id's number. (Study ids are only compared and printed.)
+            /// The id's number (not every id type needs it).
             #[allow(dead_code)]
             $vis fn get(self) -> u64 {
                 self.0

@@ -57,7 +57,7 @@ pub(crate) fn parse(text: &[u8]) -> Result<Vec<(Vec<u8>, Digest)>, String> {
 }
 
 /// One line (its 0-based number `i`) of a checksum file; `None` for a blank line.
-fn parse_line(i: usize, line: &[u8]) -> Result<Option<(Vec<u8>, Digest)>, String> {
+pub(crate) fn parse_line(i: usize, line: &[u8]) -> Result<Option<(Vec<u8>, Digest)>, String> {
     {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {

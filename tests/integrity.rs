@@ -154,6 +154,14 @@ fn a_clean_mirror_is_verified_and_the_output_manifest_checks() {
     assert!(!report.contains(".mimic-eye"), "{report}");
     assert!(report.contains("1 changed, 1 missing, 1 extra"), "{report}");
     assert!(text(&v.stderr).contains("does not match its SHA256SUMS.txt"), "{}", text(&v.stderr));
+    // A listing put in another order (the build's is read beside a walk in path order): the
+    // same findings.
+    let mut lines: Vec<&str> = sums2.lines().collect();
+    lines.reverse();
+    fs::write(out.join("SHA256SUMS.txt"), lines.join("\n") + "\n").unwrap();
+    let reordered = text(&verify_out(&out).stdout);
+    assert_eq!(reordered.lines().last(), report.lines().last(), "{reordered}");
+    assert!(reordered.contains("missing: spreadsheets/Hosp/patients.csv"), "{reordered}");
 }
 
 /// Rewrites a `.csv.gz` as a valid gzip whose first data row has one digit changed.

@@ -292,8 +292,8 @@ fn images_leaving_and_arriving_between_builds_follow_and_each_job_keeps_one_list
     assert_eq!(second.len(), 4, "{second:?}");
     assert!(second.iter().all(|n| !first.contains(n)), "each build writes new lists and drops the old");
     // The new list is what the output holds.
-    let listed = fs::read(jobs.join(second.iter().find(|n| n.starts_with("files__cxr-jpg.")).unwrap())).unwrap();
-    let listed: Vec<&[u8]> = listed.split(|b| *b == 0).filter(|p| !p.is_empty()).collect();
+    let listed =
+        list_paths(&fs::read(jobs.join(second.iter().find(|n| n.starts_with("files__cxr-jpg.")).unwrap())).unwrap());
     let mut now = Vec::new();
     walk(&out, &mut now);
     let mut placed: Vec<String> = now
@@ -302,7 +302,84 @@ fn images_leaving_and_arriving_between_builds_follow_and_each_job_keeps_one_list
         .map(|f| f.strip_prefix(&out).unwrap().to_string_lossy().into_owned())
         .collect();
     placed.sort();
-    let listed: Vec<String> = listed.iter().map(|p| String::from_utf8(p.to_vec()).unwrap()).collect();
     assert_eq!(listed, placed);
+    run_ok(bin().args(["verify", "--output"]).arg(&out));
+}
+
+/// The paths of a job's file list: each path ends with a NUL and is followed by a record tag
+/// (0: not a copy; 1 or 2: a copy or clone, whose record is 89 more bytes).
+fn list_paths(bytes: &[u8]) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = at + bytes[at..].iter().position(|b| *b == 0).unwrap();
+        paths.push(String::from_utf8(bytes[at..end].to_vec()).unwrap());
+        at = end + 1 + if bytes[end + 1] == 0 { 1 } else { 90 };
+    }
+    paths
+}
+
+/// In `files = "copy"` mode a rebuild keeps every copy whose source is unchanged (same inode:
+/// not copied again) in all four copied-folder jobs, the records of the copies live in the
+/// jobs' file lists rather than in their manifests, and a source with new bytes (same size,
+/// older mtime) is copied again.
+#[test]
+fn copies_are_kept_across_rebuilds_by_the_records_in_their_file_lists() {
+    let w = world();
+    let root = w.input.parent().unwrap();
+    let out = root.join("out");
+    let config = root.join("copy.toml");
+    fs::write(&config, format!("input = {:?}\noutput = {:?}\nfiles = \"copy\"\n", w.input, out)).unwrap();
+    let build = || run_ok(bin().args(["build", "--config"]).arg(&config));
+    build();
+    let copied = || {
+        let mut files = Vec::new();
+        walk(&out, &mut files);
+        let copies = ["/CXR-JPG/", "/CXR-DICOM/", "/REFLACX/", "/audio_segmentation_transcripts/"];
+        let inodes: BTreeMap<String, u64> = files
+            .iter()
+            .map(|f| f.strip_prefix(&out).unwrap().to_string_lossy().into_owned())
+            .filter(|rel| copies.iter().any(|c| format!("/{rel}").contains(c)))
+            .map(|rel| (rel.clone(), fs::metadata(out.join(&rel)).unwrap().ino()))
+            .collect();
+        inodes
+    };
+    let first = copied();
+    for part in ["/CXR-JPG/", "/CXR-DICOM/", "/REFLACX/", "/audio_segmentation_transcripts/"] {
+        assert!(first.keys().any(|k| k.contains(part)), "{part} copied");
+    }
+    let jobs = out.join(".mimic-eye/jobs");
+    for job in ["files__cxr-jpg", "files__cxr-reports", "files__reflacx", "files__eye-gaze-transcripts"] {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(jobs.join(format!("{job}.json"))).unwrap()).unwrap();
+        assert!(manifest.get("copies").is_none(), "{job}: records in the list, not the manifest");
+        assert_eq!(manifest["file_list"]["records"], true, "{job}");
+    }
+
+    assert_eq!(summary(&out)["files"]["kept"], 0);
+    build();
+    assert_eq!(copied(), first, "a rebuild copies nothing again");
+    let files = &summary(&out)["files"];
+    let copies = files["copied"].as_u64().unwrap();
+    assert!(copies > 0 && files["written"].as_u64().unwrap() > 0, "{files}");
+    assert_eq!(files["kept"].as_u64().unwrap(), copies + files["written"].as_u64().unwrap(), "every file kept: {files}");
+
+    // New bytes in one image, same size, the old mtime kept by the download.
+    let (rel, _) = first.iter().find(|(k, _)| k.ends_with(".jpg")).unwrap();
+    let parts: Vec<&str> = rel.split('/').collect();
+    let sid = parts[0].trim_start_matches("patient_");
+    let source = w.input.join(format!("mimic-cxr-jpg/files/p{}/p{sid}/{}/{}", &sid[..2], parts[2], parts[3]));
+    let mtime = fs::metadata(&source).unwrap().modified().unwrap();
+    let mut bytes = fs::read(&source).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&source, &bytes).unwrap();
+    fs::File::options().write(true).open(&source).unwrap().set_modified(mtime).unwrap();
+    build();
+    let second = copied();
+    assert_eq!(fs::read(out.join(rel)).unwrap(), bytes, "the changed image is copied again");
+    let changed: Vec<&String> = first.keys().filter(|k| first[*k] != second[*k]).collect();
+    assert_eq!(changed, [rel], "only the changed image is copied again");
+    let files = &summary(&out)["files"];
+    assert_eq!(files["kept"].as_u64().unwrap() + 1, copies + files["written"].as_u64().unwrap(), "{files}");
     run_ok(bin().args(["verify", "--output"]).arg(&out));
 }

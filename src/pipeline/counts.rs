@@ -23,6 +23,9 @@ pub struct FileStats {
     pub linked_bytes: u64,
     pub copied_bytes: u64,
     pub reflinked_bytes: u64,
+    /// Of the files above, those already in place from an earlier build and kept as they were
+    /// (not linked, copied or written again).
+    pub kept: u64,
     /// The first hard link or clone that failed this build (then files were copied), and why.
     pub link_failure: Option<String>,
 }

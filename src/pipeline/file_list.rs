@@ -6,7 +6,8 @@
 //! nonce (`files__cxr-jpg.<nonce>.files`): a publish writes the new list under a new name,
 //! records the name in the journal and then the manifest, and only then deletes the old one,
 //! so a crash at any point leaves the list each record names. Paths are stored as their bytes,
-//! each ended by a NUL (no Unix path holds one), in [`Path`] order without repeats.
+//! each ended by a NUL (no Unix path holds one), in [`Path`] order without repeats, each
+//! followed by its copy record ([`copy_record::encode`]; lists of earlier builds have none).
 
 use std::cmp::Ordering;
 use std::fs;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::copy_record::{self, CopyRecord};
 use crate::pipeline::paths::{job_file_name, state_dir};
 
 /// Where a manifest's files are listed apart, and how many.
@@ -25,6 +27,9 @@ pub(crate) struct ListRef {
     /// File name in `.mimic-eye/jobs/`.
     pub name: String,
     pub count: u64,
+    /// Each path is followed by its copy record (false in lists of earlier builds).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub records: bool,
 }
 
 const SUFFIX: &str = ".files";
@@ -63,8 +68,9 @@ impl ListWriter {
         &self.path
     }
 
-    /// Adds `rel`; the same path as the one before is not repeated.
-    pub(crate) fn push(&mut self, rel: &Path) -> io::Result<()> {
+    /// Adds `rel`, with the record of the copy placed there if it is one; the same path as
+    /// the one before is not repeated.
+    pub(crate) fn push(&mut self, rel: &Path, copy: Option<&CopyRecord>) -> io::Result<()> {
         let bytes = rel.as_os_str().as_bytes();
         if self.count > 0 && self.sorted {
             match Path::new(std::ffi::OsStr::from_bytes(&self.last)).cmp(rel) {
@@ -75,6 +81,7 @@ impl ListWriter {
         }
         self.out.write_all(bytes)?;
         self.out.write_all(&[0])?;
+        copy_record::encode(copy, &mut self.out)?;
         self.last.clear();
         self.last.extend_from_slice(bytes);
         self.count += 1;
@@ -87,36 +94,63 @@ impl ListWriter {
         let file = out.into_inner().map_err(|e| e.into_error())?;
         drop(file);
         if !sorted {
-            let mut all = ListReader::open(&path)?.collect::<io::Result<Vec<PathBuf>>>()?;
-            all.sort();
-            all.dedup();
+            let mut reader = ListReader::open(&path, true)?;
+            let mut all = Vec::new();
+            while let Some(entry) = reader.next_entry() {
+                all.push(entry?);
+            }
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all.dedup_by(|a, b| a.0 == b.0);
             let mut out = BufWriter::new(fs::File::create(&path)?);
-            for rel in &all {
+            for (rel, copy) in &all {
                 out.write_all(rel.as_os_str().as_bytes())?;
                 out.write_all(&[0])?;
+                copy_record::encode(copy.as_ref(), &mut out)?;
             }
             out.into_inner().map_err(|e| e.into_error())?;
             count = all.len() as u64;
         }
-        Ok(ListRef { name, count })
+        Ok(ListRef { name, count, records: true })
     }
 }
 
-/// Reads a list back, one path at a time.
+/// Reads a list back, one path at a time (as an iterator), or a path and its copy record.
 pub(crate) struct ListReader {
     input: BufReader<fs::File>,
     buf: Vec<u8>,
+    records: bool,
 }
 
 impl ListReader {
-    pub(crate) fn open(path: &Path) -> io::Result<Self> {
+    /// The list at `path`, whose paths are followed by copy records if `records`.
+    fn open(path: &Path, records: bool) -> io::Result<Self> {
         let file = fs::File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Ok(Self { input: BufReader::with_capacity(1 << 16, file), buf: Vec::new() })
+        Ok(Self { input: BufReader::with_capacity(1 << 16, file), buf: Vec::new(), records })
     }
 
     /// The list `list` of the output `output`.
     pub(crate) fn of(output: &Path, list: &ListRef) -> io::Result<Self> {
-        Self::open(&jobs_dir(output).join(&list.name))
+        Self::open(&jobs_dir(output).join(&list.name), list.records)
+    }
+
+    /// The next path and the record of the copy placed there (none for a link or a list of an
+    /// earlier build).
+    pub(crate) fn next_entry(&mut self) -> Option<io::Result<(PathBuf, Option<CopyRecord>)>> {
+        self.buf.clear();
+        match self.input.read_until(0, &mut self.buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                if self.buf.pop() != Some(0) {
+                    return Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a file list ends mid-path")));
+                }
+                let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&self.buf));
+                match self.records {
+                    true => Some(copy_record::decode(&mut self.input).map(|copy| (rel, copy))),
+                    false => Some(Ok((rel, None))),
+                }
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 
@@ -124,16 +158,56 @@ impl Iterator for ListReader {
     type Item = io::Result<PathBuf>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.buf.clear();
-        match self.input.read_until(0, &mut self.buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                if self.buf.last() == Some(&0) {
-                    self.buf.pop();
-                }
-                Some(Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&self.buf))))
+        self.next_entry().map(|entry| entry.map(|(rel, _)| rel))
+    }
+}
+
+/// The copy records of a job's last list, looked up in the order the job places its files
+/// (path order): a cursor moving forward through the list, so a job of 377,000 copies keeps
+/// one record in memory. Looking up an earlier path starts again from the top.
+pub(crate) struct RecordCursor {
+    path: PathBuf,
+    /// The list, once opened (`None` if it could not be).
+    reader: Option<Option<ListReader>>,
+    /// The entry the reader is on (the first at or after the last path looked up).
+    current: Option<(PathBuf, Option<CopyRecord>)>,
+    last: PathBuf,
+}
+
+impl RecordCursor {
+    /// A cursor over `list` of `output` (a list without records finds none).
+    pub(crate) fn new(output: &Path, list: &ListRef) -> Option<Self> {
+        list.records.then(|| Self {
+            path: jobs_dir(output).join(&list.name),
+            reader: None,
+            current: None,
+            last: PathBuf::new(),
+        })
+    }
+
+    /// The record listed for `rel`, if any. A list that cannot be read has none: the file is
+    /// copied again.
+    pub(crate) fn get(&mut self, rel: &Path) -> Option<CopyRecord> {
+        if self.reader.is_none() || rel < self.last.as_path() {
+            self.reader = Some(ListReader::open(&self.path, true).ok());
+            self.current = None;
+        }
+        self.last.as_mut_os_string().clear();
+        self.last.push(rel);
+        let reader = self.reader.as_mut()?.as_mut()?;
+        loop {
+            match &self.current {
+                Some((at, copy)) if at == rel => return copy.clone(),
+                Some((at, _)) if at.as_path() > rel => return None,
+                _ => {}
             }
-            Err(e) => Some(Err(e)),
+            match reader.next_entry() {
+                Some(Ok(entry)) => self.current = Some(entry),
+                _ => {
+                    self.current = None;
+                    return None;
+                }
+            }
         }
     }
 }
@@ -194,7 +268,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = ListWriter::create(dir.path(), "files/reflacx").unwrap();
         for p in ["b/x", "a/z", "a/z", "a/b.txt", "a/b/c", "b/x"] {
-            w.push(Path::new(p)).unwrap();
+            w.push(Path::new(p), None).unwrap();
         }
         let list = w.finish().unwrap();
         assert!(list.name.starts_with("files__reflacx.") && list.name.ends_with(".files"));
@@ -209,7 +283,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = ListWriter::create(dir.path(), "j").unwrap();
         for p in ["p/1", "p/1", "p/2"] {
-            w.push(Path::new(p)).unwrap();
+            w.push(Path::new(p), None).unwrap();
         }
         let list = w.finish().unwrap();
         assert_eq!(list.count, 2);
@@ -227,6 +301,37 @@ mod tests {
         })
         .unwrap();
         assert_eq!(gone, ["a/1", "b/1", "d/9"].map(PathBuf::from));
+    }
+
+    fn record(ino: u64) -> CopyRecord {
+        CopyRecord { sha256: crate::sums::hex(&[ino as u8; 32]), copy_ino: ino, ..Default::default() }
+    }
+
+    #[test]
+    fn copy_records_follow_their_paths_and_are_found_in_any_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ListWriter::create(dir.path(), "files/cxr-jpg").unwrap();
+        // Out of order: the sort at the end keeps each path's record with it.
+        for (p, ino) in [("b/2", 2), ("a/1", 1), ("b/3", 0), ("c/4", 4)] {
+            w.push(Path::new(p), (ino != 0).then(|| record(ino)).as_ref()).unwrap();
+        }
+        let list = w.finish().unwrap();
+        assert!(list.records);
+        let mut reader = ListReader::of(dir.path(), &list).unwrap();
+        let first = reader.next_entry().unwrap().unwrap();
+        assert_eq!(first, (PathBuf::from("a/1"), Some(record(1))));
+        assert_eq!(reader.count(), 3, "the paths after it, records skipped");
+
+        let mut cursor = RecordCursor::new(dir.path(), &list).unwrap();
+        assert_eq!(cursor.get(Path::new("a/0")), None);
+        assert_eq!(cursor.get(Path::new("a/1")), Some(record(1)));
+        assert_eq!(cursor.get(Path::new("b/3")), None, "a link: no record");
+        assert_eq!(cursor.get(Path::new("c/4")), Some(record(4)));
+        assert_eq!(cursor.get(Path::new("d")), None, "past the end");
+        assert_eq!(cursor.get(Path::new("b/2")), Some(record(2)), "an earlier path: from the top again");
+        // A list of an earlier build, without records, finds none.
+        let old = ListRef { records: false, ..list };
+        assert!(RecordCursor::new(dir.path(), &old).is_none());
     }
 
     #[test]

@@ -2,14 +2,14 @@
 //! compares it), the cohort it was written for, and where each copied file came from. A leaf
 //! module: publish writes manifests, the planner and the folder jobs read them.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::cohort::Cohort;
 use crate::config::{Config, FilesMode, Profile};
-use crate::fingerprint::{FileIdentity, Fingerprint, Fnv};
+use crate::fingerprint::{Fingerprint, Fnv};
+pub(crate) use crate::pipeline::copy_record::CopyRecord;
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::file_list::{ListReader, ListRef};
 
@@ -31,7 +31,8 @@ pub(crate) struct Manifest {
     /// Rows written per patient, so patients who leave can be dropped without rereading.
     #[serde(default)]
     pub per_patient: std::collections::BTreeMap<u64, u64>,
-    /// Copied files (not hard links): the source each was copied from and the copy's hash.
+    /// Copied files (not hard links): the source each was copied from and the copy's hash, as
+    /// builds before the file lists recorded them (a list now carries them beside its paths).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
     /// The files listed apart, on disk (then `files` is empty): copied folders.
@@ -99,48 +100,6 @@ fn non_empty_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Erro
         }
     }
     d.deserialize_map(AnyEntry)
-}
-
-/// What a copied output file was made from: the source's identity when it was copied, and the
-/// SHA-256 of the bytes copied. A source replaced by other bytes (even of the same size with an
-/// older mtime) has another inode or ctime, so it is copied again.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct CopyRecord {
-    /// The source's identity when it was copied.
-    #[serde(flatten)]
-    pub source: FileIdentity,
-    /// SHA-256 of the copied bytes, lower-case hex (empty in records of older builds, which
-    /// kept an FNV hash instead).
-    #[serde(default)]
-    pub sha256: String,
-    /// A copy-on-write clone (`files = "reflink"`) rather than a byte copy.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub reflink: bool,
-    /// The copy's own inode and mtime when it was made (a rename keeps both): while the output
-    /// file still has them, `SHA256SUMS.txt` takes `sha256` instead of reading it again.
-    #[serde(default)]
-    pub copy_ino: u64,
-    #[serde(default)]
-    pub copy_mtime_ns: i64,
-}
-
-impl CopyRecord {
-    /// The source identity part of a record (hash left empty).
-    pub(crate) fn identity(meta: &fs::Metadata) -> Self {
-        Self { source: FileIdentity::of(meta), ..Default::default() }
-    }
-
-    /// Records the copy `dest` (just written) as this record's output.
-    pub(crate) fn set_copy(&mut self, dest: &fs::Metadata) {
-        use std::os::unix::fs::MetadataExt;
-        self.copy_ino = dest.ino();
-        self.copy_mtime_ns = crate::fingerprint::mtime_ns(dest);
-    }
-
-    /// Same source, as far as its identity tells.
-    pub(crate) fn same_source(&self, other: &CopyRecord) -> bool {
-        self.source == other.source
-    }
 }
 
 impl Manifest {

@@ -16,6 +16,7 @@
 mod batch;
 mod build;
 mod context;
+mod copy_record;
 pub(crate) mod counts;
 mod derived;
 mod error;

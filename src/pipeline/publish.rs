@@ -33,15 +33,20 @@ fn journal_path(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("journal").join(format!("{}.json", job_file_name(job)))
 }
 
+/// A JSON record parsed from its file as it is read, not from a copy in memory (the manifest
+/// of a split table lists a file per patient); `None` if it is missing or unreadable.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let file = io::BufReader::with_capacity(1 << 16, fs::File::open(path).ok()?);
+    serde_json::from_reader(file).ok()
+}
+
 pub(crate) fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
-    let text = fs::read(manifest_path(output, job)).ok()?;
-    serde_json::from_slice(&text).ok()
+    read_json(&manifest_path(output, job))
 }
 
 /// A job's manifest without its file list and per-patient counts (see [`ManifestHead`]).
 pub(crate) fn load_manifest_head(output: &Path, job: &str) -> Option<ManifestHead> {
-    let file = io::BufReader::with_capacity(1 << 16, fs::File::open(manifest_path(output, job)).ok()?);
-    serde_json::from_reader(file).ok()
+    read_json(&manifest_path(output, job))
 }
 
 /// Every job's manifest, one at a time (a manifest of a split table lists a file per
@@ -54,12 +59,7 @@ pub(crate) fn manifests(output: &Path) -> impl Iterator<Item = Manifest> {
         Err(_) => Vec::new(),
     };
     paths.sort();
-    // Parsed from the file, not from a copy of it in memory (a cxr cohort's image manifest is
-    // 30 MB of text).
-    paths.into_iter().filter_map(|p| {
-        let file = io::BufReader::with_capacity(1 << 16, fs::File::open(p).ok()?);
-        serde_json::from_reader(file).ok()
-    })
+    paths.into_iter().filter_map(|p| read_json(&p))
 }
 
 /// The jobs with a published file that is missing or was modified after the job's manifest
@@ -364,10 +364,7 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
     let mut redone = 0;
     if let Ok(entries) = fs::read_dir(state_dir(output).join("journal")) {
         for entry in entries.flatten() {
-            let Ok(text) = fs::read(entry.path()) else {
-                continue;
-            };
-            let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) else {
+            let Some(manifest) = read_json::<Manifest>(&entry.path()) else {
                 let _ = fs::remove_file(entry.path());
                 continue;
             };
@@ -378,8 +375,9 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
     }
     let _ = fs::remove_dir_all(state_dir(output).join("staging"));
     file_list::remove_unnamed(output, |job_file| {
-        let text = fs::read(state_dir(output).join("jobs").join(format!("{job_file}.json"))).ok()?;
-        serde_json::from_slice::<Manifest>(&text).ok()?.file_list.map(|l| l.name)
+        read_json::<Manifest>(&state_dir(output).join("jobs").join(format!("{job_file}.json")))?
+            .file_list
+            .map(|l| l.name)
     });
     Ok(redone)
 }

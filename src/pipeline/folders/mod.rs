@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{FilesMode, Profile};
-use crate::ids::{ReflacxId, StudyId, SubjectId};
+use crate::ids::{ReflacxId, SubjectId};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError};
@@ -26,7 +26,9 @@ use crate::pipeline::paths;
 use crate::pipeline::publish;
 use crate::pipeline::publish::CopyRecord;
 use crate::pipeline::reader::SmallTable;
+use copied_before::CopiedBefore;
 
+mod copied_before;
 mod place;
 mod read_set;
 
@@ -42,15 +44,15 @@ struct FolderJob<'a> {
     key: &'static str,
     staging: PathBuf,
     input_root: PathBuf,
-    /// What the job placed, streamed to disk (377,000 images in a `cxr` cohort).
+    /// What the job placed, with the records of its copies, streamed to disk (377,000 images
+    /// in a `cxr` cohort).
     list: ListWriter,
     counts: TableCounts,
     /// (device, inode) of the folders being walked, outermost first: a link back to one of
     /// them would recurse without end.
     walking: Vec<(u64, u64)>,
-    /// What each copy was made from, by the last publish of this job (empty with --full).
-    copied_before: std::collections::BTreeMap<PathBuf, CopyRecord>,
-    copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
+    /// What each copy was made from, by the last publish of this job (nothing with --full).
+    copied_before: CopiedBefore,
 }
 
 impl<'a> FolderJob<'a> {
@@ -60,8 +62,8 @@ impl<'a> FolderJob<'a> {
         let _ = fs::create_dir_all(&staging);
         let input_root = fs::canonicalize(&ctx.config.input).unwrap_or_else(|_| ctx.config.input.clone());
         let copied_before = match ctx.force_full {
-            true => Default::default(),
-            false => publish::load_manifest(&ctx.config.output, key).map(|m| m.copies).unwrap_or_default(),
+            true => CopiedBefore::Nothing,
+            false => CopiedBefore::load(&ctx.config.output, key),
         };
         let list = ListWriter::create(&ctx.config.output, key).at(&paths::state_dir(&ctx.config.output))?;
         Ok(Self {
@@ -73,7 +75,6 @@ impl<'a> FolderJob<'a> {
             counts: TableCounts::default(),
             walking: Vec::new(),
             copied_before,
-            copies: Default::default(),
         })
     }
 
@@ -150,15 +151,24 @@ impl<'a> FolderJob<'a> {
         let final_path = self.ctx.config.output.join(dest);
         let staged = paths::staged_path(&self.staging, dest);
         let final_is_link = fs::symlink_metadata(&final_path).is_ok_and(|m| m.file_type().is_symlink());
+        // The record of a copy in place that is kept.
+        let mut kept = None;
         let unchanged = match (&content, mode) {
             (Some(bytes), _) => !final_is_link && fs::read(&final_path).is_ok_and(|old| &old == bytes),
             (None, FilesMode::Symlink) => {
                 final_is_link && fs::read_link(&final_path).is_ok_and(|t| t == link_target(src)) && final_path.exists()
             }
-            (None, _) => !final_is_link && same_file(src, &final_path, mode) && self.kept_copy(src, dest),
+            (None, _) if !final_is_link && same_file(src, &final_path, mode) => match self.kept_copy(src, dest) {
+                Some(record) => {
+                    kept = record;
+                    true
+                }
+                None => false,
+            },
+            (None, _) => false,
         };
         let placed = if unchanged {
-            Ok(self.classify(src, &final_path, content.is_some()))
+            Ok(self.classify(src, &final_path, content.is_some(), kept.as_ref()))
         } else {
             match content {
                 Some(bytes) => fs::write(&staged, bytes).map(|()| Placed::Written),
@@ -173,11 +183,8 @@ impl<'a> FolderJob<'a> {
                 let _ = fs::remove_file(&staged);
                 tracing::error!(job = self.key, file = %src.display(), "{}; the previous copy (if any) is kept", crate::sums::MISMATCH);
                 // Keep what the last build placed, if anything.
-                match self.copied_before.get(dest).cloned() {
-                    Some(record) if final_path.is_file() => {
-                        self.copies.insert(dest.to_path_buf(), record);
-                        self.classify(src, &final_path, false)
-                    }
+                match self.copied_before.get(dest) {
+                    Some(record) if final_path.is_file() => self.classify(src, &final_path, false, Some(&record)),
                     _ => {
                         self.counts.read -= 1;
                         self.skip(src, &e);
@@ -194,28 +201,40 @@ impl<'a> FolderJob<'a> {
         };
         let bytes = fs::metadata(src).map_or(0, |m| m.len());
         let mut stats = self.ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner());
-        match placed {
-            Placed::Linked => (stats.linked, stats.linked_bytes) = (stats.linked + 1, stats.linked_bytes + bytes),
-            Placed::Copied(record) | Placed::Reflinked(record) if !unchanged => {
-                let reflink = record.reflink;
-                self.copies.insert(dest.to_path_buf(), record);
-                stats.count_copy(reflink, bytes);
+        stats.kept += u64::from(unchanged);
+        let copy = match placed {
+            Placed::Linked => {
+                (stats.linked, stats.linked_bytes) = (stats.linked + 1, stats.linked_bytes + bytes);
+                None
             }
-            Placed::Copied(_) => stats.count_copy(false, bytes),
-            Placed::Reflinked(_) => stats.count_copy(true, bytes),
-            Placed::Symlinked => stats.symlinked += 1,
-            Placed::Written => stats.written += 1,
-        }
+            Placed::Copied(record) | Placed::Reflinked(record) => {
+                stats.count_copy(record.reflink, bytes);
+                if unchanged {
+                    kept
+                } else {
+                    Some(record)
+                }
+            }
+            Placed::Symlinked => {
+                stats.symlinked += 1;
+                None
+            }
+            Placed::Written => {
+                stats.written += 1;
+                None
+            }
+        };
         drop(stats);
-        if let Err(cause) = self.list.push(dest) {
+        if let Err(cause) = self.list.push(dest, copy.as_ref()) {
             return Err(JobError::Write { path: self.list.path().to_path_buf(), cause });
         }
         self.counts.written += 1;
         Ok(())
     }
 
-    /// How a file already in place (and kept) was placed, for the summary's counts.
-    fn classify(&self, src: &Path, out: &Path, content: bool) -> Placed {
+    /// How a file already in place (and kept) was placed, for the summary's counts; `record`
+    /// is the record of its copy, if it is one.
+    fn classify(&self, src: &Path, out: &Path, content: bool, record: Option<&CopyRecord>) -> Placed {
         if content {
             return Placed::Written;
         }
@@ -226,8 +245,7 @@ impl<'a> FolderJob<'a> {
         if o.ino() == s.ino() && o.dev() == s.dev() {
             return Placed::Linked;
         }
-        let dest = out.strip_prefix(&self.ctx.config.output).unwrap_or(out);
-        match self.copies.get(dest).or_else(|| self.copied_before.get(dest)) {
+        match record {
             Some(r) if r.reflink => Placed::Reflinked(r.clone()),
             Some(r) => Placed::Copied(r.clone()),
             None => Placed::Copied(CopyRecord::identity(&s)),
@@ -273,26 +291,24 @@ impl<'a> FolderJob<'a> {
     }
 
     /// A copy already in place is kept only if its source is the one it was copied from (a
-    /// hard link needs no record: it is the source). Keeps the record for the next build.
-    fn kept_copy(&mut self, src: &Path, dest: &Path) -> bool {
-        let Ok(out) = fs::metadata(self.ctx.config.output.join(dest)) else { return false };
-        let Ok(source) = fs::metadata(src) else { return false };
+    /// hard link needs no record: it is the source). `Some` when kept, with the record to
+    /// keep for the next build (none for a hard link).
+    fn kept_copy(&mut self, src: &Path, dest: &Path) -> Option<Option<CopyRecord>> {
+        let out = fs::metadata(self.ctx.config.output.join(dest)).ok()?;
+        let source = fs::metadata(src).ok()?;
         if out.nlink() > 1 && out.ino() == source.ino() && out.dev() == source.dev() {
             // A hard link is the source itself; in the other modes it must be replaced.
-            return self.ctx.config.files == FilesMode::Hardlink;
+            return (self.ctx.config.files == FilesMode::Hardlink).then_some(None);
         }
         let want_reflink = self.ctx.config.files == FilesMode::Reflink;
-        match self.copied_before.get(dest) {
-            Some(record)
-                if record.same_source(&CopyRecord::identity(&source))
+        self.copied_before
+            .get(dest)
+            .filter(|record| {
+                record.same_source(&CopyRecord::identity(&source))
                     && record.source.size == out.len()
-                    && (record.reflink == want_reflink || !want_reflink) =>
-            {
-                self.copies.insert(dest.to_path_buf(), record.clone());
-                true
-            }
-            _ => false,
-        }
+                    && (record.reflink == want_reflink || !want_reflink)
+            })
+            .map(Some)
     }
 
     fn reject(&mut self, what: &str, error: &dyn std::fmt::Display) {
@@ -307,7 +323,6 @@ impl<'a> FolderJob<'a> {
         let manifest = publish::Manifest {
             job: self.key.to_string(),
             counts: self.counts,
-            copies: self.copies,
             file_list: Some(list),
             ..Default::default()
         };
@@ -329,14 +344,9 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     let mut done = Vec::new();
 
     // Chest X-ray study folders and their reports, for each study in a patient's subset rows.
-    let mut studies: Vec<(SubjectId, StudyId)> =
-        ctx.links.cxr_rows.iter().filter_map(|r| r.study.map(|s| (r.subject, s))).collect();
-    studies.sort_unstable();
-    studies.dedup();
-    studies.shrink_to_fit();
     let mut jpg = FolderJob::new(ctx, "files/cxr-jpg")?;
     let mut reports = FolderJob::new(ctx, "files/cxr-reports")?;
-    for (subject, study) in &studies {
+    for (subject, study) in &ctx.links.studies {
         let sdir = crate::input::cxr_subject_dir(*subject);
         jpg.folder(
             &d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}")),
@@ -354,8 +364,11 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     done.push(jpg.publish()?);
     done.push(reports.publish()?);
 
-    // REFLACX reading folders (ellipses merged in profile paper) and gaze samples.
+    // REFLACX reading folders (ellipses merged in profile paper) and gaze samples, walked in
+    // the order of their output paths (the tables list readings in another): the job's file
+    // list is then written in order, and the last build's copy records read forward.
     let mut readings = FolderJob::new(ctx, "files/reflacx")?;
+    let mut walks: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     for table in &ctx.reflacx_phases {
         let phase = &table.path;
         let (id_col, s_col) = (table.require("id")?, table.require("subject_id")?);
@@ -374,10 +387,17 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
                 continue;
             };
             let dest = PathBuf::from(subject.folder()).join("REFLACX");
-            let main = d.reflacx.join("main_data").join(id.as_str());
-            sync_reading(&mut readings, &main, &dest.join("main_data").join(id.as_str()), ctx.config.profile)?;
-            let gaze = d.reflacx.join("gaze_data").join(id.as_str());
-            readings.folder(&gaze, &dest.join("gaze_data").join(id.as_str()))?;
+            for (part, is_main) in [("main_data", true), ("gaze_data", false)] {
+                walks.push((dest.join(part).join(id.as_str()), d.reflacx.join(part).join(id.as_str()), is_main));
+            }
+        }
+    }
+    walks.sort_unstable();
+    walks.dedup();
+    for (dest, src, is_main) in &walks {
+        match is_main {
+            true => sync_reading(&mut readings, src, dest, ctx.config.profile)?,
+            false => readings.folder(src, dest)?,
         }
     }
     done.push(readings.publish()?);
@@ -385,14 +405,17 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     // EyeGaze audio, transcript and mask folders of each patient's images.
     let mut transcripts = FolderJob::new(ctx, "files/eye-gaze-transcripts")?;
     let root = d.egd_cxr.join("audio_segmentation_transcripts");
+    let mut walks: Vec<(PathBuf, PathBuf)> = Vec::new();
     for dicom in &ctx.links.eye_gaze_dicoms {
         let Some(subject) = ctx.cohort.subject_of_dicom(dicom) else {
             continue;
         };
-        transcripts.folder(
-            &root.join(dicom.as_str()),
-            &PathBuf::from(subject.folder()).join("EyeGaze/audio_segmentation_transcripts").join(dicom.as_str()),
-        )?;
+        let dest = PathBuf::from(subject.folder()).join("EyeGaze/audio_segmentation_transcripts").join(dicom.as_str());
+        walks.push((dest, root.join(dicom.as_str())));
+    }
+    walks.sort_unstable();
+    for (dest, src) in &walks {
+        transcripts.folder(src, dest)?;
     }
     done.push(transcripts.publish()?);
     Ok(done)

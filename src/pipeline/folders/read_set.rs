@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::ids::{ReflacxId, StudyId, SubjectId};
+use crate::ids::{ReflacxId, SubjectId};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::linker::Links;
 use crate::pipeline::reader::SmallTable;
@@ -62,15 +62,9 @@ pub(crate) fn each_copied_folder(
     each: &mut dyn FnMut(&Path, bool),
 ) {
     let d = &config.datasets;
-    // Distinct ids first (16 bytes a study), paths after.
-    let mut studies: Vec<(SubjectId, StudyId)> =
-        links.cxr_rows.iter().filter_map(|r| Some((r.subject, r.study?))).collect();
-    studies.sort_unstable();
-    studies.dedup();
-    for (subject, study) in &studies {
+    for (subject, study) in &links.studies {
         each(&d.mimic_cxr_jpg.join("files").join(cxr_subject_dir(*subject)).join(format!("s{study}")), false);
     }
-    drop(studies);
     let mut subjects: Vec<SubjectId> = links.cxr_rows.iter().map(|r| r.subject).collect();
     subjects.sort_unstable();
     subjects.dedup();

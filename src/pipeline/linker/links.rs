@@ -47,6 +47,9 @@ pub(crate) struct Links {
     pub cohort: Cohort,
     pub cxr_header: Header,
     pub cxr_rows: Vec<CxrRow>,
+    /// The subset's distinct studies, in the order of their output folders (see
+    /// [`Links::set_studies`]): what the folder jobs copy, in the order they copy it.
+    pub studies: Vec<(SubjectId, StudyId)>,
     /// The stays of the eye-tracking images (the master sheet's `stay_id`).
     pub stays_by_dicom: HashMap<DicomId, StayId>,
     pub eye_gaze_dicoms: BTreeSet<DicomId>,
@@ -66,9 +69,45 @@ impl Links {
     pub(crate) fn stays(&self) -> usize {
         self.cxr_rows.iter().filter_map(|r| r.stay).collect::<HashSet<_>>().len()
     }
+
+    /// Sets [`Links::studies`] from the subset's rows, ordered as the paths
+    /// `patient_<subject>/CXR-JPG/s<study>` are (their numbers as text: `2` after `10`), so a
+    /// job walking them writes its file list in order and reads the last one forward.
+    pub(crate) fn set_studies(&mut self) {
+        let mut studies: Vec<(SubjectId, StudyId)> =
+            self.cxr_rows.iter().filter_map(|r| Some((r.subject, r.study?))).collect();
+        studies.sort_unstable_by(|a, b| {
+            as_text_order(a.0.get(), b.0.get()).then_with(|| as_text_order(a.1.get(), b.1.get()))
+        });
+        studies.dedup();
+        studies.shrink_to_fit();
+        self.studies = studies;
+    }
+}
+
+/// How two numbers' decimal texts sort (ids have at most 18 digits, so scaling cannot
+/// overflow): the shorter text scaled to the longer's length, a prefix first.
+fn as_text_order(a: u64, b: u64) -> std::cmp::Ordering {
+    let digits = |n: u64| n.checked_ilog10().unwrap_or(0);
+    let (da, db) = (digits(a), digits(b));
+    let (sa, sb) = (a * 10u64.pow(db.saturating_sub(da)), b * 10u64.pow(da.saturating_sub(db)));
+    sa.cmp(&sb).then(da.cmp(&db))
 }
 
 pub(super) fn skip(warnings: &mut Vec<LinkReject>, table: &str, line: u64, reason: String) {
     tracing::warn!(table, line, reason, "linker skipped a row");
     warnings.push(LinkReject { table: table.to_string(), line, reason });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_sort_as_their_texts() {
+        let mut numbers = vec![10, 2, 1, 100, 19, 9, 0, 123_456_789_012_345_678, 20];
+        numbers.sort_by(|a, b| super::as_text_order(*a, *b));
+        let mut texts: Vec<String> = numbers.iter().map(u64::to_string).collect();
+        let in_order = texts.clone();
+        texts.sort();
+        assert_eq!(in_order, texts);
+    }
 }

@@ -80,6 +80,7 @@ pub(super) fn link(tables: LinkTables<'_>, settings: LinkSettings<'_>) -> Result
     }
     // Kept for the whole build: without the growth's slack (a third of it at 377,000 images).
     links.cxr_rows.shrink_to_fit();
+    links.set_studies();
     warnings.append(&mut cxr_warnings);
     let others = inputs.reflacx_metadata.iter().chain(&inputs.master_sheet);
     inputs.rows.extend(others.map(|t| (t.path.clone(), t.rows.len() as u64 + t.rejected())));

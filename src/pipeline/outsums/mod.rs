@@ -12,7 +12,6 @@
 //! cache are streamed (the output walked in path order, merged with the last cache): memory
 //! does not grow with the number of output files.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufWriter, Write};
@@ -20,30 +19,64 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde::Serialize;
 use sha2::Digest as _;
 
+use crate::pipeline::file_list::ListReader;
 use crate::pipeline::paths;
-use crate::pipeline::publish;
+use crate::pipeline::publish::{self, CopyRecord};
 use crate::sums::{self, Digest, SUMS_FILE};
 
 mod cache;
+mod verify;
 mod walk;
+
+pub use verify::verify;
 
 use cache::{CacheReader, Identity, CACHE};
 
-/// Digests recorded while copying, by the copy's inode: usable while the copy keeps its
-/// mtime and size. Only copies (`files = "copy"` or `"reflink"`) have one.
-fn copy_digests(output: &Path) -> HashMap<u64, (i64, u64, Digest)> {
-    let mut out = HashMap::new();
-    for m in publish::manifests(output) {
-        for r in m.copies.into_values() {
-            if let (Some(d), true) = (sums::parse_hex(&r.sha256), r.copy_ino != 0) {
-                out.insert(r.copy_ino, (r.copy_mtime_ns, r.source.size, d));
+/// Digests recorded while copying, for copies made since `since_ns` (the last listing: older
+/// copies are in its cache), usable while a copy keeps its inode, mtime and size. Only copies
+/// (`files = "copy"` or `"reflink"`) have one. Read from the jobs' file lists (and the
+/// manifests of older builds) into a vector sorted by inode: 56 bytes a copy.
+struct CopyDigests(Vec<(u64, i64, u64, Digest)>);
+
+impl CopyDigests {
+    fn load(output: &Path, since_ns: i64) -> Self {
+        let mut all = Vec::new();
+        let mut add = |r: &CopyRecord| {
+            if let (Some(d), true) = (sums::parse_hex(&r.sha256), r.copy_ino != 0 && r.copy_mtime_ns >= since_ns) {
+                all.push((r.copy_ino, r.copy_mtime_ns, r.source.size, d));
+            }
+        };
+        for m in publish::manifests(output) {
+            m.copies.values().for_each(&mut add);
+            // A list that cannot be read only costs hashing its copies again.
+            let Some(Ok(mut list)) = m.file_list.as_ref().filter(|l| l.records).map(|l| ListReader::of(output, l))
+            else {
+                continue;
+            };
+            while let Some(Ok((_, copy))) = list.next_entry() {
+                if let Some(record) = &copy {
+                    add(record);
+                }
             }
         }
+        all.sort_unstable_by_key(|c| c.0);
+        Self(all)
     }
-    out
+
+    /// The digest recorded for the file with identity `id`, if it is a copy still as made.
+    fn get(&self, id: Identity) -> Option<Digest> {
+        let first = self.0.partition_point(|c| c.0 < id.ino);
+        self.0[first..].iter().take_while(|c| c.0 == id.ino).find(|c| (c.1, c.2) == (id.mtime_ns, id.size)).map(|c| c.3)
+    }
+}
+
+/// When the cache was last written, less a margin for the file system's clock, in
+/// nanoseconds (the earliest time when there is none).
+fn cache_written_ns(path: &Path) -> i64 {
+    const MARGIN_NS: i64 = 2_000_000_000;
+    fs::metadata(path).map_or(i64::MIN, |m| crate::fingerprint::mtime_ns(&m).saturating_sub(MARGIN_NS))
 }
 
 /// A file being written beside its final path, renamed over it when complete.
@@ -85,8 +118,8 @@ struct Entry {
 /// Returns the number of files listed and how many were read to hash them.
 pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
     let state = paths::state_dir(output);
+    let copies = CopyDigests::load(output, cache_written_ns(&state.join(CACHE)));
     let mut cache = CacheReader::open(&state.join(CACHE));
-    let copies = copy_digests(output);
     let mut out = Listing {
         cache: AtomicFile::new(&state)?,
         // Written in the state folder (the walk would list a temporary file at the top).
@@ -105,8 +138,7 @@ pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
             Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         };
         let id = Identity::of(&meta);
-        let copied = || copies.get(&id.ino).filter(|c| (c.0, c.1) == (id.mtime_ns, id.size)).map(|c| c.2);
-        let digest = cache.lookup(rel, id).or_else(copied);
+        let digest = cache.lookup(rel, id).or_else(|| copies.get(id));
         batch.push(Entry { rel: rel.to_vec(), id, digest });
         if batch.len() == BATCH {
             out.add(output, &mut batch)?;
@@ -187,65 +219,3 @@ fn hash_unknown(output: &Path, batch: &mut [Entry]) -> io::Result<usize> {
 
 /// Threads hashing output files at the end of a build.
 const HASH_THREADS: usize = 4;
-
-/// What `mimic-eye verify` found.
-#[derive(Debug, Default, Serialize)]
-pub struct Verification {
-    pub listed: usize,
-    pub ok: usize,
-    pub changed: Vec<String>,
-    pub missing: Vec<String>,
-    /// Present, not listed, not under `.mimic-eye/`.
-    pub extra: Vec<String>,
-}
-
-impl Verification {
-    pub fn clean(&self) -> bool {
-        self.changed.is_empty() && self.missing.is_empty() && self.extra.is_empty()
-    }
-
-    pub fn text(&self) -> String {
-        let mut s = String::new();
-        for (what, list) in [("changed", &self.changed), ("missing", &self.missing), ("extra", &self.extra)] {
-            for p in list {
-                s.push_str(&format!("{what}: {p}\n"));
-            }
-        }
-        s.push_str(&format!(
-            "{} listed, {} verified, {} changed, {} missing, {} extra\n",
-            self.listed,
-            self.ok,
-            self.changed.len(),
-            self.missing.len(),
-            self.extra.len()
-        ));
-        s
-    }
-}
-
-/// Re-hashes every file `<output>/SHA256SUMS.txt` lists and looks for files it does not list.
-pub fn verify(output: &Path) -> anyhow::Result<Verification> {
-    use anyhow::Context;
-    let list = output.join(SUMS_FILE);
-    let text = fs::read(&list).with_context(|| format!("reading {}", list.display()))?;
-    let listed = sums::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", list.display()))?;
-    let mut v = Verification { listed: listed.len(), ..Default::default() };
-    let names: std::collections::HashSet<&[u8]> = listed.iter().map(|(p, _)| p.as_slice()).collect();
-    for (rel, digest) in &listed {
-        let shown = String::from_utf8_lossy(rel).into_owned();
-        let path = output.join(std::ffi::OsStr::from_bytes(rel));
-        match sums::hash_file(&path) {
-            Ok(d) if d == *digest => v.ok += 1,
-            Ok(_) => v.changed.push(shown),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => v.missing.push(shown),
-            Err(e) => v.changed.push(format!("{shown} ({e})")),
-        }
-    }
-    walk::each_listable_file(output, &mut |rel| {
-        if !names.contains(rel) {
-            v.extra.push(String::from_utf8_lossy(rel).into_owned());
-        }
-        Ok(())
-    })?;
-    Ok(v)
-}

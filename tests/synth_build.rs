@@ -362,7 +362,11 @@ fn copies_are_kept_across_rebuilds_by_the_records_in_their_file_lists() {
     let files = &summary(&out)["files"];
     let copies = files["copied"].as_u64().unwrap();
     assert!(copies > 0 && files["written"].as_u64().unwrap() > 0, "{files}");
-    assert_eq!(files["kept"].as_u64().unwrap(), copies + files["written"].as_u64().unwrap(), "every file kept: {files}");
+    assert_eq!(
+        files["kept"].as_u64().unwrap(),
+        copies + files["written"].as_u64().unwrap(),
+        "every file kept: {files}"
+    );
 
     // New bytes in one image, same size, the old mtime kept by the download.
     let (rel, _) = first.iter().find(|(k, _)| k.ends_with(".jpg")).unwrap();

@@ -199,21 +199,28 @@ impl<'a> FolderJob<'a> {
                 return Ok(());
             }
         };
+        let copy = self.count(src, placed, unchanged.then_some(kept));
+        if let Err(cause) = self.list.push(dest, copy.as_ref()) {
+            return Err(JobError::Write { path: self.list.path().to_path_buf(), cause });
+        }
+        self.counts.written += 1;
+        Ok(())
+    }
+
+    /// Counts how a file was placed, for the summary; `kept` is `Some` for a file left as it
+    /// was, with its copy's record if it is a copy. Returns the record to list with the file.
+    fn count(&self, src: &Path, placed: Placed, kept: Option<Option<CopyRecord>>) -> Option<CopyRecord> {
         let bytes = fs::metadata(src).map_or(0, |m| m.len());
         let mut stats = self.ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner());
-        stats.kept += u64::from(unchanged);
-        let copy = match placed {
+        stats.kept += u64::from(kept.is_some());
+        match placed {
             Placed::Linked => {
                 (stats.linked, stats.linked_bytes) = (stats.linked + 1, stats.linked_bytes + bytes);
                 None
             }
             Placed::Copied(record) | Placed::Reflinked(record) => {
                 stats.count_copy(record.reflink, bytes);
-                if unchanged {
-                    kept
-                } else {
-                    Some(record)
-                }
+                kept.unwrap_or(Some(record))
             }
             Placed::Symlinked => {
                 stats.symlinked += 1;
@@ -223,13 +230,7 @@ impl<'a> FolderJob<'a> {
                 stats.written += 1;
                 None
             }
-        };
-        drop(stats);
-        if let Err(cause) = self.list.push(dest, copy.as_ref()) {
-            return Err(JobError::Write { path: self.list.path().to_path_buf(), cause });
         }
-        self.counts.written += 1;
-        Ok(())
     }
 
     /// How a file already in place (and kept) was placed, for the summary's counts; `record`
@@ -340,10 +341,15 @@ fn sorted_entries(dir: &Path) -> Vec<fs::DirEntry> {
 
 /// Syncs every copied folder of the cohort.
 pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
-    let d = &ctx.config.datasets;
-    let mut done = Vec::new();
+    let mut done = sync_studies(ctx)?;
+    done.push(sync_readings(ctx)?);
+    done.push(sync_transcripts(ctx)?);
+    Ok(done)
+}
 
-    // Chest X-ray study folders and their reports, for each study in a patient's subset rows.
+/// Chest X-ray study folders and their reports, for each study of the subset.
+fn sync_studies(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
+    let d = &ctx.config.datasets;
     let mut jpg = FolderJob::new(ctx, "files/cxr-jpg")?;
     let mut reports = FolderJob::new(ctx, "files/cxr-reports")?;
     for (subject, study) in &ctx.links.studies {
@@ -361,12 +367,14 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
             )?;
         }
     }
-    done.push(jpg.publish()?);
-    done.push(reports.publish()?);
+    Ok(vec![jpg.publish()?, reports.publish()?])
+}
 
-    // REFLACX reading folders (ellipses merged in profile paper) and gaze samples, walked in
-    // the order of their output paths (the tables list readings in another): the job's file
-    // list is then written in order, and the last build's copy records read forward.
+/// REFLACX reading folders (ellipses merged in profile paper) and gaze samples, walked in the
+/// order of their output paths (the tables list readings in another): the job's file list is
+/// then written in order, and the last build's copy records read forward.
+fn sync_readings(ctx: &BuildContext) -> Result<(String, TableCounts), JobError> {
+    let d = &ctx.config.datasets;
     let mut readings = FolderJob::new(ctx, "files/reflacx")?;
     let mut walks: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     for table in &ctx.reflacx_phases {
@@ -400,11 +408,13 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
             false => readings.folder(src, dest)?,
         }
     }
-    done.push(readings.publish()?);
+    readings.publish()
+}
 
-    // EyeGaze audio, transcript and mask folders of each patient's images.
+/// EyeGaze audio, transcript and mask folders of each patient's images, in output path order.
+fn sync_transcripts(ctx: &BuildContext) -> Result<(String, TableCounts), JobError> {
     let mut transcripts = FolderJob::new(ctx, "files/eye-gaze-transcripts")?;
-    let root = d.egd_cxr.join("audio_segmentation_transcripts");
+    let root = ctx.config.datasets.egd_cxr.join("audio_segmentation_transcripts");
     let mut walks: Vec<(PathBuf, PathBuf)> = Vec::new();
     for dicom in &ctx.links.eye_gaze_dicoms {
         let Some(subject) = ctx.cohort.subject_of_dicom(dicom) else {
@@ -417,8 +427,7 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
     for (dest, src) in &walks {
         transcripts.folder(src, dest)?;
     }
-    done.push(transcripts.publish()?);
-    Ok(done)
+    transcripts.publish()
 }
 
 /// One REFLACX reading folder: files copied, except the merged ellipses file in `paper`.

@@ -54,6 +54,11 @@ impl Expected {
         Self { digest, path: path.to_path_buf(), report: Some(report) }
     }
 
+    /// The listed digest.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
     /// Compares and records; the error for a mismatch.
     pub fn check(&self, actual: &Digest) -> io::Result<()> {
         let matched = *actual == self.digest;

@@ -425,6 +425,42 @@ fn a_copied_image_that_differs_from_its_sha256sums_line_keeps_its_previous_copy_
     assert_eq!(placed_total(&s), copied_folder_files(&s), "{}", s["files"]);
 }
 
+/// A copy kept from an earlier build is checked against the dataset's SHA256SUMS.txt as it
+/// is now: a new listing that no longer matches the unchanged source (a corrected checksum
+/// file, a damaged download noticed upstream) makes it copied again and checked, which fails
+/// the build and keeps the previous copy.
+#[test]
+fn a_kept_copy_is_checked_against_a_changed_sha256sums_line() {
+    let t = tempfile::tempdir().unwrap();
+    let (input, out) = (t.path().join("in"), t.path().join("out"));
+    mirror(&input);
+    let cfg = config(t.path(), &input, &out, "copy");
+    run_ok(bin().arg("build").arg("--config").arg(&cfg));
+    let placed = find(&out, ".jpg").unwrap();
+    let before = fs::read(&placed).unwrap();
+    let root = files(&input).join("mimic-cxr-jpg/2.0.0");
+    let source = find(&root.join("files"), &placed.file_name().unwrap().to_string_lossy()).unwrap();
+    let rel = source.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+    let sums_path = root.join("SHA256SUMS.txt");
+    let sums = fs::read_to_string(&sums_path).unwrap();
+    assert!(sums.contains(&format!(" {rel}\n")), "the image is listed");
+    let other = sha256_hex(b"other bytes");
+    let changed: String = sums
+        .lines()
+        .map(|l| if l.ends_with(&format!(" {rel}")) { format!("{other} {rel}\n") } else { format!("{l}\n") })
+        .collect();
+    fs::write(&sums_path, changed).unwrap();
+
+    let o = bin().arg("build").arg("--config").arg(&cfg).output().unwrap();
+    assert!(!o.status.success(), "a kept copy that no longer matches its listing must fail the build");
+    let s = summary(&out);
+    let failure = s["failed"]["copied files"].as_str().unwrap();
+    assert!(failure.contains(MISMATCH) && failure.contains(&source.display().to_string()), "{failure}");
+    assert_eq!(fs::read(&placed).unwrap(), before, "the previous copy is kept");
+    // Every other copy was left in place.
+    assert_eq!(s["files"]["kept"], s["files"]["copied"].as_u64().unwrap() + s["files"]["written"].as_u64().unwrap());
+}
+
 /// A gzip of `csv` in two members: header and the first half of the rows, then the rest. The
 /// first member alone is a valid gzip of a shorter table, which is what a download cut at a
 /// member boundary looks like: only its hash tells that it is not complete.

@@ -353,7 +353,7 @@ fn copies_are_kept_across_rebuilds_by_the_records_in_their_file_lists() {
         let manifest: serde_json::Value =
             serde_json::from_slice(&fs::read(jobs.join(format!("{job}.json"))).unwrap()).unwrap();
         assert!(manifest.get("copies").is_none(), "{job}: records in the list, not the manifest");
-        assert_eq!(manifest["file_list"]["records"], true, "{job}");
+        assert_eq!(manifest["list"]["records"], true, "{job}");
     }
 
     assert_eq!(summary(&out)["files"]["kept"], 0);

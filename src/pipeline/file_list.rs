@@ -39,8 +39,8 @@ fn jobs_dir(output: &Path) -> PathBuf {
 }
 
 /// Writes a job's list as its files are placed. Paths that come in order are streamed to disk;
-/// if one comes out of order the list is sorted once at the end (the REFLACX and EyeGaze
-/// folders follow their tables' rows, and are small).
+/// if one comes out of order (the jobs walk in path order: not expected) the list is sorted
+/// once at the end.
 pub(crate) struct ListWriter {
     path: PathBuf,
     name: String,
@@ -167,11 +167,17 @@ impl Iterator for ListReader {
 /// one record in memory. Looking up an earlier path starts again from the top.
 pub(crate) struct RecordCursor {
     path: PathBuf,
-    /// The list, once opened (`None` if it could not be).
-    reader: Option<Option<ListReader>>,
+    reader: CursorState,
     /// The entry the reader is on (the first at or after the last path looked up).
     current: Option<(PathBuf, Option<CopyRecord>)>,
     last: PathBuf,
+}
+
+enum CursorState {
+    Unopened,
+    /// Could not be opened or read: no records (the files are copied again).
+    Failed,
+    Open(ListReader),
 }
 
 impl RecordCursor {
@@ -179,7 +185,7 @@ impl RecordCursor {
     pub(crate) fn new(output: &Path, list: &ListRef) -> Option<Self> {
         list.records.then(|| Self {
             path: jobs_dir(output).join(&list.name),
-            reader: None,
+            reader: CursorState::Unopened,
             current: None,
             last: PathBuf::new(),
         })
@@ -188,13 +194,13 @@ impl RecordCursor {
     /// The record listed for `rel`, if any. A list that cannot be read has none: the file is
     /// copied again.
     pub(crate) fn get(&mut self, rel: &Path) -> Option<CopyRecord> {
-        if self.reader.is_none() || rel < self.last.as_path() {
-            self.reader = Some(ListReader::open(&self.path, true).ok());
+        if matches!(self.reader, CursorState::Unopened) || rel < self.last.as_path() {
+            self.reader = ListReader::open(&self.path, true).map_or(CursorState::Failed, CursorState::Open);
             self.current = None;
         }
         self.last.as_mut_os_string().clear();
         self.last.push(rel);
-        let reader = self.reader.as_mut()?.as_mut()?;
+        let CursorState::Open(reader) = &mut self.reader else { return None };
         loop {
             match &self.current {
                 Some((at, copy)) if at == rel => return copy.clone(),
@@ -203,7 +209,13 @@ impl RecordCursor {
             }
             match reader.next_entry() {
                 Some(Ok(entry)) => self.current = Some(entry),
-                _ => {
+                None => {
+                    self.current = None;
+                    return None;
+                }
+                // Not read past: what follows a damaged entry is not where it seems.
+                Some(Err(_)) => {
+                    self.reader = CursorState::Failed;
                     self.current = None;
                     return None;
                 }

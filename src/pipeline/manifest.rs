@@ -35,8 +35,11 @@ pub(crate) struct Manifest {
     /// builds before the file lists recorded them (a list now carries them beside its paths).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub copies: std::collections::BTreeMap<PathBuf, CopyRecord>,
-    /// The files listed apart, on disk (then `files` is empty): copied folders.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The files listed apart, on disk (then `files` is empty): copied folders. Written as
+    /// `list` since the lists carry copy records, so that an older binary, which would read
+    /// the records as paths, finds no list (it then sees a job without files) rather than a
+    /// list it misreads; `file_list` is the key of the lists without records before.
+    #[serde(default, rename = "list", alias = "file_list", skip_serializing_if = "Option::is_none")]
     pub file_list: Option<ListRef>,
 }
 

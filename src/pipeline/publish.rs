@@ -34,19 +34,20 @@ fn journal_path(output: &Path, job: &str) -> PathBuf {
 }
 
 /// A JSON record parsed from its file as it is read, not from a copy in memory (the manifest
-/// of a split table lists a file per patient); `None` if it is missing or unreadable.
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let file = io::BufReader::with_capacity(1 << 16, fs::File::open(path).ok()?);
-    serde_json::from_reader(file).ok()
+/// of a split table lists a file per patient). A record that is not valid JSON of its type is
+/// an `InvalidData` or `UnexpectedEof` error; the file system's own errors keep their kind.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<T> {
+    let file = io::BufReader::with_capacity(1 << 16, fs::File::open(path)?);
+    Ok(serde_json::from_reader(file)?)
 }
 
 pub(crate) fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
-    read_json(&manifest_path(output, job))
+    read_json(&manifest_path(output, job)).ok()
 }
 
 /// A job's manifest without its file list and per-patient counts (see [`ManifestHead`]).
 pub(crate) fn load_manifest_head(output: &Path, job: &str) -> Option<ManifestHead> {
-    read_json(&manifest_path(output, job))
+    read_json(&manifest_path(output, job)).ok()
 }
 
 /// Every job's manifest, one at a time (a manifest of a split table lists a file per
@@ -59,7 +60,7 @@ pub(crate) fn manifests(output: &Path) -> impl Iterator<Item = Manifest> {
         Err(_) => Vec::new(),
     };
     paths.sort();
-    paths.into_iter().filter_map(|p| read_json(&p))
+    paths.into_iter().filter_map(|p| read_json(&p).ok())
 }
 
 /// The jobs with a published file that is missing or was modified after the job's manifest
@@ -364,9 +365,14 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
     let mut redone = 0;
     if let Ok(entries) = fs::read_dir(state_dir(output).join("journal")) {
         for entry in entries.flatten() {
-            let Some(manifest) = read_json::<Manifest>(&entry.path()) else {
-                let _ = fs::remove_file(entry.path());
-                continue;
+            let manifest = match read_json::<Manifest>(&entry.path()) {
+                Ok(manifest) => manifest,
+                // Not a record: dropped. A file that cannot be read now is kept for next time.
+                Err(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof) => {
+                    let _ = fs::remove_file(entry.path());
+                    continue;
+                }
+                Err(_) => continue,
             };
             finish_publish(output, &staging_dir(output, &manifest.job), &manifest)?;
             fs::remove_file(entry.path())?;
@@ -375,7 +381,8 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
     }
     let _ = fs::remove_dir_all(state_dir(output).join("staging"));
     file_list::remove_unnamed(output, |job_file| {
-        read_json::<Manifest>(&state_dir(output).join("jobs").join(format!("{job_file}.json")))?
+        read_json::<Manifest>(&state_dir(output).join("jobs").join(format!("{job_file}.json")))
+            .ok()?
             .file_list
             .map(|l| l.name)
     });

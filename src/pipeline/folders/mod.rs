@@ -38,6 +38,30 @@ pub(crate) use read_set::{each_copied_folder, read_folders, table_folders, Watch
 /// Folders nested deeper than this below a copied folder are not walked.
 const MAX_DEPTH: usize = 32;
 
+/// A file already in place that the build leaves as it is.
+enum Kept {
+    /// A hard link, a symbolic link or a written file: nothing to record.
+    Unrecorded,
+    /// A copy, with its record for the next build.
+    Copy(CopyRecord),
+}
+
+impl Kept {
+    fn record(&self) -> Option<&CopyRecord> {
+        match self {
+            Kept::Unrecorded => None,
+            Kept::Copy(record) => Some(record),
+        }
+    }
+
+    fn into_record(self) -> Option<CopyRecord> {
+        match self {
+            Kept::Unrecorded => None,
+            Kept::Copy(record) => Some(record),
+        }
+    }
+}
+
 /// One folder job being assembled.
 struct FolderJob<'a> {
     ctx: &'a BuildContext,
@@ -151,24 +175,22 @@ impl<'a> FolderJob<'a> {
         let final_path = self.ctx.config.output.join(dest);
         let staged = paths::staged_path(&self.staging, dest);
         let final_is_link = fs::symlink_metadata(&final_path).is_ok_and(|m| m.file_type().is_symlink());
-        // The record of a copy in place that is kept.
-        let mut kept = None;
+        // What is in place and left as it is, if anything.
+        let mut kept: Option<Kept> = None;
         let unchanged = match (&content, mode) {
             (Some(bytes), _) => !final_is_link && fs::read(&final_path).is_ok_and(|old| &old == bytes),
             (None, FilesMode::Symlink) => {
                 final_is_link && fs::read_link(&final_path).is_ok_and(|t| t == link_target(src)) && final_path.exists()
             }
-            (None, _) if !final_is_link && same_file(src, &final_path, mode) => match self.kept_copy(src, dest) {
-                Some(record) => {
-                    kept = record;
-                    true
-                }
-                None => false,
-            },
+            (None, _) if !final_is_link && same_file(src, &final_path, mode) => {
+                kept = self.kept_copy(src, dest);
+                kept.is_some()
+            }
             (None, _) => false,
         };
         let placed = if unchanged {
-            Ok(self.classify(src, &final_path, content.is_some(), kept.as_ref()))
+            let kept = kept.get_or_insert(Kept::Unrecorded);
+            Ok(self.classify(src, &final_path, content.is_some(), kept.record()))
         } else {
             match content {
                 Some(bytes) => fs::write(&staged, bytes).map(|()| Placed::Written),
@@ -184,7 +206,11 @@ impl<'a> FolderJob<'a> {
                 tracing::error!(job = self.key, file = %src.display(), "{}; the previous copy (if any) is kept", crate::sums::MISMATCH);
                 // Keep what the last build placed, if anything.
                 match self.copied_before.get(dest) {
-                    Some(record) if final_path.is_file() => self.classify(src, &final_path, false, Some(&record)),
+                    Some(record) if final_path.is_file() => {
+                        let placed = self.classify(src, &final_path, false, Some(&record));
+                        kept = Some(Kept::Copy(record));
+                        placed
+                    }
                     _ => {
                         self.counts.read -= 1;
                         self.skip(src, &e);
@@ -199,7 +225,7 @@ impl<'a> FolderJob<'a> {
                 return Ok(());
             }
         };
-        let copy = self.count(src, placed, unchanged.then_some(kept));
+        let copy = self.count(src, placed, kept);
         if let Err(cause) = self.list.push(dest, copy.as_ref()) {
             return Err(JobError::Write { path: self.list.path().to_path_buf(), cause });
         }
@@ -208,8 +234,9 @@ impl<'a> FolderJob<'a> {
     }
 
     /// Counts how a file was placed, for the summary; `kept` is `Some` for a file left as it
-    /// was, with its copy's record if it is a copy. Returns the record to list with the file.
-    fn count(&self, src: &Path, placed: Placed, kept: Option<Option<CopyRecord>>) -> Option<CopyRecord> {
+    /// was. Returns the copy record to list with the file: a kept file's own (never the bare
+    /// source identity `classify` makes up when a copy in place has none), a new copy's.
+    fn count(&self, src: &Path, placed: Placed, kept: Option<Kept>) -> Option<CopyRecord> {
         let bytes = fs::metadata(src).map_or(0, |m| m.len());
         let mut stats = self.ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner());
         stats.kept += u64::from(kept.is_some());
@@ -220,7 +247,10 @@ impl<'a> FolderJob<'a> {
             }
             Placed::Copied(record) | Placed::Reflinked(record) => {
                 stats.count_copy(record.reflink, bytes);
-                kept.unwrap_or(Some(record))
+                match kept {
+                    Some(kept) => kept.into_record(),
+                    None => Some(record),
+                }
             }
             Placed::Symlinked => {
                 stats.symlinked += 1;
@@ -291,25 +321,29 @@ impl<'a> FolderJob<'a> {
         }
     }
 
-    /// A copy already in place is kept only if its source is the one it was copied from (a
-    /// hard link needs no record: it is the source). `Some` when kept, with the record to
-    /// keep for the next build (none for a hard link).
-    fn kept_copy(&mut self, src: &Path, dest: &Path) -> Option<Option<CopyRecord>> {
+    /// A copy already in place is kept only if its source is the one it was copied from and
+    /// the digest recorded when it was copied is the one the dataset's SHA256SUMS.txt lists
+    /// now, if it lists the file (a hard link needs no record: it is the source). `Some` when
+    /// kept.
+    fn kept_copy(&mut self, src: &Path, dest: &Path) -> Option<Kept> {
         let out = fs::metadata(self.ctx.config.output.join(dest)).ok()?;
         let source = fs::metadata(src).ok()?;
         if out.nlink() > 1 && out.ino() == source.ino() && out.dev() == source.dev() {
             // A hard link is the source itself; in the other modes it must be replaced.
-            return (self.ctx.config.files == FilesMode::Hardlink).then_some(None);
+            return (self.ctx.config.files == FilesMode::Hardlink).then_some(Kept::Unrecorded);
         }
         let want_reflink = self.ctx.config.files == FilesMode::Reflink;
+        // A copy whose digest differs from a new listing is made again, and checked then.
+        let listed = self.ctx.integrity.file(src).map(|expected| expected.digest());
         self.copied_before
             .get(dest)
             .filter(|record| {
                 record.same_source(&CopyRecord::identity(&source))
                     && record.source.size == out.len()
                     && (record.reflink == want_reflink || !want_reflink)
+                    && listed.is_none_or(|digest| crate::sums::parse_hex(&record.sha256) == Some(digest))
             })
-            .map(Some)
+            .map(Kept::Copy)
     }
 
     fn reject(&mut self, what: &str, error: &dyn std::fmt::Display) {

@@ -397,31 +397,45 @@ fn hard_links_refused_to_a_service_user_fall_back_to_counted_copies() {
     assert!(sha256sum_check(&out).status.success());
 }
 
-#[test]
-fn a_copied_image_that_differs_from_its_sha256sums_line_keeps_its_previous_copy_and_fails() {
+/// A mirror built once with `files = "copy"`: (its folder, input, output, config), and the
+/// first copied image of the output with its bytes.
+fn copied_mirror() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, PathBuf, Vec<u8>) {
     let t = tempfile::tempdir().unwrap();
     let (input, out) = (t.path().join("in"), t.path().join("out"));
     mirror(&input);
     let cfg = config(t.path(), &input, &out, "copy");
     run_ok(bin().arg("build").arg("--config").arg(&cfg));
+    let placed = find(&out, ".jpg").unwrap();
+    let bytes = fs::read(&placed).unwrap();
+    (t, input, out, cfg, placed, bytes)
+}
+
+/// Builds `cfg` again, which must fail on `source`'s checksum and keep the copy `placed` as
+/// `before`; the summary.
+fn build_fails_on_checksum(cfg: &Path, out: &Path, source: &Path, placed: &Path, before: &[u8]) -> serde_json::Value {
+    let o = bin().arg("build").arg("--config").arg(cfg).output().unwrap();
+    assert!(!o.status.success(), "a copy that does not match its listing must fail the build");
+    let s = summary(out);
+    let failure = s["failed"]["copied files"].as_str().unwrap();
+    assert!(failure.contains(MISMATCH) && failure.contains(&source.display().to_string()), "{failure}");
+    assert_eq!(fs::read(placed).unwrap(), before, "the previous copy is kept");
+    s
+}
+
+#[test]
+fn a_copied_image_that_differs_from_its_sha256sums_line_keeps_its_previous_copy_and_fails() {
+    let (_t, input, out, cfg, placed, before) = copied_mirror();
     let s = summary(&out);
     assert_eq!(s["datasets"]["mimic_cxr_jpg"]["sha256sums"], "verified");
     assert!(s["files"]["copied"].as_u64().unwrap() > 0);
-    let placed = find(&out, ".jpg").unwrap();
-    let before = fs::read(&placed).unwrap();
     let source =
         find(&files(&input).join("mimic-cxr-jpg/2.0.0/files"), &placed.file_name().unwrap().to_string_lossy()).unwrap();
     let mut bytes = fs::read(&source).unwrap();
     bytes[0] ^= 1;
     fs::write(&source, bytes).unwrap();
-    let o = bin().arg("build").arg("--config").arg(&cfg).output().unwrap();
-    assert!(!o.status.success(), "a damaged image must fail the build");
-    let s = summary(&out);
-    let failure = s["failed"]["copied files"].as_str().unwrap();
-    assert!(failure.contains(MISMATCH) && failure.contains(&source.display().to_string()), "{failure}");
+    let s = build_fails_on_checksum(&cfg, &out, &source, &placed, &before);
     assert_eq!(s["datasets"]["mimic_cxr_jpg"]["sha256sums"], "mismatch");
     assert_eq!(s["datasets"]["mimic_cxr_jpg"]["mismatched"][0], source.display().to_string());
-    assert_eq!(fs::read(&placed).unwrap(), before, "the previous copy is kept");
     assert_eq!(placed_total(&s), copied_folder_files(&s), "{}", s["files"]);
 }
 
@@ -431,13 +445,7 @@ fn a_copied_image_that_differs_from_its_sha256sums_line_keeps_its_previous_copy_
 /// the build and keeps the previous copy.
 #[test]
 fn a_kept_copy_is_checked_against_a_changed_sha256sums_line() {
-    let t = tempfile::tempdir().unwrap();
-    let (input, out) = (t.path().join("in"), t.path().join("out"));
-    mirror(&input);
-    let cfg = config(t.path(), &input, &out, "copy");
-    run_ok(bin().arg("build").arg("--config").arg(&cfg));
-    let placed = find(&out, ".jpg").unwrap();
-    let before = fs::read(&placed).unwrap();
+    let (_t, input, out, cfg, placed, before) = copied_mirror();
     let root = files(&input).join("mimic-cxr-jpg/2.0.0");
     let source = find(&root.join("files"), &placed.file_name().unwrap().to_string_lossy()).unwrap();
     let rel = source.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
@@ -450,13 +458,7 @@ fn a_kept_copy_is_checked_against_a_changed_sha256sums_line() {
         .map(|l| if l.ends_with(&format!(" {rel}")) { format!("{other} {rel}\n") } else { format!("{l}\n") })
         .collect();
     fs::write(&sums_path, changed).unwrap();
-
-    let o = bin().arg("build").arg("--config").arg(&cfg).output().unwrap();
-    assert!(!o.status.success(), "a kept copy that no longer matches its listing must fail the build");
-    let s = summary(&out);
-    let failure = s["failed"]["copied files"].as_str().unwrap();
-    assert!(failure.contains(MISMATCH) && failure.contains(&source.display().to_string()), "{failure}");
-    assert_eq!(fs::read(&placed).unwrap(), before, "the previous copy is kept");
+    let s = build_fails_on_checksum(&cfg, &out, &source, &placed, &before);
     // Every other copy was left in place.
     assert_eq!(s["files"]["kept"], s["files"]["copied"].as_u64().unwrap() + s["files"]["written"].as_u64().unwrap());
 }

@@ -80,25 +80,43 @@ pub(crate) enum SubjectsError {
     Line { path: PathBuf, line: usize, len: usize },
 }
 
+/// A subjects file larger than this is refused: MIMIC-IV has about 300,000 patients, a line
+/// each of at most about 20 bytes.
+const MAX_SUBJECTS_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads a subjects file: one subject_id per line; blank lines, `#` comments and a first line
-/// that is a header (not digits) are allowed.
+/// that is a header (not digits) are allowed, and the ways people's tools save it: a UTF-8 BOM
+/// (spreadsheet exports), CRLF line ends (Windows editors), a trailing `,extra` column. It must
+/// be a regular file (a FIFO would hang the build) of a bounded size; it is read a line at a
+/// time, keeping only the ids.
 pub(crate) fn read_subjects(path: &Path) -> Result<HashSet<SubjectId>, SubjectsError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|cause| SubjectsError::Read { path: path.to_path_buf(), cause })?;
+    use std::io::{BufRead, Read};
+    let read_err = |cause| SubjectsError::Read { path: path.to_path_buf(), cause };
+    let file = crate::sys::open_regular(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    if size > MAX_SUBJECTS_FILE_BYTES {
+        return Err(read_err(std::io::Error::other(format!(
+            "{size} bytes, more than the {MAX_SUBJECTS_FILE_BYTES} a list of subject_ids can need"
+        ))));
+    }
+    let reader = std::io::BufReader::new(file.take(MAX_SUBJECTS_FILE_BYTES));
     let mut subjects = HashSet::new();
-    for (i, line) in text.lines().enumerate() {
-        let value = line.split('#').next().unwrap_or("").trim();
-        let value = value.split(',').next().unwrap_or("").trim();
-        if value.is_empty() || i == 0 && !value.bytes().all(|b| b.is_ascii_digit()) {
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let line = line.map_err(read_err)?;
+        let line = if i == 0 { line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&line) } else { &line[..] };
+        let value = line.split(|&b| b == b'#').next().unwrap_or(b"");
+        let value = value.split(|&b| b == b',').next().unwrap_or(b"").trim_ascii();
+        if value.is_empty() || i == 0 && !value.iter().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let id = SubjectId::parse(value.as_bytes()).map_err(|_| SubjectsError::Line {
+        let id = SubjectId::parse(value).map_err(|_| SubjectsError::Line {
             path: path.to_path_buf(),
             line: i + 1,
             len: value.len(),
         })?;
         subjects.insert(id);
     }
+    subjects.shrink_to_fit();
     Ok(subjects)
 }
 
@@ -112,6 +130,19 @@ pub(crate) enum CohortRule {
 }
 
 impl CohortRule {
+    /// A subjects list's size and an order-free hash of its ids; zero for the other rules.
+    pub(crate) fn fingerprint(&self) -> (usize, u64) {
+        match self {
+            Self::Subjects(ids) => {
+                let hash = ids
+                    .iter()
+                    .fold(0u64, |h, id| h.wrapping_add(crate::fingerprint::Fnv::default().u64(id.get()).finish()));
+                (ids.len(), hash)
+            }
+            _ => (0, 0),
+        }
+    }
+
     pub(crate) fn load(kind: &CohortKind) -> Result<Self, SubjectsError> {
         Ok(match kind {
             CohortKind::EyeTracking => Self::EyeTracking,
@@ -230,6 +261,9 @@ mod tests {
         std::fs::write(&path, "subject_id\n# mine\n10000032\n\n10000033  # a note\n10000034,extra\n").unwrap();
         let got = read_subjects(&path).unwrap();
         assert_eq!(got.len(), 3);
+        // A spreadsheet export: BOM before the first id, CRLF line ends.
+        std::fs::write(&path, "\u{feff}10000032\r\n10000033\r\n").unwrap();
+        assert_eq!(read_subjects(&path).unwrap().len(), 2, "the BOM hid the first id");
         std::fs::write(&path, "10000032\n1000x\n").unwrap();
         let err = read_subjects(&path).unwrap_err().to_string();
         assert!(err.contains("line 2 is not a subject_id (5 bytes)"), "{err}");

@@ -45,6 +45,20 @@ pub enum FilesMode {
     Symlink,
 }
 
+/// Which file to read when a table is there both as `.csv` and as `.csv.gz` (an interrupted
+/// `gunzip -k` leaves both, the `.csv` cut short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BothForms {
+    /// Neither: the table fails, naming both files, and keeps its previous output.
+    #[default]
+    Refuse,
+    /// The `.csv`.
+    Csv,
+    /// The `.csv.gz`.
+    Gz,
+}
+
 /// Dataset roots as written in the file (relative paths are relative to `input`).
 pub(crate) type DatasetsFile = PerDataset<Option<PathBuf>>;
 
@@ -70,6 +84,8 @@ pub struct ConfigFile {
     pub(crate) settle_seconds: Option<u64>,
     pub(crate) rescan_seconds: Option<u64>,
     pub(crate) alert_max_age_hours: Option<u64>,
+    /// A table both as `.csv` and `.csv.gz`: "refuse" (default), "csv" or "gz".
+    pub(crate) both_forms: Option<BothForms>,
     /// "eye-tracking" (default), "cxr" or "subjects:PATH".
     pub cohort: Option<crate::cohort::CohortKind>,
     /// Per-dataset folders, overriding layout detection.
@@ -148,6 +164,8 @@ pub struct Config {
     pub(crate) settle_seconds: u64,
     pub(crate) rescan_seconds: u64,
     pub(crate) alert_max_age_hours: u64,
+    /// Which file of a table found both as `.csv` and `.csv.gz` is read.
+    pub(crate) both_forms: BothForms,
     /// Who the dataset is built for.
     pub cohort: crate::cohort::CohortKind,
     /// Each parent dataset's folder.
@@ -224,6 +242,7 @@ impl Config {
             settle_seconds: file.settle_seconds.unwrap_or(defaults::SETTLE_SECONDS),
             rescan_seconds: file.rescan_seconds.unwrap_or(defaults::RESCAN_SECONDS),
             alert_max_age_hours: file.alert_max_age_hours.unwrap_or(defaults::ALERT_MAX_AGE_HOURS),
+            both_forms: file.both_forms.unwrap_or_default(),
             cohort: flags.cohort.or(file.cohort).unwrap_or_default(),
             datasets,
         };

@@ -4,7 +4,6 @@
 //! header but different first rows), and the end catches appended rows; size and mtime catch the
 //! rest. FNV-1a keeps the value stable across builds of this program.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -86,7 +85,7 @@ pub(crate) fn of_file(path: &Path) -> Option<Fingerprint> {
 }
 
 fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
-    let mut f = File::open(path)?;
+    let mut f = crate::sys::open_regular(path)?;
     let meta = f.metadata()?;
     let len = meta.len();
     let mut buf = vec![0u8; SAMPLE.min(len) as usize];

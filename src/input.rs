@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{BothForms, Config};
 
 /// A clinical module: every table in its folder is processed, whatever its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +56,7 @@ impl Module {
     pub(crate) fn tables(self, config: &Config) -> Vec<(String, PathBuf)> {
         let mut found: Vec<(String, PathBuf)> = Vec::new();
         for dir in self.dirs(config) {
-            for (name, path) in tables_in(&dir, &config.input) {
+            for (name, path) in tables_in(&dir, config) {
                 match found.iter().find(|(n, _)| *n == name) {
                     Some((_, kept)) => {
                         tracing::warn!(table = %name, kept = %kept.display(), ignored = %path.display(), "table in two module folders")
@@ -141,11 +141,21 @@ pub struct Skipped {
     pub reason: &'static str,
 }
 
-/// What a table folder holds: its tables, and the table-like files that are not read.
+/// What a table folder holds: its tables, the table-like files that are not read, and the
+/// tables that are there but cannot be read as they are (they fail and keep their outputs:
+/// never taken for tables removed from the input).
 #[derive(Debug, Default)]
 pub(crate) struct FolderScan {
     pub tables: Vec<(String, PathBuf)>,
     pub skipped: Vec<Skipped>,
+    pub refused: Vec<Refused>,
+}
+
+/// A table that is there but is not read: why, naming the path(s).
+#[derive(Debug, Clone)]
+pub(crate) struct Refused {
+    pub name: String,
+    pub message: String,
 }
 
 /// Looks like a table by its ending, whatever the rest of the name.
@@ -155,15 +165,15 @@ fn has_table_ending(path: &Path) -> bool {
     name.ends_with(b".csv") || name.ends_with(b".csv.gz")
 }
 
-/// The tables of a folder, one path per table name (`.csv` preferred over `.csv.gz` when both
-/// exist, since it needs no decoding), sorted by name. A symbolic link is followed when its
-/// target is a file inside `root` (the input tree); one leaving it is refused.
-pub(crate) fn tables_in(dir: &Path, root: &Path) -> Vec<(String, PathBuf)> {
-    scan_folder(dir, root).tables
+/// The tables of a folder, one path per table name, sorted by name. A symbolic link is followed
+/// when its target is a regular file inside the input tree.
+pub(crate) fn tables_in(dir: &Path, config: &Config) -> Vec<(String, PathBuf)> {
+    scan_folder(dir, &config.input, config.both_forms).tables
 }
 
-/// [`tables_in`], with the files it passes over.
-pub(crate) fn scan_folder(dir: &Path, root: &Path) -> FolderScan {
+/// [`tables_in`], with the files it passes over and the tables it refuses; `both` says which
+/// file of a table found as `.csv` and `.csv.gz` is read.
+pub(crate) fn scan_folder(dir: &Path, root: &Path, both: BothForms) -> FolderScan {
     let mut scan = FolderScan::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return scan;
@@ -172,50 +182,136 @@ pub(crate) fn scan_folder(dir: &Path, root: &Path) -> FolderScan {
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let (root, here) = (canonical(root), canonical(dir));
     let inside = |target: &Path| target.starts_with(&root) || target.starts_with(&here);
-    let found = &mut scan.tables;
+    let mut found: Vec<(String, PathBuf)> = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(kind) = entry.file_type() else { continue };
-        let skip = |reason| Skipped { path: format!("{path:?}"), reason };
-        if kind.is_symlink() && has_table_ending(&path) {
-            match std::fs::canonicalize(&path) {
-                Ok(target) if inside(&target) && target.is_file() => {}
-                Ok(target) if !inside(&target) => {
-                    scan.skipped.push(skip("symbolic link leaving the input tree"));
-                    continue;
-                }
-                _ => {
-                    scan.skipped.push(skip("symbolic link to no file"));
-                    continue;
-                }
-            }
-        } else if !kind.is_file() {
+        if !kind.is_file() && !has_table_ending(&path) {
             continue;
         }
         let Some(name) = table_name(&path) else {
             if has_table_ending(&path) {
-                scan.skipped.push(skip("name not usable as an output file name (letters, digits, _ - . only)"));
+                let reason = "name not usable as an output file name (letters, digits, _ - . only)";
+                scan.skipped.push(Skipped { path: format!("{path:?}"), reason });
             }
             continue;
         };
-        match found.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, existing)) => {
-                if !crate::source::is_gzip_name(&path) {
-                    tracing::warn!(table = %name, kept = %path.display(), "both .csv and .csv.gz present");
-                    *existing = path;
-                }
+        // Only a regular file is a table; anything else by a table's name is refused, so that
+        // its outputs stay (a folder or FIFO named labevents.csv.gz is no removal).
+        let refusal = if kind.is_symlink() {
+            match std::fs::canonicalize(&path) {
+                Ok(target) if !inside(&target) => Some("a symbolic link leaving the input tree"),
+                Ok(target) if target.is_file() => None,
+                Ok(_) => Some("a symbolic link to something that is not a regular file"),
+                Err(_) => Some("a symbolic link to nothing"),
             }
-            None => found.push((name, path)),
+        } else if kind.is_file() {
+            None
+        } else if kind.is_dir() {
+            Some("a folder, not a regular file")
+        } else {
+            Some("not a regular file (a FIFO, socket or device)")
+        };
+        if let Some(reason) = refusal {
+            scan.refused.push(Refused { message: format!("{}: {reason}", path.display()), name });
+            continue;
         }
+        found.push((name, path));
     }
     found.sort();
+    // One path per name: a table there both as `.csv` and `.csv.gz` is read as `both` says.
+    let mut i = 0;
+    while i < found.len() {
+        let same = found[i..].iter().take_while(|(n, _)| *n == found[i].0).count();
+        if same > 1 {
+            let group: Vec<(String, PathBuf)> = found.drain(i..i + same).collect();
+            let pick = |gz: bool| group.iter().find(|(_, p)| crate::source::is_gzip_name(p) == gz).cloned();
+            let chosen = match both {
+                BothForms::Refuse => None,
+                BothForms::Csv => pick(false),
+                BothForms::Gz => pick(true),
+            };
+            match chosen {
+                Some(table) => {
+                    found.insert(i, table);
+                    i += 1;
+                }
+                None => {
+                    let paths: Vec<String> = group.iter().map(|(_, p)| p.display().to_string()).collect();
+                    scan.refused.push(Refused {
+                        name: group[0].0.clone(),
+                        message: format!(
+                            "{}: the table is there in {} forms; an interrupted `gunzip -k` leaves both, one cut short (remove one, or set both_forms = \"csv\" or \"gz\" in the config)",
+                            paths.join(" and "),
+                            paths.len()
+                        ),
+                    });
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    scan.tables = found;
+    scan.refused.sort_by(|a, b| a.name.cmp(&b.name));
     scan.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     scan
 }
 
 /// A table file by base name, `.csv` or `.csv.gz`.
-pub(crate) fn find_table(dir: &Path, base: &str, root: &Path) -> Option<PathBuf> {
-    tables_in(dir, root).into_iter().find(|(n, _)| n == base).map(|(_, p)| p)
+pub(crate) fn find_table(dir: &Path, base: &str, config: &Config) -> Option<PathBuf> {
+    tables_in(dir, config).into_iter().find(|(n, _)| n == base).map(|(_, p)| p)
+}
+
+/// A table of the input that is there but is not read (see [`FolderScan::refused`]), with the
+/// key of the job it would be; `decides_cohort` for the linker's tables.
+#[derive(Debug, Clone)]
+pub(crate) struct RefusedTable {
+    pub key: String,
+    pub decides_cohort: bool,
+    pub message: String,
+}
+
+/// Every refused table the build would read, by job key.
+pub(crate) fn refused_tables(config: &Config) -> Vec<RefusedTable> {
+    let d = &config.datasets;
+    let scan = |dir: &Path| scan_folder(dir, &config.input, config.both_forms).refused;
+    let mut out = Vec::new();
+    for module in Module::ALL {
+        for dir in module.dirs(config) {
+            for r in scan(&dir) {
+                let decides_cohort = module == Module::Ed && r.name == "edstays";
+                out.push(RefusedTable {
+                    key: format!("{}/{}", module.key(), r.name),
+                    decides_cohort,
+                    message: r.message,
+                });
+            }
+        }
+    }
+    for r in scan(&d.mimic_cxr_jpg) {
+        if let Some(t) = r.name.strip_prefix("mimic-cxr-2.0.0-") {
+            if matches!(t, "chexpert" | "negbio" | "split" | "metadata") {
+                out.push(RefusedTable {
+                    key: format!("mimic-cxr-jpg/{t}"),
+                    decides_cohort: t == "metadata",
+                    message: r.message,
+                });
+            }
+        }
+    }
+    for r in scan(&d.reflacx.join("main_data")) {
+        if r.name.starts_with("metadata_phase_") {
+            out.push(RefusedTable { key: format!("reflacx/{}", r.name), decides_cohort: true, message: r.message });
+        }
+    }
+    for r in scan(&d.egd_cxr) {
+        if matches!(r.name.as_str(), "eye_gaze" | "fixations" | "bounding_boxes" | "master_sheet") {
+            let decides_cohort = r.name == "master_sheet";
+            out.push(RefusedTable { key: format!("egd-cxr/{}", r.name), decides_cohort, message: r.message });
+        }
+    }
+    out
 }
 
 /// Every table folder the build reads: the modules' folders and the dataset roots holding
@@ -229,8 +325,10 @@ pub(crate) fn table_folders(config: &Config) -> Vec<PathBuf> {
 
 /// The table-like files of every table folder that are not read, each named once in the log.
 pub(crate) fn skipped_files(config: &Config) -> Vec<Skipped> {
-    let skipped: Vec<Skipped> =
-        table_folders(config).iter().flat_map(|dir| scan_folder(dir, &config.input).skipped).collect();
+    let skipped: Vec<Skipped> = table_folders(config)
+        .iter()
+        .flat_map(|dir| scan_folder(dir, &config.input, config.both_forms).skipped)
+        .collect();
     for s in &skipped {
         tracing::warn!(path = %s.path, reason = s.reason, "input file not read");
     }
@@ -255,7 +353,7 @@ pub(crate) struct LinkerTablePaths {
 }
 
 pub(crate) fn linker_table_paths(config: &Config) -> LinkerTablePaths {
-    let (d, root) = (&config.datasets, config.input.as_path());
+    let (d, root) = (&config.datasets, config);
     let cxr_tables = ["chexpert", "negbio", "split"]
         .iter()
         .filter_map(|t| find_table(&d.mimic_cxr_jpg, &format!("mimic-cxr-2.0.0-{t}"), root).map(|p| (t.to_string(), p)))

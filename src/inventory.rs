@@ -186,7 +186,7 @@ impl Inventory {
                 let tables: Vec<TableFile> = table_folders(key)
                     .iter()
                     .flat_map(|sub| {
-                        input::tables_in(&folder.join(sub), &config.input).into_iter().map(move |(name, path)| {
+                        input::tables_in(&folder.join(sub), config).into_iter().map(move |(name, path)| {
                             let name = if sub.is_empty() { name } else { format!("{sub}/{name}") };
                             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
                             let format = if crate::source::is_gzip_name(&path) { "csv.gz" } else { "csv" };

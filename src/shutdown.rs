@@ -25,6 +25,14 @@ impl Shutdown {
         let _ = self.rx.recv().await;
         self.done = true;
     }
+
+    /// Whether shutdown was signalled, without waiting.
+    pub(crate) fn is_shutdown(&mut self) -> bool {
+        if !self.done {
+            self.done = !matches!(self.rx.try_recv(), Err(broadcast::error::TryRecvError::Empty));
+        }
+        self.done
+    }
 }
 
 /// Owns the sender: `trigger` tells every `Shutdown` to stop.

@@ -4,7 +4,6 @@
 //! channel, so reading (for `.csv.gz`: decoding every gzip member, see [`crate::gzip`]) and
 //! record scanning run on two cores at once.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -211,7 +210,7 @@ impl Source {
     /// hashed as they are read and what they must hash to (checked with the rest of the end of
     /// the read: a mismatch is the read's last error).
     pub fn open(path: &Path, sha256: Sha256Check) -> io::Result<Self> {
-        let file = File::open(path)?;
+        let file = crate::sys::open_regular(path)?;
         let start = FileIdentity::of(&file.metadata()?);
         let input_read = Arc::new(AtomicU64::new(0));
         let gzip = is_gzip_name(path);

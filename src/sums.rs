@@ -29,7 +29,7 @@ pub(crate) fn hash_file(path: &Path) -> io::Result<Digest> {
         // and needs no fresh 256 KiB buffer for each.
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; crate::source::CHUNK]);
     }
-    let mut file = std::fs::File::open(path)?;
+    let mut file = crate::sys::open_regular(path)?;
     let mut hasher = Sha256::new();
     BUF.with_borrow_mut(|buf| loop {
         match file.read(buf) {
@@ -136,8 +136,12 @@ pub(crate) struct DatasetSums {
     /// copies about 600,000 listed images and reports, and whole paths as keys cost about 200
     /// bytes a file (sorted by key and binary-searched: 40 bytes a line).
     copied: Vec<(u64, Digest)>,
-    /// Why the file could not be read or parsed (then nothing is checked).
+    /// Why the file could not be read (then nothing is checked: the dataset is unverifiable).
     pub error: Option<String>,
+    /// Malformed lines (passed over; the other lines are checked).
+    pub malformed: u64,
+    /// Files a malformed line seems to be meant for: read unverified, said aloud.
+    pub unverifiable: HashSet<PathBuf>,
 }
 
 impl DatasetSums {
@@ -150,39 +154,103 @@ impl DatasetSums {
     /// memory stays with what the build reads, not with the size of the download.
     pub(crate) fn load_where(folder: &Path, keep: &dyn Fn(&[u8]) -> bool) -> Self {
         use std::os::unix::ffi::OsStrExt;
-        let mut listed = HashMap::new();
-        let (present, error) = read_sums_file(folder, keep, &mut |rel, d| {
-            listed.insert(folder.join(std::ffi::OsStr::from_bytes(rel)), d);
-        });
-        if error.is_some() {
+        let (mut listed, mut unverifiable) = (HashMap::new(), HashSet::new());
+        let read = read_sums_file(
+            folder,
+            keep,
+            &mut |rel, d| {
+                listed.insert(folder.join(std::ffi::OsStr::from_bytes(rel)), d);
+            },
+            &mut |line| {
+                if let Some(rel) = path_of_malformed(line).filter(|rel| keep(rel)) {
+                    unverifiable.insert(folder.join(std::ffi::OsStr::from_bytes(rel)));
+                }
+            },
+        );
+        if read.error.is_some() {
             listed.clear();
         }
-        DatasetSums { folder: folder.to_path_buf(), present, listed, copied: Vec::new(), error }
+        if let Some(first) = read.first_malformed {
+            tracing::warn!(
+                file = %folder.join(SUMS_FILE).display(),
+                lines = read.malformed,
+                first,
+                "malformed lines in a checksum file: passed over (the files they were meant for are read unverified)"
+            );
+        }
+        DatasetSums {
+            folder: folder.to_path_buf(),
+            present: read.present,
+            listed,
+            copied: Vec::new(),
+            error: read.error,
+            malformed: read.malformed,
+            unverifiable,
+        }
     }
 }
 
+/// What reading a checksum file found besides its lines.
+#[derive(Debug, Default)]
+struct SumsRead {
+    /// The file exists.
+    present: bool,
+    /// Why it could not be read (then what was read before is dropped).
+    error: Option<String>,
+    /// Lines that are not `<sha256> <path>`: passed over, the others still checked.
+    malformed: u64,
+    first_malformed: Option<usize>,
+}
+
 /// Reads `folder`'s checksum file line by line and hands each line `keep` accepts to `put`;
-/// returns whether the file exists, and why it could not be read or parsed.
+/// a malformed line goes to `bad` (its 1-based number and bytes) and the reading goes on, so
+/// one damaged line never turns the checking off for the whole dataset.
 fn read_sums_file(
     folder: &Path,
     keep: &dyn Fn(&[u8]) -> bool,
     put: &mut dyn FnMut(&[u8], Digest),
-) -> (bool, Option<String>) {
+    bad: &mut dyn FnMut(&[u8]),
+) -> SumsRead {
     use std::io::BufRead;
     let file = folder.join(SUMS_FILE);
-    let reader = match std::fs::File::open(&file) {
+    let mut read = SumsRead { present: true, ..Default::default() };
+    let reader = match crate::sys::open_regular(&file) {
         Ok(f) => io::BufReader::with_capacity(crate::source::CHUNK, f),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return (false, None),
-        Err(e) => return (true, Some(format!("{}: {e}", file.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return SumsRead::default(),
+        Err(e) => {
+            read.error = Some(format!("{}: {e}", file.display()));
+            return read;
+        }
     };
     for (i, line) in reader.split(b'\n').enumerate() {
-        match line.map_err(|e| e.to_string()).and_then(|l| parse_line(i, &l)) {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => {
+                read.error = Some(format!("{}: {e}", file.display()));
+                return read;
+            }
+        };
+        match parse_line(i, &line) {
             Ok(Some((rel, d))) if keep(&rel) => put(&rel, d),
             Ok(_) => {}
-            Err(e) => return (true, Some(format!("{}: {e}", file.display()))),
+            Err(_) => {
+                read.malformed += 1;
+                read.first_malformed.get_or_insert(i + 1);
+                bad(&line);
+            }
         }
     }
-    (true, None)
+    read
+}
+
+/// The path a malformed checksum line seems to name (what follows its first space), to tell
+/// which file it was meant for.
+fn path_of_malformed(line: &[u8]) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let at = line.iter().position(|&b| b == b' ')?;
+    let rest = &line[at..];
+    let start = rest.iter().position(|&b| b != b' ' && b != b'*')?;
+    Some(&rest[start..])
 }
 
 /// The key of a copied file's line: a hash of its path, component by component (as paths
@@ -239,12 +307,17 @@ impl Sums {
                     || (!deep.is_empty() && rel.ancestors().skip(1).any(|a| deep.contains(&path_key(a))))
             };
             let before = sums.copied.len();
-            let (_, error) = read_sums_file(&sums.folder, &keep, &mut |rel, d| {
-                use std::os::unix::ffi::OsStrExt;
-                sums.copied.push((path_key(&sums.folder.join(std::ffi::OsStr::from_bytes(rel))), d));
-            });
-            // It parsed when the tables' lines were read: an error now is a file being replaced.
-            if error.is_some() {
+            let read = read_sums_file(
+                &sums.folder,
+                &keep,
+                &mut |rel, d| {
+                    use std::os::unix::ffi::OsStrExt;
+                    sums.copied.push((path_key(&sums.folder.join(std::ffi::OsStr::from_bytes(rel))), d));
+                },
+                &mut |_| {},
+            );
+            // It was read when the tables' lines were: an error now is a file being replaced.
+            if read.error.is_some() {
                 sums.copied.truncate(before);
             }
             sums.copied.sort_unstable_by_key(|(key, _)| *key);
@@ -277,6 +350,8 @@ impl Sums {
 #[derive(Debug, Default, Clone)]
 struct DatasetRecord {
     tables: BTreeSet<PathBuf>,
+    /// Tables read whose checksum line could not be read or parsed.
+    unverifiable: BTreeSet<PathBuf>,
     checked: u64,
     mismatched: BTreeSet<PathBuf>,
 }
@@ -297,10 +372,17 @@ pub struct Provenance {
     pub root: PathBuf,
     pub version: Option<String>,
     /// `verified`: every listed file this build read matched; `mismatch`: one did not;
-    /// `absent`: no SHA256SUMS.txt (or one that could not be parsed: see `sha256sums_error`).
+    /// `unverifiable`: the file could not be read (see `sha256sums_error`) or a table read has
+    /// a malformed line (see `unverifiable`); `absent`: no SHA256SUMS.txt.
     pub sha256sums: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256sums_error: Option<String>,
+    /// Malformed lines in SHA256SUMS.txt (passed over; the others are checked).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sha256sums_malformed_lines: u64,
+    /// Tables read unverified: their line could not be read or parsed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unverifiable: Vec<PathBuf>,
     /// Tables read from the dataset by this build.
     pub tables: usize,
     /// Files (tables and copies) hashed and compared with their listed digest by this build.
@@ -321,7 +403,16 @@ impl Integrity {
     /// read, when its dataset lists it.
     pub(crate) fn table(self: &Arc<Self>, path: &Path) -> Option<Expected> {
         let key = self.sums.dataset_of(path)?;
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().tables.insert(path.into());
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let r = record.entry(key).or_default();
+        r.tables.insert(path.into());
+        let sums = self.sums.datasets.get(&key)?;
+        let listed = sums.listed.contains_key(path);
+        if sums.error.is_some() || (!listed && sums.unverifiable.contains(path)) {
+            tracing::warn!(table = %path.display(), "its SHA256SUMS.txt line cannot be read or parsed: read unverified");
+            r.unverifiable.insert(path.into());
+        }
+        drop(record);
         self.file(path)
     }
 
@@ -371,11 +462,13 @@ impl Integrity {
             .map(|key| {
                 let r = record.get(&key).cloned().unwrap_or_default();
                 let sums = self.sums.datasets.get(&key);
-                let usable = sums.is_some_and(|s| s.present && s.error.is_none());
-                let status = match (usable, r.mismatched.is_empty()) {
-                    (false, _) => "absent",
-                    (true, true) => "verified",
-                    (true, false) => "mismatch",
+                let present = sums.is_some_and(|s| s.present);
+                let readable = sums.is_some_and(|s| s.error.is_none());
+                let status = match (present, readable && r.unverifiable.is_empty(), r.mismatched.is_empty()) {
+                    (false, _, _) => "absent",
+                    (true, _, false) => "mismatch",
+                    (true, false, true) => "unverifiable",
+                    (true, true, true) => "verified",
                 };
                 let version = config.datasets.versions.get(key).clone();
                 let p = Provenance {
@@ -385,6 +478,8 @@ impl Integrity {
                     version,
                     sha256sums: status,
                     sha256sums_error: sums.and_then(|s| s.error.clone()),
+                    sha256sums_malformed_lines: sums.map_or(0, |s| s.malformed),
+                    unverifiable: r.unverifiable.into_iter().collect(),
                     tables: r.tables.len(),
                     checked: r.checked,
                     mismatched: r.mismatched.into_iter().collect(),
@@ -417,6 +512,10 @@ impl Integrity {
             });
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The program that wrote an output, for the summary.

@@ -94,3 +94,32 @@ pub fn peak_rss_bytes() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Opens `path` for reading only if it is a regular file (a link to one is followed): a FIFO
+/// would block the open until a writer came, and a folder, device or socket is no table. The
+/// open itself does not block (`O_NONBLOCK`, cleared once the file is known to be regular).
+pub(crate) fn open_regular(path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a folder"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file ({what})")));
+    }
+    // SAFETY: F_GETFL/F_SETFL on a descriptor `file` keeps open; only the status flags change.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
+}

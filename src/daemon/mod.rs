@@ -19,7 +19,7 @@ use metrics::{counter, gauge, histogram};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigFile, Overrides};
-use crate::pipeline::{self, paths, publish, BuildOptions, Cancelled};
+use crate::pipeline::{self, publish, BuildOptions, Cancelled};
 use crate::progress::ProgressBars;
 use crate::shutdown::{cancel_pair, Shutdown, ShutdownTrigger};
 use crate::telemetry::{self, BuildKind, BuildResult, LastResult, Phase};
@@ -39,13 +39,13 @@ fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
 /// Runs the daemon until SIGTERM or SIGINT: builds, watches, serves metrics, reloads on SIGHUP.
 pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let config = load(config_path.as_deref(), &overrides)?;
-    let _lock = publish::lock_output(&config.output)?;
+    let lock = publish::lock_output(&config.output)?;
     let trigger = ShutdownTrigger::new();
     let alive = serve_metrics(&config, &trigger).await?;
     let (reload_tx, reload_rx) = async_channel::bounded::<()>(1);
     spawn_signal_handler(trigger.clone(), reload_tx)?;
     notify::spawn_watchdog(trigger.subscribe());
-    let mut daemon = Daemon::new(config_path, overrides, config, trigger.clone());
+    let mut daemon = Daemon::new(config_path, overrides, config, trigger.clone(), lock);
     notify::send("READY=1\nSTATUS=starting the first build");
     let exit = daemon.serve(&mut trigger.subscribe(), &reload_rx).await;
     alive.store(false, Ordering::Relaxed);
@@ -81,6 +81,8 @@ struct Daemon {
     next_checkup: tokio::time::Instant,
     /// A build is due (inputs changed, a reload, a repair).
     dirty: bool,
+    /// The output's lock, checked before each build and checkup (see [`publish::OutputLock`]).
+    lock: publish::OutputLock,
     first: bool,
 }
 
@@ -94,6 +96,7 @@ impl Daemon {
     /// The output checkup, on a blocking thread (it stats every published file), and when
     /// the next is due.
     async fn run_checkup(&mut self) -> anyhow::Result<usize> {
+        self.lock.check()?;
         let started = std::time::Instant::now();
         let output = self.config.output.clone();
         let checked = tokio::task::spawn_blocking(move || check_output_and_trim(&output))
@@ -103,16 +106,26 @@ impl Daemon {
         checked
     }
 
-    fn new(config_path: Option<PathBuf>, overrides: Overrides, config: Config, trigger: ShutdownTrigger) -> Self {
+    fn new(
+        config_path: Option<PathBuf>,
+        overrides: Overrides,
+        config: Config,
+        trigger: ShutdownTrigger,
+        lock: publish::OutputLock,
+    ) -> Self {
         let (watch, events) = watch::spawn(watch_config(&config), trigger.subscribe());
         let next_checkup = next_checkup(&config, Duration::ZERO);
-        Self { config_path, overrides, config, trigger, watch, events, next_checkup, dirty: true, first: true }
+        Self { config_path, overrides, config, trigger, watch, events, next_checkup, dirty: true, lock, first: true }
     }
 
     /// Builds whenever something calls for it, until a stop; the result is the exit's.
     async fn serve(&mut self, shutdown: &mut Shutdown, reload: &async_channel::Receiver<()>) -> anyhow::Result<()> {
         loop {
             if self.dirty {
+                if let Err(e) = self.lock.check() {
+                    tracing::error!(error = %e, "exiting so that the service restarts on its own output");
+                    return Err(e.into());
+                }
                 if let Built::Stopped = self.build(shutdown).await {
                     return Ok(());
                 }
@@ -149,7 +162,10 @@ impl Daemon {
                         tracing::info!(files, "input files removed");
                         self.dirty = true;
                     }
-                    Err(_) => return Ok(()),
+                    // The watcher ended: without it the daemon would serve a stale output as
+                    // healthy. Exit non-zero so that the service manager restarts it.
+                    Err(_) if shutdown.is_shutdown() => return Ok(()),
+                    Err(_) => anyhow::bail!("the input watcher stopped"),
                 },
                 _ = reload.recv() => self.reload(),
             }
@@ -265,11 +281,10 @@ fn pipeline_config_keeping_listener(mut new: Config, running: &Config) -> Config
 
 /// Self-repair: the jobs whose published files were removed or changed since they were
 /// published are forgotten, so the next build redoes them; returns how many. An output folder
-/// that is gone (or lost its lock file) is an error: the daemon must never stay "healthy" on
-/// an output that no longer exists.
+/// that is gone is an error (its lock is checked before, by identity): the daemon must never
+/// stay "healthy" on an output that no longer exists.
 fn check_output(output: &Path) -> anyhow::Result<usize> {
-    let lock = paths::state_dir(output).join("lock");
-    anyhow::ensure!(output.is_dir() && lock.is_file(), "the output folder {} was removed", output.display());
+    anyhow::ensure!(output.is_dir(), "the output folder {} was removed", output.display());
     let damaged = publish::damaged_jobs(output);
     for job in &damaged {
         tracing::info!(job, "published files missing or changed: the job is redone");

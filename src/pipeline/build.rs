@@ -38,12 +38,15 @@ pub struct BuildOptions {
     pub unstable: std::collections::HashSet<PathBuf>,
     /// Accept linker tables that lost most of their rows since the last build.
     pub accept_shrink: bool,
+    /// Compare the output with its manifests first and redo the jobs whose files were removed
+    /// or changed (the daemon does this in its own checkup instead, between builds).
+    pub check_outputs: bool,
 }
 
 impl BuildOptions {
     /// A one-shot build's options: nothing cancels it and no input is pending.
     pub fn one_shot(force_full: bool, accept_shrink: bool) -> Self {
-        Self { force_full, accept_shrink, ..Default::default() }
+        Self { force_full, accept_shrink, check_outputs: true, ..Default::default() }
     }
 }
 
@@ -72,7 +75,7 @@ fn previous_stay_counts(output: &Path) -> Option<(usize, usize)> {
 pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let output = config.output.clone();
-    prepare_output(&output)?;
+    prepare_output(&output, options.check_outputs)?;
     let side = input::linker_table_paths(&config);
     let missing = check_inputs(&config, &side)?;
     let mut integrity = crate::sums::Integrity::load(&config);
@@ -80,7 +83,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let stays_pending = linker_inputs_pending(&side, &options)?;
     let (links, inputs) =
         link_cohort(&config, &side, &integrity, stays_pending.is_none(), options.cancel.clone()).await?;
-    check_linker_rows(&output, &inputs, stays_pending.as_deref(), options.accept_shrink)?;
+    check_linker_rows(&config, &inputs, links.cohort.len(), stays_pending.as_deref(), options.accept_shrink)?;
     let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
     match Arc::get_mut(&mut integrity) {
@@ -98,6 +101,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
         max_open_files: raise_open_file_limit(),
         cancel: options.cancel.clone(),
         force_full: options.force_full,
+        accept_shrink: options.accept_shrink,
         reflacx_phases: reflacx_metadata,
         master_sheet,
         integrity: Arc::clone(&integrity),
@@ -132,13 +136,22 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     Ok(summary)
 }
 
-/// The output's state folder exists and interrupted publishes are finished.
-fn prepare_output(output: &Path) -> anyhow::Result<()> {
+/// The output's state folder exists, interrupted publishes are finished and, if asked, the
+/// jobs whose published files were removed or changed behind the build's back are forgotten,
+/// so that this build redoes them (a `stat` per published file).
+fn prepare_output(output: &Path, check_outputs: bool) -> anyhow::Result<()> {
+    publish::forget_made_dirs();
     std::fs::create_dir_all(paths::state_dir(output))
         .with_context(|| format!("creating output directory {}", output.display()))?;
     let recovered = publish::recover(output).context("recovering interrupted publishes")?;
     if recovered > 0 {
         tracing::info!(jobs = recovered, "finished publishes interrupted by a crash");
+    }
+    if check_outputs {
+        for job in publish::damaged_jobs(output) {
+            tracing::warn!(job, "published files missing or changed: the job is redone");
+            publish::forget(output, &job).with_context(|| format!("forgetting job {job}"))?;
+        }
     }
     Ok(())
 }
@@ -188,19 +201,20 @@ async fn link_cohort(
 
 /// The shrink guard (see [`shrink`]); an edstays being written keeps its last count.
 fn check_linker_rows(
-    output: &Path,
+    config: &Config,
     inputs: &linker::LinkInputs,
+    cohort_now: usize,
     stays_pending: Option<&Path>,
     accept_shrink: bool,
 ) -> anyhow::Result<()> {
-    let mut rows = shrink::LinkerRows::of(inputs);
+    let mut rows = shrink::LinkerRows::of(config, inputs);
     if let Some(edstays) = stays_pending {
-        rows.carry(output, edstays);
+        rows.carry(config, edstays);
     }
     if !accept_shrink {
-        rows.check(output)?;
+        rows.check(config, inputs, cohort_now)?;
     }
-    rows.record(output).with_context(|| format!("recording linker rows in {}", output.display()))
+    rows.record(&config.output).with_context(|| format!("recording linker rows in {}", config.output.display()))
 }
 
 /// What the jobs of a build did, gathered for the summary.
@@ -235,8 +249,15 @@ async fn run_table_jobs(
     let (config, output) = (&ctx.config, &ctx.config.output);
     let mut report = Report::default();
     let jobs = discover_jobs(config, side);
-    let planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
-    report.removed_tables = vanished::remove_vanished(config, &planned)
+    let mut planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
+    // A table that is there but cannot be read as it is fails and keeps its outputs: it is
+    // planned, never taken for a table removed from the input.
+    for refused in input::refused_tables(config) {
+        tracing::error!(table = %refused.key, error = %refused.message, "table not read; its previous output is kept");
+        planned.insert(refused.key.clone());
+        report.fail(refused.key, &refused.message);
+    }
+    report.removed_tables = vanished::remove_vanished(config, &ctx.integrity.sums, &planned)
         .with_context(|| format!("removing the outputs of tables gone from the input in {}", output.display()))?;
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
     let mut set = tokio::task::JoinSet::new();
@@ -358,6 +379,12 @@ fn warn_if_shared_by_links(config: &Config) {
 fn check_inputs(config: &Config, side: &input::LinkerTablePaths) -> anyhow::Result<Vec<String>> {
     if !config.input.is_dir() {
         anyhow::bail!("input directory {} does not exist", config.input.display());
+    }
+    if let Some(r) = input::refused_tables(config).into_iter().find(|r| r.decides_cohort) {
+        anyhow::bail!(
+            "{}; this table decides the cohort, so nothing is built and the previous output is kept",
+            r.message
+        );
     }
     let checks = crate::inventory::checks(config, side);
     if let Some(c) = checks.iter().find(|c| c.required && !c.present) {

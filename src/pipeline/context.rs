@@ -18,6 +18,8 @@ pub(crate) struct BuildContext {
     pub cancel: CancelToken,
     /// Ignore manifests: rewrite everything.
     pub force_full: bool,
+    /// Publish tables that lost most of their rows since the last build.
+    pub accept_shrink: bool,
     pub cohort: Arc<Cohort>,
     pub links: Arc<Links>,
     pub progress: ProgressBars,

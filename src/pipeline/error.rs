@@ -52,6 +52,13 @@ pub(crate) enum JobError {
         path.display()
     )]
     HeaderMismatch { path: PathBuf, columns: usize, rows: u64 },
+    /// A table that lost most of its rows since the last build (a header-only re-download):
+    /// publishing it would delete most patients' files.
+    #[error(
+        "{}: {now} rows where the previous build had {before}; a table that loses most of its rows is held back and its previous output kept (if the shrink is deliberate, run `mimic-eye build --accept-shrink` once)",
+        path.display()
+    )]
+    Shrunk { path: PathBuf, before: u64, now: u64 },
     #[error("{0}: the reader stopped without finishing")]
     Interrupted(String),
     /// A bug, not bad input: said as such instead of as a reader that stopped.

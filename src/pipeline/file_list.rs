@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::copy_record::{self, CopyRecord};
+use crate::pipeline::outdir;
 use crate::pipeline::paths::{job_file_name, state_dir};
 
 /// Where a manifest's files are listed apart, and how many.
@@ -130,6 +131,7 @@ impl ListReader {
 
     /// The list `list` of the output `output`.
     pub(crate) fn of(output: &Path, list: &ListRef) -> io::Result<Self> {
+        outdir::check_state_name(&list.name)?;
         Self::open(&jobs_dir(output).join(&list.name), list.records)
     }
 
@@ -144,6 +146,10 @@ impl ListReader {
                     return Some(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "a file list ends mid-path")));
                 }
                 let rel = PathBuf::from(std::ffi::OsStr::from_bytes(&self.buf));
+                let rel = match outdir::checked_rel(rel, "a file list") {
+                    Ok(rel) => rel,
+                    Err(e) => return Some(Err(e)),
+                };
                 match self.records {
                     true => Some(copy_record::decode(&mut self.input).map(|copy| (rel, copy))),
                     false => Some(Ok((rel, None))),
@@ -183,7 +189,7 @@ enum CursorState {
 impl RecordCursor {
     /// A cursor over `list` of `output` (a list without records finds none).
     pub(crate) fn new(output: &Path, list: &ListRef) -> Option<Self> {
-        list.records.then(|| Self {
+        (list.records && outdir::check_state_name(&list.name).is_ok()).then(|| Self {
             path: jobs_dir(output).join(&list.name),
             reader: CursorState::Unopened,
             current: None,
@@ -226,6 +232,9 @@ impl RecordCursor {
 
 /// Deletes a list no record names any more.
 pub(crate) fn remove(output: &Path, list: &ListRef) {
+    if outdir::check_state_name(&list.name).is_err() {
+        return;
+    }
     let _ = fs::remove_file(jobs_dir(output).join(&list.name));
 }
 

@@ -12,6 +12,7 @@ use crate::fingerprint::{Fingerprint, Fnv};
 pub(crate) use crate::pipeline::copy_record::CopyRecord;
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::file_list::{ListReader, ListRef};
+use crate::pipeline::outdir;
 
 /// What a published job produced: the record later jobs compare against.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -55,7 +56,7 @@ impl Iterator for Files<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Files::Inline(files) => files.next().cloned().map(Ok),
+            Files::Inline(files) => files.next().cloned().map(|rel| outdir::checked_rel(rel, "a manifest")),
             Files::Apart(list) => list.next(),
         }
     }
@@ -106,6 +107,16 @@ fn non_empty_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Erro
 }
 
 impl Manifest {
+    /// Checks what a manifest read from a file names: its job key and list name (its paths
+    /// are checked as they are read, by [`Manifest::each_file`]).
+    pub(crate) fn checked(self) -> std::io::Result<Self> {
+        outdir::check_job_key(&self.job)?;
+        if let Some(list) = &self.file_list {
+            outdir::check_state_name(&list.name)?;
+        }
+        Ok(self)
+    }
+
     /// Its files, wherever they are listed (a list that cannot be opened is an error).
     pub(crate) fn each_file(&self, output: &Path) -> std::io::Result<Files<'_>> {
         match &self.file_list {

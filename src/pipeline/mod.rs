@@ -26,6 +26,7 @@ pub(crate) mod folders;
 mod jobs;
 mod linker;
 mod manifest;
+mod outdir;
 mod outsums;
 pub(crate) mod paths;
 mod planner;

@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use crate::pipeline::file_list;
 pub(crate) use crate::pipeline::manifest::{CopyRecord, Manifest, ManifestHead};
+use crate::pipeline::outdir;
 use crate::pipeline::paths::{job_file_name, staged_path, staging_dir, state_dir};
 
 /// The mode of every file the build creates, also where the creating call ignores the umask
@@ -41,8 +41,23 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<T> {
     Ok(serde_json::from_reader(file)?)
 }
 
+/// A manifest read from its file with what it names checked ([`Manifest::checked`]).
+fn read_manifest(path: &Path) -> io::Result<Manifest> {
+    read_json::<Manifest>(path)?.checked()
+}
+
+/// A job's last manifest; a damaged one is said aloud and taken as none (the job is redone and
+/// its record replaced; the files it named are left as they are).
 pub(crate) fn load_manifest(output: &Path, job: &str) -> Option<Manifest> {
-    read_json(&manifest_path(output, job)).ok()
+    let path = manifest_path(output, job);
+    match read_manifest(&path) {
+        Ok(manifest) => Some(manifest),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "job record unreadable or damaged: the job is redone");
+            None
+        }
+    }
 }
 
 /// A job's manifest without its file list and per-patient counts (see [`ManifestHead`]).
@@ -60,7 +75,13 @@ pub(crate) fn manifests(output: &Path) -> impl Iterator<Item = Manifest> {
         Err(_) => Vec::new(),
     };
     paths.sort();
-    paths.into_iter().filter_map(|p| read_json(&p).ok())
+    paths.into_iter().filter_map(|p| match read_manifest(&p) {
+        Ok(manifest) => Some(manifest),
+        Err(e) => {
+            tracing::warn!(file = %p.display(), error = %e, "job record unreadable or damaged: passed over");
+            None
+        }
+    })
 }
 
 /// The jobs with a published file that is missing or was modified after the job's manifest
@@ -71,8 +92,12 @@ pub(crate) fn damaged_jobs(output: &Path) -> Vec<String> {
         let Ok(recorded) = fs::metadata(manifest_path(output, &manifest.job)).and_then(|m| m.modified()) else {
             continue;
         };
-        let intact = |rel: io::Result<PathBuf>| {
-            rel.and_then(|rel| fs::metadata(output.join(rel))).and_then(|m| m.modified()).is_ok_and(|t| t <= recorded)
+        let intact = |rel: io::Result<PathBuf>| match rel {
+            Ok(rel) => fs::metadata(output.join(rel)).and_then(|m| m.modified()).is_ok_and(|t| t <= recorded),
+            Err(e) => {
+                tracing::warn!(job = %manifest.job, error = %e, "job record unreadable or damaged: the job is redone");
+                false
+            }
         };
         // A list that cannot be read is damage too: the job is redone.
         if !manifest.each_file(output).is_ok_and(|mut files| files.all(intact)) {
@@ -146,19 +171,35 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
         Err(_) => HashSet::new(),
     };
     if !staged.is_empty() {
-        rename_staged(output, staging, &staged, manifest, previous.as_ref())?;
+        rename_staged(output, staging, &staged, manifest)?;
     }
     if let Some(previous) = &previous {
-        file_list::each_missing(previous.each_file(output)?, manifest.each_file(output)?, |stale| {
+        let mut removed = 0u64;
+        let stale = file_list::each_missing(previous.each_file(output)?, manifest.each_file(output)?, |stale| {
+            outdir::check_dirs(output, stale.parent().unwrap_or(Path::new("")))?;
             let path = output.join(stale);
             match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(io::Error::new(e.kind(), format!("removing {}: {e}", path.display())))
+                }
                 _ => {
+                    removed += 1;
                     remove_empty_parents(output, &path);
                     Ok(())
                 }
             }
-        })?;
+        });
+        match stale {
+            // The last record names a path outside the output: it is replaced below, and
+            // nothing it names is deleted.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                tracing::warn!(job = %manifest.job, error = %e, "the job's last record is damaged: files it alone named are left in place");
+            }
+            other => other?,
+        }
+        if removed > 0 {
+            tracing::warn!(job = %manifest.job, files = removed, "removed output files the job no longer produces");
+        }
     }
     sync_fs(output);
     write_json_atomic(&manifest_path(output, &manifest.job), manifest)?;
@@ -181,22 +222,10 @@ fn sorted(mut manifest: Manifest) -> Manifest {
 }
 
 /// Renames the staged files of `manifest` over their final paths.
-fn rename_staged(
-    output: &Path,
-    staging: &Path,
-    staged: &HashSet<u64>,
-    manifest: &Manifest,
-    previous: Option<&Manifest>,
-) -> io::Result<()> {
-    // Folders this job published into last time exist; the others are made top-down below,
-    // and a file in a folder made now cannot exist yet: no failing mkdir, rename or statx.
-    let mut existed: HashSet<u64> = HashSet::new();
-    if let Some(previous) = previous {
-        for rel in previous.each_file(output)? {
-            existed.insert(dir_key(rel?.parent().unwrap_or(Path::new(""))));
-        }
-    }
-    let mut made: HashSet<PathBuf> = HashSet::new();
+fn rename_staged(output: &Path, staging: &Path, staged: &HashSet<u64>, manifest: &Manifest) -> io::Result<()> {
+    // Each folder is checked (or made) once per build: one `lstat` or `mkdir`, never a link
+    // followed (see [`outdir`]). A file in a folder made now cannot exist yet: no failing
+    // rename or content check.
     for rel in manifest.each_file(output)? {
         let rel = rel?;
         let from = staged_path(staging, &rel);
@@ -205,7 +234,7 @@ fn rename_staged(
         }
         let to = output.join(&rel);
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let fresh = !existed.contains(&dir_key(parent)) && make_dirs(output, parent)?;
+        let fresh = outdir::ensure_dirs(output, parent)?;
         if !fresh && same_content(&from, &to) {
             // Unchanged output keeps its mtime: readers and rsync see no change.
             fs::remove_file(&from)?;
@@ -215,31 +244,10 @@ fn rename_staged(
             Ok(()) => {}
             // Not staged: unchanged since the last publish, or already renamed before a crash.
             Err(e) if e.kind() == io::ErrorKind::NotFound && !from.exists() => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let dir = to.parent().unwrap_or(output).to_path_buf();
-                if made.insert(dir.clone()) {
-                    fs::create_dir_all(&dir)?;
-                }
-                fs::rename(&from, &to)?;
-            }
-            Err(e) => return Err(e),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("renaming {} into place: {e}", to.display()))),
         }
     }
     Ok(())
-}
-
-/// Output folders known to exist, made or seen by publishes of this build (several jobs publish
-/// into one patient's folders); cleared after each build by [`forget_made_dirs`]. Kept as
-/// 64-bit hashes of their paths: 330,000 folders of a 65,000-patient build would hold 25 MB
-/// as paths. A collision only skips a `mkdir`; the rename that needs the folder then fails
-/// with NotFound and makes it (see [`finish_publish`]).
-fn made_dirs() -> &'static Mutex<HashSet<u64>> {
-    static MADE: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
-    MADE.get_or_init(Mutex::default)
-}
-
-fn dir_key(dir: &Path) -> u64 {
-    name_key(dir.as_os_str())
 }
 
 fn name_key(name: &std::ffi::OsStr) -> u64 {
@@ -247,33 +255,9 @@ fn name_key(name: &std::ffi::OsStr) -> u64 {
     crate::fingerprint::Fnv::default().bytes(name.as_bytes()).finish()
 }
 
-/// Makes `rel`'s missing folders under `output`, top-down, one `mkdir` each (a folder another
-/// program made is taken as it is). True when `rel` itself was made now.
-fn make_dirs(output: &Path, rel: &Path) -> io::Result<bool> {
-    let mut known = made_dirs().lock().unwrap_or_else(|e| e.into_inner());
-    let mut made_now = false;
-    let mut dir = output.to_path_buf();
-    for part in rel.iter() {
-        dir.push(part);
-        if !known.insert(dir_key(&dir)) {
-            made_now = false;
-            continue;
-        }
-        made_now = match fs::create_dir(&dir) {
-            Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-            Err(e) => {
-                known.remove(&dir_key(&dir));
-                return Err(e);
-            }
-        };
-    }
-    Ok(made_now)
-}
-
-/// Drops the folders [`make_dirs`] knows of (the output may change between builds).
+/// Drops the folders checked by this build (the output may change between builds).
 pub(crate) fn forget_made_dirs() {
-    made_dirs().lock().unwrap_or_else(|e| e.into_inner()).clear();
+    outdir::forget_checked();
 }
 
 /// `write_atomic`'s temporary files (`.tmpXXXXXX`) left by a crash between write and rename.
@@ -329,29 +313,76 @@ fn remove_empty_parents(output: &Path, path: &Path) {
     }
 }
 
-/// An exclusive lock on an output folder, held for the life of a build or a daemon.
+/// An exclusive lock on an output folder, held for the life of a build or a daemon. It is an
+/// identity, not a file name: [`OutputLock::check`] fails once the lock file or the output
+/// folder was removed or replaced, since another mimic-eye could then lock the new one.
 pub struct OutputLock {
-    _file: fs::File,
+    file: fs::File,
+    path: PathBuf,
+    output: PathBuf,
+    output_id: (u64, u64),
 }
 
-/// Takes the output's lock, or fails at once if another mimic-eye holds it.
+fn identity(meta: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Takes the output's lock, or fails at once (naming the holder's PID) if another mimic-eye
+/// holds it. The output root is made safe first (see [`outdir::secure_root`]).
 pub fn lock_output(output: &Path) -> io::Result<OutputLock> {
+    use std::os::unix::fs::OpenOptionsExt;
     let named = |what: &str, path: &Path| {
         let path = path.to_path_buf();
         let what = what.to_string();
         move |e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
     };
+    outdir::secure_root(output)?;
     fs::create_dir_all(state_dir(output)).map_err(named("creating", &state_dir(output)))?;
     let path = state_dir(output).join("lock");
-    let file =
-        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(named("opening", &path))?;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(named("opening", &path))?;
     if !crate::sys::try_lock_exclusive(&file) {
+        let mut holder = String::new();
+        let _ = io::Read::read_to_string(&mut file, &mut holder);
+        let holder = holder.trim().parse::<u32>().map_or(String::new(), |pid| format!(" (PID {pid})"));
         return Err(io::Error::new(
             io::ErrorKind::WouldBlock,
-            format!("{} is locked: another mimic-eye is using this output", path.display()),
+            format!("{} is locked: another mimic-eye{holder} is using this output", path.display()),
         ));
     }
-    Ok(OutputLock { _file: file })
+    // The holder's PID, for the message above (the lock itself is the flock, not this text).
+    file.set_len(0).map_err(named("writing", &path))?;
+    io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes()).map_err(named("writing", &path))?;
+    let output_id = identity(&fs::metadata(output).map_err(named("reading", output))?);
+    Ok(OutputLock { file, path, output: output.to_path_buf(), output_id })
+}
+
+impl OutputLock {
+    /// Fails when the output folder or the lock file is no longer the one locked: removed,
+    /// renamed or replaced. A daemon that sees this must stop (another build may run there).
+    pub fn check(&self) -> io::Result<()> {
+        let gone =
+            |what: &str| io::Error::other(format!("{what}: the output is no longer the one this process locked"));
+        let now = fs::metadata(&self.output)
+            .map_err(|_| gone(&format!("the output folder {} was removed", self.output.display())))?;
+        if identity(&now) != self.output_id {
+            return Err(gone(&format!("the output folder {} was replaced", self.output.display())));
+        }
+        let held = identity(&self.file.metadata()?);
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if identity(&m) == held => Ok(()),
+            Ok(_) => Err(gone(&format!("the lock file {} was replaced", self.path.display()))),
+            Err(_) => Err(gone(&format!("the lock file {} was removed", self.path.display()))),
+        }
+    }
 }
 
 /// Finishes publishes interrupted by a crash and discards unpublished staging folders and the
@@ -365,10 +396,13 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
     let mut redone = 0;
     if let Ok(entries) = fs::read_dir(state_dir(output).join("journal")) {
         for entry in entries.flatten() {
-            let manifest = match read_json::<Manifest>(&entry.path()) {
+            let manifest = match read_manifest(&entry.path()) {
                 Ok(manifest) => manifest,
-                // Not a record: dropped. A file that cannot be read now is kept for next time.
+                // Not a record, or one naming paths outside the output: dropped (its job's
+                // staging folder goes below, and the job is redone). A file that cannot be read
+                // now is kept for next time.
                 Err(e) if matches!(e.kind(), io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "interrupted publish's journal is damaged: dropped");
                     let _ = fs::remove_file(entry.path());
                     continue;
                 }

@@ -74,6 +74,9 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
     let mut outcome = outcome??;
     bar.finish();
     check_header_fits(&job, header_columns, &outcome)?;
+    if !ctx.accept_shrink {
+        check_not_shrunk(&job, decision.rows_before, &outcome)?;
+    }
     outcome.files.extend(kept_files);
     outcome.files.sort();
     outcome.files.dedup();
@@ -92,6 +95,8 @@ struct Decision {
     input: planner::InputKey,
     split: bool,
     work: Work,
+    /// Rows the last publish of this table read (the shrink guard compares).
+    rows_before: Option<u64>,
 }
 
 enum Work {
@@ -118,6 +123,7 @@ fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(D
     let routing = routing_for(job, reader, ctx.config.profile, split_before)?;
     let dicoms = (routing.route == Route::ByDicom).then_some(&*ctx.cohort);
     let input = planner::InputKey::new(&ctx.config, &job.path, dicoms);
+    let rows_before = last.as_ref().map(|m| m.counts.read);
     let previous = if ctx.force_full { None } else { last };
     let split = routing.route == Route::BySubject;
     let work = match (planner::decide(previous.as_ref(), &input, &ctx.cohort, split), previous) {
@@ -135,7 +141,7 @@ fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(D
         }
         _ => Work::Write { only_patients: None, kept: Vec::new() },
     };
-    Ok((Decision { input, split, work }, routing))
+    Ok((Decision { input, split, work, rows_before }, routing))
 }
 
 fn writer_spec(
@@ -252,6 +258,19 @@ fn check_header_fits(job: &TableJob, columns: usize, outcome: &WriterOutcome) ->
     Ok(())
 }
 
+/// A table that lost most of its rows since its last publish (a header-only re-download, a
+/// file of CRs that parses as one header line) is held back: publishing would delete most
+/// patients' files. `build --accept-shrink` publishes it.
+fn check_not_shrunk(job: &TableJob, before: Option<u64>, outcome: &WriterOutcome) -> Result<(), JobError> {
+    let now = outcome.counts.read;
+    match before {
+        Some(before) if before > 0 && now.saturating_mul(2) < before => {
+            Err(JobError::Shrunk { path: job.path.clone(), before, now })
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn publish_job(
     ctx: &BuildContext,
     job: &TableJob,
@@ -294,6 +313,7 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
         max_open_files: raise_open_file_limit(),
         cancel: CancelToken::default(),
         force_full: true,
+        accept_shrink: true,
         reflacx_phases: Vec::new(),
         master_sheet: None,
         integrity: Default::default(),

@@ -40,7 +40,12 @@ pub(super) fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool)
             }
         }
     }
-    let table = crate::input::find_table(&src.join("hosp"), "patients", src)
+    let scan = crate::input::scan_folder(&src.join("hosp"), src, crate::config::BothForms::Csv);
+    let table = scan
+        .tables
+        .into_iter()
+        .find(|(n, _)| n == "patients")
+        .map(|(_, p)| p)
         .context("no hosp/patients table in the MIMIC-IV folder")?;
     let patients_table = SmallTable::read(&table)?;
     let col = patients_table.require("subject_id")?;

@@ -39,6 +39,9 @@ pub(super) struct LinkInputs {
     /// For the CXR metadata and edstays, the rows of the cohort (what the links are made of),
     /// malformed records included.
     pub rows: Vec<(PathBuf, u64)>,
+    /// A subjects-file cohort's size and a hash of its ids (the shrink guard tells an edited
+    /// file from a shrunk table by them); zero for the other cohorts.
+    pub subjects: (usize, u64),
 }
 
 /// Phase 1: the cohort and the stay links, from whichever linker tables exist.
@@ -51,6 +54,7 @@ pub(super) fn link(tables: LinkTables<'_>, settings: LinkSettings<'_>) -> Result
         master_sheet: tables.master_sheet.map(read).transpose()?,
         reflacx_metadata: tables.reflacx_phases.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
         rows: Vec::new(),
+        subjects: settings.rule.fingerprint(),
     };
     let mut links = Links::default();
     let mut warnings = Vec::new();

@@ -219,43 +219,48 @@ pub(crate) fn scan_folder(dir: &Path, root: &Path, both: BothForms) -> FolderSca
         found.push((name, path));
     }
     found.sort();
-    // One path per name: a table there both as `.csv` and `.csv.gz` is read as `both` says.
-    let mut i = 0;
-    while i < found.len() {
-        let same = found[i..].iter().take_while(|(n, _)| *n == found[i].0).count();
-        if same > 1 {
-            let group: Vec<(String, PathBuf)> = found.drain(i..i + same).collect();
-            let pick = |gz: bool| group.iter().find(|(_, p)| crate::source::is_gzip_name(p) == gz).cloned();
-            let chosen = match both {
-                BothForms::Refuse => None,
-                BothForms::Csv => pick(false),
-                BothForms::Gz => pick(true),
-            };
-            match chosen {
-                Some(table) => {
-                    found.insert(i, table);
-                    i += 1;
-                }
-                None => {
-                    let paths: Vec<String> = group.iter().map(|(_, p)| p.display().to_string()).collect();
-                    scan.refused.push(Refused {
-                        name: group[0].0.clone(),
-                        message: format!(
-                            "{}: the table is there in {} forms; an interrupted `gunzip -k` leaves both, one cut short (remove one, or set both_forms = \"csv\" or \"gz\" in the config)",
-                            paths.join(" and "),
-                            paths.len()
-                        ),
-                    });
-                }
-            }
-        } else {
-            i += 1;
-        }
-    }
+    pick_forms(&mut found, both, &mut scan.refused);
     scan.tables = found;
     scan.refused.sort_by(|a, b| a.name.cmp(&b.name));
     scan.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     scan
+}
+
+/// One path per table name in `found` (sorted by name): a table there both as `.csv` and
+/// `.csv.gz` is read as `both` says, or refused naming both files.
+fn pick_forms(found: &mut Vec<(String, PathBuf)>, both: BothForms, refused: &mut Vec<Refused>) {
+    let mut i = 0;
+    while i < found.len() {
+        let same = found[i..].iter().take_while(|(n, _)| *n == found[i].0).count();
+        if same == 1 {
+            i += 1;
+            continue;
+        }
+        let group: Vec<(String, PathBuf)> = found.drain(i..i + same).collect();
+        let pick = |gz: bool| group.iter().find(|(_, p)| crate::source::is_gzip_name(p) == gz).cloned();
+        let chosen = match both {
+            BothForms::Refuse => None,
+            BothForms::Csv => pick(false),
+            BothForms::Gz => pick(true),
+        };
+        match chosen {
+            Some(table) => {
+                found.insert(i, table);
+                i += 1;
+            }
+            None => {
+                let paths: Vec<String> = group.iter().map(|(_, p)| p.display().to_string()).collect();
+                refused.push(Refused {
+                    name: group[0].0.clone(),
+                    message: format!(
+                        "{}: the table is there in {} forms; an interrupted `gunzip -k` leaves both, one cut short (remove one, or set both_forms = \"csv\" or \"gz\" in the config)",
+                        paths.join(" and "),
+                        paths.len()
+                    ),
+                });
+            }
+        }
+    }
 }
 
 /// A table file by base name, `.csv` or `.csv.gz`.

@@ -113,37 +113,7 @@ pub struct DatasetReport {
     pub verified: Option<Verified>,
 }
 
-/// Paths relative to the dataset folder: how many, and the first few by name.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Listing {
-    pub count: usize,
-    pub first: Vec<String>,
-}
-
-/// Paths named in full, beyond which only the count is given.
-const LISTING_MAX: usize = 50;
-
-impl Listing {
-    fn of(mut all: Vec<String>) -> Self {
-        all.sort();
-        let count = all.len();
-        all.truncate(LISTING_MAX);
-        Self { count, first: all }
-    }
-
-    fn text(&self, s: &mut String, what: &str) {
-        if self.count == 0 {
-            return;
-        }
-        let _ = writeln!(s, "  {what}: {}", self.count);
-        for p in &self.first {
-            let _ = writeln!(s, "    {p}");
-        }
-        if self.count > self.first.len() {
-            let _ = writeln!(s, "    … and {} more", self.count - self.first.len());
-        }
-    }
-}
+pub(crate) use crate::sumscheck::Listing;
 
 /// `inputs --verify`: the download checked against its SHA256SUMS.txt.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -154,6 +124,13 @@ pub struct Verified {
     pub missing: Listing,
     /// Files present that the checksum file does not list (wget's index.html pages ignored).
     pub unlisted: Listing,
+    /// Listed paths that lie outside the dataset folder (absolute, `..`): never opened.
+    pub outside: Listing,
+    /// Lines of the checksum file that are not `<sha256> <path>`, by number.
+    pub malformed: Listing,
+    /// Why the check could not run (the checksum file unreadable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What `mimic-eye inputs` reports: each parent dataset as found under the input.
@@ -226,48 +203,32 @@ impl Inventory {
     /// `--verify`: hashes every file each dataset's checksum file lists (the whole download).
     pub fn verify(&mut self) {
         for d in self.datasets.iter_mut().filter(|d| d.found && d.sha256sums) {
-            let sums = crate::sums::DatasetSums::load(&d.folder);
-            let rel = |p: &Path| p.strip_prefix(&d.folder).unwrap_or(p).to_string_lossy().into_owned();
-            let (mut ok, mut mismatched, mut missing) = (0, Vec::new(), Vec::new());
-            let mut listed: Vec<_> = sums.listed.iter().collect();
-            listed.sort();
-            for (path, digest) in listed {
-                match crate::sums::hash_file(path) {
-                    Ok(got) if got == *digest => ok += 1,
-                    Ok(_) => mismatched.push(rel(path)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(rel(path)),
-                    Err(e) => mismatched.push(format!("{} ({e})", rel(path))),
-                }
-            }
-            let mut present = Vec::new();
-            files_below(&d.folder, &mut present);
-            let unlisted = present
-                .iter()
-                .filter(|p| !sums.listed.contains_key(*p))
-                .filter(|p| {
-                    let name = p.file_name().unwrap_or_default();
-                    !name.eq_ignore_ascii_case("index.html") && *p != &d.folder.join(crate::sums::SUMS_FILE)
-                })
-                .map(|p| rel(p))
-                .collect();
-            d.verified = Some(Verified {
-                ok,
-                mismatched: Listing::of(mismatched),
-                missing: Listing::of(missing),
-                unlisted: Listing::of(unlisted),
+            let list = d.folder.join(crate::sums::SUMS_FILE);
+            d.verified = Some(match crate::sumscheck::verify_tree(&d.folder, &list, crate::walk::Tree::Download) {
+                Ok(v) => Verified {
+                    ok: v.ok,
+                    mismatched: v.changed,
+                    missing: v.missing,
+                    unlisted: v.extra,
+                    outside: v.outside,
+                    malformed: v.malformed,
+                    error: None,
+                },
+                Err(e) => Verified { error: Some(format!("{e:#}")), ..Default::default() },
             });
         }
     }
 
     /// After `--verify`: what makes the download fail its check (a mismatch or a missing file).
     pub fn verify_problem(&self) -> Option<String> {
-        let (mut bad, mut missing) = (0, 0);
+        let (mut bad, mut missing, mut unverifiable) = (0, 0, 0);
         for v in self.datasets.iter().filter_map(|d| d.verified.as_ref()) {
             bad += v.mismatched.count;
             missing += v.missing.count;
+            unverifiable += v.outside.count + v.malformed.count + usize::from(v.error.is_some());
         }
-        (bad + missing > 0).then(|| {
-            format!("the download does not match its SHA256SUMS.txt: {bad} file(s) differ, {missing} listed file(s) missing")
+        (bad + missing + unverifiable > 0).then(|| {
+            format!("the download does not match its SHA256SUMS.txt: {bad} file(s) differ, {missing} listed file(s) missing, {unverifiable} line(s) or listing(s) unverifiable")
         })
     }
 
@@ -311,6 +272,11 @@ impl Inventory {
                 v.mismatched.text(&mut s, "SHA-256 differs (incomplete or damaged)");
                 v.missing.text(&mut s, "listed but missing");
                 v.unlisted.text(&mut s, "present but not listed");
+                v.outside.text(&mut s, "listed outside the dataset folder (not opened)");
+                v.malformed.text(&mut s, "malformed lines (unverifiable)");
+                if let Some(e) = &v.error {
+                    let _ = writeln!(s, "  could not be checked: {e}");
+                }
             }
         }
         let missing: Vec<&Check> = self.checks.iter().filter(|c| !c.present).collect();
@@ -322,18 +288,5 @@ impl Inventory {
         let verdict = if self.ok() { "a build can start" } else { "a build would refuse to start" };
         let _ = writeln!(s, "\n{verdict}");
         s
-    }
-}
-
-/// Every file (or link to one) below `dir`, recursively.
-fn files_below(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let Ok(kind) = e.file_type() else { continue };
-        if kind.is_dir() {
-            files_below(&e.path(), out);
-        } else {
-            out.push(e.path());
-        }
     }
 }

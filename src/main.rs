@@ -329,11 +329,13 @@ fn verify(output: &Path) -> anyhow::Result<()> {
     print!("{}", v.text());
     if !v.clean() {
         anyhow::bail!(
-            "{} does not match its SHA256SUMS.txt: {} changed, {} missing, {} extra",
+            "{} does not match its SHA256SUMS.txt: {} changed, {} missing, {} extra, {} listed outside it, {} malformed line(s)",
             output.display(),
-            v.changed.len(),
-            v.missing.len(),
-            v.extra.len()
+            v.changed.count,
+            v.missing.count,
+            v.extra.count,
+            v.outside.count,
+            v.malformed.count
         );
     }
     Ok(())

@@ -4,19 +4,16 @@
 //! file, LF; `physionet.md` §2). A build parses each one once ([`Sums::load`]); every table it
 //! reads is hashed on its reading thread as it is read ([`crate::source`]) and every file it
 //! copies as it is copied, and compared at the end of the read with the listed digest. Files not
-//! listed are not checked. [`Integrity`] records per dataset what was read and what matched, for
+//! listed are not checked. [`crate::integrity::Integrity`] records per dataset what was read and what matched, for
 //! the summary's provenance.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
-use crate::digest::Recorder;
 pub(crate) use crate::digest::{hex, parse_hex, Digest, Expected, MISMATCH};
 use crate::layout::DatasetKey;
 
@@ -231,6 +228,11 @@ fn read_sums_file(
             }
         };
         match parse_line(i, &line) {
+            // A listed path is data: one leaving the folder (absolute, `..`) is malformed.
+            Ok(Some((rel, _))) if !is_plain_relative(&rel) => {
+                read.malformed += 1;
+                read.first_malformed.get_or_insert(i + 1);
+            }
             Ok(Some((rel, d))) if keep(&rel) => put(&rel, d),
             Ok(_) => {}
             Err(_) => {
@@ -241,6 +243,13 @@ fn read_sums_file(
         }
     }
     read
+}
+
+/// Whether a listed path is relative and made of plain names only (no `..`, `.` or root).
+pub(crate) fn is_plain_relative(rel: &[u8]) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = Path::new(std::ffi::OsStr::from_bytes(rel));
+    !rel.is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// The path a malformed checksum line seems to name (what follows its first space), to tell
@@ -344,220 +353,6 @@ impl Sums {
         let key = path_key(path);
         sums.copied.binary_search_by_key(&key, |(k, _)| *k).ok().map(|i| sums.copied[i].1)
     }
-}
-
-/// What one dataset's reads came to, for the summary.
-#[derive(Debug, Default, Clone)]
-struct DatasetRecord {
-    tables: BTreeSet<PathBuf>,
-    /// Tables read whose checksum line could not be read or parsed.
-    unverifiable: BTreeSet<PathBuf>,
-    checked: u64,
-    mismatched: BTreeSet<PathBuf>,
-}
-
-/// A build's checksum file lookups and what its reads and copies found.
-#[derive(Debug, Default)]
-pub(crate) struct Integrity {
-    pub sums: Sums,
-    record: Mutex<BTreeMap<DatasetKey, DatasetRecord>>,
-    /// How copied folders' files were placed (links, copies, …).
-    pub files: Mutex<crate::pipeline::counts::FileStats>,
-}
-
-/// A dataset in the summary's `datasets`: where it was read from and whether its download
-/// matched its `SHA256SUMS.txt`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Provenance {
-    pub root: PathBuf,
-    pub version: Option<String>,
-    /// `verified`: every listed file this build read matched; `mismatch`: one did not;
-    /// `unverifiable`: the file could not be read (see `sha256sums_error`) or a table read has
-    /// a malformed line (see `unverifiable`); `absent`: no SHA256SUMS.txt.
-    pub sha256sums: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sha256sums_error: Option<String>,
-    /// Malformed lines in SHA256SUMS.txt (passed over; the others are checked).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub sha256sums_malformed_lines: u64,
-    /// Tables read unverified: their line could not be read or parsed.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub unverifiable: Vec<PathBuf>,
-    /// Tables read from the dataset by this build.
-    pub tables: usize,
-    /// Files (tables and copies) hashed and compared with their listed digest by this build.
-    pub checked: u64,
-    /// Files whose bytes differ from their listed digest.
-    pub mismatched: Vec<PathBuf>,
-    /// A version folder newer than the one in use sits beside it (never switched to).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub newer_version: Option<String>,
-}
-
-impl Integrity {
-    pub(crate) fn load(config: &Config) -> Arc<Self> {
-        Arc::new(Self { sums: Sums::load(config), ..Default::default() })
-    }
-
-    /// A table about to be read: counted for its dataset; the check to make at the end of the
-    /// read, when its dataset lists it.
-    pub(crate) fn table(self: &Arc<Self>, path: &Path) -> Option<Expected> {
-        let key = self.sums.dataset_of(path)?;
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        let r = record.entry(key).or_default();
-        r.tables.insert(path.into());
-        let sums = self.sums.datasets.get(&key)?;
-        let listed = sums.listed.contains_key(path);
-        if sums.error.is_some() || (!listed && sums.unverifiable.contains(path)) {
-            tracing::warn!(table = %path.display(), "its SHA256SUMS.txt line cannot be read or parsed: read unverified");
-            r.unverifiable.insert(path.into());
-        }
-        drop(record);
-        self.file(path)
-    }
-
-    /// [`Self::table`] as the reader's option.
-    pub(crate) fn table_check(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
-        self.table(path).map_or(crate::source::Sha256Check::Off, crate::source::Sha256Check::Expect)
-    }
-
-    /// [`Self::file`] as the reader's option (a file read as a table but not counted as one).
-    pub(crate) fn table_check_file(self: &Arc<Self>, path: &Path) -> crate::source::Sha256Check {
-        self.file(path).map_or(crate::source::Sha256Check::Off, crate::source::Sha256Check::Expect)
-    }
-
-    /// The check for a file that is copied (not counted as a table).
-    pub(crate) fn file(self: &Arc<Self>, path: &Path) -> Option<Expected> {
-        let digest = self.sums.expected(path)?;
-        Some(Expected::recorded(path, digest, Arc::clone(self) as Arc<dyn Recorder>))
-    }
-}
-
-impl Recorder for Integrity {
-    fn outcome(&self, path: &Path, matched: bool) {
-        let Some(key) = self.sums.dataset_of(path) else { return };
-        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        let r = record.entry(key).or_default();
-        r.checked += 1;
-        if matched {
-            r.mismatched.remove(path);
-        } else {
-            r.mismatched.insert(path.to_path_buf());
-        }
-    }
-}
-
-impl Integrity {
-    /// Copied files that differed from their listed digest (tables fail on their own).
-    pub(crate) fn mismatched_files(&self) -> Vec<PathBuf> {
-        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        record.values().flat_map(|r| r.mismatched.iter().filter(|p| !r.tables.contains(*p)).cloned()).collect()
-    }
-
-    /// The summary's `datasets`, keyed like `[datasets]`.
-    pub(crate) fn provenance(&self, config: &Config) -> BTreeMap<&'static str, Provenance> {
-        let record = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        DatasetKey::ALL
-            .into_iter()
-            .map(|key| {
-                let r = record.get(&key).cloned().unwrap_or_default();
-                let sums = self.sums.datasets.get(&key);
-                let present = sums.is_some_and(|s| s.present);
-                let readable = sums.is_some_and(|s| s.error.is_none());
-                let status = match (present, readable && r.unverifiable.is_empty(), r.mismatched.is_empty()) {
-                    (false, _, _) => "absent",
-                    (true, _, false) => "mismatch",
-                    (true, false, true) => "unverifiable",
-                    (true, true, true) => "verified",
-                };
-                let version = config.datasets.versions.get(key).clone();
-                let p = Provenance {
-                    root: std::path::absolute(config.datasets.get(key))
-                        .unwrap_or_else(|_| config.datasets.get(key).to_path_buf()),
-                    newer_version: newer_version(config.datasets.get(key), version.as_deref()),
-                    version,
-                    sha256sums: status,
-                    sha256sums_error: sums.and_then(|s| s.error.clone()),
-                    sha256sums_malformed_lines: sums.map_or(0, |s| s.malformed),
-                    unverifiable: r.unverifiable.into_iter().collect(),
-                    tables: r.tables.len(),
-                    checked: r.checked,
-                    mismatched: r.mismatched.into_iter().collect(),
-                };
-                (key.config_key(), p)
-            })
-            .collect()
-    }
-
-    /// Warns about (and exports as a gauge) each dataset with a newer version folder beside the
-    /// one in use. Never switches: the user pins versions.
-    pub(crate) fn report_newer_versions(config: &Config) {
-        for key in DatasetKey::ALL {
-            let in_use = config.datasets.versions.get(key).as_deref();
-            let newer = newer_version(config.datasets.get(key), in_use);
-            if let (Some(newer), Some(in_use)) = (&newer, in_use) {
-                tracing::warn!(
-                    dataset = key.config_key(),
-                    in_use,
-                    newer = %newer,
-                    "a newer version of {} sits beside the one in use; it is not used until [versions] {} = \"{newer}\"",
-                    key.title(),
-                    key.config_key()
-                );
-            }
-            metrics::gauge!(crate::telemetry::NEWER_VERSION, "dataset" => key.config_key()).set(if newer.is_some() {
-                1.0
-            } else {
-                0.0
-            });
-        }
-    }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// The program that wrote an output, for the summary.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Program {
-    pub name: &'static str,
-    pub version: &'static str,
-}
-
-impl Program {
-    pub(crate) fn this() -> Self {
-        Self { name: env!("CARGO_PKG_NAME"), version: env!("CARGO_PKG_VERSION") }
-    }
-}
-
-/// The settings an output was built with, for the summary.
-#[derive(Debug, Clone, Serialize)]
-pub struct Settings {
-    pub profile: &'static str,
-    pub window_days: u32,
-    pub index_column: bool,
-    pub files: crate::config::FilesMode,
-}
-
-impl Settings {
-    pub fn of(config: &Config) -> Self {
-        Self {
-            profile: config.profile.as_str(),
-            window_days: config.window_days,
-            index_column: config.index_column,
-            files: config.files,
-        }
-    }
-}
-
-/// The newest version folder beside `folder` (a version folder named `in_use`) that is newer.
-fn newer_version(folder: &Path, in_use: Option<&str>) -> Option<String> {
-    let in_use = in_use?;
-    let parent = folder.parent()?;
-    let order = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
-    let versions = crate::layout::version_folders(parent).ok()?;
-    versions.into_iter().filter(|v| order(v) > order(in_use)).max_by_key(|v| order(v))
 }
 
 #[cfg(test)]

@@ -371,8 +371,9 @@ fn hard_links_refused_to_a_service_user_fall_back_to_counted_copies() {
     let chmod = |mode: &str, p: &Path| Command::new("chmod").args(["-R", mode]).arg(p).status().unwrap();
     chmod("a+rX,go-w", &input);
     chmod("a+rx", t.path());
+    // The service user's own output folder (one open to everyone is refused or closed).
     fs::create_dir_all(&out).unwrap();
-    chmod("a+rwx", &out);
+    assert!(Command::new("chown").args(["65534:65534"]).arg(&out).status().unwrap().success());
     let o = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(env!("CARGO_BIN_EXE_mimic-eye"))

@@ -78,8 +78,8 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     prepare_output(&output, options.check_outputs)?;
     let side = input::linker_table_paths(&config);
     let missing = check_inputs(&config, &side)?;
-    let mut integrity = crate::sums::Integrity::load(&config);
-    crate::sums::Integrity::report_newer_versions(&config);
+    let mut integrity = crate::integrity::Integrity::load(&config);
+    crate::integrity::Integrity::report_newer_versions(&config);
     let stays_pending = linker_inputs_pending(&side, &options)?;
     let (links, inputs) =
         link_cohort(&config, &side, &integrity, stays_pending.is_none(), options.cancel.clone()).await?;
@@ -176,7 +176,7 @@ fn linker_inputs_pending(side: &input::LinkerTablePaths, options: &BuildOptions)
 async fn link_cohort(
     config: &Config,
     side: &input::LinkerTablePaths,
-    integrity: &Arc<crate::sums::Integrity>,
+    integrity: &Arc<crate::integrity::Integrity>,
     with_stays: bool,
     alive: CancelToken,
 ) -> anyhow::Result<(Links, linker::LinkInputs)> {
@@ -350,8 +350,8 @@ fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_kno
         read_folders: folders::read_folders(ctx),
         linker_skipped: links.warnings.clone(),
         datasets: ctx.integrity.provenance(config),
-        program: crate::sums::Program::this(),
-        settings: crate::sums::Settings::of(config),
+        program: crate::integrity::Program::this(),
+        settings: crate::integrity::Settings::of(config),
         files: ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         peak_rss_bytes: crate::sys::peak_rss_bytes(),
         duration_seconds: started.elapsed().as_secs_f64(),

@@ -29,7 +29,7 @@ pub(crate) struct BuildContext {
     pub reflacx_phases: Vec<reader::SmallTable>,
     pub master_sheet: Option<reader::SmallTable>,
     /// The datasets' SHA256SUMS.txt and what this build's reads and copies found.
-    pub integrity: Arc<crate::sums::Integrity>,
+    pub integrity: Arc<crate::integrity::Integrity>,
 }
 
 /// Raises the soft open-file limit to the hard one; returns how many output files to keep open.

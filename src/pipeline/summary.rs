@@ -57,10 +57,10 @@ pub struct Summary {
     /// Rows of the linker's tables skipped for a malformed id or time (file, line, reason).
     pub linker_skipped: Vec<linker::LinkReject>,
     /// Each parent dataset: folder, version, SHA256SUMS.txt outcome, tables read.
-    pub datasets: BTreeMap<&'static str, crate::sums::Provenance>,
-    pub(crate) program: crate::sums::Program,
+    pub datasets: BTreeMap<&'static str, crate::integrity::Provenance>,
+    pub(crate) program: crate::integrity::Program,
     /// The settings that shape the output.
-    pub settings: crate::sums::Settings,
+    pub settings: crate::integrity::Settings,
     /// How the copied folders' files were placed.
     pub files: crate::pipeline::counts::FileStats,
     /// The process's peak resident memory so far.

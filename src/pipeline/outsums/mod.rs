@@ -28,7 +28,6 @@ use crate::sums::{self, Digest, SUMS_FILE};
 
 mod cache;
 mod verify;
-mod walk;
 
 pub use verify::verify;
 
@@ -130,7 +129,7 @@ pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
         hashed: 0,
     };
     let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
-    walk::each_listable_file(output, &mut |rel| {
+    crate::walk::each_listable_file(output, crate::walk::Tree::Output, &mut |rel| {
         let path = output.join(OsStr::from_bytes(rel));
         let meta = match fs::metadata(&path) {
             Ok(m) => m,

@@ -1,0 +1,230 @@
+//! A tree checked against its `SHA256SUMS.txt`: every listed file hashed again, and the files
+//! it does not list found (`mimic-eye verify` on an output, `inputs --verify` on a download).
+//!
+//! The listing is read a line at a time. Sorted by path bytes (as the build writes it, and as
+//! PhysioNet's are), it is merged with a walk of the tree in the same order: memory does not
+//! grow with the million files of a download or a `--cohort cxr` output. A listing in another
+//! order keeps a 64-bit hash per listed path to find the unlisted files. A listed path that is
+//! not a plain relative path (absolute, `..`) is never opened: it is counted as outside the
+//! tree; a malformed line is counted, and the check goes on.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::sums::{self, Digest};
+use crate::walk::{self, Tree};
+
+/// Paths relative to the tree: how many, and the first few (in path order when the listing is
+/// sorted).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Listing {
+    pub count: usize,
+    pub first: Vec<String>,
+}
+
+/// Paths named in full, beyond which only the count is given.
+const LISTING_MAX: usize = 50;
+
+impl Listing {
+    pub(crate) fn of(mut all: Vec<String>) -> Self {
+        all.sort();
+        let count = all.len();
+        all.truncate(LISTING_MAX);
+        Self { count, first: all }
+    }
+
+    fn push(&mut self, shown: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.len() < LISTING_MAX {
+            self.first.push(shown());
+        }
+    }
+
+    /// Its lines for people, under a heading saying `what`.
+    pub(crate) fn text(&self, s: &mut String, what: &str) {
+        use std::fmt::Write as _;
+        if self.count == 0 {
+            return;
+        }
+        let _ = writeln!(s, "  {what}: {}", self.count);
+        for p in &self.first {
+            let _ = writeln!(s, "    {p}");
+        }
+        if self.count > self.first.len() {
+            let _ = writeln!(s, "    … and {} more", self.count - self.first.len());
+        }
+    }
+}
+
+/// What checking a tree against its listing found.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Verification {
+    pub listed: usize,
+    pub ok: usize,
+    pub changed: Listing,
+    pub missing: Listing,
+    /// Present, not listed (the tree's own state and index pages aside).
+    pub extra: Listing,
+    /// Listed paths outside the tree (absolute, `..`): never opened.
+    pub outside: Listing,
+    /// Lines that are not `<sha256> <path>`, by number.
+    pub malformed: Listing,
+}
+
+impl Verification {
+    /// Every listed file matched, none is missing, none extra, and the listing was whole.
+    pub fn clean(&self) -> bool {
+        [&self.changed, &self.missing, &self.extra, &self.outside, &self.malformed].iter().all(|l| l.count == 0)
+    }
+
+    /// The report for people.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let what = [
+            ("changed", &self.changed),
+            ("missing", &self.missing),
+            ("extra", &self.extra),
+            ("listed outside the tree", &self.outside),
+            ("malformed line", &self.malformed),
+        ];
+        for (what, list) in what {
+            for p in &list.first {
+                s.push_str(&format!("{what}: {p}\n"));
+            }
+            if list.count > list.first.len() {
+                s.push_str(&format!("{what}: … and {} more\n", list.count - list.first.len()));
+            }
+        }
+        s.push_str(&format!(
+            "{} listed, {} verified, {} changed, {} missing, {} extra\n",
+            self.listed, self.ok, self.changed.count, self.missing.count, self.extra.count
+        ));
+        s
+    }
+
+    /// Hashes the listed file `rel` of `root` (if it lies inside) and records what it found.
+    fn check(&mut self, root: &Path, rel: &[u8], digest: &Digest) {
+        self.listed += 1;
+        let shown = || String::from_utf8_lossy(rel).into_owned();
+        if !sums::is_plain_relative(rel) {
+            self.outside.push(shown);
+            return;
+        }
+        match sums::hash_file(&root.join(OsStr::from_bytes(rel))) {
+            Ok(d) if d == *digest => self.ok += 1,
+            Ok(_) => self.changed.push(shown),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.missing.push(shown),
+            Err(e) => self.changed.push(|| format!("{} ({e})", shown())),
+        }
+    }
+}
+
+/// The lines of a checksum file, one at a time.
+struct Lines {
+    input: BufReader<fs::File>,
+    buf: Vec<u8>,
+    number: usize,
+}
+
+impl Lines {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let file = crate::sys::open_regular(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self { input: BufReader::with_capacity(1 << 16, file), buf: Vec::new(), number: 0 })
+    }
+
+    /// The next (path, digest), skipping blank lines; a malformed line is counted in `v`.
+    fn next(&mut self, v: &mut Verification) -> io::Result<Option<(Vec<u8>, Digest)>> {
+        loop {
+            self.buf.clear();
+            if self.input.read_until(b'\n', &mut self.buf)? == 0 {
+                return Ok(None);
+            }
+            let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            self.number += 1;
+            match sums::parse_line(self.number - 1, line) {
+                Ok(Some(entry)) => return Ok(Some(entry)),
+                Ok(None) => continue,
+                Err(_) => {
+                    let number = self.number;
+                    v.malformed.push(|| format!("line {number}"));
+                }
+            }
+        }
+    }
+}
+
+/// Whether the listing's paths only ever increase (what the merge needs).
+fn sorted(path: &Path) -> anyhow::Result<bool> {
+    let mut lines = Lines::open(path)?;
+    let mut scratch = Verification::default();
+    let mut last: Option<Vec<u8>> = None;
+    while let Some((rel, _)) = lines.next(&mut scratch)? {
+        if last.as_ref().is_some_and(|l| *l >= rel) {
+            return Ok(false);
+        }
+        last = Some(rel);
+    }
+    Ok(true)
+}
+
+/// Re-hashes every file the listing `list` names under `root` and looks for files it does not
+/// list.
+pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree) -> anyhow::Result<Verification> {
+    if !sorted(list)? {
+        return verify_unsorted(root, list, tree);
+    }
+    let mut v = Verification::default();
+    let mut lines = Lines::open(list)?;
+    let mut next = lines.next(&mut v)?;
+    walk::each_listable_file(root, tree, &mut |rel| {
+        // Listed before this file but not found by the walk: hashed (and found missing).
+        while next.as_ref().is_some_and(|(listed, _)| listed.as_slice() < rel) {
+            if let Some((listed, digest)) = next.take() {
+                v.check(root, &listed, &digest);
+            }
+            next = lines.next(&mut v)?;
+        }
+        if next.as_ref().is_some_and(|(listed, _)| listed.as_slice() == rel) {
+            if let Some((_, digest)) = next.take() {
+                v.check(root, rel, &digest);
+            }
+            next = lines.next(&mut v)?;
+        } else {
+            v.extra.push(|| String::from_utf8_lossy(rel).into_owned());
+        }
+        Ok(())
+    })
+    .with_context(|| format!("walking {}", root.display()))?;
+    while let Some((listed, digest)) = next {
+        v.check(root, &listed, &digest);
+        next = lines.next(&mut v)?;
+    }
+    Ok(v)
+}
+
+/// [`verify_tree`] for a listing that is not in path order: each line checked as it is read,
+/// a hash of each listed path kept to find the unlisted files.
+fn verify_unsorted(root: &Path, list: &Path, tree: Tree) -> anyhow::Result<Verification> {
+    let key = |rel: &[u8]| crate::fingerprint::Fnv::default().bytes(rel).finish();
+    let mut v = Verification::default();
+    let mut lines = Lines::open(list)?;
+    let mut names = std::collections::HashSet::new();
+    while let Some((rel, digest)) = lines.next(&mut v)? {
+        v.check(root, &rel, &digest);
+        names.insert(key(&rel));
+    }
+    walk::each_listable_file(root, tree, &mut |rel| {
+        if !names.contains(&key(rel)) {
+            v.extra.push(|| String::from_utf8_lossy(rel).into_owned());
+        }
+        Ok(())
+    })
+    .with_context(|| format!("walking {}", root.display()))?;
+    Ok(v)
+}

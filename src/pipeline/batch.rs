@@ -133,6 +133,35 @@ pub(crate) struct ReadStats {
     pub input_bytes: u64,
 }
 
+/// How a reader's stream ended without its `Done`.
+#[derive(Debug)]
+pub(crate) enum Unfinished<E> {
+    /// The reader failed, naming the file and where.
+    Read(crate::pipeline::error::ReadError),
+    /// The channel closed without `Done`: the reading thread stopped early (cancelled, or it
+    /// panicked: its join says which). Never taken for the end of the table.
+    Stopped,
+    /// The consumer's own error, which stopped the draining.
+    Consumer(E),
+}
+
+/// The reader's protocol, consumed in one place: every batch goes to `each` until `Done`,
+/// which alone means the whole table was read. Dropping the receiver afterwards stops a reader
+/// that is still sending.
+pub(crate) fn drain<E>(
+    rx: &async_channel::Receiver<ReadMsg>,
+    mut each: impl FnMut(Batch) -> Result<(), E>,
+) -> Result<ReadStats, Unfinished<E>> {
+    while let Ok(msg) = rx.recv_blocking() {
+        match msg {
+            ReadMsg::Batch(b) => each(b).map_err(Unfinished::Consumer)?,
+            ReadMsg::Done(stats) => return Ok(stats),
+            ReadMsg::Failed(e) => return Err(Unfinished::Read(e)),
+        }
+    }
+    Err(Unfinished::Stopped)
+}
+
 /// A small table's malformed records: the first [`Rejects::KEPT`] verbatim (for the rejects
 /// file), the rest only counted, so a table of millions of broken rows costs no memory.
 #[derive(Debug, Clone, Default)]
@@ -196,5 +225,29 @@ pub(super) fn append_rejects(batch: &mut Batch, rejects: &Rejects) {
         batch.data.extend_from_slice(raw);
         let end = batch.data.len() as u32;
         batch.records.push(Record { span: Span { start, end }, key: Span { start: end, end }, ..*record });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_done_ends_a_read_and_a_closed_link_is_never_success() {
+        let (tx, rx) = async_channel::unbounded();
+        tx.send_blocking(ReadMsg::Batch(Batch::default())).unwrap();
+        tx.send_blocking(ReadMsg::Done(ReadStats { input_bytes: 7 })).unwrap();
+        let mut batches = 0;
+        let stats = drain(&rx, |_| Ok::<_, ()>(batches += 1)).unwrap();
+        assert_eq!((batches, stats.input_bytes), (1, 7));
+        // The reading thread gone after a batch, without `Done` (a panic, a stop).
+        let (tx, rx) = async_channel::unbounded();
+        tx.send_blocking(ReadMsg::Batch(Batch::default())).unwrap();
+        drop(tx);
+        assert!(matches!(drain(&rx, |_| Ok::<_, ()>(())), Err(Unfinished::Stopped)));
+        // The consumer's error stops the draining and is returned as its own.
+        let (tx, rx) = async_channel::unbounded();
+        tx.send_blocking(ReadMsg::Batch(Batch::default())).unwrap();
+        assert!(matches!(drain(&rx, |_| Err("full")), Err(Unfinished::Consumer("full"))));
     }
 }

@@ -130,8 +130,8 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
     let sums = output.join(crate::sums::SUMS_FILE);
-    let (listed, hashed) =
-        crate::pipeline::outsums::write(&output).with_context(|| format!("writing {}", sums.display()))?;
+    let (listed, hashed) = crate::pipeline::outsums::write(&output, &options.cancel)
+        .with_context(|| format!("writing {}", sums.display()))?;
     tracing::debug!(listed, hashed, "output SHA256SUMS.txt written");
     Ok(summary)
 }
@@ -183,7 +183,6 @@ async fn link_cohort(
     let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(integrity));
     let edstays = side.edstays.clone().filter(|_| with_stays);
     tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
-        let _alive = alive;
         let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
         let tables = linker::LinkTables {
             cxr_metadata: side.cxr_metadata.as_deref(),
@@ -192,8 +191,13 @@ async fn link_cohort(
             master_sheet: side.master_sheet.as_deref(),
         };
         let sha256 = |p: &Path| integrity.table_check(p);
-        let settings =
-            linker::LinkSettings { profile: cfg.profile, window_days: cfg.window_days, rule: &rule, sha256: &sha256 };
+        let settings = linker::LinkSettings {
+            profile: cfg.profile,
+            window_days: cfg.window_days,
+            rule: &rule,
+            sha256: &sha256,
+            cancel: &alive,
+        };
         Ok(linker::link(tables, settings)?)
     })
     .await?
@@ -281,6 +285,9 @@ async fn run_table_jobs(
         match done {
             Ok((key, Ok(outcome))) => {
                 report.tables.insert(key, outcome.counts);
+            }
+            Ok((key, Err(e))) if e.is_cancelled() => {
+                let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
             }
             Ok((key, Err(e))) => {
                 tracing::error!(table = %key, error = %crate::telemetry::bounded_text(&e.to_string()), "table failed; its previous output is kept");

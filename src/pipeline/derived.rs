@@ -14,6 +14,7 @@ use crate::pipeline::paths;
 use crate::pipeline::publish::{self, Manifest};
 use crate::pipeline::reader::{Header, SmallTable};
 use crate::pipeline::writer::{Route, Writer, WriterSpec};
+use crate::shutdown::CancelToken;
 use crate::source::Sha256Check;
 
 /// Where an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) goes.
@@ -139,7 +140,7 @@ fn rewrite_subset(ctx: &BuildContext, all: &mut Writer, linked: &mut Writer) -> 
     let tf = |b: bool| if b { "True" } else { "False" };
     let (mut batch_all, mut batch_linked) = (Batch::default(), Batch::default());
     let (mut rec, mut key) = (Vec::new(), Vec::new());
-    each_subset_row(source, header, &links.cxr_rows, |row, origin, raw, fields| {
+    each_subset_row(source, header, &links.cxr_rows, &ctx.cancel, |row, origin, raw, fields| {
         let field = |i: usize| fields.get(i).map_or(&[][..], Vec::as_slice);
         let datetime = study_datetime_column(field(date_col), field(time_col), ctx.config.profile);
         // Written into reused buffers: no allocation per row but the date's.
@@ -172,19 +173,21 @@ fn each_subset_row(
     source: &Path,
     header: &Header,
     rows: &[CxrRow],
+    cancel: &CancelToken,
     mut each: impl FnMut(&CxrRow, Origin, &[u8], &[Vec<u8>]) -> Result<(), JobError>,
 ) -> Result<(), JobError> {
     let changed = || JobError::Read(ReadError { path: source.to_path_buf(), kind: ReadErrorKind::ChangedDuringBuild });
     let subject_col = header.require(source, "subject_id")?;
     let mut rows = rows.iter().peekable();
-    let (reread_header, _) = SmallTable::visit::<JobError>(source, Sha256Check::Off, |h, origin, raw, fields| {
-        let Some(row) = rows.next_if(|r| r.row == origin.row) else { return Ok(()) };
-        let subject = fields.get(subject_col).and_then(|f| SubjectId::parse(f).ok());
-        if h.raw != header.raw || subject != Some(row.subject) {
-            return Err(changed());
-        }
-        each(row, origin, raw, fields)
-    })?;
+    let (reread_header, _) =
+        SmallTable::visit::<JobError>(source, Sha256Check::Off, cancel, |h, origin, raw, fields| {
+            let Some(row) = rows.next_if(|r| r.row == origin.row) else { return Ok(()) };
+            let subject = fields.get(subject_col).and_then(|f| SubjectId::parse(f).ok());
+            if h.raw != header.raw || subject != Some(row.subject) {
+                return Err(changed());
+            }
+            each(row, origin, raw, fields)
+        })?;
     if rows.next().is_some() || reread_header.raw != header.raw {
         return Err(changed());
     }
@@ -214,10 +217,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata.csv");
         std::fs::write(&path, first).unwrap();
-        let (header, _) = SmallTable::visit::<JobError>(&path, Sha256Check::Off, |_, _, _, _| Ok(())).unwrap();
+        let never = CancelToken::default();
+        let (header, _) = SmallTable::visit::<JobError>(&path, Sha256Check::Off, &never, |_, _, _, _| Ok(())).unwrap();
         std::fs::write(&path, text).unwrap();
         let mut seen = Vec::new();
-        each_subset_row(&path, &header, rows, |_, _, raw, _| {
+        each_subset_row(&path, &header, rows, &never, |_, _, raw, _| {
             seen.push(String::from_utf8(raw.to_vec()).unwrap());
             Ok(())
         })?;

@@ -36,6 +36,12 @@ pub enum ReadErrorKind {
     DuplicateColumn { column: String, count: usize },
     #[error("a record starting at line {line} is longer than {max} bytes (unterminated quote?)")]
     RecordTooLong { line: u64, max: usize },
+    /// The build was cancelled while the table was read.
+    #[error("the read was cancelled (the build is stopping)")]
+    Cancelled,
+    /// The reading thread ended without finishing: a bug, said as one.
+    #[error("the reading thread stopped before the end of the file: {0}")]
+    ReaderDied(String),
     /// A second read of a table (cxr_meta re-reads the CXR metadata) found other rows.
     #[error("the file changed while the build read it; the next build reads it again")]
     ChangedDuringBuild,
@@ -61,9 +67,34 @@ pub(crate) enum JobError {
     Shrunk { path: PathBuf, before: u64, now: u64 },
     #[error("{0}: the reader stopped without finishing")]
     Interrupted(String),
+    /// The build was cancelled (a stop): not a failure of the table.
+    #[error("cancelled: the build is stopping")]
+    Cancelled,
     /// A bug, not bad input: said as such instead of as a reader that stopped.
     #[error("{task} of {table} panicked: {cause}")]
     Panicked { task: &'static str, table: String, cause: String },
+}
+
+impl ReadError {
+    /// A read whose thread ended without `Done`: cancelled, or the thread's panic named (its
+    /// `join` result), never taken for the end of the table.
+    pub(crate) fn stopped(path: &Path, cancel: &crate::shutdown::CancelToken, joined: std::thread::Result<()>) -> Self {
+        let kind = match joined {
+            _ if cancel.is_cancelled() => ReadErrorKind::Cancelled,
+            Err(panic) => ReadErrorKind::ReaderDied(format!("it panicked: {}", panic_text(panic.as_ref()))),
+            Ok(()) => ReadErrorKind::ReaderDied("it ended without a word".into()),
+        };
+        ReadError { path: path.to_path_buf(), kind }
+    }
+}
+
+/// A panic's message, when it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown cause".into())
 }
 
 /// `io::Result` → `JobError::Write` naming the path: `fs::create_dir_all(&dir).at(&dir)?`.
@@ -78,18 +109,36 @@ impl<T> At<T> for io::Result<T> {
 }
 
 impl JobError {
+    /// A stop, not a failure of the table.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Cancelled | Self::Read(ReadError { kind: ReadErrorKind::Cancelled, .. }))
+    }
+
     /// A task that did not return: a panic is a bug and said so; a cancelled task is not.
     pub(crate) fn joined(task: &'static str, table: &str, e: tokio::task::JoinError) -> Self {
         match e.try_into_panic() {
-            Ok(panic) => {
-                let cause = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown cause".into());
-                Self::Panicked { task, table: table.to_string(), cause }
-            }
+            Ok(panic) => Self::Panicked { task, table: table.to_string(), cause: panic_text(panic.as_ref()) },
             Err(_) => Self::Interrupted(table.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_stopped_is_named_as_panicked_cancelled_or_silent() {
+        let path = Path::new("in/labevents.csv");
+        let (never, (owner, stopped)) = (crate::shutdown::CancelToken::default(), crate::shutdown::cancel_pair());
+        let panic: std::thread::Result<()> = Err(Box::new("index out of bounds"));
+        let e = ReadError::stopped(path, &never, panic);
+        assert_eq!(
+            e.to_string(),
+            "in/labevents.csv: the reading thread stopped before the end of the file: it panicked: index out of bounds"
+        );
+        owner.cancel();
+        assert!(matches!(ReadError::stopped(path, &stopped, Ok(())).kind, ReadErrorKind::Cancelled));
+        assert!(ReadError::stopped(path, &never, Ok(())).to_string().contains("ended without a word"));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::csvscan::{split_fields, Scanner};
-use crate::pipeline::batch::{Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record, Rejects};
+use crate::pipeline::batch::{self, Batch, BatchPool, Defect, Origin, ReadMsg, ReadStats, Record, Rejects};
 use crate::pipeline::error::{ReadError, ReadErrorKind};
 use crate::shutdown::CancelToken;
 use crate::source::{Sha256Check, Source, CHUNK};
@@ -165,13 +165,8 @@ impl TableReader {
         }
     }
 
-    /// Streams every data record to `tx` in batches; ends with `Done` or `Failed`.
-    /// Stops early, silently, when the receiver is dropped (the job was cancelled).
-    pub(crate) fn stream(self, key_col: Option<usize>, tx: &async_channel::Sender<ReadMsg>) {
-        self.stream_until(key_col, tx, &CancelToken::default(), &BatchPool::new(1));
-    }
-
-    /// Like `stream`, but stops (without `Done`) as soon as `cancel` is set.
+    /// Streams every data record to `tx` in batches; ends with `Done` or `Failed`, or stops
+    /// (without `Done`) as soon as `cancel` is set or the receiver is dropped.
     pub(crate) fn stream_until(
         mut self,
         key_col: Option<usize>,
@@ -361,17 +356,19 @@ impl SmallTable {
     /// Streams the table and keeps only the rows `keep` accepts (given the header and the
     /// decoded fields), so a big table costs memory only for the rows that matter.
     pub fn read_where(path: &Path, keep: impl FnMut(&Header, &[Vec<u8>]) -> bool) -> Result<Self, ReadError> {
-        Self::read_checked(path, Sha256Check::Off, keep)
+        Self::read_checked(path, Sha256Check::Off, &CancelToken::default(), keep)
     }
 
-    /// [`Self::read_where`], hashing the file as it is read (see [`TableReader::open_checked`]).
-    pub fn read_checked(
+    /// [`Self::read_where`], hashing the file as it is read (see [`TableReader::open_checked`])
+    /// and stopping when `cancel` is set.
+    pub(crate) fn read_checked(
         path: &Path,
         sha256: Sha256Check,
+        cancel: &CancelToken,
         mut keep: impl FnMut(&Header, &[Vec<u8>]) -> bool,
     ) -> Result<Self, ReadError> {
         let mut rows = Vec::new();
-        let (header, rejects) = Self::visit(path, sha256, |header, origin, raw, fields| {
+        let (header, rejects) = Self::visit(path, sha256, cancel, |header, origin, raw, fields| {
             if keep(header, fields) {
                 let fields = Fields::from_split(fields);
                 rows.push(SmallRow { row: origin.row, line: origin.line, raw: raw.to_vec(), fields });
@@ -384,10 +381,11 @@ impl SmallTable {
     /// Streams the table's well-formed records to `each` (with the header, the record's
     /// origin, its verbatim bytes and its decoded fields) and returns the header and the
     /// malformed records: a table of any size read in bounded memory. An error from `each`
-    /// stops the read.
+    /// stops the read, and so does `cancel`.
     pub(crate) fn visit<E: From<ReadError>>(
         path: &Path,
         sha256: Sha256Check,
+        cancel: &CancelToken,
         mut each: impl FnMut(&Header, Origin, &[u8], &[Vec<u8>]) -> Result<(), E>,
     ) -> Result<(Header, Rejects), E> {
         let reader = TableReader::open_checked(path, sha256)?;
@@ -396,41 +394,36 @@ impl SmallTable {
         // on a thread of its own, bounded, while this one keeps what it needs.
         let small = std::fs::metadata(path).is_ok_and(|m| crate::source::is_small(path, m.len()));
         let (tx, rx) = if small { async_channel::unbounded() } else { async_channel::bounded(4) };
+        let token = cancel.clone();
         let handle = match small {
             true => {
-                reader.stream(None, &tx);
+                reader.stream_until(None, &tx, &token, &BatchPool::new(1));
                 drop(tx);
                 None
             }
-            false => Some(std::thread::spawn(move || reader.stream(None, &tx))),
+            false => Some(std::thread::spawn(move || reader.stream_until(None, &tx, &token, &BatchPool::new(1)))),
         };
         let mut rejects = Rejects::default();
-        let mut outcome = Ok(());
-        'read: while let Ok(msg) = rx.recv_blocking() {
-            match msg {
-                ReadMsg::Batch(b) => {
-                    for r in &b.records {
-                        let raw = r.span.slice(&b.data);
-                        if r.defect.is_some() {
-                            rejects.push(*r, raw);
-                            continue;
-                        }
-                        if let Err(e) = each(&header, Origin { row: r.row, line: r.line }, raw, &split_fields(raw)) {
-                            outcome = Err(e);
-                            break 'read;
-                        }
-                    }
+        let drained = batch::drain(&rx, |b| {
+            for r in &b.records {
+                let raw = r.span.slice(&b.data);
+                if r.defect.is_some() {
+                    rejects.push(*r, raw);
+                    continue;
                 }
-                ReadMsg::Done(_) => {}
-                ReadMsg::Failed(e) => outcome = Err(e.into()),
+                each(&header, Origin { row: r.row, line: r.line }, raw, &split_fields(raw))?;
             }
-        }
+            Ok(())
+        });
         // Dropping the receiver stops a reading thread that is still sending.
         drop(rx);
-        if let Some(handle) = handle {
-            let _ = handle.join();
+        let joined = handle.map_or(Ok(()), |h| h.join());
+        match drained {
+            Ok(_) => Ok((header, rejects)),
+            Err(batch::Unfinished::Consumer(e)) => Err(e),
+            Err(batch::Unfinished::Read(e)) => Err(e.into()),
+            Err(batch::Unfinished::Stopped) => Err(ReadError::stopped(path, cancel, joined).into()),
         }
-        outcome.map(|()| (header, rejects))
     }
 
     /// A column's index, or an error naming the file and the missing column.

@@ -50,13 +50,13 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
     let (tx, rx) = async_channel::bounded::<ReadMsg>(LINK_CAPACITY);
     let mut probes = vec![("reader->writer", tx.downgrade())];
     let read_task = spawn_reader(reader, routing.key_column, tx, &ctx.cancel, pool.clone());
-    let rx = match routing.fix {
+    let (rx, fix_task) = match routing.fix {
         Some(fix) => {
-            let (rx, fixer_probes) = spawn_fixer(&ctx, &job, fix, rx).await?;
-            probes = fixer_probes(probes.remove(0).1);
-            rx
+            let fixer = spawn_fixer(&ctx, &job, fix, rx).await?;
+            probes = vec![("reader->fixer", probes.remove(0).1), ("fixer->writer", fixer.probe)];
+            (fixer.to_writer, Some(fixer.task))
         }
-        None => rx,
+        None => (rx, None),
     };
     let alive = ctx.cancel.clone();
     let write_task = tokio::task::spawn_blocking(move || {
@@ -70,8 +70,17 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
     crate::telemetry::update_status(|s| {
         s.tables.remove(&job.key);
     });
-    let _ = read_task.await;
-    let mut outcome = outcome??;
+    // Every actor is joined: a reader or fixer that panicked is reported as that panic.
+    let mut outcome = match outcome? {
+        Err(JobError::Interrupted(_)) => return Err(upstream_cause(&job.key, read_task, fix_task, &ctx.cancel).await),
+        other => {
+            let _ = read_task.await;
+            if let Some(f) = fix_task {
+                let _ = f.await;
+            }
+            other?
+        }
+    };
     bar.finish();
     check_header_fits(&job, header_columns, &outcome)?;
     if !ctx.accept_shrink {
@@ -186,6 +195,13 @@ fn spawn_reader(
 /// ends.
 type Probe = (&'static str, async_channel::WeakSender<ReadMsg>);
 
+/// The fixer's thread, its link to the writer and the probes of both links.
+struct SpawnedFixer {
+    task: tokio::task::JoinHandle<()>,
+    to_writer: async_channel::Receiver<ReadMsg>,
+    probe: async_channel::WeakSender<ReadMsg>,
+}
+
 /// Makes the fix's decisions (a first pass over the table), then starts the fixer between the
 /// reader's link and a new one to the writer.
 async fn spawn_fixer(
@@ -193,19 +209,42 @@ async fn spawn_fixer(
     job: &TableJob,
     fix: FixKind,
     from_reader: async_channel::Receiver<ReadMsg>,
-) -> Result<(async_channel::Receiver<ReadMsg>, impl FnOnce(async_channel::WeakSender<ReadMsg>) -> Vec<Probe>), JobError>
-{
-    let (path, links, alive) = (job.path.clone(), Arc::clone(&ctx.links), ctx.cancel.clone());
-    let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links))
+) -> Result<SpawnedFixer, JobError> {
+    let (path, links, cancel) = (job.path.clone(), Arc::clone(&ctx.links), ctx.cancel.clone());
+    let fix = tokio::task::spawn_blocking(move || fix.prepare(&path, &links, &cancel))
         .await
         .map_err(|e| JobError::joined("fixer", &job.key, e))??;
     let (tx, rx) = async_channel::bounded::<ReadMsg>(LINK_CAPACITY);
-    let to_writer = tx.downgrade();
-    tokio::task::spawn_blocking(move || {
+    let probe = tx.downgrade();
+    let alive = ctx.cancel.clone();
+    let task = tokio::task::spawn_blocking(move || {
         let _alive = alive;
         fix.run(from_reader, tx)
     });
-    Ok((rx, move |reader_link| vec![("reader->fixer", reader_link), ("fixer->writer", to_writer)]))
+    Ok(SpawnedFixer { task, to_writer: rx, probe })
+}
+
+/// Why the writer saw its input end without `Done`: the reader's or the fixer's panic, or a
+/// stop, said as such (the writer alone would only know that its link closed early).
+async fn upstream_cause(
+    key: &str,
+    reader: ReaderTask,
+    fixer: Option<tokio::task::JoinHandle<()>>,
+    cancel: &CancelToken,
+) -> JobError {
+    if let Err(e) = reader.await {
+        return JobError::joined("reader", key, e);
+    }
+    if let Some(Err(e)) = match fixer {
+        Some(f) => Some(f.await),
+        None => None,
+    } {
+        return JobError::joined("fixer", key, e);
+    }
+    if cancel.is_cancelled() {
+        return JobError::Cancelled;
+    }
+    JobError::Interrupted(key.to_string())
 }
 
 /// Every 200 ms: the progress bar, the progress and link-depth gauges and `/status`.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::cohort::Cohort;
 use crate::csvscan::write_field;
 use crate::ids::{DicomId, IdBuildHasher, SubjectId};
-use crate::pipeline::batch::{Batch, BatchPool, Defect, ReadMsg, Record};
+use crate::pipeline::batch::{self, Batch, BatchPool, Defect, ReadMsg, Record};
 use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError};
 use crate::pipeline::paths;
@@ -146,27 +146,26 @@ impl Writer {
     ) -> Result<WriterOutcome, JobError> {
         let table = self.spec.table.clone();
         let metrics = telemetry::TableMetrics::new(&table);
-        while let Ok(msg) = rx.recv_blocking() {
-            match msg {
-                ReadMsg::Batch(batch) => {
-                    let before = self.outcome.counts;
-                    self.write_batch(&batch)?;
-                    pool.give(batch);
-                    metrics.add(&before, &self.outcome.counts);
-                    metrics.set_buffered(self.buffered, self.open.len());
-                }
-                ReadMsg::Done(stats) => {
-                    self.outcome.input_bytes = stats.input_bytes;
-                    metrics.add_bytes(stats.input_bytes);
-                    for (reason, n) in &self.outcome.rejects_by_reason {
-                        metrics.rejected(reason, *n);
-                    }
-                    return self.finish();
-                }
-                ReadMsg::Failed(e) => return Err(e.into()),
-            }
+        let drained = batch::drain(&rx, |batch| {
+            let before = self.outcome.counts;
+            self.write_batch(&batch)?;
+            pool.give(batch);
+            metrics.add(&before, &self.outcome.counts);
+            metrics.set_buffered(self.buffered, self.open.len());
+            Ok(())
+        });
+        let stats = match drained {
+            Ok(stats) => stats,
+            Err(batch::Unfinished::Consumer(e)) => return Err(e),
+            Err(batch::Unfinished::Read(e)) => return Err(e.into()),
+            Err(batch::Unfinished::Stopped) => return Err(JobError::Interrupted(table)),
+        };
+        self.outcome.input_bytes = stats.input_bytes;
+        metrics.add_bytes(stats.input_bytes);
+        for (reason, n) in &self.outcome.rejects_by_reason {
+            metrics.rejected(reason, *n);
         }
-        Err(JobError::Interrupted(table))
+        self.finish()
     }
 
     pub(super) fn write_batch(&mut self, batch: &Batch) -> Result<(), JobError> {

@@ -6,9 +6,11 @@ use std::path::Path;
 use crate::config::Profile;
 use crate::csvscan::Span;
 use crate::ids::DicomId;
-use crate::pipeline::batch::{Batch, Defect, ReadMsg};
+use crate::pipeline::batch::{drain, Batch, BatchPool, Defect, Unfinished};
 use crate::pipeline::error::JobError;
+use crate::pipeline::error::ReadError;
 use crate::pipeline::reader::TableReader;
+use crate::shutdown::CancelToken;
 
 /// What happens to the rows of one short id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,34 +76,39 @@ fn can_match(id: &[u8], known: &BTreeSet<String>) -> bool {
 /// First pass: the distinct DICOM_IDs of the table that can match a master-sheet id (at most
 /// 44 per master-sheet id, whatever the table holds: millions of distinct hostile ids cost no
 /// memory).
-pub(crate) fn distinct_ids(path: &Path, known: &BTreeSet<String>) -> Result<BTreeSet<Vec<u8>>, JobError> {
+pub(crate) fn distinct_ids(
+    path: &Path,
+    known: &BTreeSet<String>,
+    cancel: &CancelToken,
+) -> Result<BTreeSet<Vec<u8>>, JobError> {
     let reader = TableReader::open(path)?;
     let col = reader.require("dicom_id")?;
     let (tx, rx) = async_channel::bounded(4);
-    let handle = std::thread::spawn(move || reader.stream(Some(col), &tx));
+    let token = cancel.clone();
+    let handle = std::thread::spawn(move || reader.stream_until(Some(col), &tx, &token, &BatchPool::new(1)));
     let mut ids = BTreeSet::new();
     let mut last: Vec<u8> = Vec::new();
-    let mut result = Ok(());
-    while let Ok(msg) = rx.recv_blocking() {
-        match msg {
-            ReadMsg::Batch(b) => {
-                for r in b.records.iter().filter(|r| r.defect.is_none()) {
-                    let key = r.key.slice(&b.data);
-                    if key != last.as_slice() {
-                        last.clear();
-                        last.extend_from_slice(key);
-                        if !ids.contains(key) && can_match(key, known) {
-                            ids.insert(key.to_vec());
-                        }
-                    }
+    let drained = drain(&rx, |b| {
+        for r in b.records.iter().filter(|r| r.defect.is_none()) {
+            let key = r.key.slice(&b.data);
+            if key != last.as_slice() {
+                last.clear();
+                last.extend_from_slice(key);
+                if !ids.contains(key) && can_match(key, known) {
+                    ids.insert(key.to_vec());
                 }
             }
-            ReadMsg::Done(_) => {}
-            ReadMsg::Failed(e) => result = Err(e.into()),
         }
+        Ok::<_, JobError>(())
+    });
+    drop(rx);
+    let joined = handle.join();
+    match drained {
+        Ok(_) => Ok(ids),
+        Err(Unfinished::Consumer(e)) => Err(e),
+        Err(Unfinished::Read(e)) => Err(e.into()),
+        Err(Unfinished::Stopped) => Err(ReadError::stopped(path, cancel, joined).into()),
     }
-    let _ = handle.join();
-    result.map(|()| ids)
 }
 
 impl Repair {

@@ -23,6 +23,7 @@ use crate::pipeline::paths;
 use crate::pipeline::publish;
 use crate::pipeline::writer::Route;
 use crate::pyfmt::python_float_repr;
+use crate::shutdown::CancelToken;
 
 /// A streaming fix, chosen per table.
 #[derive(Debug, Clone)]
@@ -45,11 +46,11 @@ impl FixKind {
     }
 
     /// Makes the fix's decisions (a first pass over the table's ids).
-    pub(super) fn prepare(&self, path: &Path, links: &Links) -> Result<Fixer, JobError> {
+    pub(super) fn prepare(&self, path: &Path, links: &Links, cancel: &CancelToken) -> Result<Fixer, JobError> {
         match self {
             FixKind::EyeGazeIds { profile } => {
                 let known = links.eye_gaze_dicoms.iter().map(|d| d.as_str().to_string()).collect();
-                let ids = eyegaze::distinct_ids(path, &known)?;
+                let ids = eyegaze::distinct_ids(path, &known, cancel)?;
                 let repair = eyegaze::decide(&known, &ids, *profile);
                 tracing::info!(table = %path.display(), short_ids = repair.decisions.len(), "EyeGaze DICOM_ID repair decided");
                 Ok(Fixer { repair })

@@ -116,6 +116,10 @@ impl<'a> FolderJob<'a> {
 
     /// Places every file under `src` (recursively) at `dest` (relative to the output root).
     fn folder(&mut self, src: &Path, dest: &Path) -> Result<(), JobError> {
+        // A stop ends the walk between folders (a `cxr` cohort has 227,000 study folders).
+        if self.ctx.cancel.is_cancelled() {
+            return Err(JobError::Cancelled);
+        }
         let Ok(meta) = fs::metadata(src) else { return Ok(()) };
         let id = (meta.dev(), meta.ino());
         if self.walking.contains(&id) {
@@ -473,7 +477,10 @@ fn sync_reading(job: &mut FolderJob, src: &Path, dest: &Path, profile: Profile) 
         let name = entry.file_name();
         let path = entry.path();
         if name == "anomaly_location_ellipses.csv" && job.resolve(&path).is_some_and(|m| m.is_file()) {
-            let table = SmallTable::read_checked(&path, job.ctx.integrity.table_check_file(&path), |_, _| true)?;
+            let table =
+                SmallTable::read_checked(&path, job.ctx.integrity.table_check_file(&path), &job.ctx.cancel, |_, _| {
+                    true
+                })?;
             let crlf = fs::read(&path).is_ok_and(|b| b.windows(2).any(|w| w == b"\r\n"));
             let merged = reflacx::merge(&reflacx::Columns::of(&table), reflacx::any_true);
             job.file(&path, &dest.join(&name), Some(reflacx::encode(&merged, crlf)))?;

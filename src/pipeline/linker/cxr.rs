@@ -12,6 +12,7 @@ use crate::cohort::CohortRule;
 use crate::ids::{DicomId, StayId, StudyId, SubjectId};
 use crate::pipeline::error::ReadError;
 use crate::pipeline::reader::{Header, SmallTable};
+use crate::shutdown::CancelToken;
 use crate::source::Sha256Check;
 
 /// The CXR subset as read, before its stays are known.
@@ -61,7 +62,7 @@ pub(super) fn read_subset(
     let mut subset = Subset { times: Vec::new(), tracked: Vec::new(), rows_read: 0 };
     let mut cols: Option<MetaColumns> = None;
     let (header, rejects) =
-        SmallTable::visit::<ReadError>(path, (settings.sha256)(path), |header, origin, _raw, f| {
+        SmallTable::visit::<ReadError>(path, (settings.sha256)(path), settings.cancel, |header, origin, _raw, f| {
             let c = match cols {
                 Some(c) => c,
                 None => *cols.insert(MetaColumns::of(header, path)?),
@@ -117,6 +118,7 @@ pub(super) fn read_subset(
 pub(super) fn read_stays(
     path: &Path,
     sha256: Sha256Check,
+    cancel: &CancelToken,
     subjects: &HashSet<SubjectId>,
     warnings: &mut Vec<LinkReject>,
 ) -> Result<(HashMap<SubjectId, Vec<Stay>>, u64), ReadError> {
@@ -127,7 +129,7 @@ pub(super) fn read_stays(
         let col = |name| header.require(path, name);
         Ok([col("subject_id")?, col("stay_id")?, col("intime")?, col("outtime")?])
     };
-    let (header, rejects) = SmallTable::visit::<ReadError>(path, sha256, |header, origin, _raw, f| {
+    let (header, rejects) = SmallTable::visit::<ReadError>(path, sha256, cancel, |header, origin, _raw, f| {
         let [subject_col, stay_col, intime_col, outtime_col] = match cols {
             Some(c) => c,
             None => *cols.insert(columns(header)?),

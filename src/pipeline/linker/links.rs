@@ -32,6 +32,8 @@ pub(crate) struct LinkSettings<'a> {
     pub window_days: u32,
     pub rule: &'a CohortRule,
     pub sha256: &'a dyn Fn(&Path) -> Sha256Check,
+    /// The build's cancellation: a stop ends the linker's reads between batches.
+    pub cancel: &'a crate::shutdown::CancelToken,
 }
 
 /// A row the linker could not use (its id or time is malformed); listed in `summary.json`.

@@ -49,7 +49,7 @@ pub(super) struct LinkInputs {
 /// patient, or a list); the metadata rows kept under it are the CXR subset.
 pub(super) fn link(tables: LinkTables<'_>, settings: LinkSettings<'_>) -> Result<(Links, LinkInputs), ReadError> {
     let sha256 = settings.sha256;
-    let read = |p: &Path| SmallTable::read_checked(p, sha256(p), |_, _| true);
+    let read = |p: &Path| SmallTable::read_checked(p, sha256(p), settings.cancel, |_, _| true);
     let mut inputs = LinkInputs {
         master_sheet: tables.master_sheet.map(read).transpose()?,
         reflacx_metadata: tables.reflacx_phases.iter().map(|p| read(p)).collect::<Result<_, _>>()?,
@@ -72,8 +72,13 @@ pub(super) fn link(tables: LinkTables<'_>, settings: LinkSettings<'_>) -> Result
     };
     let stays = match tables.edstays {
         Some(path) => {
-            let (stays, rows) =
-                cxr::read_stays(path, sha256(path), &stay_subjects(&links, settings.rule), &mut warnings)?;
+            let (stays, rows) = cxr::read_stays(
+                path,
+                sha256(path),
+                settings.cancel,
+                &stay_subjects(&links, settings.rule),
+                &mut warnings,
+            )?;
             inputs.rows.push((path.to_path_buf(), rows));
             stays
         }

@@ -115,7 +115,7 @@ struct Entry {
 /// Writes `<output>/SHA256SUMS.txt` (replaced only when its text changes) and the digest
 /// cache, streaming: the output is walked in path order and merged with the last cache.
 /// Returns the number of files listed and how many were read to hash them.
-pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
+pub(crate) fn write(output: &Path, cancel: &crate::shutdown::CancelToken) -> io::Result<(usize, usize)> {
     let state = paths::state_dir(output);
     let copies = CopyDigests::load(output, cache_written_ns(&state.join(CACHE)));
     let mut cache = CacheReader::open(&state.join(CACHE));
@@ -140,6 +140,10 @@ pub(crate) fn write(output: &Path) -> io::Result<(usize, usize)> {
         let digest = cache.lookup(rel, id).or_else(|| copies.get(id));
         batch.push(Entry { rel: rel.to_vec(), id, digest });
         if batch.len() == BATCH {
+            // A stop ends the listing between batches; the last one stays in place.
+            if cancel.is_cancelled() {
+                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled: the build is stopping"));
+            }
             out.add(output, &mut batch)?;
         }
         Ok(())

@@ -476,6 +476,13 @@ fn a_daemon_whose_lock_file_is_removed_stops_non_zero() {
     // A one-shot build beside a running daemon is refused, naming the holder.
     let mut daemon = Daemon::start(&config, port);
     daemon.wait_idle(120);
+    // One local client holding every connection slot, idle: the health check still answers.
+    let idle: Vec<std::net::TcpStream> =
+        (0..64).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    assert!(idle.len() >= 32, "{} idle connections", idle.len());
+    let health = http_get(port, "/healthz");
+    assert_eq!(health.map(|(code, _)| code), Some(200), "the health check starved by idle connections");
+    drop(idle);
     let out = bin().arg("build").arg("--config").arg(&config).output().unwrap();
     assert!(!out.status.success());
     let pid = daemon.child.id().to_string();

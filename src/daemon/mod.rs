@@ -44,7 +44,6 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
     let alive = serve_metrics(&config, &trigger).await?;
     let (reload_tx, reload_rx) = async_channel::bounded::<()>(1);
     spawn_signal_handler(trigger.clone(), reload_tx)?;
-    notify::spawn_watchdog(trigger.subscribe());
     let mut daemon = Daemon::new(config_path, overrides, config, trigger.clone(), lock);
     notify::send("READY=1\nSTATUS=starting the first build");
     let exit = daemon.serve(&mut trigger.subscribe(), &reload_rx).await;
@@ -83,6 +82,8 @@ struct Daemon {
     dirty: bool,
     /// The output's lock, checked before each build and checkup (see [`publish::OutputLock`]).
     lock: publish::OutputLock,
+    /// systemd's watchdog, pinged from this loop's own progress.
+    watchdog: notify::Watchdog,
     first: bool,
 }
 
@@ -115,7 +116,20 @@ impl Daemon {
     ) -> Self {
         let (watch, events) = watch::spawn(watch_config(&config), trigger.subscribe());
         let next_checkup = next_checkup(&config, Duration::ZERO);
-        Self { config_path, overrides, config, trigger, watch, events, next_checkup, dirty: true, lock, first: true }
+        let watchdog = notify::Watchdog::from_env();
+        Self {
+            config_path,
+            overrides,
+            config,
+            trigger,
+            watch,
+            events,
+            next_checkup,
+            dirty: true,
+            lock,
+            watchdog,
+            first: true,
+        }
     }
 
     /// Builds whenever something calls for it, until a stop; the result is the exit's.
@@ -142,6 +156,7 @@ impl Daemon {
                     notify::send("STOPPING=1\nSTATUS=stopping");
                     return Ok(());
                 }
+                _ = self.watchdog.due() => self.watchdog.ping(),
                 _ = tokio::time::sleep_until(self.next_checkup) => match self.run_checkup().await {
                     Ok(0) => {}
                     Ok(damaged) => {
@@ -189,8 +204,10 @@ impl Daemon {
         notify::send(&format!("STATUS=building ({})", kind.label()));
         let build = pipeline::build(self.config.clone(), ProgressBars::hidden(), options);
         tokio::pin!(build);
-        let result = tokio::select! {
-            r = &mut build => r,
+        let result = loop {
+            tokio::select! {
+            r = &mut build => break r,
+            _ = self.watchdog.due() => self.watchdog.ping(),
             _ = shutdown.recv() => {
                 tracing::info!("stopping: cancelling the running build");
                 notify::send("STOPPING=1\nSTATUS=stopping");
@@ -204,6 +221,7 @@ impl Daemon {
                 }
                 count_build(kind, BuildResult::Cancelled);
                 return Built::Stopped;
+            }
             }
         };
         gauge!(telemetry::BUILD_RUNNING).set(0.0);

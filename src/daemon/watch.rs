@@ -115,8 +115,12 @@ pub(super) fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, as
         tx,
     };
     let (mut watcher, queue) = start_notify();
-    actor.update_watches(watcher.as_mut());
-    actor.initial_scan();
+    // File-system walks (a million files beside a mirror) run off the async workers:
+    // `block_in_place` hands this worker's other tasks (the metrics listener) to another.
+    tokio::task::block_in_place(|| {
+        actor.update_watches(watcher.as_mut());
+        actor.initial_scan();
+    });
     tokio::spawn(actor.run(watcher, queue, folders_rx, shutdown));
     (handle, rx)
 }
@@ -191,7 +195,7 @@ impl WatchActor {
             tokio::select! {
                 _ = shutdown.recv() => return,
                 update = folder_updates.recv() => match update {
-                    Ok(folders) => self.set_folders(folders, watcher.as_mut()),
+                    Ok(folders) => tokio::task::block_in_place(|| self.set_folders(folders, watcher.as_mut())),
                     Err(_) => return, // every handle dropped: this watcher is replaced
                 },
                 msg = next_path => match msg {
@@ -200,7 +204,7 @@ impl WatchActor {
                         self.touch(path);
                         if queue.as_ref().is_some_and(|q| q.overflowed.swap(false, Ordering::Relaxed)) {
                             metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "overflow").increment(1);
-                            self.rescan(watcher.as_mut());
+                            tokio::task::block_in_place(|| self.rescan(watcher.as_mut()));
                         }
                     }
                     Some(None) => {
@@ -208,14 +212,14 @@ impl WatchActor {
                             q.overflowed.store(false, Ordering::Relaxed);
                         }
                         metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "overflow").increment(1);
-                        self.rescan(watcher.as_mut());
+                        tokio::task::block_in_place(|| self.rescan(watcher.as_mut()));
                     }
                     // notify's thread ended: no more events, rescans only (never a busy loop).
                     None => queue = None,
                 },
                 _ = rescan.tick() => {
                     metrics::counter!(crate::telemetry::WATCH_EVENTS, "kind" => "rescan").increment(1);
-                    self.rescan(watcher.as_mut());
+                    tokio::task::block_in_place(|| self.rescan(watcher.as_mut()));
                 }
                 _ = settle.tick(), if !self.pending.is_empty() => {
                     if !self.settle().await {

@@ -89,7 +89,7 @@ const MAX_SUBJECTS_FILE_BYTES: u64 = 64 << 20;
 /// (spreadsheet exports), CRLF line ends (Windows editors), a trailing `,extra` column. It must
 /// be a regular file (a FIFO would hang the build) of a bounded size; it is read a line at a
 /// time, keeping only the ids.
-pub(crate) fn read_subjects(path: &Path) -> Result<HashSet<SubjectId>, SubjectsError> {
+pub(crate) fn read_subjects(path: &Path) -> Result<SubjectList, SubjectsError> {
     use std::io::{BufRead, Read};
     let read_err = |cause| SubjectsError::Read { path: path.to_path_buf(), cause };
     let file = crate::sys::open_regular(path).map_err(read_err)?;
@@ -100,7 +100,7 @@ pub(crate) fn read_subjects(path: &Path) -> Result<HashSet<SubjectId>, SubjectsE
         ))));
     }
     let reader = std::io::BufReader::new(file.take(MAX_SUBJECTS_FILE_BYTES));
-    let mut subjects = HashSet::new();
+    let mut subjects = Vec::new();
     for (i, line) in reader.split(b'\n').enumerate() {
         let line = line.map_err(read_err)?;
         let line = if i == 0 { line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&line) } else { &line[..] };
@@ -114,10 +114,35 @@ pub(crate) fn read_subjects(path: &Path) -> Result<HashSet<SubjectId>, SubjectsE
             line: i + 1,
             len: value.len(),
         })?;
-        subjects.insert(id);
+        subjects.push(id);
     }
-    subjects.shrink_to_fit();
-    Ok(subjects)
+    Ok(SubjectList::new(subjects))
+}
+
+/// A subjects file's ids, sorted without repeats: 8 bytes an id (a hash set costs about twice
+/// that), looked up by binary search.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SubjectList(Vec<SubjectId>);
+
+impl SubjectList {
+    fn new(mut ids: Vec<SubjectId>) -> Self {
+        ids.sort_unstable();
+        ids.dedup();
+        ids.shrink_to_fit();
+        Self(ids)
+    }
+
+    pub(crate) fn contains(&self, id: &SubjectId) -> bool {
+        self.0.binary_search(id).is_ok()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SubjectId> {
+        self.0.iter()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// The cohort rule ready for the linker: the subjects file read.
@@ -126,7 +151,7 @@ pub(crate) enum CohortRule {
     #[default]
     EyeTracking,
     Cxr,
-    Subjects(HashSet<SubjectId>),
+    Subjects(SubjectList),
 }
 
 impl CohortRule {

@@ -116,7 +116,7 @@ fn stay_subjects(links: &Links, rule: &CohortRule) -> HashSet<SubjectId> {
         links.eye_gaze_subjects.iter().chain(&links.reflacx_subjects).copied().collect();
     subjects.extend(links.cxr_rows.iter().map(|r| r.subject));
     if let CohortRule::Subjects(listed) = rule {
-        subjects.extend(listed);
+        subjects.extend(listed.iter().copied());
     }
     subjects
 }

@@ -86,6 +86,8 @@ pub struct ConfigFile {
     pub(crate) alert_max_age_hours: Option<u64>,
     /// A table both as `.csv` and `.csv.gz`: "refuse" (default), "csv" or "gz".
     pub(crate) both_forms: Option<BothForms>,
+    /// Where `fetch` downloads from (default `https://physionet.org/files/`).
+    pub(crate) physionet_url: Option<String>,
     /// "eye-tracking" (default), "cxr" or "subjects:PATH".
     pub cohort: Option<crate::cohort::CohortKind>,
     /// Per-dataset folders, overriding layout detection.

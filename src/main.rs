@@ -121,6 +121,38 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Download from PhysioNet only what the cohort needs: each version's SHA256SUMS.txt, the
+    /// tables, then the cohort's images and reports, verified, into INPUT/<slug>/<version>/ as
+    /// `wget -r` lays them out. Credentials from ~/.netrc, or --user with the password from
+    /// MIMIC_EYE_PHYSIONET_PASSWORD or a prompt.
+    Fetch {
+        /// The folder to fill (a wget mirror's physionet.org/files, or a new folder).
+        #[arg(long)]
+        input: PathBuf,
+        /// A config file: its physionet_url, [versions] and cohort are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Whose files: eye-tracking (default), cxr or subjects:PATH.
+        #[arg(long)]
+        cohort: Option<mimic_eye::CohortKind>,
+        /// Parallel keep-alive connections (PhysioNet limits each one, not their sum).
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// The file server (default https://physionet.org/files/).
+        #[arg(long)]
+        url: Option<String>,
+        /// PhysioNet user name (the password is asked for, or read from
+        /// MIMIC_EYE_PHYSIONET_PASSWORD; never give it on the command line).
+        #[arg(long)]
+        user: Option<String>,
+        /// Print the plan (files and bytes per dataset) after fetching the listings and the
+        /// tables that decide the cohort; fetch nothing else.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write the plan's URLs to FILE as a `wget -i` list; fetch nothing else.
+        #[arg(long)]
+        list: Option<PathBuf>,
+    },
     /// The daemon: build, then keep the output current as the input changes.
     Run {
         #[command(flatten)]
@@ -266,6 +298,10 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Build { settings, full, accept_shrink } => build(settings, full, accept_shrink),
         Command::Inputs { settings, json, verify } => inputs(settings, json, verify),
         Command::Verify { output } => verify(&output),
+        Command::Fetch { input, config, cohort, connections, url, user, dry_run, list } => {
+            let options = mimic_eye::FetchOptions { input, config, cohort, connections, url, user, dry_run, list };
+            mimic_eye::fetch(options).map(|_| ())
+        }
         Command::Run { settings, metrics_addr } => {
             let (config, overrides) = settings.into_parts();
             let overrides = Overrides { metrics_addr, ..overrides };

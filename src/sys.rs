@@ -123,3 +123,33 @@ pub(crate) fn open_regular(path: &std::path::Path) -> io::Result<File> {
     }
     Ok(file)
 }
+
+/// Reads a line from the terminal without echoing it (a password), saying `prompt` first.
+/// Fails when standard input is not a terminal.
+pub(crate) fn read_password(prompt: &str) -> io::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = io::stdin();
+    if !stdin.is_terminal() {
+        return Err(io::Error::other("standard input is not a terminal"));
+    }
+    let fd = stdin.as_raw_fd();
+    // SAFETY: tcgetattr/tcsetattr on the terminal behind standard input, with a termios
+    // struct this function owns; echo is switched back on before returning.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    eprint!("{prompt}");
+    let _ = io::stderr().flush();
+    // SAFETY: as above.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    // SAFETY: as above: the terminal's settings as they were.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    eprintln!();
+    read?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}

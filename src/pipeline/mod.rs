@@ -15,6 +15,7 @@
 
 mod batch;
 mod build;
+mod cohort_files;
 mod context;
 mod copy_record;
 pub(crate) mod counts;
@@ -40,6 +41,7 @@ mod writer;
 
 pub use build::{build, BuildOptions};
 pub(crate) use build::{Cancelled, Pending};
+pub(crate) use cohort_files::{cohort_files, CohortFiles};
 pub use outsums::verify as verify_output;
 pub use publish::lock_output;
 pub use reader::SmallTable;

@@ -106,6 +106,8 @@ pub struct DatasetReport {
     pub tables: Vec<TableFile>,
     /// Files the checksum file lists that are not there (an incomplete download).
     pub listed_missing: Listing,
+    /// In a tree `fetch` filled: listed files it left out on purpose (outside the cohort).
+    pub not_fetched: Listing,
     /// Table files the checksum file does not list (not checked by a build).
     pub unlisted_tables: Vec<String>,
     /// With `--verify`: every listed file hashed.
@@ -126,6 +128,8 @@ pub struct Verified {
     pub unlisted: Listing,
     /// Listed paths that lie outside the dataset folder (absolute, `..`): never opened.
     pub outside: Listing,
+    /// In a tree `fetch` filled: listed files it left out on purpose (outside the cohort).
+    pub not_fetched: Listing,
     /// Lines of the checksum file that are not `<sha256> <path>`, by number.
     pub malformed: Listing,
     /// Why the check could not run (the checksum file unreadable).
@@ -153,9 +157,48 @@ fn table_folders(key: DatasetKey) -> &'static [&'static str] {
     }
 }
 
+/// A dataset's listing read a line at a time: its files that are not there (missing, or left
+/// out by a `fetch` on purpose) and the paths of the tables it lists.
+#[derive(Default)]
+struct ListingCheck {
+    present: bool,
+    error: Option<String>,
+    missing: Listing,
+    not_fetched: Listing,
+    tables: std::collections::HashSet<PathBuf>,
+}
+
+impl ListingCheck {
+    fn of(folder: &Path, input: &Path, plan: Option<&std::collections::HashSet<u64>>) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        let mut check = Self::default();
+        let prefix = folder.strip_prefix(input).unwrap_or(folder);
+        let (present, error) = crate::sums::each_listed(folder, &mut |rel, _| {
+            let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
+            let path = folder.join(rel);
+            // Tables lie at most two folders deep (`hosp/labevents.csv.gz`).
+            if rel.components().count() <= 2 {
+                check.tables.insert(path.clone());
+            }
+            if std::fs::symlink_metadata(&path).is_err() {
+                let shown = || rel.to_string_lossy().into_owned();
+                match plan {
+                    Some(p) if !p.contains(&crate::fetch::verified::key(&prefix.join(rel))) => {
+                        check.not_fetched.push(shown)
+                    }
+                    _ => check.missing.push(shown),
+                }
+            }
+        });
+        (check.present, check.error) = (present, error);
+        check
+    }
+}
+
 impl Inventory {
     /// Finds every dataset under the configured input (no hashing; see `verify`).
     pub fn gather(config: &Config) -> Self {
+        let plan = crate::fetch::verified::planned(&config.input);
         let datasets = DatasetKey::ALL
             .into_iter()
             .map(|key| {
@@ -171,26 +214,24 @@ impl Inventory {
                         })
                     })
                     .collect();
-                let sums = crate::sums::DatasetSums::load(&folder);
+                let listing = ListingCheck::of(&folder, &config.input, plan.as_ref());
                 let rel = |p: &Path| p.strip_prefix(&folder).unwrap_or(p).to_string_lossy().into_owned();
-                let (listed_missing, unlisted_tables) = if sums.present {
-                    let missing = sums.listed.keys().filter(|p| std::fs::symlink_metadata(p).is_err()).map(|p| rel(p));
-                    let unlisted: Vec<String> =
-                        tables.iter().filter(|t| !sums.listed.contains_key(&t.path)).map(|t| rel(&t.path)).collect();
-                    (Listing::of(missing.collect()), unlisted)
-                } else {
-                    Default::default()
+                let unlisted_tables = match listing.present {
+                    true => tables.iter().filter(|t| !listing.tables.contains(&t.path)).map(|t| rel(&t.path)).collect(),
+                    false => Vec::new(),
                 };
+                let (listed_missing, not_fetched) = (listing.missing, listing.not_fetched);
                 DatasetReport {
                     key: key.config_key(),
                     title: key.title(),
                     found: folder.is_dir(),
                     version: config.datasets.versions.get(key).clone(),
-                    sha256sums: sums.present,
-                    sha256sums_error: sums.error,
+                    sha256sums: listing.present,
+                    sha256sums_error: listing.error,
                     folder,
                     tables,
                     listed_missing,
+                    not_fetched,
                     unlisted_tables,
                     verified: None,
                 }
@@ -202,20 +243,31 @@ impl Inventory {
 
     /// `--verify`: hashes every file each dataset's checksum file lists (the whole download).
     pub fn verify(&mut self) {
+        // A tree `fetch` filled holds what its cohort needs: the rest is not fetched, not missing.
+        let plan = crate::fetch::verified::planned(&self.input);
         for d in self.datasets.iter_mut().filter(|d| d.found && d.sha256sums) {
             let list = d.folder.join(crate::sums::SUMS_FILE);
-            d.verified = Some(match crate::sumscheck::verify_tree(&d.folder, &list, crate::walk::Tree::Download) {
-                Ok(v) => Verified {
-                    ok: v.ok,
-                    mismatched: v.changed,
-                    missing: v.missing,
-                    unlisted: v.extra,
-                    outside: v.outside,
-                    malformed: v.malformed,
-                    error: None,
-                },
-                Err(e) => Verified { error: Some(format!("{e:#}")), ..Default::default() },
-            });
+            let prefix = d.folder.strip_prefix(&self.input).unwrap_or(&d.folder).to_path_buf();
+            let was_planned = |rel: &[u8]| {
+                use std::os::unix::ffi::OsStrExt;
+                let rel = prefix.join(std::ffi::OsStr::from_bytes(rel));
+                plan.as_ref().is_some_and(|p| p.contains(&crate::fetch::verified::key(&rel)))
+            };
+            let planned: crate::sumscheck::Planned<'_> = plan.as_ref().map(|_| &was_planned as &dyn Fn(&[u8]) -> bool);
+            d.verified =
+                Some(match crate::sumscheck::verify_tree(&d.folder, &list, crate::walk::Tree::Download, planned) {
+                    Ok(v) => Verified {
+                        ok: v.ok,
+                        not_fetched: v.not_fetched,
+                        mismatched: v.changed,
+                        missing: v.missing,
+                        unlisted: v.extra,
+                        outside: v.outside,
+                        malformed: v.malformed,
+                        error: None,
+                    },
+                    Err(e) => Verified { error: Some(format!("{e:#}")), ..Default::default() },
+                });
         }
     }
 
@@ -261,6 +313,7 @@ impl Inventory {
                 let _ = writeln!(s, "    {:<40} {:>14} bytes  .{}", t.name, t.bytes, t.format);
             }
             d.listed_missing.text(&mut s, "listed in SHA256SUMS.txt but missing");
+            d.not_fetched.text(&mut s, "not fetched (outside the cohort)");
             if !d.unlisted_tables.is_empty() {
                 let _ = writeln!(s, "  tables not in SHA256SUMS.txt (not checked): {}", d.unlisted_tables.len());
                 for t in &d.unlisted_tables {
@@ -271,6 +324,7 @@ impl Inventory {
                 let _ = writeln!(s, "  verified against SHA256SUMS.txt: {} file(s) match", v.ok);
                 v.mismatched.text(&mut s, "SHA-256 differs (incomplete or damaged)");
                 v.missing.text(&mut s, "listed but missing");
+                v.not_fetched.text(&mut s, "not fetched (outside the cohort)");
                 v.unlisted.text(&mut s, "present but not listed");
                 v.outside.text(&mut s, "listed outside the dataset folder (not opened)");
                 v.malformed.text(&mut s, "malformed lines (unverifiable)");

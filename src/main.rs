@@ -73,8 +73,9 @@ impl Settings {
             None => false,
         };
         if self.output.is_none() && !file_has_output {
-            // Never written to or read by these commands; only `Config` insists on one.
-            self.output = Some(PathBuf::from("."));
+            // Never written to or read by these commands; only `Config` insists on one. Not
+            // the current folder: an input below it would count as inside the output.
+            self.output = Some(std::env::temp_dir().join("mimic-eye-no-output"));
         }
         self.resolve()
     }

@@ -142,10 +142,6 @@ pub(crate) struct DatasetSums {
 }
 
 impl DatasetSums {
-    pub(crate) fn load(folder: &Path) -> Self {
-        Self::load_where(folder, &|_| true)
-    }
-
     /// Keeps only the lines whose relative path `keep` accepts, reading the file line by line:
     /// MIMIC-CXR-JPG's lists about a million files, of which a build reads a few thousand, so
     /// memory stays with what the build reads, not with the size of the download.
@@ -185,6 +181,14 @@ impl DatasetSums {
             unverifiable,
         }
     }
+}
+
+/// Hands every well-formed line of `folder`'s checksum file to `each` (relative path, digest),
+/// a line at a time (MIMIC-CXR-JPG's lists a million files); says whether the file exists and
+/// why it could not be read.
+pub(crate) fn each_listed(folder: &Path, each: &mut dyn FnMut(&[u8], Digest)) -> (bool, Option<String>) {
+    let read = read_sums_file(folder, &|_| true, each, &mut |_| {});
+    (read.present, read.error)
 }
 
 /// What reading a checksum file found besides its lines.

@@ -32,14 +32,7 @@ pub struct Listing {
 const LISTING_MAX: usize = 50;
 
 impl Listing {
-    pub(crate) fn of(mut all: Vec<String>) -> Self {
-        all.sort();
-        let count = all.len();
-        all.truncate(LISTING_MAX);
-        Self { count, first: all }
-    }
-
-    fn push(&mut self, shown: impl FnOnce() -> String) {
+    pub(crate) fn push(&mut self, shown: impl FnOnce() -> String) {
         self.count += 1;
         if self.first.len() < LISTING_MAX {
             self.first.push(shown());
@@ -73,6 +66,8 @@ pub struct Verification {
     pub extra: Listing,
     /// Listed paths outside the tree (absolute, `..`): never opened.
     pub outside: Listing,
+    /// Listed files a `fetch` left out on purpose (outside the cohort): not missing.
+    pub not_fetched: Listing,
     /// Lines that are not `<sha256> <path>`, by number.
     pub malformed: Listing,
 }
@@ -108,8 +103,9 @@ impl Verification {
         s
     }
 
-    /// Hashes the listed file `rel` of `root` (if it lies inside) and records what it found.
-    fn check(&mut self, root: &Path, rel: &[u8], digest: &Digest) {
+    /// Hashes the listed file `rel` of `root` (if it lies inside) and records what it found;
+    /// `planned` tells, in a tree `fetch` filled, whether a file was meant to be there.
+    fn check(&mut self, root: &Path, rel: &[u8], digest: &Digest, planned: Planned<'_>) {
         self.listed += 1;
         let shown = || String::from_utf8_lossy(rel).into_owned();
         if !sums::is_plain_relative(rel) {
@@ -119,11 +115,18 @@ impl Verification {
         match sums::hash_file(&root.join(OsStr::from_bytes(rel))) {
             Ok(d) if d == *digest => self.ok += 1,
             Ok(_) => self.changed.push(shown),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && planned.is_some_and(|p| !p(rel)) => {
+                self.not_fetched.push(shown)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => self.missing.push(shown),
             Err(e) => self.changed.push(|| format!("{} ({e})", shown())),
         }
     }
 }
+
+/// For a tree `fetch` filled: whether a listed path was planned (else it was left out on
+/// purpose).
+pub(crate) type Planned<'a> = Option<&'a dyn Fn(&[u8]) -> bool>;
 
 /// The lines of a checksum file, one at a time.
 struct Lines {
@@ -175,9 +178,9 @@ fn sorted(path: &Path) -> anyhow::Result<bool> {
 
 /// Re-hashes every file the listing `list` names under `root` and looks for files it does not
 /// list.
-pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree) -> anyhow::Result<Verification> {
+pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree, planned: Planned<'_>) -> anyhow::Result<Verification> {
     if !sorted(list)? {
-        return verify_unsorted(root, list, tree);
+        return verify_unsorted(root, list, tree, planned);
     }
     let mut v = Verification::default();
     let mut lines = Lines::open(list)?;
@@ -186,13 +189,13 @@ pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree) -> anyhow::Resul
         // Listed before this file but not found by the walk: hashed (and found missing).
         while next.as_ref().is_some_and(|(listed, _)| listed.as_slice() < rel) {
             if let Some((listed, digest)) = next.take() {
-                v.check(root, &listed, &digest);
+                v.check(root, &listed, &digest, planned);
             }
             next = lines.next(&mut v)?;
         }
         if next.as_ref().is_some_and(|(listed, _)| listed.as_slice() == rel) {
             if let Some((_, digest)) = next.take() {
-                v.check(root, rel, &digest);
+                v.check(root, rel, &digest, planned);
             }
             next = lines.next(&mut v)?;
         } else {
@@ -202,7 +205,7 @@ pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree) -> anyhow::Resul
     })
     .with_context(|| format!("walking {}", root.display()))?;
     while let Some((listed, digest)) = next {
-        v.check(root, &listed, &digest);
+        v.check(root, &listed, &digest, planned);
         next = lines.next(&mut v)?;
     }
     Ok(v)
@@ -210,13 +213,13 @@ pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree) -> anyhow::Resul
 
 /// [`verify_tree`] for a listing that is not in path order: each line checked as it is read,
 /// a hash of each listed path kept to find the unlisted files.
-fn verify_unsorted(root: &Path, list: &Path, tree: Tree) -> anyhow::Result<Verification> {
+fn verify_unsorted(root: &Path, list: &Path, tree: Tree, planned: Planned<'_>) -> anyhow::Result<Verification> {
     let key = |rel: &[u8]| crate::fingerprint::Fnv::default().bytes(rel).finish();
     let mut v = Verification::default();
     let mut lines = Lines::open(list)?;
     let mut names = std::collections::HashSet::new();
     while let Some((rel, digest)) = lines.next(&mut v)? {
-        v.check(root, &rel, &digest);
+        v.check(root, &rel, &digest, planned);
         names.insert(key(&rel));
     }
     walk::each_listable_file(root, tree, &mut |rel| {

@@ -233,11 +233,25 @@ fn one_try(
         429 | 500..=599 => return Ok(Try::Again { wait: retry_after(), cause: format!("HTTP {code}") }),
         _ => return Err(FetchError::Status { url: task.url.clone(), code }),
     }
+    let body = response.into_body().into_reader();
+    append_body(body, part, (hasher, have), fetched, progress, resume)
+}
+
+/// Appends a response body to `part` (emptied first when `have` is 0), hashing it; a read that
+/// fails leaves what arrived in the part and its hash in `resume`, for the next try.
+fn append_body(
+    mut body: impl Read,
+    part: &Path,
+    (mut hasher, mut have): (Sha256, u64),
+    fetched: &mut Fetched,
+    progress: &AtomicU64,
+    resume: &mut Option<(Sha256, u64)>,
+) -> Result<Try, FetchError> {
+    let local = |cause| FetchError::Local { path: part.to_path_buf(), cause };
     let mut file = fs::OpenOptions::new().create(true).append(true).open(part).map_err(local)?;
     if have == 0 {
         file.set_len(0).map_err(local)?;
     }
-    let mut body = response.into_body().into_reader();
     let mut buf = vec![0u8; BUFFER];
     loop {
         let n = match body.read(&mut buf) {

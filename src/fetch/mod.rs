@@ -8,7 +8,7 @@ mod auth;
 mod download;
 mod plan;
 mod pool;
-mod verified;
+pub(crate) mod verified;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -196,6 +196,7 @@ impl Pool {
     /// One file: skipped when it is in place and verified, else fetched and recorded.
     fn one(&self, task: &Task, verified: &Verified, bytes: &AtomicU64) -> Result<Totals, FetchError> {
         let mut t = Totals::default();
+        verified.plan(&task.dest);
         match &task.expected {
             Some(expected) if verified.holds(&task.dest, expected) => {
                 t.skipped = 1;

@@ -1,9 +1,12 @@
-//! What `fetch` already verified, so a rerun knows a file in place is whole without hashing
-//! hundreds of gigabytes again (like the build's digest cache): each verified file's digest with
-//! its size, mtime and inode, one line a file in `<input>/.mimic-eye-fetch/verified.tsv`,
-//! appended as files complete. A file whose identity changed since is hashed again.
+//! What `fetch` knows of the tree it fills, in `<input>/.mimic-eye-fetch/`:
+//! - `verified.tsv`: each verified file's digest with its size, mtime and inode, appended as
+//!   files complete, so a rerun knows a file in place is whole without hashing hundreds of
+//!   gigabytes again (like the build's digest cache). A file whose identity changed since is
+//!   hashed again.
+//! - `planned.txt`: every file a fetch set out to get (the union over runs), so `inputs` can
+//!   tell a listed file left out on purpose (outside the cohort) from a missing one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::MetadataExt;
@@ -32,9 +35,22 @@ pub(crate) struct Verified {
     root: PathBuf,
     known: HashMap<u64, (Identity, Digest)>,
     log: Mutex<Option<io::BufWriter<fs::File>>>,
+    /// The planned files already recorded, and where new ones are appended.
+    planned: Mutex<(HashSet<u64>, Option<io::BufWriter<fs::File>>)>,
 }
 
-fn key(rel: &Path) -> u64 {
+/// The fetch's own folder in the tree it fills.
+const DIR: &str = ".mimic-eye-fetch";
+
+/// The files a fetch planned for the tree at `root` (paths relative to it, as hashes), or
+/// `None` when no fetch filled it.
+pub(crate) fn planned(root: &Path) -> Option<HashSet<u64>> {
+    let file = fs::File::open(root.join(DIR).join("planned.txt")).ok()?;
+    Some(io::BufReader::new(file).lines().map_while(Result::ok).map(|rel| key(Path::new(&rel))).collect())
+}
+
+/// The key a planned or verified path is kept under (its path relative to the tree's root).
+pub(crate) fn key(rel: &Path) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     crate::fingerprint::Fnv::default().bytes(rel.as_os_str().as_bytes()).finish()
 }
@@ -43,7 +59,7 @@ impl Verified {
     /// The record under `root` (empty when there is none or it cannot be read: files are then
     /// hashed once more).
     pub(crate) fn open(root: &Path) -> Self {
-        let dir = root.join(".mimic-eye-fetch");
+        let dir = root.join(DIR);
         let path = dir.join("verified.tsv");
         let mut known = HashMap::new();
         if let Ok(file) = fs::File::open(&path) {
@@ -67,7 +83,10 @@ impl Verified {
             .map(io::BufWriter::new)
             .map_err(|e| tracing::warn!(file = %path.display(), error = %e, "cannot record verified files: a rerun hashes them again"))
             .ok();
-        Self { root: root.to_path_buf(), known, log: Mutex::new(log) }
+        let plan_file =
+            fs::OpenOptions::new().create(true).append(true).open(dir.join("planned.txt")).map(io::BufWriter::new).ok();
+        let planned = Mutex::new((planned(root).unwrap_or_default(), plan_file));
+        Self { root: root.to_path_buf(), known, log: Mutex::new(log), planned }
     }
 
     /// Whether `path` is in place with digest `expected`: from the record when its identity
@@ -102,9 +121,25 @@ impl Verified {
         }
     }
 
+    /// Records that a fetch set out to get `path`.
+    pub(crate) fn plan(&self, path: &Path) {
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let Some(text) = rel.to_str().filter(|r| !r.contains('\n')) else { return };
+        let mut planned = self.planned.lock().unwrap_or_else(|e| e.into_inner());
+        let (known, out) = &mut *planned;
+        if known.insert(key(rel)) {
+            if let Some(out) = out.as_mut() {
+                let _ = writeln!(out, "{text}");
+            }
+        }
+    }
+
     /// Writes out what was recorded.
     pub(crate) fn flush(&self) {
         if let Some(out) = self.log.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = out.flush();
+        }
+        if let Some(out) = self.planned.lock().unwrap_or_else(|e| e.into_inner()).1.as_mut() {
             let _ = out.flush();
         }
     }

@@ -238,7 +238,11 @@ mod tests {
         tx.send_blocking(ReadMsg::Batch(Batch::default())).unwrap();
         tx.send_blocking(ReadMsg::Done(ReadStats { input_bytes: 7 })).unwrap();
         let mut batches = 0;
-        let stats = drain(&rx, |_| Ok::<_, ()>(batches += 1)).unwrap();
+        let stats = drain(&rx, |_| {
+            batches += 1;
+            Ok::<_, ()>(())
+        })
+        .unwrap();
         assert_eq!((batches, stats.input_bytes), (1, 7));
         // The reading thread gone after a batch, without `Done` (a panic, a stop).
         let (tx, rx) = async_channel::unbounded();

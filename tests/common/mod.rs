@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: they drive the real binary on real files.
 #![allow(dead_code)]
 
+pub mod physionet;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;

@@ -33,6 +33,8 @@ pub struct Totals {
     pub unverified: u64,
     /// Files that could not be fetched (named in the log).
     pub failed: u64,
+    /// Unlisted files the server does not have (a study without a report): not failures.
+    pub absent: u64,
     /// How long it took.
     pub seconds: f64,
     /// With `--dry-run` or `--list`: the files and bytes of the plan.
@@ -53,6 +55,7 @@ impl Totals {
         self.resumed += other.resumed;
         self.unverified += other.unverified;
         self.failed += other.failed;
+        self.absent += other.absent;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
@@ -61,13 +64,14 @@ impl Totals {
     /// The closing summary line.
     pub fn text(&self) -> String {
         format!(
-            "fetched {} file(s), {} bytes; skipped {} already verified; retried {}, resumed {}; unverified {}; failed {}; {:.1} s",
+            "fetched {} file(s), {} bytes; skipped {} already verified; retried {}, resumed {}; unverified {}; not on the server {}; failed {}; {:.1} s",
             self.fetched,
             self.fetched_bytes,
             self.skipped,
             self.retried,
             self.resumed,
             self.unverified,
+            self.absent,
             self.failed,
             self.seconds
         )
@@ -208,7 +212,15 @@ impl Pool {
             }
             _ => {}
         }
-        let done = download::fetch(&self.agent, self.auth.as_deref(), task, &self.tuning, bytes)?;
+        let done = match download::fetch(&self.agent, self.auth.as_deref(), task, &self.tuning, bytes) {
+            // A file no listing names may simply not exist (MIMIC-CXR has no report for some
+            // studies): the build passes over it too.
+            Err(FetchError::Status { code: 404, .. }) if task.expected.is_none() => {
+                t.absent = 1;
+                return Ok(t);
+            }
+            other => other?,
+        };
         (t.fetched, t.fetched_bytes, t.retried, t.resumed) =
             (1, done.bytes, u64::from(done.retries), u64::from(done.resumed));
         match (task.expected.is_some(), done.digest) {

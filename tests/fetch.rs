@@ -1,0 +1,276 @@
+//! `mimic-eye fetch` against a real HTTP server on loopback that behaves like PhysioNet's file
+//! server (tests/common/physionet.rs): Basic auth, index pages, ranges, throttling and faults.
+//! Every fault must end in a verified file or a named error, never a wrong file in place.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::physionet::{Fault, Options, PhysioNet};
+use common::*;
+
+struct Mirror {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    /// The mirror's `physionet.org/files`, as the server serves it.
+    files: PathBuf,
+    /// The folder `fetch` fills.
+    input: PathBuf,
+    home: PathBuf,
+}
+
+/// A synthetic PhysioNet mirror whose eye-tracking cohort holds a small part of the images
+/// (`--cxr-bulk-patients`), and a home folder with a `.netrc` for the server.
+fn mirror(bulk: &str) -> Mirror {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    synth(
+        &root.join("src"),
+        &["--patients", "4", "--others", "2", "--layout", "physionet", "--cxr-bulk-patients", bulk],
+    );
+    let files = root.join("src/physionet.org/files");
+    let home = root.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let netrc = home.join(".netrc");
+    fs::write(&netrc, "machine 127.0.0.1 login user password secret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&netrc, fs::Permissions::from_mode(0o600)).unwrap();
+    Mirror { input: root.join("fetched"), files, home, root, _tmp: tmp }
+}
+
+impl Mirror {
+    fn fetch_cmd(&self, server: &PhysioNet, args: &[&str]) -> Command {
+        let mut cmd = bin();
+        cmd.env("HOME", &self.home)
+            .env("MIMIC_EYE_FETCH_BACKOFF_MS", "20")
+            .env("MIMIC_EYE_FETCH_STALL_SECONDS", "1")
+            .args(["fetch", "--url", &server.url(), "--input"])
+            .arg(&self.input)
+            .args(args);
+        cmd
+    }
+    fn fetch(&self, server: &PhysioNet, args: &[&str]) -> Output {
+        self.fetch_cmd(server, args).output().unwrap()
+    }
+    /// Every file of the served tree that has a copy in the fetched one: (relative path, equal).
+    fn fetched_files(&self) -> BTreeMap<PathBuf, bool> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![self.input.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap().flatten() {
+                let rel = e.path().strip_prefix(&self.input).unwrap().to_path_buf();
+                if rel.starts_with(".mimic-eye-fetch") {
+                    continue;
+                }
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let same = fs::read(e.path()).ok() == fs::read(self.files.join(&rel)).ok();
+                    out.insert(rel, same);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// Bytes of every file below `dir`, wget's index pages aside.
+fn bytes_below(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            if e.file_name() == ".mimic-eye-fetch" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name() != "index.html" {
+                total += e.metadata().unwrap().len();
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn fetch_gets_exactly_the_cohort_and_then_build_equals_a_build_of_the_whole_mirror() {
+    let m = mirror("60");
+    let server = PhysioNet::start(&m.files, Options::default());
+    let out = m.fetch(&server, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fetched = m.fetched_files();
+    assert!(fetched.values().all(|same| *same), "a fetched file differs from the server's");
+    // No image of a patient outside the cohort was asked for (the bulk patients are p18…).
+    let requested = server.paths_requested();
+    let outside: Vec<&String> = requested.iter().filter(|p| p.contains("/files/p18/")).collect();
+    assert!(outside.is_empty(), "{} files outside the cohort fetched, first {:?}", outside.len(), outside.first());
+    let (got, whole) = (bytes_below(&m.input), bytes_below(&m.files));
+    println!(
+        "fetched {got} of {whole} bytes ({:.1} %), {} of the mirror's files",
+        100.0 * got as f64 / whole as f64,
+        fetched.len()
+    );
+    // The same output as a build of the whole mirror, file for file.
+    let (a, b) = (m.root.join("out-fetched"), m.root.join("out-whole"));
+    build(&m.input, &a, &[]);
+    build(&m.files, &b, &[]);
+    assert_eq!(tree(&a), tree(&b), "fetch then build differs from build on the whole mirror");
+    // The fetched tree is partial by design: `inputs` says so and exits 0.
+    let inputs = bin().args(["inputs", "--verify", "--input"]).arg(&m.input).output().unwrap();
+    assert!(inputs.status.success(), "{}", stderr(&inputs));
+    assert!(stdout(&inputs).contains("not fetched (outside the cohort)"), "{}", stdout(&inputs));
+    // A rerun fetches nothing again; a larger cohort fetches only what is new.
+    let before = server.bytes_sent();
+    let again = m.fetch(&server, &[]);
+    assert!(again.status.success() && stdout(&again).contains("fetched 0 file(s)"), "{}", stdout(&again));
+    assert!(server.bytes_sent() - before < 1 << 16, "a rerun downloaded {} bytes", server.bytes_sent() - before);
+    let gets = |p: &str| server.requests(p);
+    let table = "mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv.gz";
+    let table_gets = gets(table);
+    let wider = m.fetch(&server, &["--cohort", "cxr"]);
+    assert!(wider.status.success(), "{}", stderr(&wider));
+    assert_eq!(gets(table), table_gets, "a table fetched again for a larger cohort");
+    assert!(
+        server.paths_requested().iter().any(|p| p.contains("/files/p18/")),
+        "the cxr cohort's images were not fetched"
+    );
+}
+
+#[test]
+fn faults_end_in_a_verified_file_and_a_wrong_password_in_a_named_error() {
+    let m = mirror("0");
+    let server = PhysioNet::start(&m.files, Options::default());
+    let labs = "mimiciv/2.2/hosp/labevents.csv.gz";
+    server.fault(labs, Fault::ResetMidBody { after: 1000 }, 1);
+    server.fault("mimiciv/2.2/hosp/admissions.csv.gz", Fault::Unavailable { retry_after_secs: 1 }, 2);
+    server.fault("mimiciv/2.2/hosp/patients.csv.gz", Fault::TooManyRequests { retry_after_secs: 1 }, 1);
+    server.fault("mimic-iv-ed/2.2/ed/edstays.csv.gz", Fault::WrongBytes, 2);
+    server.fault("mimiciv/2.2/icu/icustays.csv.gz", Fault::Stall { after: 100, secs: 3 }, 1);
+    let out = m.fetch(&server, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(m.fetched_files().values().all(|same| *same), "a wrong file is in place");
+    assert_eq!(server.faults_left(), 0, "a fault was not met");
+    assert!(
+        server.ranges(labs).iter().any(|r| r == "bytes=1000-"),
+        "the reset file was not resumed: {:?}",
+        server.ranges(labs)
+    );
+    assert!(server.requests("mimic-iv-ed/2.2/ed/edstays.csv.gz") >= 3, "wrong bytes were not fetched again");
+    let summary = stdout(&out);
+    assert!(summary.contains("resumed 2") || summary.contains("resumed 1"), "{summary}");
+    // Nothing partial is left visible: only whole, verified files and the fetch's own record.
+    let parts: Vec<PathBuf> =
+        m.fetched_files().into_keys().filter(|p| p.to_string_lossy().ends_with(".part")).collect();
+    assert!(parts.is_empty(), "{parts:?}");
+    // A 401 ends the fetch at once with what to check; the password is never printed.
+    let wrong = mirror("0");
+    let strict = PhysioNet::start(&wrong.files, Options { password: "other".into(), ..Options::default() });
+    let out = wrong.fetch(&strict, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("401") && err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("secret"), "the password leaked: {err}");
+    assert!(!wrong.input.join("mimiciv").exists() || wrong.fetched_files().is_empty());
+}
+
+#[test]
+fn credentials_come_from_a_private_netrc_or_user_and_environment() {
+    let m = mirror("0");
+    let server =
+        PhysioNet::start(&m.files, Options { user: "alice".into(), password: "pw".into(), ..Options::default() });
+    // A .netrc others can read is refused, naming the fix.
+    let netrc = m.home.join(".netrc");
+    fs::write(&netrc, "machine 127.0.0.1 login alice password pw\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&netrc, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = m.fetch(&server, &["--dry-run"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    // --user with the password in the environment (never in argv).
+    fs::remove_file(&netrc).unwrap();
+    let list = m.root.join("urls.txt");
+    let out = m
+        .fetch_cmd(&server, &["--user", "alice", "--list", list.to_str().unwrap()])
+        .env("MIMIC_EYE_PHYSIONET_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let urls = fs::read_to_string(&list).unwrap();
+    assert!(urls.lines().all(|u| u.starts_with(&server.url())), "{urls}");
+    assert!(urls.contains("hosp/labevents.csv.gz") && urls.contains(".jpg"), "{urls}");
+    assert!(stdout(&out).contains("plan:"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_fetch_killed_mid_file_resumes_by_range_and_ends_byte_identical() {
+    let m = mirror("0");
+    // One large table, throttled: the kill comes while it streams.
+    let big = m.files.join("mimiciv/2.2/hosp/labevents.csv.gz");
+    let mut bytes = fs::read(&big).unwrap();
+    while bytes.len() < 3 << 20 {
+        let copy = bytes.clone();
+        bytes.extend_from_slice(&copy);
+    }
+    fs::write(&big, &bytes).unwrap();
+    let sums = m.files.join("mimiciv/2.2/SHA256SUMS.txt");
+    let digest = {
+        use sha2::Digest;
+        mimic_eye::hex(&sha2::Sha256::digest(&bytes).into())
+    };
+    let text: String = fs::read_to_string(&sums)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.ends_with("hosp/labevents.csv.gz") {
+                format!("{digest} hosp/labevents.csv.gz\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    fs::write(&sums, text).unwrap();
+    let server =
+        PhysioNet::start(&m.files, Options { bytes_per_second_per_connection: Some(1 << 20), ..Options::default() });
+    let mut child = m.fetch_cmd(&server, &[]).spawn().unwrap();
+    let part = m.input.join("mimiciv/2.2/hosp/.labevents.csv.gz.part");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::metadata(&part).map_or(0, |p| p.len()) < 1 << 20 {
+        assert!(Instant::now() < deadline, "the big file never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done_before: Vec<(String, u64)> = server
+        .paths_requested()
+        .into_iter()
+        .filter(|p| !p.ends_with("labevents.csv.gz"))
+        .map(|p| (p.clone(), server.requests(&p)))
+        .collect();
+    assert!(!m.input.join("mimiciv/2.2/hosp/labevents.csv.gz").exists(), "a partial file is in place");
+    server.throttle(None);
+    let out = m.fetch(&server, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ranges = server.ranges("mimiciv/2.2/hosp/labevents.csv.gz");
+    assert!(ranges.iter().any(|r| r.starts_with("bytes=") && r != "bytes=0-"), "not resumed by Range: {ranges:?}");
+    for (path, gets) in done_before {
+        let whole = m.input.join(&path);
+        if whole.is_file() {
+            assert_eq!(server.requests(&path), gets, "{path} was completed before the kill and fetched again");
+        }
+    }
+    assert!(m.fetched_files().values().all(|same| *same), "the resumed tree differs from the server's");
+    assert_eq!(fs::read(m.input.join("mimiciv/2.2/hosp/labevents.csv.gz")).unwrap(), bytes);
+}

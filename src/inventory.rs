@@ -253,7 +253,8 @@ impl Inventory {
                 let rel = prefix.join(std::ffi::OsStr::from_bytes(rel));
                 plan.as_ref().is_some_and(|p| p.contains(&crate::fetch::verified::key(&rel)))
             };
-            let planned: crate::sumscheck::Planned<'_> = plan.as_ref().map(|_| &was_planned as &dyn Fn(&[u8]) -> bool);
+            let planned: crate::sumscheck::Planned<'_> =
+                plan.as_ref().map(|_| &was_planned as &(dyn Fn(&[u8]) -> bool + Sync));
             d.verified =
                 Some(match crate::sumscheck::verify_tree(&d.folder, &list, crate::walk::Tree::Download, planned) {
                     Ok(v) => Verified {

@@ -32,6 +32,14 @@ pub struct Listing {
 const LISTING_MAX: usize = 50;
 
 impl Listing {
+    /// Adds `other`'s paths (the first ones stay the first by name).
+    fn absorb(&mut self, other: Listing) {
+        self.count += other.count;
+        self.first.extend(other.first);
+        self.first.sort();
+        self.first.truncate(LISTING_MAX);
+    }
+
     pub(crate) fn push(&mut self, shown: impl FnOnce() -> String) {
         self.count += 1;
         if self.first.len() < LISTING_MAX {
@@ -73,6 +81,22 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// Adds what another part of the check found.
+    fn absorb(&mut self, other: Verification) {
+        self.listed += other.listed;
+        self.ok += other.ok;
+        for (mine, theirs) in [
+            (&mut self.changed, other.changed),
+            (&mut self.missing, other.missing),
+            (&mut self.extra, other.extra),
+            (&mut self.outside, other.outside),
+            (&mut self.not_fetched, other.not_fetched),
+            (&mut self.malformed, other.malformed),
+        ] {
+            mine.absorb(theirs);
+        }
+    }
+
     /// Every listed file matched, none is missing, none extra, and the listing was whole.
     pub fn clean(&self) -> bool {
         [&self.changed, &self.missing, &self.extra, &self.outside, &self.malformed].iter().all(|l| l.count == 0)
@@ -126,7 +150,7 @@ impl Verification {
 
 /// For a tree `fetch` filled: whether a listed path was planned (else it was left out on
 /// purpose).
-pub(crate) type Planned<'a> = Option<&'a dyn Fn(&[u8]) -> bool>;
+pub(crate) type Planned<'a> = Option<&'a (dyn Fn(&[u8]) -> bool + Sync)>;
 
 /// The lines of a checksum file, one at a time.
 struct Lines {
@@ -177,50 +201,110 @@ fn sorted(path: &Path) -> anyhow::Result<bool> {
 }
 
 /// Re-hashes every file the listing `list` names under `root` and looks for files it does not
-/// list.
+/// list. The files are hashed on every core while the listing and the walk are merged here.
 pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree, planned: Planned<'_>) -> anyhow::Result<Verification> {
-    if !sorted(list)? {
-        return verify_unsorted(root, list, tree, planned);
-    }
-    let mut v = Verification::default();
+    let in_order = sorted(list)?;
+    let (mut v, hashed) = with_hashers(root, planned, |v, check| match in_order {
+        true => merge_with_walk(root, list, tree, v, check),
+        false => check_unsorted(root, list, tree, v, check),
+    })?;
+    v.absorb(hashed);
+    Ok(v)
+}
+
+/// A listed file to hash: its path and listed digest.
+type Job = (Vec<u8>, Digest);
+
+/// Runs `body` with a function that hands a listed file to one of the hashing threads (one
+/// per core, fed through a bounded queue); returns what `body` found and what they found.
+fn with_hashers(
+    root: &Path,
+    planned: Planned<'_>,
+    body: impl FnOnce(&mut Verification, &mut dyn FnMut(Job)) -> anyhow::Result<()>,
+) -> anyhow::Result<(Verification, Verification)> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
+    let (tx, rx) = async_channel::bounded::<Job>(threads * 64);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let rx = rx.clone();
+                scope.spawn(move || {
+                    let mut local = Verification::default();
+                    while let Ok((rel, digest)) = rx.recv_blocking() {
+                        local.check(root, &rel, &digest, planned);
+                    }
+                    local
+                })
+            })
+            .collect();
+        drop(rx);
+        let mut v = Verification::default();
+        let walked = body(&mut v, &mut |job| {
+            let _ = tx.send_blocking(job);
+        });
+        tx.close();
+        let mut hashed = Verification::default();
+        for worker in workers {
+            match worker.join() {
+                Ok(local) => hashed.absorb(local),
+                Err(_) => anyhow::bail!("a hashing thread panicked (a bug): the check is incomplete"),
+            }
+        }
+        walked.map(|()| (v, hashed))
+    })
+}
+
+/// The sorted listing read beside a walk of the tree in the same order.
+fn merge_with_walk(
+    root: &Path,
+    list: &Path,
+    tree: Tree,
+    v: &mut Verification,
+    check: &mut dyn FnMut(Job),
+) -> anyhow::Result<()> {
     let mut lines = Lines::open(list)?;
-    let mut next = lines.next(&mut v)?;
+    let mut next = lines.next(v)?;
     walk::each_listable_file(root, tree, &mut |rel| {
         // Listed before this file but not found by the walk: hashed (and found missing).
         while next.as_ref().is_some_and(|(listed, _)| listed.as_slice() < rel) {
-            if let Some((listed, digest)) = next.take() {
-                v.check(root, &listed, &digest, planned);
+            if let Some(job) = next.take() {
+                check(job);
             }
-            next = lines.next(&mut v)?;
+            next = lines.next(v)?;
         }
         if next.as_ref().is_some_and(|(listed, _)| listed.as_slice() == rel) {
-            if let Some((_, digest)) = next.take() {
-                v.check(root, rel, &digest, planned);
+            if let Some(job) = next.take() {
+                check(job);
             }
-            next = lines.next(&mut v)?;
+            next = lines.next(v)?;
         } else {
             v.extra.push(|| String::from_utf8_lossy(rel).into_owned());
         }
         Ok(())
     })
     .with_context(|| format!("walking {}", root.display()))?;
-    while let Some((listed, digest)) = next {
-        v.check(root, &listed, &digest, planned);
-        next = lines.next(&mut v)?;
+    while let Some(job) = next {
+        check(job);
+        next = lines.next(v)?;
     }
-    Ok(v)
+    Ok(())
 }
 
-/// [`verify_tree`] for a listing that is not in path order: each line checked as it is read,
-/// a hash of each listed path kept to find the unlisted files.
-fn verify_unsorted(root: &Path, list: &Path, tree: Tree, planned: Planned<'_>) -> anyhow::Result<Verification> {
+/// A listing that is not in path order: each line checked as it is read, a hash of each listed
+/// path kept to find the unlisted files.
+fn check_unsorted(
+    root: &Path,
+    list: &Path,
+    tree: Tree,
+    v: &mut Verification,
+    check: &mut dyn FnMut(Job),
+) -> anyhow::Result<()> {
     let key = |rel: &[u8]| crate::fingerprint::Fnv::default().bytes(rel).finish();
-    let mut v = Verification::default();
     let mut lines = Lines::open(list)?;
     let mut names = std::collections::HashSet::new();
-    while let Some((rel, digest)) = lines.next(&mut v)? {
-        v.check(root, &rel, &digest, planned);
+    while let Some((rel, digest)) = lines.next(v)? {
         names.insert(key(&rel));
+        check((rel, digest));
     }
     walk::each_listable_file(root, tree, &mut |rel| {
         if !names.contains(&key(rel)) {
@@ -229,5 +313,5 @@ fn verify_unsorted(root: &Path, list: &Path, tree: Tree, planned: Planned<'_>) -
         Ok(())
     })
     .with_context(|| format!("walking {}", root.display()))?;
-    Ok(v)
+    Ok(())
 }

@@ -340,6 +340,43 @@ pub(crate) fn skipped_files(config: &Config) -> Vec<Skipped> {
     skipped
 }
 
+/// The zip PhysioNet offers beside MIMIC-CXR's tree: every report, 135 MB.
+pub(crate) const REPORTS_ZIP: &str = "mimic-cxr-reports.zip";
+
+/// Where MIMIC-CXR's reports are: `mimic-cxr-reports.zip` (preferred when both are there), the
+/// unzipped `files/` tree, or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReportsForm {
+    Tree(PathBuf),
+    Zip(PathBuf),
+    None,
+}
+
+impl ReportsForm {
+    pub(crate) fn of(config: &Config) -> Self {
+        let root = &config.datasets.mimic_cxr;
+        let (files, zip) = (root.join("files"), root.join(REPORTS_ZIP));
+        // The zip first: it holds every report, while a `files/` tree may hold only some (a
+        // fetch that took an earlier, smaller cohort's reports one by one).
+        if std::fs::metadata(&zip).is_ok_and(|m| m.is_file()) {
+            Self::Zip(zip)
+        } else if files.is_dir() {
+            Self::Tree(files)
+        } else {
+            Self::None
+        }
+    }
+
+    /// How `inputs` names it.
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            Self::Tree(_) => "the files/ tree",
+            Self::Zip(_) => REPORTS_ZIP,
+            Self::None => "none found",
+        }
+    }
+}
+
 /// `p<first 2 digits>/p<subject_id>`: the MIMIC-CXR folder of a subject.
 pub(crate) fn cxr_subject_dir(subject: crate::ids::SubjectId) -> PathBuf {
     let s = subject.to_string();

@@ -108,6 +108,9 @@ pub struct DatasetReport {
     pub listed_missing: Listing,
     /// In a tree `fetch` filled: listed files it left out on purpose (outside the cohort).
     pub not_fetched: Listing,
+    /// MIMIC-CXR: where its reports are read from (the `files/` tree or the zip).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reports: Option<&'static str>,
     /// Table files the checksum file does not list (not checked by a build).
     pub unlisted_tables: Vec<String>,
     /// With `--verify`: every listed file hashed.
@@ -232,6 +235,7 @@ impl Inventory {
                     tables,
                     listed_missing,
                     not_fetched,
+                    reports: (key == DatasetKey::MimicCxr).then(|| input::ReportsForm::of(config).describe()),
                     unlisted_tables,
                     verified: None,
                 }
@@ -312,6 +316,9 @@ impl Inventory {
             let _ = writeln!(s, "  tables: {}", d.tables.len());
             for t in &d.tables {
                 let _ = writeln!(s, "    {:<40} {:>14} bytes  .{}", t.name, t.bytes, t.format);
+            }
+            if let Some(reports) = d.reports {
+                let _ = writeln!(s, "  reports: {reports}");
             }
             d.listed_missing.text(&mut s, "listed in SHA256SUMS.txt but missing");
             d.not_fetched.text(&mut s, "not fetched (outside the cohort)");

@@ -274,3 +274,84 @@ fn a_fetch_killed_mid_file_resumes_by_range_and_ends_byte_identical() {
     assert!(m.fetched_files().values().all(|same| *same), "the resumed tree differs from the server's");
     assert_eq!(fs::read(m.input.join("mimiciv/2.2/hosp/labevents.csv.gz")).unwrap(), bytes);
 }
+
+/// Zips MIMIC-CXR's `files/` tree into `mimic-cxr-reports.zip` beside it (entries under
+/// `files/`, or without the prefix), listed in its SHA256SUMS.txt; returns the zip's path.
+fn zip_reports(version: &Path, prefix: &str) -> PathBuf {
+    use std::io::Write;
+    let zip_path = version.join("mimic-cxr-reports.zip");
+    let mut zip = zip::ZipWriter::new(fs::File::create(&zip_path).unwrap());
+    let mut stack = vec![version.join("files")];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "txt") {
+                let rel = e.path().strip_prefix(version.join("files")).unwrap().to_string_lossy().into_owned();
+                let options =
+                    zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+                zip.start_file(format!("{prefix}{rel}"), options).unwrap();
+                zip.write_all(&fs::read(e.path()).unwrap()).unwrap();
+            }
+        }
+    }
+    zip.finish().unwrap();
+    let digest = {
+        use sha2::Digest;
+        mimic_eye::hex(&sha2::Sha256::digest(fs::read(&zip_path).unwrap()).into())
+    };
+    let sums = version.join("SHA256SUMS.txt");
+    let mut text = fs::read_to_string(&sums).unwrap();
+    text.push_str(&format!("{digest} mimic-cxr-reports.zip\n"));
+    fs::write(&sums, text).unwrap();
+    zip_path
+}
+
+#[test]
+fn reports_are_read_from_the_zip_without_unpacking_and_fetched_as_the_zip_when_fewer_bytes() {
+    let m = mirror("40");
+    let version = m.files.join("mimic-cxr/2.0.0");
+    let whole = m.root.join("out-tree");
+    build(&m.files, &whole, &[]);
+    // The same mirror with the zip instead of the tree, entries with and without `files/`.
+    for prefix in ["files/", ""] {
+        let zipped = m.root.join(format!("zipped{}", prefix.len()));
+        copy_tree(&m.files, &zipped);
+        let v = zipped.join("mimic-cxr/2.0.0");
+        fs::remove_file(v.join("mimic-cxr-reports.zip")).ok();
+        zip_reports(&v, prefix);
+        fs::remove_dir_all(v.join("files")).unwrap();
+        let out = m.root.join(format!("out-zip{}", prefix.len()));
+        build(&zipped, &out, &[]);
+        assert_eq!(tree(&out), tree(&whole), "reports from the zip (prefix {prefix:?}) differ from the tree's");
+        let inputs = bin().args(["inputs", "--input"]).arg(&zipped).output().unwrap();
+        assert!(stdout(&inputs).contains("reports: mimic-cxr-reports.zip"), "{}", stdout(&inputs));
+        // A zip whose bytes differ from its listing fails the reports, keeping their copies.
+        fs::OpenOptions::new().append(true).open(v.join("mimic-cxr-reports.zip")).unwrap().set_len(100).unwrap();
+        let bad = bin().arg("build").arg("--input").arg(&zipped).arg("--output").arg(&out).output().unwrap();
+        assert!(!bad.status.success());
+        assert!(stderr(&bad).contains("mimic-cxr-reports.zip"), "{}", stderr(&bad));
+        assert_eq!(tree(&out), tree(&whole), "a damaged zip changed the output");
+    }
+    // fetch: the eye-tracking cohort's few reports one by one; every CXR patient's by the zip.
+    zip_reports(&version, "files/");
+    let server = PhysioNet::start(&m.files, Options::default());
+    let out = m.fetch(&server, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("MIMIC-CXR reports: one file per study"), "{}", stdout(&out));
+    assert_eq!(server.requests("mimic-cxr/2.0.0/mimic-cxr-reports.zip"), 0);
+    let out = m.fetch(&server, &["--cohort", "cxr"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("MIMIC-CXR reports: mimic-cxr-reports.zip"), "{}", stdout(&out));
+    assert_eq!(server.requests("mimic-cxr/2.0.0/mimic-cxr-reports.zip"), 1);
+    // The zip holds every report, the tree only the first cohort's: the build reads the zip.
+    let (a, b) = (m.root.join("out-fetched-cxr"), m.root.join("out-whole-cxr"));
+    build(&m.input, &a, &["--cohort", "cxr"]);
+    build(&m.files, &b, &["--cohort", "cxr"]);
+    assert_eq!(tree(&a), tree(&b), "the cxr cohort fetched with the zip builds otherwise than the whole mirror");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success());
+}

@@ -79,7 +79,12 @@ pub fn fetch(options: FetchOptions) -> anyhow::Result<Totals> {
     if planning {
         return print_plan(&pool, &sources, &files, options.list.as_deref(), &verified);
     }
-    for source in &sources {
+    let by_zip = sources.iter().find(|s| s.key == DatasetKey::MimicCxr).and_then(|s| reports_zip(&pool, s, &files));
+    let reports_zipped = by_zip.is_some();
+    if let Some(zip) = by_zip {
+        totals.add(&pool.run("reports", vec![zip], &verified)?);
+    }
+    for source in sources.iter().filter(|s| !(s.key == DatasetKey::MimicCxr && reports_zipped)) {
         let (count, run) = cohort_tasks(source, &files)?;
         if count > 0 {
             totals.add(&pool.run_streamed(source.key.title(), run, &verified)?);
@@ -193,6 +198,31 @@ fn cohort_tasks<'a>(
         }
         _ => Ok((0, Box::new(|_: &mut dyn FnMut(Task) -> bool| Ok(())))),
     }
+}
+
+/// A report's size, roughly: MIMIC-CXR's 227,835 reports are a few KB each.
+const REPORT_BYTES: u64 = 2_000;
+
+/// The task of `mimic-cxr-reports.zip` when it is fewer bytes than the cohort's reports one by
+/// one (a large cohort), or already there; `None` to fetch the reports one by one.
+fn reports_zip(pool: &Pool, source: &Source, files: &crate::pipeline::CohortFiles) -> Option<Task> {
+    let mut zip = None;
+    plan::each_listed(source, &mut |rel| rel == crate::input::REPORTS_ZIP, &mut |task| {
+        zip = Some(task);
+        false
+    })
+    .ok()?;
+    let zip = zip?;
+    let by_one = files.reports.len() as u64 * REPORT_BYTES;
+    let zip_bytes =
+        std::fs::metadata(&zip.dest).map(|m| m.len()).ok().or_else(|| pool.sizes(std::slice::from_ref(&zip)).ok())?;
+    let chosen = zip.dest.is_file() || zip_bytes < by_one;
+    println!(
+        "MIMIC-CXR reports: {} ({} reports, about {by_one} bytes one by one; the zip is {zip_bytes} bytes)",
+        if chosen { crate::input::REPORTS_ZIP } else { "one file per study" },
+        files.reports.len()
+    );
+    chosen.then_some(zip)
 }
 
 /// `--dry-run` and `--list`: every file the fetch would download, per dataset against its

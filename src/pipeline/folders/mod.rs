@@ -31,6 +31,7 @@ use copied_before::CopiedBefore;
 mod copied_before;
 mod place;
 mod read_set;
+mod reports;
 
 use place::{copy_recorded, is_mismatch, is_output_failure, is_unsupported, link_target, reflink, same_file, Placed};
 pub(crate) use read_set::{each_copied_folder, read_folders, table_folders, WatchDir};
@@ -390,19 +391,18 @@ fn sync_studies(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
     let d = &ctx.config.datasets;
     let mut jpg = FolderJob::new(ctx, "files/cxr-jpg")?;
     let mut reports = FolderJob::new(ctx, "files/cxr-reports")?;
+    let mut source = reports::Reports::open(crate::input::ReportsForm::of(&ctx.config), &ctx.integrity)?;
     for (subject, study) in &ctx.links.studies {
         let sdir = crate::input::cxr_subject_dir(*subject);
         jpg.folder(
             &d.mimic_cxr_jpg.join("files").join(&sdir).join(format!("s{study}")),
             &PathBuf::from(subject.folder()).join("CXR-JPG").join(format!("s{study}")),
         )?;
-        let report = d.mimic_cxr.join("files").join(&sdir).join(format!("s{study}.txt"));
-        if report.is_file() {
-            reports.file(
-                &report,
-                &PathBuf::from(subject.folder()).join("CXR-DICOM").join(format!("s{study}.txt")),
-                None,
-            )?;
+        let dest = PathBuf::from(subject.folder()).join("CXR-DICOM").join(format!("s{study}.txt"));
+        match source.get(*subject, *study)? {
+            Some(reports::Report::File(report)) => reports.file(&report, &dest, None)?,
+            Some(reports::Report::Bytes(bytes)) => reports.file(&source.path(), &dest, Some(bytes))?,
+            None => {}
         }
     }
     Ok(vec![jpg.publish()?, reports.publish()?])

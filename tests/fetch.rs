@@ -355,3 +355,75 @@ fn copy_tree(from: &Path, to: &Path) {
     let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
     assert!(status.success());
 }
+
+/// Adds `count` files of `size` bytes to EyeGaze's listing (fetched whole), named `name_i.bin`.
+fn add_listed_files(m: &Mirror, name: &str, count: usize, size: u64) {
+    use sha2::Digest;
+    let version = m.files.join("egd-cxr/1.0.0");
+    let mut lines = String::new();
+    for i in 0..count {
+        let rel = format!("bench/{name}_{i}.bin");
+        fs::create_dir_all(version.join("bench")).unwrap();
+        let f = fs::File::create(version.join(&rel)).unwrap();
+        f.set_len(size).unwrap(); // sparse: zeros, no disk
+        let mut hasher = sha2::Sha256::new();
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            hasher.update(&zeros[..n]);
+            left -= n as u64;
+        }
+        lines.push_str(&format!("{} {rel}\n", mimic_eye::hex(&hasher.finalize().into())));
+    }
+    let sums = version.join("SHA256SUMS.txt");
+    let mut text = fs::read_to_string(&sums).unwrap();
+    text.push_str(&lines);
+    fs::write(&sums, text).unwrap();
+}
+
+#[test]
+#[ignore = "benchmark (about a minute, 4 GB of sparse files): cargo test --release --test fetch -- --ignored --nocapture"]
+fn benchmark_throughput_per_connection_and_memory_with_a_2_gb_file() {
+    let m = mirror("0");
+    let server = PhysioNet::start(&m.files, Options::default());
+    assert!(m.fetch(&server, &[]).status.success());
+    // Throughput: each connection throttled to R; 2 files of S per connection.
+    let (rate, size) = (2u64 << 20, 4u64 << 20);
+    server.throttle(Some(rate));
+    for n in [1usize, 4, 16] {
+        add_listed_files(&m, &format!("n{n}"), 2 * n, size);
+        let started = Instant::now();
+        let out = m.fetch(&server, &["--connections", &n.to_string()]);
+        let secs = started.elapsed().as_secs_f64();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let got = (2 * n) as f64 * size as f64 / secs;
+        println!(
+            "N = {n:2}: {:.1} MB in {secs:.2} s = {:.2} MB/s; N·R = {:.2} MB/s; {:.2} of N·R (target ≥ 0.85)",
+            (2 * n) as f64 * size as f64 / 1e6,
+            got / 1e6,
+            (n as u64 * rate) as f64 / 1e6,
+            got / (n as u64 * rate) as f64
+        );
+    }
+    // Memory: a 2 GB file, unthrottled, under /usr/bin/time.
+    server.throttle(None);
+    add_listed_files(&m, "big", 1, 2 << 30);
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(env!("CARGO_BIN_EXE_mimic-eye"))
+        .env("HOME", &m.home)
+        .env("MIMIC_EYE_LOG", "warn")
+        .args(["fetch", "--url", &server.url(), "--input"])
+        .arg(&m.input)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kib: u64 = stderr(&out).lines().last().unwrap().trim().parse().unwrap();
+    println!(
+        "a 2 GiB file fetched and verified in {:.1} s, peak RSS {:.1} MiB (target ≤ 64)",
+        started.elapsed().as_secs_f64(),
+        kib as f64 / 1024.0
+    );
+}

@@ -393,10 +393,14 @@ fn benchmark_throughput_per_connection_and_memory_with_a_2_gb_file() {
     server.throttle(Some(rate));
     for n in [1usize, 4, 16] {
         add_listed_files(&m, &format!("n{n}"), 2 * n, size);
+        // A published listing is never fetched again: this one changed, so it goes.
+        fs::remove_file(m.input.join("egd-cxr/1.0.0/SHA256SUMS.txt")).unwrap();
         let started = Instant::now();
         let out = m.fetch(&server, &["--connections", &n.to_string()]);
         let secs = started.elapsed().as_secs_f64();
         assert!(out.status.success(), "{}", stderr(&out));
+        // The listing and the 2·N files.
+        assert!(stdout(&out).contains(&format!("fetched {} file(s)", 2 * n + 1)), "{}", stdout(&out));
         let got = (2 * n) as f64 * size as f64 / secs;
         println!(
             "N = {n:2}: {:.1} MB in {secs:.2} s = {:.2} MB/s; N·R = {:.2} MB/s; {:.2} of N·R (target ≥ 0.85)",
@@ -409,6 +413,7 @@ fn benchmark_throughput_per_connection_and_memory_with_a_2_gb_file() {
     // Memory: a 2 GB file, unthrottled, under /usr/bin/time.
     server.throttle(None);
     add_listed_files(&m, "big", 1, 2 << 30);
+    fs::remove_file(m.input.join("egd-cxr/1.0.0/SHA256SUMS.txt")).unwrap();
     let started = Instant::now();
     let out = Command::new("/usr/bin/time")
         .args(["-f", "%M"])
@@ -420,6 +425,7 @@ fn benchmark_throughput_per_connection_and_memory_with_a_2_gb_file() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("fetched 2 file(s)"), "{}", stdout(&out)); // the listing and the file
     let kib: u64 = stderr(&out).lines().last().unwrap().trim().parse().unwrap();
     println!(
         "a 2 GiB file fetched and verified in {:.1} s, peak RSS {:.1} MiB (target ≤ 64)",

@@ -57,6 +57,7 @@ fn names_used(text: &str) -> BTreeSet<String> {
 }
 
 #[test]
+#[ignore = "needs prometheus: bash .ci/install-tools, then cargo test -- --ignored"]
 fn prometheus_scrapes_the_daemon_during_a_build_and_the_names_match_the_deploy_files() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
@@ -147,6 +148,7 @@ fn prometheus_scrapes_the_daemon_during_a_build_and_the_names_match_the_deploy_f
 }
 
 #[test]
+#[ignore = "needs promtool: bash .ci/install-tools, then cargo test -- --ignored"]
 fn alert_rules_pass_promtool_and_each_alert_fires_on_a_made_up_series() {
     let out = tool("promtool").args(["check", "rules"]).arg(deploy("alerts.yml")).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
@@ -160,6 +162,7 @@ fn alert_rules_pass_promtool_and_each_alert_fires_on_a_made_up_series() {
 }
 
 #[test]
+#[ignore = "needs systemd-analyze: bash .ci/install-tools, then cargo test -- --ignored"]
 fn systemd_unit_verifies_and_rates_ok() {
     let tmp = tempfile::tempdir().unwrap();
     let unit = tmp.path().join("mimic-eye.service");

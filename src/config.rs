@@ -209,7 +209,17 @@ pub struct Overrides {
 impl ConfigFile {
     /// Reads and parses a TOML config file (unknown keys are an error).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        use std::io::Read;
+        // A regular file of a bounded size: a FIFO or a device named as the config must not hang
+        // or fill memory.
+        const MAX_CONFIG_BYTES: u64 = 1 << 20;
+        let reading = || format!("reading config {}", path.display());
+        let file = crate::sys::open_regular(path).with_context(reading)?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).with_context(reading)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            bail!("config {} is larger than {MAX_CONFIG_BYTES} bytes: not a config file", path.display());
+        }
         toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
     }
 }

@@ -446,6 +446,10 @@ fn a_subjects_file_saved_by_a_spreadsheet_or_a_windows_editor_is_read_and_a_fifo
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+    // The same for a config named on the command line.
+    let out = bin().arg("build").arg("--config").arg(&fifo).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
 }
 
 #[test]

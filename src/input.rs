@@ -53,10 +53,10 @@ impl Module {
 
     /// The module's tables from all its folders, sorted by name; a name found in two folders
     /// (no published version has that) is taken from the first.
-    pub(crate) fn tables(self, config: &Config) -> Vec<(String, PathBuf)> {
+    pub(crate) fn tables(self, config: &Config) -> std::io::Result<Vec<(String, PathBuf)>> {
         let mut found: Vec<(String, PathBuf)> = Vec::new();
         for dir in self.dirs(config) {
-            for (name, path) in tables_in(&dir, config) {
+            for (name, path) in tables_in(&dir, config)? {
                 match found.iter().find(|(n, _)| *n == name) {
                     Some((_, kept)) => {
                         tracing::warn!(table = %name, kept = %kept.display(), ignored = %path.display(), "table in two module folders")
@@ -66,7 +66,7 @@ impl Module {
             }
         }
         found.sort();
-        found
+        Ok(found)
     }
 }
 
@@ -167,25 +167,30 @@ fn has_table_ending(path: &Path) -> bool {
 
 /// The tables of a folder, one path per table name, sorted by name. A symbolic link is followed
 /// when its target is a regular file inside the input tree.
-pub(crate) fn tables_in(dir: &Path, config: &Config) -> Vec<(String, PathBuf)> {
-    scan_folder(dir, &config.input, config.both_forms).tables
+pub(crate) fn tables_in(dir: &Path, config: &Config) -> std::io::Result<Vec<(String, PathBuf)>> {
+    Ok(scan_folder(dir, &config.input, config.both_forms)?.tables)
 }
 
 /// [`tables_in`], with the files it passes over and the tables it refuses; `both` says which
-/// file of a table found as `.csv` and `.csv.gz` is read.
-pub(crate) fn scan_folder(dir: &Path, root: &Path, both: BothForms) -> FolderScan {
+/// file of a table found as `.csv` and `.csv.gz` is read. A folder that is not there holds no
+/// table; one that cannot be listed is an error naming it (its tables are not "gone").
+pub(crate) fn scan_folder(dir: &Path, root: &Path, both: BothForms) -> std::io::Result<FolderScan> {
     let mut scan = FolderScan::default();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return scan;
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("listing {}: {e}", dir.display()));
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(scan),
+        Err(e) => return Err(named(e)),
     };
     // Inside the input tree, or beside the table in its own (possibly linked-in) folder.
     let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let (root, here) = (canonical(root), canonical(dir));
     let inside = |target: &Path| target.starts_with(&root) || target.starts_with(&here);
     let mut found: Vec<(String, PathBuf)> = Vec::new();
-    for entry in entries.flatten() {
+    for entry in entries {
+        let entry = entry.map_err(named)?;
         let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
+        let kind = entry.file_type().map_err(named)?;
         if !kind.is_file() && !has_table_ending(&path) {
             continue;
         }
@@ -223,7 +228,7 @@ pub(crate) fn scan_folder(dir: &Path, root: &Path, both: BothForms) -> FolderSca
     scan.tables = found;
     scan.refused.sort_by(|a, b| a.name.cmp(&b.name));
     scan.skipped.sort_by(|a, b| a.path.cmp(&b.path));
-    scan
+    Ok(scan)
 }
 
 /// One path per table name in `found` (sorted by name): a table there both as `.csv` and
@@ -263,9 +268,9 @@ fn pick_forms(found: &mut Vec<(String, PathBuf)>, both: BothForms, refused: &mut
     }
 }
 
-/// A table file by base name, `.csv` or `.csv.gz`.
-pub(crate) fn find_table(dir: &Path, base: &str, config: &Config) -> Option<PathBuf> {
-    tables_in(dir, config).into_iter().find(|(n, _)| n == base).map(|(_, p)| p)
+/// A table of `tables` by base name.
+fn pick(tables: &[(String, PathBuf)], base: &str) -> Option<PathBuf> {
+    tables.iter().find(|(n, _)| n == base).map(|(_, p)| p.clone())
 }
 
 /// A table of the input that is there but is not read (see [`FolderScan::refused`]), with the
@@ -278,13 +283,13 @@ pub(crate) struct RefusedTable {
 }
 
 /// Every refused table the build would read, by job key.
-pub(crate) fn refused_tables(config: &Config) -> Vec<RefusedTable> {
+pub(crate) fn refused_tables(config: &Config) -> std::io::Result<Vec<RefusedTable>> {
     let d = &config.datasets;
-    let scan = |dir: &Path| scan_folder(dir, &config.input, config.both_forms).refused;
+    let scan = |dir: &Path| scan_folder(dir, &config.input, config.both_forms).map(|s| s.refused);
     let mut out = Vec::new();
     for module in Module::ALL {
         for dir in module.dirs(config) {
-            for r in scan(&dir) {
+            for r in scan(&dir)? {
                 let decides_cohort = module == Module::Ed && r.name == "edstays";
                 out.push(RefusedTable {
                     key: format!("{}/{}", module.key(), r.name),
@@ -294,7 +299,7 @@ pub(crate) fn refused_tables(config: &Config) -> Vec<RefusedTable> {
             }
         }
     }
-    for r in scan(&d.mimic_cxr_jpg) {
+    for r in scan(&d.mimic_cxr_jpg)? {
         if let Some(t) = r.name.strip_prefix("mimic-cxr-2.0.0-") {
             if matches!(t, "chexpert" | "negbio" | "split" | "metadata") {
                 out.push(RefusedTable {
@@ -305,18 +310,18 @@ pub(crate) fn refused_tables(config: &Config) -> Vec<RefusedTable> {
             }
         }
     }
-    for r in scan(&d.reflacx.join("main_data")) {
+    for r in scan(&d.reflacx.join("main_data"))? {
         if r.name.starts_with("metadata_phase_") {
             out.push(RefusedTable { key: format!("reflacx/{}", r.name), decides_cohort: true, message: r.message });
         }
     }
-    for r in scan(&d.egd_cxr) {
+    for r in scan(&d.egd_cxr)? {
         if matches!(r.name.as_str(), "eye_gaze" | "fixations" | "bounding_boxes" | "master_sheet") {
             let decides_cohort = r.name == "master_sheet";
             out.push(RefusedTable { key: format!("egd-cxr/{}", r.name), decides_cohort, message: r.message });
         }
     }
-    out
+    Ok(out)
 }
 
 /// Every table folder the build reads: the modules' folders and the dataset roots holding
@@ -332,7 +337,7 @@ pub(crate) fn table_folders(config: &Config) -> Vec<PathBuf> {
 pub(crate) fn skipped_files(config: &Config) -> Vec<Skipped> {
     let skipped: Vec<Skipped> = table_folders(config)
         .iter()
-        .flat_map(|dir| scan_folder(dir, &config.input, config.both_forms).skipped)
+        .flat_map(|dir| scan_folder(dir, &config.input, config.both_forms).map(|s| s.skipped).unwrap_or_default())
         .collect();
     for s in &skipped {
         tracing::warn!(path = %s.path, reason = s.reason, "input file not read");
@@ -394,26 +399,32 @@ pub(crate) struct LinkerTablePaths {
     pub eye_gaze_tables: Vec<(String, PathBuf)>,
 }
 
-pub(crate) fn linker_table_paths(config: &Config) -> LinkerTablePaths {
-    let (d, root) = (&config.datasets, config);
+/// The linker's and the fixed datasets' tables, each folder listed once; a folder that cannot
+/// be listed is an error (its tables would otherwise look absent and shrink the cohort).
+pub(crate) fn linker_table_paths(config: &Config) -> std::io::Result<LinkerTablePaths> {
+    let d = &config.datasets;
+    let (cxr, reflacx, egd) = (
+        tables_in(&d.mimic_cxr_jpg, config)?,
+        tables_in(&d.reflacx.join("main_data"), config)?,
+        tables_in(&d.egd_cxr, config)?,
+    );
     let cxr_tables = ["chexpert", "negbio", "split"]
         .iter()
-        .filter_map(|t| find_table(&d.mimic_cxr_jpg, &format!("mimic-cxr-2.0.0-{t}"), root).map(|p| (t.to_string(), p)))
+        .filter_map(|t| pick(&cxr, &format!("mimic-cxr-2.0.0-{t}")).map(|p| (t.to_string(), p)))
         .collect();
-    let main = d.reflacx.join("main_data");
-    let reflacx_phases = (1..=3).filter_map(|n| find_table(&main, &format!("metadata_phase_{n}"), root)).collect();
+    let reflacx_phases = (1..=3).filter_map(|n| pick(&reflacx, &format!("metadata_phase_{n}"))).collect();
     let eye_gaze_tables = ["eye_gaze", "fixations", "bounding_boxes"]
         .iter()
-        .filter_map(|t| find_table(&d.egd_cxr, t, root).map(|p| (t.to_string(), p)))
+        .filter_map(|t| pick(&egd, t).map(|p| (t.to_string(), p)))
         .collect();
-    LinkerTablePaths {
-        cxr_metadata: find_table(&d.mimic_cxr_jpg, "mimic-cxr-2.0.0-metadata", root),
+    Ok(LinkerTablePaths {
+        cxr_metadata: pick(&cxr, "mimic-cxr-2.0.0-metadata"),
         cxr_tables,
-        edstays: Module::Ed.tables(config).into_iter().find(|(n, _)| n == "edstays").map(|(_, p)| p),
+        edstays: pick(&Module::Ed.tables(config)?, "edstays"),
         reflacx_phases,
-        master_sheet: find_table(&d.egd_cxr, "master_sheet", root),
+        master_sheet: pick(&egd, "master_sheet"),
         eye_gaze_tables,
-    }
+    })
 }
 
 #[cfg(test)]

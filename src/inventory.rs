@@ -43,7 +43,7 @@ pub(crate) fn checks(config: &Config, side: &LinkerTablePaths) -> Vec<Check> {
         check(
             "mimiciv",
             true,
-            !Module::Hosp.tables(config).is_empty(),
+            !Module::Hosp.tables(config).unwrap_or_default().is_empty(),
             format!("required dataset MIMIC-IV is missing: no tables in {}", hosp.display()),
             &hosp,
         ),
@@ -74,7 +74,13 @@ pub(crate) fn checks(config: &Config, side: &LinkerTablePaths) -> Vec<Check> {
             &d.reflacx,
         ),
         check("mimic-iv-ed", false, side.edstays.is_some(), "no ed/edstays table".into(), &d.mimic_iv_ed),
-        check("mimiciv/icu", false, !Module::Icu.tables(config).is_empty(), "no icu tables".into(), &icu),
+        check(
+            "mimiciv/icu",
+            false,
+            !Module::Icu.tables(config).unwrap_or_default().is_empty(),
+            "no icu tables".into(),
+            &icu,
+        ),
         check("mimic-cxr", false, d.mimic_cxr.is_dir(), "no folder".into(), &d.mimic_cxr),
     ]
 }
@@ -209,12 +215,14 @@ impl Inventory {
                 let tables: Vec<TableFile> = table_folders(key)
                     .iter()
                     .flat_map(|sub| {
-                        input::tables_in(&folder.join(sub), config).into_iter().map(move |(name, path)| {
-                            let name = if sub.is_empty() { name } else { format!("{sub}/{name}") };
-                            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-                            let format = if crate::source::is_gzip_name(&path) { "csv.gz" } else { "csv" };
-                            TableFile { name, path, bytes, format }
-                        })
+                        input::tables_in(&folder.join(sub), config).unwrap_or_default().into_iter().map(
+                            move |(name, path)| {
+                                let name = if sub.is_empty() { name } else { format!("{sub}/{name}") };
+                                let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+                                let format = if crate::source::is_gzip_name(&path) { "csv.gz" } else { "csv" };
+                                TableFile { name, path, bytes, format }
+                            },
+                        )
                     })
                     .collect();
                 let listing = ListingCheck::of(&folder, &config.input, plan.as_ref());
@@ -241,7 +249,7 @@ impl Inventory {
                 }
             })
             .collect();
-        let checks = checks(config, &input::linker_table_paths(config));
+        let checks = checks(config, &input::linker_table_paths(config).unwrap_or_default());
         Self { input: config.input.clone(), datasets, checks }
     }
 

@@ -76,7 +76,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let started = Instant::now();
     let output = config.output.clone();
     prepare_output(&output, options.check_outputs)?;
-    let side = input::linker_table_paths(&config);
+    let side = input::linker_table_paths(&config).context("finding the input's tables")?;
     let missing = check_inputs(&config, &side)?;
     let mut integrity = crate::integrity::Integrity::load(&config);
     crate::integrity::Integrity::report_newer_versions(&config);
@@ -252,11 +252,11 @@ async fn run_table_jobs(
 ) -> anyhow::Result<Report> {
     let (config, output) = (&ctx.config, &ctx.config.output);
     let mut report = Report::default();
-    let jobs = discover_jobs(config, side);
+    let jobs = discover_jobs(config, side).context("finding the input's tables")?;
     let mut planned: std::collections::HashSet<String> = jobs.iter().map(|j| j.key.clone()).collect();
     // A table that is there but cannot be read as it is fails and keeps its outputs: it is
     // planned, never taken for a table removed from the input.
-    for refused in input::refused_tables(config) {
+    for refused in input::refused_tables(config).context("finding the input's tables")? {
         tracing::error!(table = %refused.key, error = %refused.message, "table not read; its previous output is kept");
         planned.insert(refused.key.clone());
         report.fail(refused.key, &refused.message);
@@ -286,13 +286,16 @@ async fn run_table_jobs(
             Ok((key, Ok(outcome))) => {
                 report.tables.insert(key, outcome.counts);
             }
-            Ok((key, Err(e))) if e.is_cancelled() => {
+            Ok((key, Err(e))) if e.is_cancelled() && !publish::has_journal(output, &key) => {
                 let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
             }
             Ok((key, Err(e))) => {
                 tracing::error!(table = %key, error = %crate::telemetry::bounded_text(&e.to_string()), "table failed; its previous output is kept");
-                // What it staged is never published: free the space now.
-                let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
+                // What it staged is never published: free the space now, unless its publish was
+                // cut short (a failed rename): then recovery finishes it from the staging folder.
+                if !publish::has_journal(output, &key) {
+                    let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
+                }
                 report.fail(key, &e);
             }
             Err(e) => report.fail("internal".into(), &e),
@@ -387,7 +390,7 @@ fn check_inputs(config: &Config, side: &input::LinkerTablePaths) -> anyhow::Resu
     if !config.input.is_dir() {
         anyhow::bail!("input directory {} does not exist", config.input.display());
     }
-    if let Some(r) = input::refused_tables(config).into_iter().find(|r| r.decides_cohort) {
+    if let Some(r) = input::refused_tables(config)?.into_iter().find(|r| r.decides_cohort) {
         anyhow::bail!(
             "{}; this table decides the cohort, so nothing is built and the previous output is kept",
             r.message

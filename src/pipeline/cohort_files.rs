@@ -27,7 +27,7 @@ pub(crate) struct CohortFiles {
 /// folder jobs would copy.
 pub(crate) fn cohort_files(config: &Config) -> anyhow::Result<CohortFiles> {
     let rule = crate::cohort::CohortRule::load(&config.cohort)?;
-    let side = input::linker_table_paths(config);
+    let side = input::linker_table_paths(config)?;
     let cancel = CancelToken::default();
     let tables = linker::LinkTables {
         cxr_metadata: side.cxr_metadata.as_deref(),

@@ -7,21 +7,21 @@ use std::path::{Path, PathBuf};
 
 use crate::source::SourceError;
 
-/// A table that cannot be read: names the file, the byte offset and the cause.
+/// A table that cannot be read: names the file, the byte offset and the cause. The cause is
+/// part of the message, not a `source` too (an error chain would print it twice).
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {kind}", path.display())]
 pub struct ReadError {
     pub path: PathBuf,
-    #[source]
     pub kind: ReadErrorKind,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadErrorKind {
     #[error("cannot open: {0}")]
-    Open(#[source] std::io::Error),
+    Open(std::io::Error),
     #[error("{0}")]
-    Decode(#[source] SourceError),
+    Decode(SourceError),
     #[error("the file is empty (no header line)")]
     Empty,
     #[error("not a CSV file: the header line holds NUL bytes")]
@@ -53,6 +53,9 @@ pub(crate) enum JobError {
     Read(#[from] ReadError),
     #[error("writing {}: {cause}", path.display())]
     Write { path: PathBuf, cause: io::Error },
+    /// An input folder or file that is there but cannot be read.
+    #[error("reading {}: {cause}", path.display())]
+    Input { path: PathBuf, cause: io::Error },
     #[error(
         "{}: the header has {columns} columns but most of the {rows} data rows have another number: the header does not fit the data",
         path.display()

@@ -29,10 +29,10 @@ pub(super) struct TableJob {
 }
 
 /// The jobs for every table found in the input.
-pub(super) fn discover_jobs(config: &Config, side: &input::LinkerTablePaths) -> Vec<TableJob> {
+pub(super) fn discover_jobs(config: &Config, side: &input::LinkerTablePaths) -> std::io::Result<Vec<TableJob>> {
     let mut jobs = Vec::new();
     for module in Module::ALL {
-        for (name, path) in module.tables(config) {
+        for (name, path) in module.tables(config)? {
             let key = format!("{}/{name}", module.key());
             jobs.push(TableJob { key, path, kind: JobKind::Clinical { module, name } });
         }
@@ -53,7 +53,7 @@ pub(super) fn discover_jobs(config: &Config, side: &input::LinkerTablePaths) -> 
     }
     // Big tables first, so the long poles start early and small ones fill the gaps.
     jobs.sort_by_key(|j| std::cmp::Reverse(std::fs::metadata(&j.path).map(|m| m.len()).unwrap_or(0)));
-    jobs
+    Ok(jobs)
 }
 
 /// Routing decided from the job kind and the header.

@@ -107,6 +107,12 @@ pub(crate) fn damaged_jobs(output: &Path) -> Vec<String> {
     damaged
 }
 
+/// Whether a publish of `job` was interrupted (its journal is there): its staging folder must
+/// stay for the next build's recovery to finish the renames.
+pub(crate) fn has_journal(output: &Path, job: &str) -> bool {
+    journal_path(output, job).exists()
+}
+
 /// Drops a job's record (its files are already gone).
 pub(crate) fn forget(output: &Path, job: &str) -> io::Result<()> {
     match fs::remove_file(manifest_path(output, job)) {
@@ -166,9 +172,15 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
     // (or was renamed before a crash), and costs no syscall. Staged names are kept as 64-bit
     // hashes (a first build of every CXR patient stages 350,000 images): a collision only
     // tries the rename of a file that is not staged, which finds nothing to rename.
+    // A staging folder that is gone holds nothing (renamed before a crash); one that cannot be
+    // listed is an error: taken as empty, its files would never be published.
+    let listing = |e: io::Error| io::Error::new(e.kind(), format!("listing {}: {e}", staging.display()));
     let staged: HashSet<u64> = match fs::read_dir(staging) {
-        Ok(entries) => entries.flatten().map(|e| name_key(&e.file_name())).collect(),
-        Err(_) => HashSet::new(),
+        Ok(entries) => {
+            entries.map(|e| e.map(|e| name_key(&e.file_name()))).collect::<io::Result<_>>().map_err(listing)?
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => HashSet::new(),
+        Err(e) => return Err(listing(e)),
     };
     if !staged.is_empty() {
         rename_staged(output, staging, &staged, manifest)?;

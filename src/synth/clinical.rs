@@ -40,7 +40,7 @@ pub(super) fn copy_mimiciv(src: &Path, dest: &Path, patients: usize, core: bool)
             }
         }
     }
-    let scan = crate::input::scan_folder(&src.join("hosp"), src, crate::config::BothForms::Csv);
+    let scan = crate::input::scan_folder(&src.join("hosp"), src, crate::config::BothForms::Csv)?;
     let table = scan
         .tables
         .into_iter()

@@ -217,24 +217,9 @@ fn a_folder_or_fifo_where_a_table_belongs_fails_it_and_keeps_its_outputs() {
     fs::remove_dir(w.labevents()).unwrap();
     let status = std::process::Command::new("mkfifo").arg(w.labevents()).status().unwrap();
     assert!(status.success());
-    let mut child = bin()
-        .arg("build")
-        .arg("--input")
-        .arg(&w.input)
-        .arg("--output")
-        .arg(&w.output)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the build hangs on a FIFO");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut build = bin();
+    build.arg("build").arg("--input").arg(&w.input).arg("--output").arg(&w.output);
+    let out = output_within(&mut build, Duration::from_secs(60));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("labevents.csv: not a regular file"), "{}", stderr(&out));
     assert_eq!(w.lab_outputs(), labs);
@@ -425,25 +410,9 @@ fn a_subjects_file_saved_by_a_spreadsheet_or_a_windows_editor_is_read_and_a_fifo
     let fifo = w.root.join("subjects.fifo");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let cohort = format!("subjects:{}", fifo.display());
-    let mut child = bin()
-        .arg("build")
-        .arg("--input")
-        .arg(&w.input)
-        .arg("--output")
-        .arg(&w.output)
-        .args(["--cohort", &cohort])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("the build hangs on a FIFO subjects file");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut build = bin();
+    build.arg("build").arg("--input").arg(&w.input).arg("--output").arg(&w.output).args(["--cohort", &cohort]);
+    let out = output_within(&mut build, Duration::from_secs(60));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
     // The same for a config named on the command line.
@@ -463,14 +432,7 @@ fn a_daemon_whose_lock_file_is_removed_stops_non_zero() {
     let lock = w.output.join(".mimic-eye/lock");
     fs::remove_file(&lock).unwrap();
     fs::write(&lock, "").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the daemon runs on without its lock: {}", daemon.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = daemon.wait_exit(Duration::from_secs(60));
     assert!(!status.success(), "the daemon stopped with success");
     assert!(
         daemon.log_text().contains("lock file") && daemon.log_text().contains("was replaced"),

@@ -61,33 +61,45 @@ impl Credentials {
     }
 }
 
+/// Which entry of a `.netrc` tokens belong to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// `machine` for this host.
+    Host,
+    /// `machine` for another host: ignored.
+    Other,
+    /// `default`: used when no entry names the host.
+    Default,
+}
+
 /// The `machine HOST login USER password PW` entry for `host` (or the `default` one), as wget
 /// and curl read `.netrc`: tokens separated by white space, in any order within an entry.
 fn from_netrc(text: &str, host: &str) -> Option<Credentials> {
     let mut tokens = text.split_whitespace();
     let (mut found, mut fallback) = (None, None);
-    let mut current: Option<(bool, Option<String>, Option<String>)> = None;
-    let finish = |entry: Option<(bool, Option<String>, Option<String>)>,
+    let mut current: Option<(Entry, Option<String>, Option<String>)> = None;
+    let finish = |entry: Option<(Entry, Option<String>, Option<String>)>,
                   found: &mut Option<Credentials>,
                   fallback: &mut Option<Credentials>| {
-        if let Some((matches, Some(user), Some(password))) = entry {
-            let creds = Credentials { user, password };
-            match matches {
-                true if found.is_none() => *found = Some(creds),
-                false if fallback.is_none() => *fallback = Some(creds),
-                _ => {}
-            }
+        if let Some((kind, Some(user), Some(password))) = entry {
+            let slot = match kind {
+                Entry::Host => found,
+                Entry::Default => fallback,
+                Entry::Other => return,
+            };
+            slot.get_or_insert(Credentials { user, password });
         }
     };
     while let Some(token) = tokens.next() {
         match token {
             "machine" => {
                 finish(current.take(), &mut found, &mut fallback);
-                current = Some((tokens.next() == Some(host), None, None));
+                let kind = if tokens.next() == Some(host) { Entry::Host } else { Entry::Other };
+                current = Some((kind, None, None));
             }
             "default" => {
                 finish(current.take(), &mut found, &mut fallback);
-                current = Some((false, None, None));
+                current = Some((Entry::Default, None, None));
             }
             "login" => {
                 if let Some(entry) = current.as_mut() {

@@ -182,6 +182,18 @@ impl Daemon {
         panic!("daemon not idle after {timeout_secs}s; log:\n{}", self.log_text());
     }
 
+    /// Waits until the daemon exits on its own, at most `timeout`; its exit status.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "still running after {timeout:?}:\n{}", self.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     pub fn builds(&self) -> f64 {
         self.metric("mimic_eye_builds_total").unwrap_or(0.0)
     }
@@ -209,6 +221,20 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `cmd`, failing the test if it has not ended within `timeout` (a hang is the defect).
+pub fn output_within(cmd: &mut Command, timeout: std::time::Duration) -> Output {
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{cmd:?} hangs: not ended after {timeout:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// A CSV as (header, rows), fields as written (an index column's name is "").

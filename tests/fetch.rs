@@ -212,6 +212,15 @@ fn credentials_come_from_a_private_netrc_or_user_and_environment() {
     assert!(urls.lines().all(|u| u.starts_with(&server.url())), "{urls}");
     assert!(urls.contains("hosp/labevents.csv.gz") && urls.contains(".jpg"), "{urls}");
     assert!(stdout(&out).contains("plan:"), "{}", stdout(&out));
+    // Each dataset's plan is set against its whole size: every listed file's bytes.
+    let listing = fs::read_to_string(m.files.join("mimiciv/2.2/SHA256SUMS.txt")).unwrap();
+    let whole: u64 = listing
+        .lines()
+        .map(|l| fs::metadata(m.files.join("mimiciv/2.2").join(l.split_once(' ').unwrap().1.trim())).unwrap().len())
+        .sum();
+    let line = stdout(&out).lines().find(|l| l.trim_start().starts_with("MIMIC-IV ")).unwrap_or_default().to_string();
+    let expected = format!("of {:>9} listed files, {whole:>15} bytes", listing.lines().count());
+    assert!(line.ends_with(&expected), "{line:?} should end with {expected:?}");
 }
 
 #[test]

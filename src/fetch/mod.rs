@@ -87,7 +87,7 @@ pub fn fetch(options: FetchOptions) -> anyhow::Result<Totals> {
     for source in sources.iter().filter(|s| !(s.key == DatasetKey::MimicCxr && reports_zipped)) {
         let (count, run) = cohort_tasks(source, &files)?;
         if count > 0 {
-            totals.add(&pool.run_streamed(source.key.title(), run, &verified)?);
+            totals.add(&pool.run_streamed(source.key.title(), count, run, &verified)?);
         }
     }
     verified.flush();
@@ -169,15 +169,23 @@ fn cohort_config(input: &Path, cohort: &CohortKind, sources: &[Source]) -> anyho
 }
 
 /// A producer of one dataset's cohort tasks (images from its listing, reports by path), with
-/// a rough count (0: nothing to fetch there).
+/// their count (0: nothing to fetch there). The listing is read twice, to count and to fetch,
+/// rather than held.
 fn cohort_tasks<'a>(
     source: &'a Source,
     files: &'a crate::pipeline::CohortFiles,
-) -> anyhow::Result<(usize, pool::Producer<'a>)> {
+) -> anyhow::Result<(u64, pool::Producer<'a>)> {
     match source.key {
         DatasetKey::MimicCxrJpg => {
             let sets = plan::FolderSets::of(&source.folder, &files.folders);
-            let count = usize::from(!sets.is_empty());
+            let mut count = 0;
+            if !sets.is_empty() {
+                plan::each_listed(source, &mut |rel| sets.holds(rel), &mut |_| {
+                    count += 1;
+                    true
+                })
+                .with_context(|| format!("reading {}", source.listing().display()))?;
+            }
             let run: pool::Producer<'a> = Box::new(move |each: &mut dyn FnMut(Task) -> bool| {
                 plan::each_listed(source, &mut |rel| sets.holds(rel), each).map(|_| ())
             });
@@ -194,7 +202,7 @@ fn cohort_tasks<'a>(
                 }
                 Ok(())
             });
-            Ok((files.reports.len(), run))
+            Ok((files.reports.len() as u64, run))
         }
         _ => Ok((0, Box::new(|_: &mut dyn FnMut(Task) -> bool| Ok(())))),
     }
@@ -246,16 +254,53 @@ fn print_plan(
         })?;
         let listed = plan::each_listed(source, &mut |_| false, &mut |_| true).unwrap_or(0);
         let bytes = pool.sizes(&tasks)?;
-        println!("  {:<14} {:>8} of {:>9} listed files, {:>12} bytes", source.key.title(), tasks.len(), listed, bytes);
+        let (whole, exact) = whole_size(pool, source, listed)?;
+        println!(
+            "  {:<14} {:>8} files, {:>12} bytes, of {:>9} listed files, {}{:>15} bytes",
+            source.key.title(),
+            tasks.len(),
+            bytes,
+            listed,
+            if exact { "" } else { "about " },
+            whole
+        );
         totals.planned_files += tasks.len() as u64;
         totals.planned_bytes += bytes;
         urls.extend(tasks.into_iter().map(|t| t.url));
     }
     println!("  total          {:>8} files, {:>12} bytes", totals.planned_files, totals.planned_bytes);
+    println!("  (a dataset's whole size is the sum over its listing: HEAD of each file, or of every");
+    println!("  n-th file of a listing over {WHOLE_EXACT_UP_TO} files, scaled: \"about\")");
     verified.flush();
     if let Some(list) = list {
         std::fs::write(list, urls.join("\n") + "\n").with_context(|| format!("writing {}", list.display()))?;
         println!("wrote {} URLs to {} (wget -i; it needs --user and --ask-password)", urls.len(), list.display());
     }
     Ok(totals)
+}
+
+/// Listings up to this many files are sized file by file; larger ones by a sample.
+const WHOLE_EXACT_UP_TO: u64 = 2_000;
+/// The files sampled to size a large listing.
+const WHOLE_SAMPLE: u64 = 500;
+
+/// The bytes of every file `source`'s listing names, and whether the sum is exact: a sample of
+/// every n-th file, scaled, for a large listing (MIMIC-CXR-JPG lists 377,110 images; a HEAD
+/// of each would take longer than fetching the cohort).
+fn whole_size(pool: &Pool, source: &Source, listed: u64) -> anyhow::Result<(u64, bool)> {
+    let stride = if listed <= WHOLE_EXACT_UP_TO { 1 } else { listed / WHOLE_SAMPLE };
+    let (mut sample, mut i) = (Vec::new(), 0u64);
+    plan::each_listed(source, &mut |_| true, &mut |task| {
+        if i % stride == 0 {
+            sample.push(task);
+        }
+        i += 1;
+        true
+    })
+    .with_context(|| format!("reading {}", source.listing().display()))?;
+    let sampled = pool.sizes(&sample)?;
+    if stride == 1 || sample.is_empty() {
+        return Ok((sampled, true));
+    }
+    Ok(((sampled as f64 * listed as f64 / sample.len() as f64) as u64, false))
 }

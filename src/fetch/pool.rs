@@ -124,8 +124,10 @@ impl Pool {
         if tasks.is_empty() {
             return Ok(Totals::default());
         }
+        let count = tasks.len() as u64;
         self.run_streamed(
             what,
+            count,
             Box::new(move |each: &mut dyn FnMut(Task) -> bool| {
                 for task in tasks {
                     if !each(task) {
@@ -138,29 +140,32 @@ impl Pool {
         )
     }
 
-    /// Fetches what `produce` hands out, `connections` files at a time.
+    /// Fetches what `produce` hands out (`count` files), `connections` files at a time.
     pub(crate) fn run_streamed(
         &self,
         what: &str,
+        count: u64,
         produce: Producer<'_>,
         verified: &Verified,
     ) -> anyhow::Result<Totals> {
         let (tx, rx) = async_channel::bounded::<Task>(self.connections * 4);
         let (totals, refused) = (Mutex::new(Totals::default()), Mutex::new(None::<FetchError>));
-        let (stop, bytes, files) = (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
+        let (stop, bytes) = (AtomicBool::new(false), AtomicU64::new(0));
+        let progress = Progress::new(count, &bytes);
         let finished = AtomicBool::new(false);
         let (produced, panicked) = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..self.connections)
                 .map(|_| {
                     let rx = rx.clone();
-                    let (totals, refused, stop, bytes, files) = (&totals, &refused, &stop, &bytes, &files);
+                    let (totals, refused, stop, bytes, progress) = (&totals, &refused, &stop, &bytes, &progress);
                     scope.spawn(move || {
                         while let Ok(task) = rx.recv_blocking() {
                             if stop.load(Ordering::Relaxed) {
                                 continue;
                             }
+                            let started = Instant::now();
                             let outcome = self.one(&task, verified, bytes);
-                            files.fetch_add(1, Ordering::Relaxed);
+                            progress.file_done(&outcome, started.elapsed());
                             let mut t = totals.lock().unwrap_or_else(|e| e.into_inner());
                             match outcome {
                                 Ok(done) => t.add(&done),
@@ -179,7 +184,7 @@ impl Pool {
                 })
                 .collect();
             drop(rx);
-            let reporter = scope.spawn(|| report(what, &bytes, &files, &finished));
+            let reporter = scope.spawn(|| progress.report(what, &finished, self.connections));
             let produced = produce(&mut |task| !stop.load(Ordering::Relaxed) && tx.send_blocking(task).is_ok());
             tx.close();
             let panicked = workers.into_iter().map(|w| w.join()).filter(Result::is_err).count();
@@ -261,35 +266,115 @@ impl Pool {
     }
 }
 
-/// Progress until `stop`: one bar on a terminal, else a line every five seconds.
-fn report(what: &str, bytes: &AtomicU64, files: &AtomicU64, stop: &AtomicBool) {
-    let started = Instant::now();
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        let style = indicatif::ProgressStyle::with_template("{prefix:>14} {spinner} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
-        bar.set_style(style);
-        bar.set_prefix(what.to_string());
-        bar
-    });
-    let mut last_line = Instant::now();
-    let line = || {
-        let (b, f) = (bytes.load(Ordering::Relaxed), files.load(Ordering::Relaxed));
-        let rate = b as f64 / started.elapsed().as_secs_f64().max(0.001) / 1e6;
-        format!("{f} file(s), {:.1} MB, {rate:.2} MB/s", b as f64 / 1e6)
-    };
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(200));
-        match &bar {
-            Some(bar) => bar.set_message(line()),
-            None if last_line.elapsed() >= Duration::from_secs(5) => {
-                eprintln!("fetch {what}: {}", line());
-                last_line = Instant::now();
-            }
-            None => {}
+/// What one run has done, for its progress line: files done of `count`, and the time the
+/// downloaded ones took (files already in place are instant and must not shorten the ETA).
+struct Progress<'a> {
+    count: u64,
+    bytes: &'a AtomicU64,
+    done: AtomicU64,
+    downloaded: AtomicU64,
+    download_micros: AtomicU64,
+}
+
+impl<'a> Progress<'a> {
+    fn new(count: u64, bytes: &'a AtomicU64) -> Self {
+        let zero = || AtomicU64::new(0);
+        Self { count, bytes, done: zero(), downloaded: zero(), download_micros: zero() }
+    }
+
+    fn file_done(&self, outcome: &Result<Totals, FetchError>, took: Duration) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if matches!(outcome, Ok(t) if t.fetched > 0) {
+            self.downloaded.fetch_add(1, Ordering::Relaxed);
+            self.download_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         }
     }
-    if let Some(bar) = bar {
-        bar.finish_with_message(line());
+
+    /// The line: files done of all, bytes, rate and the time left.
+    fn line(&self, connections: usize, elapsed: Duration) -> String {
+        let (b, done) = (self.bytes.load(Ordering::Relaxed), self.done.load(Ordering::Relaxed));
+        let rate = b as f64 / elapsed.as_secs_f64().max(0.001) / 1e6;
+        format!(
+            "{done}/{} file(s), {:.1} MB, {rate:.2} MB/s, {}",
+            self.count,
+            b as f64 / 1e6,
+            self.eta(connections).map_or_else(|| "ETA unknown".to_string(), |s| format!("ETA {}", clock(s)))
+        )
+    }
+
+    /// Seconds left: the files not yet done, at the mean time a download took, shared by
+    /// the connections. A mean over the whole run does not jump with one slow file.
+    fn eta(&self, connections: usize) -> Option<u64> {
+        let downloaded = self.downloaded.load(Ordering::Relaxed);
+        if downloaded == 0 {
+            return None;
+        }
+        let left = self.count.saturating_sub(self.done.load(Ordering::Relaxed));
+        let mean = self.download_micros.load(Ordering::Relaxed) as f64 / downloaded as f64 / 1e6;
+        Some((left as f64 * mean / connections as f64).ceil() as u64)
+    }
+
+    /// Until `stop`: one bar on a terminal, else a line every five seconds.
+    fn report(&self, what: &str, stop: &AtomicBool, connections: usize) {
+        let started = Instant::now();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(self.count);
+            let style = indicatif::ProgressStyle::with_template("{prefix:>14} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(what.to_string());
+            bar
+        });
+        let mut last_line = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            match &bar {
+                Some(bar) => {
+                    bar.set_position(self.done.load(Ordering::Relaxed));
+                    bar.set_message(self.line(connections, started.elapsed()));
+                }
+                None if last_line.elapsed() >= Duration::from_secs(5) => {
+                    eprintln!("fetch {what}: {}", self.line(connections, started.elapsed()));
+                    last_line = Instant::now();
+                }
+                None => {}
+            }
+        }
+        if let Some(bar) = bar {
+            bar.set_position(self.done.load(Ordering::Relaxed));
+            bar.finish_with_message(self.line(connections, started.elapsed()));
+        }
+    }
+}
+
+/// `1h02m03s`, `4m05s`, `6s`.
+fn clock(seconds: u64) -> String {
+    match (seconds / 3600, seconds / 60 % 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eta_counts_only_downloads_and_shares_them_among_connections() {
+        let bytes = AtomicU64::new(0);
+        let p = Progress::new(10, &bytes);
+        assert_eq!(p.eta(2), None, "nothing downloaded yet: no guess");
+        let skipped = Ok(Totals { skipped: 1, ..Default::default() });
+        let fetched = Ok(Totals { fetched: 1, ..Default::default() });
+        p.file_done(&skipped, Duration::from_millis(1));
+        p.file_done(&fetched, Duration::from_secs(4));
+        p.file_done(&fetched, Duration::from_secs(2));
+        // 7 left at 3 s each over 2 connections.
+        assert_eq!(p.eta(2), Some(11));
+        assert_eq!(clock(11), "11s");
+        assert_eq!(clock(3723), "1h02m03s");
+        assert!(p.line(2, Duration::from_secs(1)).starts_with("3/10 file(s)"));
     }
 }

@@ -77,8 +77,9 @@ pub struct ConfigFile {
     pub(crate) index_column: Option<bool>,
     /// How copied folders' files are placed.
     pub files: Option<FilesMode>,
-    /// Where `/metrics`, `/healthz` and `/status` are served.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Where `/metrics`, `/healthz` and `/status` are served: `HOST:PORT`, a name
+    /// (`localhost:9898`) or an address.
+    pub metrics_addr: Option<String>,
     pub(crate) allow_non_loopback_metrics: Option<bool>,
     pub(crate) parallel_tables: Option<usize>,
     pub(crate) settle_seconds: Option<u64>,
@@ -233,9 +234,10 @@ impl Config {
         let Some(output) = flags.output.or(file.output) else {
             bail!("no output directory: set `output` in the config or pass --output")
         };
-        let metrics_addr = match flags.metrics_addr.or(file.metrics_addr) {
-            Some(a) => a,
-            None => DEFAULT_METRICS_ADDR.parse()?,
+        let metrics_addr = match (flags.metrics_addr, &file.metrics_addr) {
+            (Some(a), _) => a,
+            (None, Some(text)) => listen_addr(text)?,
+            (None, None) => DEFAULT_METRICS_ADDR.parse()?,
         };
         if !metrics_addr.ip().is_loopback() && !file.allow_non_loopback_metrics.unwrap_or(false) {
             bail!("metrics_addr {metrics_addr} is not a loopback address; set allow_non_loopback_metrics = true to expose it");
@@ -279,6 +281,18 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `HOST:PORT` as an address to listen on: the first address a name resolves to (loopback
+/// first, so `localhost:9898` is 127.0.0.1 or ::1 whatever the resolver's order).
+fn listen_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let all: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .with_context(|| format!("metrics_addr = {text:?}: not HOST:PORT, or the host does not resolve"))?
+        .collect();
+    let loopback = all.iter().find(|a| a.ip().is_loopback());
+    loopback.or(all.first()).copied().with_context(|| format!("metrics_addr = {text:?} resolves to no address"))
 }
 
 /// A path made absolute, with symbolic links resolved as far as it exists (the output may not
@@ -336,8 +350,13 @@ mod tests {
         assert_eq!(file.profile, Some(Profile::default()));
         assert_eq!(file.window_days, Some(defaults::WINDOW_DAYS));
         assert_eq!(file.index_column, Some(defaults::INDEX_COLUMN));
-        assert_eq!(file.files, Some(FilesMode::default()));
-        assert_eq!(file.metrics_addr, Some(defaults::METRICS_ADDR.parse().unwrap()));
+        // The one exception: the file is the service's config, and the shipped unit reads the
+        // input and writes the output through two mounts, where no hard link can be made.
+        let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/mimic-eye.service")).unwrap();
+        assert!(unit.contains("\nReadOnlyPaths=/srv/physionet") && unit.contains("\nReadWritePaths=/srv/mimic-eye"));
+        assert_eq!(FilesMode::default(), FilesMode::Hardlink);
+        assert_eq!(file.files, Some(FilesMode::Reflink));
+        assert_eq!(file.metrics_addr.as_deref(), Some(defaults::METRICS_ADDR));
         assert_eq!(file.allow_non_loopback_metrics, Some(false));
         assert_eq!(file.parallel_tables, Some(defaults::PARALLEL_TABLES));
         assert_eq!(file.settle_seconds, Some(defaults::SETTLE_SECONDS));
@@ -395,5 +414,15 @@ mod tests {
     fn non_loopback_metrics_are_refused() {
         let file: ConfigFile = toml::from_str("input='/i'\noutput='/o'\nmetrics_addr='0.0.0.0:9898'").unwrap();
         assert!(Config::resolve(file, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn metrics_addr_takes_a_host_name_and_says_what_it_cannot_use() {
+        let file: ConfigFile = toml::from_str("input='/i'\noutput='/o'\nmetrics_addr='localhost:9898'").unwrap();
+        let c = Config::resolve(file, Overrides::default()).unwrap();
+        assert!(c.metrics_addr.ip().is_loopback() && c.metrics_addr.port() == 9898, "{}", c.metrics_addr);
+        let file: ConfigFile = toml::from_str("input='/i'\noutput='/o'\nmetrics_addr='9898'").unwrap();
+        let e = format!("{:#}", Config::resolve(file, Overrides::default()).unwrap_err());
+        assert!(e.contains("metrics_addr = \"9898\": not HOST:PORT"), "{e}");
     }
 }

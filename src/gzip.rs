@@ -1,8 +1,8 @@
 //! Gzip decoding of input tables: every member of a multi-member file, CRC-32 and length checked.
 //!
 //! Two backends, chosen at build time: flate2 on zlib-rs (pure Rust, always available) and, with
-//! the cargo feature `isal`, Intel's ISA-L, whose inflate is 1.4–1.6x faster here (README,
-//! Performance). Both read the same files and fail on the same defects.
+//! the cargo feature `isal`, Intel's ISA-L, whose inflate is 1.4–1.6x faster here (docs/PERFORMANCE.md).
+//! Both read the same files and fail on the same defects.
 
 use std::io::{self, BufRead, Read};
 

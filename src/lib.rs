@@ -7,6 +7,7 @@
 
 #![warn(unreachable_pub, missing_docs)]
 
+pub mod cli;
 mod cohort;
 mod config;
 pub mod csvscan;
@@ -30,6 +31,8 @@ mod sumscheck;
 pub mod synth;
 mod sys;
 mod telemetry;
+mod validate;
+pub mod version;
 mod walk;
 
 pub use cohort::{Cohort, CohortKind};
@@ -45,3 +48,4 @@ pub use progress::ProgressBars;
 pub use source::{Sha256Check, Source};
 pub use sys::{init_process, peak_rss_bytes};
 pub use telemetry::bounded_text;
+pub use validate::validate;

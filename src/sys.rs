@@ -17,6 +17,7 @@ pub(crate) const UMASK: libc::mode_t = 0o027;
 /// of heap, 106 MB with two arenas, and no slower; the hot loops do not allocate).
 /// `MALLOC_ARENA_MAX` in the environment still decides when it is set.
 pub fn init_process() {
+    crate::version::started_unix();
     let arenas = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8) as libc::c_int;
     let arenas_set = std::env::var_os("MALLOC_ARENA_MAX").is_some();
     // SAFETY: setting a signal's disposition to "ignore", the file-creation mask and a malloc
@@ -68,6 +69,28 @@ pub(crate) fn raise_open_file_limit() -> u64 {
             }
         }
     }
+    lim.rlim_cur
+}
+
+/// Whether this user may create files in `dir` (write and search permission).
+pub(crate) fn can_write(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access reads a NUL-terminated path that `c` keeps alive for the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// This process's user id.
+pub(crate) fn uid() -> u32 {
+    // SAFETY: getuid has no arguments and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The soft open-file limit.
+pub(crate) fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes to a valid rlimit struct on our stack.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     lim.rlim_cur
 }
 

@@ -39,6 +39,14 @@ fn load(path: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
 /// Runs the daemon until SIGTERM or SIGINT: builds, watches, serves metrics, reloads on SIGHUP.
 pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<()> {
     let config = load(config_path.as_deref(), &overrides)?;
+    tracing::info!(
+        version = crate::version::text(),
+        config = %config_path.as_deref().map_or("none (flags and defaults)".into(), |p| p.display().to_string()),
+        input = %config.input.display(),
+        output = %config.output.display(),
+        listen = %config.metrics_addr,
+        "mimic-eye starting"
+    );
     let lock = publish::lock_output(&config.output)?;
     let trigger = ShutdownTrigger::new();
     let alive = serve_metrics(&config, &trigger).await?;
@@ -60,7 +68,6 @@ async fn serve_metrics(config: &Config, trigger: &ShutdownTrigger) -> anyhow::Re
     let alive = Arc::new(AtomicBool::new(true));
     let listener = telemetry::bind(config.metrics_addr).await?;
     tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz and /status");
-    tracing::info!(gzip_backend = crate::gzip::BACKEND, "inflating .csv.gz inputs with {}", crate::gzip::BACKEND);
     let flag = Arc::clone(&alive);
     tokio::spawn(telemetry::serve(listener, metrics, move || flag.load(Ordering::Relaxed), trigger.subscribe()));
     gauge!(telemetry::UP).set(1.0);
@@ -241,15 +248,19 @@ impl Daemon {
         let new = match load(self.config_path.as_deref(), &self.overrides) {
             Ok(new) => new,
             Err(e) => {
+                counter!(telemetry::RELOADS, "result" => "failed").increment(1);
                 tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration");
                 return;
             }
         };
         if new.output != self.config.output {
+            counter!(telemetry::RELOADS, "result" => "refused").increment(1);
             tracing::error!("reload refused: the output directory cannot change while running");
             return;
         }
-        tracing::info!("configuration reloaded");
+        counter!(telemetry::RELOADS, "result" => "applied").increment(1);
+        let changed = changed_settings(&self.config, &new);
+        tracing::info!(changed = %if changed.is_empty() { "nothing".to_string() } else { changed.join(", ") }, "configuration reloaded");
         let old = &self.config;
         if new.metrics_addr != old.metrics_addr {
             tracing::error!(running = %old.metrics_addr, configured = %new.metrics_addr,
@@ -350,10 +361,12 @@ fn record(kind: BuildKind, elapsed: Duration, result: &anyhow::Result<pipeline::
                 summary.headline()
             );
             notify::send(&format!("STATUS=idle: {}", summary.headline()));
+            summary.export_gauges();
             telemetry::update_status(|s| {
                 s.phase = Phase::Idle;
                 s.tables.clear();
                 s.last_result = Some(LastResult { result: outcome, detail: None });
+                s.failed_tables = summary.failed.iter().map(|(t, e)| (t.clone(), telemetry::bounded_text(e))).collect();
                 if summary.failed.is_empty() {
                     s.last_success_unix = Some(now);
                 }
@@ -388,6 +401,16 @@ fn record(kind: BuildKind, elapsed: Duration, result: &anyhow::Result<pipeline::
             });
         }
     }
+}
+
+/// The settings that differ between two configs, by their config-file names.
+fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["(could not compare)".to_string()];
+    };
+    new.iter().filter(|(k, v)| old.get(*k) != Some(v)).map(|(k, _)| k.clone()).collect()
 }
 
 fn spawn_signal_handler(trigger: ShutdownTrigger, reload: async_channel::Sender<()>) -> anyhow::Result<()> {

@@ -58,13 +58,20 @@ fn stamp(path: &Path) -> Option<Stamp> {
 struct Pending {
     stamp: Option<Stamp>,
     since: Instant,
+    /// When the file was first seen changing (kept across changes: how long it has waited).
+    first_seen: Instant,
     /// A stable gzip file that did not decode: wait for it to change again.
     broken: bool,
 }
 
 impl Pending {
     fn new(stamp: Option<Stamp>) -> Self {
-        Self { stamp, since: Instant::now(), broken: false }
+        Self { stamp, since: Instant::now(), first_seen: Instant::now(), broken: false }
+    }
+
+    /// A change: the settle period starts again, the wait goes on.
+    fn changed(&mut self, stamp: Option<Stamp>) {
+        *self = Self { first_seen: self.first_seen, ..Self::new(stamp) };
     }
 }
 
@@ -311,7 +318,7 @@ impl WatchActor {
         let s = stamp(&path);
         match self.pending.get_mut(&path) {
             Some(p) if p.stamp == s => {}
-            Some(p) => *p = Pending::new(s),
+            Some(p) => p.changed(s),
             None if self.known.get(&path) == s => {}
             None => {
                 self.pending.insert(path, Pending::new(s));
@@ -353,7 +360,7 @@ impl WatchActor {
             let current = stamp(&path);
             let Some(p) = self.pending.get_mut(&path) else { continue };
             if p.stamp != current {
-                *p = Pending::new(current);
+                p.changed(current);
                 continue;
             }
             if p.broken || p.since.elapsed() < self.settle {
@@ -385,11 +392,20 @@ impl WatchActor {
         self.tx.send(WatchEvent::Changed(ready)).await.is_ok()
     }
 
+    /// The pending files to builds (which leave their tables alone), `/status` and the gauges.
     fn publish_unstable(&self) {
+        use crate::telemetry::{self, PendingInputs, PENDING_LISTED};
         if let Ok(mut u) = self.unstable.lock() {
             *u = self.pending.keys().cloned().collect();
-            metrics::gauge!(crate::telemetry::INPUTS_PENDING).set(u.len() as f64);
         }
+        let oldest = self.pending.values().map(|p| p.first_seen.elapsed().as_secs()).max().unwrap_or(0);
+        metrics::gauge!(telemetry::INPUTS_PENDING).set(self.pending.len() as f64);
+        metrics::gauge!(telemetry::INPUTS_PENDING_OLDEST).set(oldest as f64);
+        let mut first: Vec<String> = self.pending.keys().map(|p| p.display().to_string()).collect();
+        first.sort();
+        first.truncate(PENDING_LISTED);
+        let pending = PendingInputs { count: self.pending.len(), oldest_seconds: oldest, first };
+        telemetry::update_status(|s| s.pending_inputs = pending);
     }
 }
 

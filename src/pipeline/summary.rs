@@ -69,6 +69,32 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The gauges a dashboard shows of the output as it stands: cohort by source, rejects by
+    /// table, each dataset's version and checksum state.
+    pub(crate) fn export_gauges(&self) {
+        use crate::telemetry::{COHORT_SOURCE_IMAGES, COHORT_SOURCE_PATIENTS, DATASET_INFO, OUTPUT_REJECTED};
+        use metrics::gauge;
+        for (source, counts) in [("reflacx", &self.reflacx), ("eye_gaze", &self.eye_gaze), ("both", &self.both)] {
+            gauge!(COHORT_SOURCE_PATIENTS, "source" => source).set(counts.patients as f64);
+            gauge!(COHORT_SOURCE_IMAGES, "source" => source).set(counts.images as f64);
+        }
+        for (table, counts) in &self.tables {
+            gauge!(OUTPUT_REJECTED, "table" => table.clone()).set(counts.rejected as f64);
+        }
+        // An info series whose labels changed (a new version, a checksum state) drops to 0,
+        // so that a dashboard shows one current line per dataset.
+        static SHOWN: std::sync::Mutex<BTreeMap<&'static str, (String, &'static str)>> =
+            std::sync::Mutex::new(BTreeMap::new());
+        let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+        for (dataset, p) in &self.datasets {
+            let now = (p.version.clone().unwrap_or_else(|| "none".to_string()), p.sha256sums);
+            if let Some(old) = shown.insert(dataset, now.clone()).filter(|old| *old != now) {
+                gauge!(DATASET_INFO, "dataset" => *dataset, "version" => old.0, "sha256sums" => old.1).set(0.0);
+            }
+            gauge!(DATASET_INFO, "dataset" => *dataset, "version" => now.0, "sha256sums" => now.1).set(1.0);
+        }
+    }
+
     /// One line for the terminal: patients, stays, images, failures.
     pub fn headline(&self) -> String {
         format!(

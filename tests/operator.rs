@@ -1,0 +1,191 @@
+//! What an operator meets first: `--version`, `--log-level`, `validate`, completions and the
+//! man page, the start-up line, and the daemon's build_info, process metrics, `/status`
+//! details, pending-input age, rejects gauge and reload results. Driven through the binary.
+
+mod common;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn version_names_the_commit_and_the_gzip_backend() {
+    let out = run_ok(bin().arg("--version"));
+    let (stdout, _) = text(&out);
+    assert!(stdout.starts_with(&format!("mimic-eye {} (commit ", env!("CARGO_PKG_VERSION"))), "{stdout}");
+    let backend = if cfg!(feature = "isal") { "gzip isal" } else { "gzip zlib-rs" };
+    assert!(stdout.contains(backend), "{stdout}");
+    // In a git checkout (as CI's is) the commit is HEAD's.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Some(head) = head.ok().filter(|h| h.status.success()) {
+        let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        assert!(stdout.contains(&format!("commit {head}")), "{stdout} is not built from {head}");
+    }
+}
+
+#[test]
+fn a_log_level_that_does_not_parse_is_an_error_not_the_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out =
+        bin().env("MIMIC_EYE_LOG", "mimic_eye=loud").args(["inputs", "--input"]).arg(tmp.path()).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("MIMIC_EYE_LOG=\"mimic_eye=loud\" is not a log filter"), "{stderr}");
+    let out = bin().args(["--log-level", "loud", "inputs", "--input"]).arg(tmp.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("possible values: error, warn, info, debug, trace"), "{}", text(&out).1);
+    // The flag wins over the variable, and its level is the one that logs: the WARN of a
+    // missing dataset is there at warn and gone at error.
+    let input = tmp.path().join("in");
+    synth(&input, &["--patients", "2", "--others", "1"]);
+    fs::remove_dir_all(input.join("mimic-iv-ed")).unwrap();
+    let build = |level: &str, out: &str| {
+        let mut c = bin();
+        c.env("MIMIC_EYE_LOG", "mimic_eye=loud").args(["--log-level", level, "build", "--input"]).arg(&input);
+        c.arg("--output").arg(tmp.path().join(out)).output().unwrap()
+    };
+    let (warned, quiet) = (build("warn", "a"), build("error", "b"));
+    assert!(warned.status.success() && quiet.status.success(), "{}", text(&quiet).1);
+    assert!(text(&warned).1.contains("WARN") && text(&warned).1.contains("dataset missing"), "{}", text(&warned).1);
+    assert!(!text(&quiet).1.contains("WARN"), "{}", text(&quiet).1);
+}
+
+#[test]
+fn validate_says_whether_run_would_start_and_names_each_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    synth(&input, &["--patients", "3", "--others", "1"]);
+    let output = tmp.path().join("out");
+    let config = write_config(tmp.path(), &input, &output, 9898, "");
+    let out = run_ok(bin().args(["validate", "--config"]).arg(&config));
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains(&format!("config   {}: parses and resolves", config.display())), "{stdout}");
+    assert!(stdout.contains(&format!("output   {}: to be made in", output.display())), "{stdout}");
+    assert!(stdout.contains("metrics  127.0.0.1:9898 (loopback)"), "{stdout}");
+    assert!(stdout.contains("valid: `mimic-eye run` would start"), "{stdout}");
+    assert!(!output.exists(), "validate wrote the output");
+
+    // An output that is a link, and a missing dataset: both named, exit 1.
+    let elsewhere = tmp.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &output).unwrap();
+    fs::rename(input.join("mimic-cxr-jpg"), tmp.path().join("jpg-aside")).unwrap();
+    let out = bin().args(["validate", "--config"]).arg(&config).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+    assert!(stdout.contains(&format!("problem: output {} is a symbolic link", output.display())), "{stdout}");
+    assert!(stdout.contains("problem: a dataset the build needs is missing"), "{stdout}");
+
+    // A config that does not parse is named with its cause.
+    fs::write(&config, "input = 3\n").unwrap();
+    let out = bin().args(["validate", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains(&format!("parsing config {}", config.display())), "{}", text(&out).1);
+}
+
+#[test]
+fn completions_and_the_man_page_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (stdout, _) = text(&run_ok(bin().args(["completions", shell])));
+        for command in ["build", "run", "fetch", "validate", "inputs", "verify"] {
+            assert!(stdout.contains(command), "{shell} completions lack {command}");
+        }
+    }
+    let (man, _) = text(&run_ok(bin().arg("man")));
+    assert!(man.starts_with(".ie") || man.contains(".TH mimic-eye"), "{}", &man[..man.len().min(200)]);
+    for command in ["build", "run", "fetch", "validate", "completions"] {
+        assert!(man.contains(command), "the man page lacks {command}");
+    }
+}
+
+/// The `name{labels} value` lines of a metric.
+fn lines<'a>(body: &'a str, name: &str) -> Vec<&'a str> {
+    body.lines().filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' '])).collect()
+}
+
+#[test]
+fn the_daemon_says_who_it_is_what_waits_and_what_its_output_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
+    synth(&input, &["--patients", "4", "--others", "2"]);
+    let port = free_port();
+    // A host name, as people write it.
+    let config = write_config(tmp.path(), &input, &output, port, "");
+    let named = fs::read_to_string(&config).unwrap().replace("127.0.0.1:", "localhost:");
+    fs::write(&config, named).unwrap();
+    let d = Daemon::start(&config, port);
+    d.wait_idle(60);
+    let log = d.log_text();
+    let start = log.lines().find(|l| l.contains("mimic-eye starting")).unwrap_or_else(|| panic!("{log}"));
+    for part in [env!("CARGO_PKG_VERSION"), "commit ", &config.display().to_string(), &format!("listen={}", port)] {
+        assert!(start.contains(part) || start.contains(&format!(":{port}")), "{part} not in {start}");
+    }
+
+    let (_, body) = http_get(port, "/metrics").unwrap();
+    let info = lines(&body, "mimic_eye_build_info");
+    assert_eq!(info.len(), 1, "{body}");
+    assert!(info[0].contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))) && info[0].ends_with(" 1"));
+    assert!(info[0].contains("backend=\"") && info[0].contains("commit=\""), "{}", info[0]);
+    for name in ["process_open_fds", "process_max_fds", "process_start_time_seconds", "process_resident_memory_bytes"] {
+        let v: f64 = lines(&body, name).first().and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0);
+        assert!(v > 0.0, "{name} is {v}");
+    }
+    // Rejects in the output as it stands, table by table, as summary.json counts them.
+    let sum = summary(&output);
+    for (table, counts) in sum["tables"].as_object().unwrap() {
+        let rejected = counts["rejected"].as_u64().unwrap();
+        let line = format!("mimic_eye_output_rejected_rows{{table=\"{table}\"}} {rejected}");
+        assert!(body.contains(&line), "{line} not in the metrics");
+    }
+
+    // A download cut short stays pending: /status and the age gauge say so, and it grows.
+    let lab = input.join("mimiciv/hosp/labevents.csv.gz");
+    let bytes = fs::read(&lab).unwrap();
+    fs::write(&lab, &bytes[..bytes.len() / 2]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        status = serde_json::from_str(&http_get(port, "/status").unwrap().1).unwrap();
+        if status["pending_inputs"]["oldest_seconds"].as_u64() >= Some(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(status["pending_inputs"]["count"], 1, "{status}");
+    assert_eq!(status["pending_inputs"]["first"][0], lab.display().to_string());
+    assert!(status["pending_inputs"]["oldest_seconds"].as_u64() >= Some(3), "{status}");
+    assert!(d.metric("mimic_eye_inputs_pending_oldest_seconds").unwrap_or(0.0) >= 3.0);
+    assert!(status["version"].as_str().unwrap().starts_with(env!("CARGO_PKG_VERSION")), "{status}");
+    assert!(status["uptime_seconds"].as_u64() >= Some(3), "{status}");
+    assert!(status["failed_tables"].as_object().is_some_and(|f| f.is_empty()), "{status}");
+    fs::write(&lab, &bytes).unwrap();
+
+    // A reload says what changed and counts its result.
+    let text = fs::read_to_string(&config).unwrap();
+    fs::write(&config, format!("{text}window_days = 2\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log_text().contains("configuration reloaded") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reloaded = d.log_text().lines().find(|l| l.contains("configuration reloaded")).unwrap_or_default().to_string();
+    assert!(reloaded.contains("changed=window_days"), "{reloaded}");
+    fs::write(&config, "output = 3\n").unwrap();
+    d.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.metric("mimic_eye_config_reloads_total{result=\"failed\"}").unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "no failed reload counted:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.metric("mimic_eye_config_reloads_total{result=\"applied\"}"), Some(1.0));
+    d.stop();
+}

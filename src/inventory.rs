@@ -44,7 +44,11 @@ pub(crate) fn checks(config: &Config, side: &LinkerTablePaths) -> Vec<Check> {
             "mimiciv",
             true,
             !Module::Hosp.tables(config).unwrap_or_default().is_empty(),
-            format!("required dataset MIMIC-IV is missing: no tables in {}", hosp.display()),
+            format!(
+                "required dataset MIMIC-IV is missing: no tables in {}{}",
+                hosp.display(),
+                crate::layout::input_hint(&config.input).map(|h| format!(" ({h})")).unwrap_or_default()
+            ),
             &hosp,
         ),
         check(
@@ -308,6 +312,8 @@ impl Inventory {
         let _ = writeln!(s, "input: {}", self.input.display());
         if !self.input.is_dir() {
             let _ = writeln!(s, "  the input directory does not exist");
+        } else if let Some(hint) = crate::layout::input_hint(&self.input) {
+            let _ = writeln!(s, "  {hint}");
         }
         for d in &self.datasets {
             let _ = writeln!(s, "\n{} [{}]", d.title, d.key);

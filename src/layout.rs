@@ -78,6 +78,38 @@ impl DatasetKey {
     }
 }
 
+/// When `--input` names one dataset's folder (or its version folder) instead of the folder
+/// holding them all: what to say, naming the folder to give instead. A user who types
+/// `--input ~/physionet.org/files/mimiciv` must not be told that `mimiciv/mimiciv/hosp` is
+/// missing.
+pub(crate) fn input_hint(input: &Path) -> Option<String> {
+    let name = |p: &Path| p.file_name().and_then(|n| n.to_str()).map(str::to_string);
+    let is_dataset = |p: &Path| {
+        let n = name(p)?;
+        DatasetKey::ALL.into_iter().find(|k| k.slug() == n || k.short_name() == n)
+    };
+    let (key, holder) = match (is_dataset(input), input.parent()) {
+        (Some(key), Some(parent)) => (key, parent),
+        // A version folder: `<slug>/2.2`.
+        _ => {
+            let dataset = input.parent()?;
+            let looks_versioned = name(input)?.starts_with(|c: char| c.is_ascii_digit());
+            match is_dataset(dataset) {
+                Some(key) if looks_versioned => (key, dataset.parent()?),
+                _ if input.join("hosp").is_dir() => (DatasetKey::MimicIv, input.parent()?),
+                _ => return None,
+            }
+        }
+    };
+    let holder = if holder.as_os_str().is_empty() { Path::new(".") } else { holder };
+    Some(format!(
+        "{} looks like the {} folder itself: --input takes the folder holding the datasets (here {})",
+        input.display(),
+        key.title(),
+        holder.display()
+    ))
+}
+
 /// A value per parent dataset, named as in the config file's `[datasets]` and `[versions]`
 /// tables: the file's paths and pins, the resolved folders, the versions found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,5 +328,20 @@ mod tests {
         let explicit = t.path().join("mimiciv/3.1");
         let got = locate(t.path(), DatasetKey::MimicIv, Some(&explicit), Some("3.1")).unwrap().unwrap();
         assert_eq!(got, Located { folder: explicit, version: Some("3.1".into()) });
+    }
+
+    #[test]
+    fn an_input_naming_one_dataset_or_its_version_folder_gets_the_folder_to_give_instead() {
+        let t = tempfile::tempdir().unwrap();
+        let files = t.path().join("physionet.org/files");
+        std::fs::create_dir_all(files.join("mimiciv/2.2/hosp")).unwrap();
+        let hint = input_hint(&files.join("mimiciv")).unwrap();
+        assert!(hint.ends_with(&format!("(here {})", files.display())), "{hint}");
+        let hint = input_hint(&files.join("mimiciv/2.2")).unwrap();
+        assert!(hint.contains("the MIMIC-IV folder itself") && hint.ends_with(&format!("(here {})", files.display())));
+        let hint = input_hint(&files.join("reflacx-xray-localization")).unwrap();
+        assert!(hint.contains("REFLACX"), "{hint}");
+        assert_eq!(input_hint(&files), None);
+        assert_eq!(input_hint(t.path()), None);
     }
 }

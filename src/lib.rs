@@ -42,7 +42,7 @@ pub use digest::hex;
 pub use fetch::{fetch, FetchOptions, Totals as FetchTotals};
 pub use ids::SubjectId;
 pub use inventory::Inventory;
-pub use pipeline::{build, split_one, BuildOptions, Summary};
+pub use pipeline::{build, build_until_interrupted, split_one, BuildOptions, Interrupted, Summary};
 pub use pipeline::{lock_output, verify_output, SmallTable};
 pub use progress::ProgressBars;
 pub use source::{Sha256Check, Source};

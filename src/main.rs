@@ -49,15 +49,31 @@ fn init_logging(format: LogFormat, level: Option<LogLevel>, default: &str) -> an
         (None, Err(_)) => EnvFilter::new(default),
     };
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let fmt = match format {
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Human => fmt.with_filter(filter).boxed(),
+    };
+    // Warnings are counted whatever the level shown, for the closing summary.
+    let counter = CountWarnings.with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::registry().with(fmt).with(counter).init();
     Ok(())
+}
+
+/// Warnings logged by this process.
+static WARNINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+struct CountWarnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() == tracing::Level::WARN {
+            WARNINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// `--config`, else the system's config file when there is one.
@@ -123,8 +139,12 @@ fn build(settings: Settings, full: bool, accept_shrink: bool) -> anyhow::Result<
     anyhow::ensure!(config.input.is_dir(), "input directory {} does not exist", config.input.display());
     let _lock = mimic_eye::lock_output(&config.output)?;
     let options = mimic_eye::BuildOptions::one_shot(full, accept_shrink);
-    let summary = runtime()?.block_on(mimic_eye::build(config.clone(), ProgressBars::on_terminal(), options))?;
-    println!("{}", summary.headline());
+    let summary = runtime()?.block_on(mimic_eye::build_until_interrupted(
+        config.clone(),
+        ProgressBars::on_terminal(),
+        options,
+    ))?;
+    println!("{}", summary.closing_text(WARNINGS.load(std::sync::atomic::Ordering::Relaxed)));
     println!("output: {}", config.output.display());
     if !summary.failed.is_empty() {
         let first = summary.failed.iter().next().map(|(k, v)| format!("{k}: {v}")).unwrap_or_default();

@@ -189,3 +189,91 @@ fn the_daemon_says_who_it_is_what_waits_and_what_its_output_rejected() {
     assert_eq!(d.metric("mimic_eye_config_reloads_total{result=\"applied\"}"), Some(1.0));
     d.stop();
 }
+
+#[test]
+fn a_build_closes_with_what_it_did_and_what_was_missing_and_says_when_nothing_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
+    synth(&input, &["--patients", "3", "--others", "1"]);
+    fs::remove_dir_all(input.join("mimic-iv-ed")).unwrap();
+    let first = run_ok(bin().args(["build", "--input"]).arg(&input).arg("--output").arg(&output));
+    let (first, _) = text(&first);
+    let sum = summary(&output);
+    let jobs = sum["table_jobs"].as_u64().unwrap();
+    assert!(jobs > 10, "{sum}");
+    assert!(first.contains(&format!("tables: {jobs} read, 0 unchanged")), "{first}");
+    let rejected: u64 = sum["tables"].as_object().unwrap().values().map(|c| c["rejected"].as_u64().unwrap()).sum();
+    assert!(rejected > 0 && first.contains(&format!("{rejected} rejected (this build: ")), "{first}");
+    for (reason, n) in sum["rejects_by_reason"].as_object().unwrap() {
+        assert!(first.contains(&format!("{reason} {n}")), "{reason} {n} not in {first}");
+    }
+    assert!(first.contains("missing: mimic-iv-ed: stays and linked images are 0 without it"), "{first}");
+    assert!(first.contains("warnings: "), "{first}");
+    assert!(!first.contains("nothing changed"), "{first}");
+    let again = run_ok(bin().args(["build", "--input"]).arg(&input).arg("--output").arg(&output));
+    let (again, _) = text(&again);
+    assert!(again.contains(&format!("tables: 0 read, {jobs} unchanged")), "{again}");
+    assert!(again.contains("nothing changed: the output is as the last build left it"), "{again}");
+}
+
+#[test]
+fn an_input_that_is_one_dataset_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    synth(&input, &["--patients", "2", "--others", "1"]);
+    let mut build = bin();
+    build.args(["build", "--input"]).arg(input.join("mimiciv")).arg("--output").arg(tmp.path().join("o"));
+    let out = build.output().unwrap();
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    let hint = format!(
+        "{} looks like the MIMIC-IV folder itself: --input takes the folder holding the datasets (here {})",
+        input.join("mimiciv").display(),
+        input.display()
+    );
+    assert!(stderr.contains(&hint), "{stderr}");
+    let (stdout, _) = text(&bin().args(["inputs", "--input"]).arg(input.join("mimiciv")).output().unwrap());
+    assert!(stdout.contains(&hint), "{stdout}");
+}
+
+#[test]
+fn ctrl_c_stops_a_build_saying_what_was_kept_and_the_same_command_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, output) = (tmp.path().join("in"), tmp.path().join("out"));
+    // Large enough that the stop comes mid-build (a million chartevents rows).
+    synth(&input, &["--patients", "20", "--others", "20", "--chart-rows-per-patient", "25000"]);
+    let mut child = bin()
+        .args(["build", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once a first table is published, the build is under way.
+    let jobs = output.join(".mimic-eye/jobs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::read_dir(&jobs).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "the build ended before the stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by a signal: "), "{stderr}");
+    assert!(stderr.contains("table(s) finished and published before the stop are kept"), "{stderr}");
+    assert!(
+        !fs::read_dir(output.join(".mimic-eye"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name() == "journal" && fs::read_dir(e.path()).unwrap().count() > 0),
+        "a publish was left half done"
+    );
+    let finished = run_ok(bin().args(["build", "--input"]).arg(&input).arg("--output").arg(&output));
+    let clean = tmp.path().join("clean");
+    run_ok(bin().args(["build", "--input"]).arg(&input).arg("--output").arg(&clean));
+    assert_eq!(tree(&output), tree(&clean), "{}", text(&finished).0);
+}

@@ -50,6 +50,44 @@ impl BuildOptions {
     }
 }
 
+/// What a one-shot build stopped by Ctrl-C (SIGINT) or SIGTERM left: nothing half-written is
+/// visible, the tables finished before the stop are published, the others keep their previous
+/// output.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stopped by a signal: {published} table(s) finished and published before the stop are kept; every other table keeps its previous output, and nothing half-written is visible. The same command finishes the rest (only what is left is redone)"
+)]
+pub struct Interrupted {
+    /// Jobs published by this build before the stop.
+    pub published: usize,
+}
+
+/// A one-shot build that Ctrl-C or SIGTERM stops cleanly (see [`Interrupted`]).
+pub async fn build_until_interrupted(
+    config: Config,
+    progress: ProgressBars,
+    mut options: BuildOptions,
+) -> anyhow::Result<Summary> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let since = std::time::SystemTime::now();
+    let output = config.output.clone();
+    let (owner, token) = crate::shutdown::cancel_pair();
+    options.cancel = token;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut running = std::pin::pin!(build(config, progress, options));
+    tokio::select! {
+        result = &mut running => result,
+        _ = async { tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} } } => {
+            owner.cancel();
+            match running.await {
+                Err(e) if e.is::<Cancelled>() => Err(Interrupted { published: publish::published_since(&output, since) }.into()),
+                other => other,
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("the build was cancelled")]
 pub(crate) struct Cancelled;
@@ -228,6 +266,11 @@ struct Report {
     failed: BTreeMap<String, String>,
     pending: Vec<String>,
     removed_tables: Vec<String>,
+    /// Table jobs that ended well, and of them those the planner found unchanged (not read).
+    table_jobs: usize,
+    unchanged: usize,
+    /// Rows rejected by the tables read this build, by reason.
+    rejects_by_reason: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -240,6 +283,11 @@ impl Report {
         self.failed.extend(other.failed);
         self.pending.extend(other.pending);
         self.removed_tables.extend(other.removed_tables);
+        self.table_jobs += other.table_jobs;
+        self.unchanged += other.unchanged;
+        for (reason, n) in other.rejects_by_reason {
+            *self.rejects_by_reason.entry(reason).or_default() += n;
+        }
     }
 }
 
@@ -284,6 +332,11 @@ async fn run_table_jobs(
     while let Some(done) = set.join_next().await {
         match done {
             Ok((key, Ok(outcome))) => {
+                report.table_jobs += 1;
+                report.unchanged += usize::from(outcome.unchanged);
+                for (reason, n) in &outcome.rejects_by_reason {
+                    *report.rejects_by_reason.entry(reason).or_default() += n;
+                }
                 report.tables.insert(key, outcome.counts);
             }
             Ok((key, Err(e))) if e.is_cancelled() && !publish::has_journal(output, &key) => {
@@ -352,6 +405,9 @@ fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_kno
         both: SourceCounts { patients: both_subjects, images: both_dicoms },
         window_days: config.window_days,
         tables: report.tables,
+        table_jobs: report.table_jobs,
+        unchanged_tables: report.unchanged,
+        rejects_by_reason: report.rejects_by_reason,
         failed: report.failed,
         pending: report.pending,
         missing_datasets: missing,

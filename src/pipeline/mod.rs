@@ -39,7 +39,7 @@ mod table_job;
 mod vanished;
 mod writer;
 
-pub use build::{build, BuildOptions};
+pub use build::{build, build_until_interrupted, BuildOptions, Interrupted};
 pub(crate) use build::{Cancelled, Pending};
 pub(crate) use cohort_files::{cohort_files, CohortFiles};
 pub use outsums::verify as verify_output;

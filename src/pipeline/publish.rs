@@ -29,6 +29,12 @@ fn manifest_path(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("jobs").join(format!("{}.json", job_file_name(job)))
 }
 
+/// How many jobs' manifests were written since `since`: the jobs a build published.
+pub(crate) fn published_since(output: &Path, since: std::time::SystemTime) -> usize {
+    let Ok(entries) = fs::read_dir(state_dir(output).join("jobs")) else { return 0 };
+    entries.flatten().filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since)).count()
+}
+
 fn journal_path(output: &Path, job: &str) -> PathBuf {
     state_dir(output).join("journal").join(format!("{}.json", job_file_name(job)))
 }

@@ -42,6 +42,12 @@ pub struct Summary {
     pub window_days: u32,
     /// Rows read, written and rejected per table job.
     pub tables: BTreeMap<String, TableCounts>,
+    /// Table jobs (one per input table) that ended well.
+    pub table_jobs: usize,
+    /// Of the table jobs, those found unchanged and not read (their counts are the last build's).
+    pub unchanged_tables: usize,
+    /// Rows rejected by the tables read this build, by reason (see `.mimic-eye/rejects/`).
+    pub rejects_by_reason: BTreeMap<&'static str, u64>,
     /// Table jobs that failed, with the reason (their previous output is kept).
     pub failed: BTreeMap<String, String>,
     /// Tables whose input was still being written: previous output kept.
@@ -95,6 +101,58 @@ impl Summary {
         }
     }
 
+    /// What `build` prints when it ends: the headline, then what was done, kept, rejected,
+    /// missing and warned about, or that nothing changed. Counts only, never a row's value.
+    pub fn closing_text(&self, warnings: u64) -> String {
+        use std::fmt::Write as _;
+        let mut s = self.headline();
+        let _ = write!(
+            s,
+            "\ntook {:.1} s; tables: {} read, {} unchanged (not read)",
+            self.duration_seconds,
+            self.table_jobs - self.unchanged_tables,
+            self.unchanged_tables
+        );
+        for (n, what) in [
+            (self.failed.len(), "failed (previous output kept)"),
+            (self.pending.len(), "still being written (previous output kept)"),
+            (self.removed_tables.len(), "gone from the input (outputs removed)"),
+        ] {
+            if n > 0 {
+                let _ = write!(s, ", {n} {what}");
+            }
+        }
+        let total = |f: fn(&TableCounts) -> u64| self.tables.values().map(f).sum::<u64>();
+        let _ = write!(
+            s,
+            "\nrows of the tables as they stand: {} read, {} written, {} outside the cohort, {} rejected",
+            total(|c| c.read),
+            total(|c| c.written),
+            total(|c| c.outside_cohort),
+            total(|c| c.rejected)
+        );
+        if !self.rejects_by_reason.is_empty() {
+            let reasons: Vec<String> = self.rejects_by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let _ = write!(s, " (this build: {}; rows in .mimic-eye/rejects/)", reasons.join(", "));
+        }
+        for dataset in &self.missing_datasets {
+            let _ = write!(s, "\nmissing: {dataset}: {}", missing_effect(dataset));
+        }
+        if warnings > 0 {
+            let _ = write!(s, "\nwarnings: {warnings} (logged above)");
+        }
+        let placed =
+            self.files.linked + self.files.copied + self.files.reflinked + self.files.symlinked + self.files.written;
+        if self.table_jobs == self.unchanged_tables
+            && placed == self.files.kept
+            && self.failed.is_empty()
+            && self.removed_tables.is_empty()
+        {
+            s.push_str("\nnothing changed: the output is as the last build left it");
+        }
+        s
+    }
+
     /// One line for the terminal: patients, stays, images, failures.
     pub fn headline(&self) -> String {
         format!(
@@ -105,5 +163,17 @@ impl Summary {
             self.linked_images,
             self.profile.as_str()
         )
+    }
+}
+
+/// What a build without `dataset` lacks, for the closing summary.
+fn missing_effect(dataset: &str) -> &'static str {
+    match dataset {
+        "mimic-iv-ed" => "stays and linked images are 0 without it (the X-rays link to ED stays)",
+        "egd-cxr" => "EyeGaze's patients are not in the cohort",
+        "reflacx" => "REFLACX's patients are not in the cohort",
+        "mimiciv/icu" => "no ICU tables in the patient folders",
+        "mimic-cxr" => "no radiology reports in the patient folders",
+        _ => "left out",
     }
 }

@@ -138,7 +138,7 @@ fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(D
     let work = match (planner::decide(previous.as_ref(), &input, &ctx.cohort, split), previous) {
         (planner::Action::Skip, Some(prev)) => {
             tracing::debug!(table = %job.key, "unchanged: skipped");
-            Work::Skip(WriterOutcome { counts: prev.counts, ..Default::default() })
+            Work::Skip(WriterOutcome { counts: prev.counts, unchanged: true, ..Default::default() })
         }
         (planner::Action::Patients { added, removed }, Some(_)) => {
             tracing::info!(table = %job.key, added = added.len(), removed = removed.len(), "cohort changed: writing new patients only");

@@ -67,6 +67,8 @@ pub struct WriterOutcome {
     pub input_bytes: u64,
     /// Rows per patient (every patient of the cohort seen, written or kept).
     pub per_patient: BTreeMap<u64, u64>,
+    /// The planner found nothing changed: the table was not read (counts are the last build's).
+    pub unchanged: bool,
 }
 
 /// Where the record of the previous key went: grouped tables repeat keys, so this skips lookups.

@@ -44,7 +44,7 @@ pub use ids::SubjectId;
 pub use inventory::Inventory;
 pub use pipeline::{build, build_until_interrupted, split_one, BuildOptions, Interrupted, Summary};
 pub use pipeline::{lock_output, verify_output, SmallTable};
-pub use progress::ProgressBars;
+pub use progress::{LogWriter, ProgressBars};
 pub use source::{Sha256Check, Source};
 pub use sys::{init_process, peak_rss_bytes};
 pub use telemetry::bounded_text;

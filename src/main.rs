@@ -52,7 +52,8 @@ fn init_logging(format: LogFormat, level: Option<LogLevel>, default: &str) -> an
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let fmt =
+        tracing_subscriber::fmt::layer().with_writer(mimic_eye::LogWriter).with_ansi(std::io::stderr().is_terminal());
     let fmt = match format {
         LogFormat::Json => fmt.json().with_filter(filter).boxed(),
         LogFormat::Human => fmt.with_filter(filter).boxed(),

@@ -277,3 +277,58 @@ fn ctrl_c_stops_a_build_saying_what_was_kept_and_the_same_command_finishes_it() 
     run_ok(bin().args(["build", "--input"]).arg(&input).arg("--output").arg(&clean));
     assert_eq!(tree(&output), tree(&clean), "{}", text(&finished).0);
 }
+
+/// A world whose build takes a second or two: a million chartevents rows.
+fn slow_world(root: &std::path::Path) -> std::path::PathBuf {
+    let input = root.join("in");
+    synth(&input, &["--patients", "20", "--others", "20", "--chart-rows-per-patient", "25000"]);
+    input
+}
+
+#[test]
+fn off_a_terminal_a_build_prints_a_progress_line_every_few_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = slow_world(tmp.path());
+    let mut build = bin();
+    build.env("MIMIC_EYE_PROGRESS_SECONDS", "0.2").args(["build", "--input"]).arg(&input);
+    let out = run_ok(build.arg("--output").arg(tmp.path().join("out")));
+    let (_, stderr) = text(&out);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    let total = summary(&tmp.path().join("out"))["table_jobs"].as_u64().unwrap();
+    for line in &lines {
+        assert!(line.contains(" tables, ") && line.contains("MB/s, ETA "), "{line}");
+        assert!(line.contains(&format!("/{total} tables")), "{line}");
+    }
+}
+
+#[test]
+#[ignore = "needs script (util-linux) for a terminal: apt-get install bsdutils"]
+fn on_a_terminal_one_overall_bar_and_bars_for_tables_in_flight_and_logs_never_tear_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = slow_world(tmp.path());
+    let command = format!(
+        "{} build --input {} --output {}",
+        env!("CARGO_BIN_EXE_mimic-eye"),
+        input.display(),
+        tmp.path().join("out").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("MIMIC_EYE_LOG", "warn")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let screen = String::from_utf8_lossy(&out.stdout);
+    let total = summary(&tmp.path().join("out"))["table_jobs"].as_u64().unwrap();
+    assert!(screen.contains("build ["), "no overall bar");
+    assert!(screen.contains(&format!("{total}/{total} tables")), "the bar did not end at every table");
+    assert!(screen.contains("icu/chartevents ["), "no bar for the table in flight");
+    // Each log line starts on a line of its own, never after a bar's text.
+    let warnings: Vec<&str> = screen.split(['\r', '\n']).filter(|l| l.contains("WARN")).collect();
+    assert!(!warnings.is_empty(), "the world logs a warning");
+    for line in warnings {
+        assert!(!line.contains(" tables, ") && !line.contains("] "), "a log line tore a bar: {line:?}");
+    }
+}

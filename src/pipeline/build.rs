@@ -151,6 +151,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     // table is the exception, made once the tables are done.
     let (report, derived) =
         tokio::join!(run_table_jobs(&ctx, &side, &options), write_derived_tables(&ctx, stays_known));
+    ctx.progress.finish();
     let mut report = report?;
     report.merge(derived?);
     let copy_ctx = Arc::clone(&ctx);
@@ -311,6 +312,9 @@ async fn run_table_jobs(
     }
     report.removed_tables = vanished::remove_vanished(config, &ctx.integrity.sums, &planned)
         .with_context(|| format!("removing the outputs of tables gone from the input in {}", output.display()))?;
+    let runs = jobs.iter().filter(|j| !options.unstable.contains(&j.path));
+    let (count, bytes) = runs.fold((0, 0), |(n, b), j| (n + 1, b + std::fs::metadata(&j.path).map_or(0, |m| m.len())));
+    ctx.progress.begin(count, bytes);
     let semaphore = Arc::new(tokio::sync::Semaphore::new(config.parallel_tables));
     let mut set = tokio::task::JoinSet::new();
     for job in jobs {

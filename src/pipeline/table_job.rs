@@ -36,7 +36,10 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
     let reader = open_reader(&ctx, &job).await?;
     let (decision, routing) = decide(&ctx, &job, &reader)?;
     let (only_patients, kept_files) = match decision.work {
-        Work::Skip(outcome) => return Ok(outcome),
+        Work::Skip(outcome) => {
+            ctx.progress.unchanged(file_len(&job.path));
+            return Ok(outcome);
+        }
         Work::Write { only_patients, kept } => (only_patients, kept),
     };
     let header_columns = reader.header().names.len();
@@ -63,7 +66,7 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
         let _alive = alive;
         Writer::new(spec)?.run(rx, &pool)
     });
-    let ticker = spawn_ticker(&job, bar.clone(), counter, probes);
+    let ticker = spawn_ticker(&job, bar, counter, probes);
 
     let outcome = write_task.await.map_err(|e| JobError::joined("writer", &job.key, e));
     ticker.abort();
@@ -81,7 +84,6 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
             other?
         }
     };
-    bar.finish();
     check_header_fits(&job, header_columns, &outcome)?;
     if !ctx.accept_shrink {
         check_not_shrunk(&job, decision.rows_before, &outcome)?;
@@ -250,7 +252,7 @@ async fn upstream_cause(
 /// Every 200 ms: the progress bar, the progress and link-depth gauges and `/status`.
 fn spawn_ticker(
     job: &TableJob,
-    bar: indicatif::ProgressBar,
+    mut bar: crate::progress::TableBar,
     counter: Arc<std::sync::atomic::AtomicU64>,
     probes: Vec<Probe>,
 ) -> tokio::task::JoinHandle<()> {

@@ -24,6 +24,7 @@ mod layout;
 mod pipeline;
 mod progress;
 mod pyfmt;
+mod report;
 mod shutdown;
 mod source;
 mod sums;

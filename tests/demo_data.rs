@@ -95,7 +95,7 @@ fn every_demo_table_is_split_row_for_row() {
     // SHA256SUMS.txt at the top.
     for e in fs::read_dir(&output).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().to_string();
-        let known = ["spreadsheets", ".mimic-eye", "summary.json", "SHA256SUMS.txt"];
+        let known = ["spreadsheets", ".mimic-eye", "summary.json", "report.html", "SHA256SUMS.txt"];
         assert!(n.starts_with("patient_") || known.contains(&n.as_str()), "{n}");
     }
 }

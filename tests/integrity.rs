@@ -116,8 +116,9 @@ fn a_clean_mirror_is_verified_and_the_output_manifest_checks() {
     assert_eq!(paths, sorted, "not sorted by path");
     assert!(paths.contains(&"summary.json") && paths.contains(&"spreadsheets/cxr_meta.csv"));
     assert!(!paths.iter().any(|p| p.starts_with(".mimic-eye") || *p == "SHA256SUMS.txt"));
-    // tree() leaves summary.json and SHA256SUMS.txt out.
-    assert_eq!(paths.len(), tree(&out).len() + 1, "every file (and summary.json) listed");
+    // tree() leaves summary.json, report.html and SHA256SUMS.txt out.
+    assert!(paths.contains(&"report.html"));
+    assert_eq!(paths.len(), tree(&out).len() + 2, "every file (and summary.json, report.html) listed");
     let c = sha256sum_check(&out);
     assert!(c.status.success(), "sha256sum -c: {}{}", text(&c.stdout), text(&c.stderr));
     let v = verify_out(&out);
@@ -128,12 +129,17 @@ fn a_clean_mirror_is_verified_and_the_output_manifest_checks() {
         paths.len()
     )));
 
-    // A build that changes nothing: every line the same but summary.json's (its durations).
+    // A build that changes nothing: every line the same but summary.json's and report.html's
+    // (their durations).
     let again = build(&input, &out, &[]);
     assert_eq!(again["datasets"]["mimiciv"]["sha256sums"], "verified");
     let sums2 = fs::read_to_string(out.join("SHA256SUMS.txt")).unwrap();
-    let without_summary =
-        |s: &str| s.lines().filter(|l| !l.ends_with(" summary.json")).map(str::to_string).collect::<Vec<_>>();
+    let without_summary = |s: &str| {
+        s.lines()
+            .filter(|l| !l.ends_with(" summary.json") && !l.ends_with(" report.html"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(without_summary(&sums), without_summary(&sums2));
     assert_eq!(sums.lines().count(), sums2.lines().count());
     assert!(sha256sum_check(&out).status.success());

@@ -21,7 +21,7 @@ use crate::pipeline::linker::{self, Links};
 use crate::pipeline::paths;
 use crate::pipeline::publish::{self};
 use crate::pipeline::shrink;
-use crate::pipeline::summary::{CohortSummary, SourceCounts, Summary};
+use crate::pipeline::summary::{self, CohortSummary, SourceCounts, Summary};
 use crate::pipeline::table_job::run_table_job;
 use crate::pipeline::vanished;
 use crate::progress::ProgressBars;
@@ -47,44 +47,6 @@ impl BuildOptions {
     /// A one-shot build's options: nothing cancels it and no input is pending.
     pub fn one_shot(force_full: bool, accept_shrink: bool) -> Self {
         Self { force_full, accept_shrink, check_outputs: true, ..Default::default() }
-    }
-}
-
-/// What a one-shot build stopped by Ctrl-C (SIGINT) or SIGTERM left: nothing half-written is
-/// visible, the tables finished before the stop are published, the others keep their previous
-/// output.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "stopped by a signal: {published} table(s) finished and published before the stop are kept; every other table keeps its previous output, and nothing half-written is visible. The same command finishes the rest (only what is left is redone)"
-)]
-pub struct Interrupted {
-    /// Jobs published by this build before the stop.
-    pub published: usize,
-}
-
-/// A one-shot build that Ctrl-C or SIGTERM stops cleanly (see [`Interrupted`]).
-pub async fn build_until_interrupted(
-    config: Config,
-    progress: ProgressBars,
-    mut options: BuildOptions,
-) -> anyhow::Result<Summary> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let since = std::time::SystemTime::now();
-    let output = config.output.clone();
-    let (owner, token) = crate::shutdown::cancel_pair();
-    options.cancel = token;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut running = std::pin::pin!(build(config, progress, options));
-    tokio::select! {
-        result = &mut running => result,
-        _ = async { tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} } } => {
-            owner.cancel();
-            match running.await {
-                Err(e) if e.is::<Cancelled>() => Err(Interrupted { published: publish::published_since(&output, since) }.into()),
-                other => other,
-            }
-        }
     }
 }
 
@@ -168,6 +130,9 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     publish::forget_made_dirs();
     publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
+    let report = output.join(crate::report::REPORT_FILE);
+    publish::write_atomic(&report, crate::report::render(&summary, None).as_bytes())
+        .with_context(|| format!("writing {}", report.display()))?;
     let sums = output.join(crate::sums::SUMS_FILE);
     let (listed, hashed) = crate::pipeline::outsums::write(&output, &options.cancel)
         .with_context(|| format!("writing {}", sums.display()))?;
@@ -407,6 +372,8 @@ fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_kno
         eye_gaze: SourceCounts { patients: links.eye_gaze_subjects.len(), images: links.eye_gaze_dicoms.len() },
         reflacx: SourceCounts { patients: links.reflacx_subjects.len(), images: links.reflacx_dicoms.len() },
         both: SourceCounts { patients: both_subjects, images: both_dicoms },
+        images_by_view: summary::images_by_view(links),
+        links_by_rule: summary::links_by_rule(links),
         window_days: config.window_days,
         tables: report.tables,
         table_jobs: report.table_jobs,

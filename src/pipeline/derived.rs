@@ -209,7 +209,16 @@ mod tests {
 
     fn kept(row: u64, subject: u64) -> CxrRow {
         let subject = SubjectId::parse(subject.to_string().as_bytes()).unwrap();
-        CxrRow { row, subject, study: None, in_eye_gaze: false, in_reflacx: false, stay: None }
+        CxrRow {
+            row,
+            subject,
+            study: None,
+            in_eye_gaze: false,
+            in_reflacx: false,
+            stay: None,
+            by_window: false,
+            view: Default::default(),
+        }
     }
 
     /// The rows `rows` of `text` re-read through [`each_subset_row`], with the header of `first`.

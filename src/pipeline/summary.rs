@@ -17,6 +17,15 @@ pub struct CohortSummary {
     pub size: usize,
 }
 
+/// How the subset's images got their stay: one they fall in, the nearest within the window,
+/// or none.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct LinkRules {
+    pub within_stay: usize,
+    pub within_window: usize,
+    pub unlinked: usize,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct SourceCounts {
     pub patients: usize,
@@ -38,6 +47,11 @@ pub struct Summary {
     pub(crate) eye_gaze: SourceCounts,
     pub(crate) reflacx: SourceCounts,
     pub(crate) both: SourceCounts,
+    /// Images by view position, then by eye-tracking source (`eye_gaze`, `reflacx`, `both`,
+    /// `neither` for a cohort beyond them).
+    pub(crate) images_by_view: BTreeMap<&'static str, BTreeMap<&'static str, usize>>,
+    /// Images by the rule that linked them to a stay.
+    pub(crate) links_by_rule: LinkRules,
     /// The stay-link window used.
     pub window_days: u32,
     /// Rows read, written and rejected per table job.
@@ -176,4 +190,31 @@ fn missing_effect(dataset: &str) -> &'static str {
         "mimic-cxr" => "no radiology reports in the patient folders",
         _ => "left out",
     }
+}
+
+/// The subset's images by view position and eye-tracking source.
+pub(super) fn images_by_view(links: &linker::Links) -> BTreeMap<&'static str, BTreeMap<&'static str, usize>> {
+    let mut by_view: BTreeMap<&'static str, BTreeMap<&'static str, usize>> = BTreeMap::new();
+    for row in &links.cxr_rows {
+        let source = match (row.in_eye_gaze, row.in_reflacx) {
+            (true, true) => "both",
+            (true, false) => "eye_gaze",
+            (false, true) => "reflacx",
+            (false, false) => "neither",
+        };
+        *by_view.entry(row.view.label()).or_default().entry(source).or_default() += 1;
+    }
+    by_view
+}
+
+pub(super) fn links_by_rule(links: &linker::Links) -> LinkRules {
+    let mut rules = LinkRules::default();
+    for row in &links.cxr_rows {
+        match (row.stay, row.by_window) {
+            (None, _) => rules.unlinked += 1,
+            (Some(_), false) => rules.within_stay += 1,
+            (Some(_), true) => rules.within_window += 1,
+        }
+    }
+    rules
 }

@@ -151,6 +151,7 @@ async fn respond(
             (s.version, s.uptime_seconds) = (crate::version::text(), crate::version::uptime_seconds());
             ("200 OK", "application/json", serde_json::to_string_pretty(&s).unwrap_or_default())
         }
+        ("GET" | "HEAD", "/" | "/report.html") => ("200 OK", "text/html; charset=utf-8", live_report()),
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
     };
@@ -163,4 +164,11 @@ async fn respond(
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await
+}
+
+/// The daemon's page: its renderer (set by the daemon) given the status now.
+fn live_report() -> String {
+    let mut s = status().lock().map(|s| s.clone()).unwrap_or_default();
+    (s.version, s.uptime_seconds) = (crate::version::text(), crate::version::uptime_seconds());
+    super::status::page_renderer().map_or_else(|| "no page\n".to_string(), |render| render(&s))
 }

@@ -4,7 +4,7 @@
 
 mod http;
 mod process;
-mod status;
+pub(crate) mod status;
 
 pub(crate) use http::{bind, serve};
 pub(crate) use process::sample_process;

@@ -130,3 +130,15 @@ pub(crate) fn update_status(f: impl FnOnce(&mut Status)) {
         f(&mut s);
     }
 }
+
+/// Renders the page `/` serves from the status now (the daemon sets it: the last build's
+/// report, which this module does not know).
+static PAGE: OnceLock<fn(&Status) -> String> = OnceLock::new();
+
+pub(crate) fn set_page_renderer(render: fn(&Status) -> String) {
+    let _ = PAGE.set(render);
+}
+
+pub(crate) fn page_renderer() -> Option<fn(&Status) -> String> {
+    PAGE.get().copied()
+}

@@ -61,8 +61,9 @@ pub fn read_table(path: &Path) -> Vec<u8> {
     }
 }
 
-/// Every output file (relative path → `value` of it), skipping the state folder, the summary
-/// and the output's SHA256SUMS.txt (which lists the summary, so it changes with every build).
+/// Every output file (relative path → `value` of it), skipping the state folder, the summary,
+/// the report and the output's SHA256SUMS.txt (which lists the summary, so it changes with
+/// every build).
 pub fn output_files<T>(root: &Path, value: impl Fn(&Path) -> T + Copy) -> BTreeMap<PathBuf, T> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -70,7 +71,8 @@ pub fn output_files<T>(root: &Path, value: impl Fn(&Path) -> T + Copy) -> BTreeM
         for e in fs::read_dir(&dir).unwrap().flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_path_buf();
-            if rel.starts_with(".mimic-eye") || rel == Path::new("summary.json") || rel == Path::new("SHA256SUMS.txt") {
+            let report = ["summary.json", "SHA256SUMS.txt", "report.html"];
+            if rel.starts_with(".mimic-eye") || report.iter().any(|r| rel == Path::new(r)) {
                 continue;
             }
             if e.file_type().unwrap().is_dir() {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::NaiveDateTime;
 
-use super::links::{skip, CxrRow, LinkReject, LinkSettings, Links};
+use super::links::{skip, CxrRow, LinkReject, LinkSettings, Links, View};
 use super::times::{parse_datetime, pick_stay, study_time, Stay};
 use crate::cohort::CohortRule;
 use crate::ids::{DicomId, StayId, StudyId, SubjectId};
@@ -32,6 +32,8 @@ struct MetaColumns {
     study: usize,
     date: usize,
     time: usize,
+    /// Optional: a metadata file without it gives every image an unknown view.
+    view: Option<usize>,
 }
 
 impl MetaColumns {
@@ -43,6 +45,7 @@ impl MetaColumns {
             study: col("study_id")?,
             date: col("StudyDate")?,
             time: col("StudyTime")?,
+            view: header.find("ViewPosition"),
         })
     }
 }
@@ -100,6 +103,8 @@ pub(super) fn read_subset(
                 in_eye_gaze,
                 in_reflacx,
                 stay: None,
+                by_window: false,
+                view: c.view.map_or(View::Unknown, |i| View::parse(field(f, i))),
             });
             Ok(())
         })?;
@@ -160,7 +165,9 @@ pub(super) fn read_stays(
 /// Each image's stay (SPEC §3.5), and the eye-tracking images' stays by dicom.
 pub(super) fn link_stays(subset: Subset, stays: &HashMap<SubjectId, Vec<Stay>>, window_days: u32, links: &mut Links) {
     for (row, when) in links.cxr_rows.iter_mut().zip(subset.times) {
-        row.stay = when.and_then(|t| stays.get(&row.subject).and_then(|list| pick_stay(list, t, window_days)));
+        let (Some(t), Some(list)) = (when, stays.get(&row.subject)) else { continue };
+        row.stay = pick_stay(list, t, window_days);
+        row.by_window = row.stay.is_some_and(|id| list.iter().any(|s| s.stay_id == id && !s.holds(t)));
     }
     for (index, dicom) in subset.tracked {
         if let Some(stay) = links.cxr_rows[index].stay {

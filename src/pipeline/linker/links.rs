@@ -22,6 +22,43 @@ pub(crate) struct CxrRow {
     pub in_eye_gaze: bool,
     pub in_reflacx: bool,
     pub stay: Option<StayId>,
+    /// The stay was the nearest within the window, not one the study falls in.
+    pub by_window: bool,
+    pub view: View,
+}
+
+/// An image's `ViewPosition`, as a fixed vocabulary: what a report may show of it (a value
+/// outside it is counted as "other", never repeated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum View {
+    Pa,
+    Ap,
+    Lateral,
+    Other,
+    #[default]
+    Unknown,
+}
+
+impl View {
+    pub(crate) fn parse(raw: &[u8]) -> Self {
+        match raw.trim_ascii() {
+            b"PA" => View::Pa,
+            b"AP" => View::Ap,
+            b"LATERAL" | b"LL" => View::Lateral,
+            b"" => View::Unknown,
+            _ => View::Other,
+        }
+    }
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            View::Pa => "PA",
+            View::Ap => "AP",
+            View::Lateral => "lateral",
+            View::Other => "other",
+            View::Unknown => "not given",
+        }
+    }
 }
 
 /// How the linker links: the profile's time rule, the stay window, who is in the cohort, and

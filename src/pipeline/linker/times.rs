@@ -16,6 +16,13 @@ pub(super) struct Stay {
     pub outtime: Option<NaiveDateTime>,
 }
 
+impl Stay {
+    /// `intime < t < outtime` (an open end holds every time on its side).
+    pub(super) fn holds(&self, t: NaiveDateTime) -> bool {
+        self.intime.is_none_or(|i| i < t) && self.outtime.is_none_or(|o| t < o)
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS`; empty means open-ended.
 pub(super) fn parse_datetime(raw: &[u8]) -> Result<Option<NaiveDateTime>, String> {
     if raw.is_empty() {
@@ -83,8 +90,7 @@ pub(crate) fn study_datetime_column(date: &[u8], time: &[u8], profile: Profile) 
 
 /// SPEC §3.5: exactly one stay with `intime < t < outtime`; else, with a window, the one nearest.
 pub(super) fn pick_stay(stays: &[Stay], t: NaiveDateTime, window_days: u32) -> Option<StayId> {
-    let strict: Vec<&Stay> =
-        stays.iter().filter(|s| s.intime.is_none_or(|i| i < t) && s.outtime.is_none_or(|o| t < o)).collect();
+    let strict: Vec<&Stay> = stays.iter().filter(|s| s.holds(t)).collect();
     match strict.len() {
         1 => return Some(strict[0].stay_id),
         0 if window_days > 0 => {}

@@ -185,15 +185,16 @@ fn reloads_replace_the_watcher_without_leaking() {
         std::thread::sleep(Duration::from_millis(400));
     }
     d.wait_idle(60);
-    // The builds' blocking-pool threads stay up to 10 s after their last task (tokio's keep-alive):
-    // only threads still there after that are leaked.
+    // The builds' blocking-pool threads stay up to 10 s after their last task (tokio's keep-alive),
+    // and the rescans every 2 s keep a few busy when the machine is loaded: a leak per reload
+    // would leave ten more, so up to four more are the pool's, not a leak.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while threads() > before.1 + 2 && Instant::now() < deadline {
+    while threads() > before.1 + 4 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
     let after = (inotify(pid), threads(), fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count());
     assert_eq!(after.0 .1, 1, "inotify instances after 10 reloads");
-    assert!(after.1 <= before.1 + 2, "threads {} -> {} (30 s after the last reload)", before.1, after.1);
+    assert!(after.1 <= before.1 + 4, "threads {} -> {} (30 s after the last reload)", before.1, after.1);
     assert!(after.2 <= before.2 + 2, "descriptors {} -> {}", before.2, after.2);
     // A changed metrics_addr is refused aloud, not ignored.
     let text = fs::read_to_string(&d.config).unwrap();

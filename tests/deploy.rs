@@ -168,7 +168,7 @@ fn systemd_unit_verifies_and_rates_ok() {
     let unit = tmp.path().join("mimic-eye.service");
     let text = fs::read_to_string(deploy("mimic-eye.service"))
         .unwrap()
-        .replace("/usr/local/bin/mimic-eye", env!("CARGO_BIN_EXE_mimic-eye"));
+        .replace("ExecStart=mimic-eye", &format!("ExecStart={}", env!("CARGO_BIN_EXE_mimic-eye")));
     fs::write(&unit, text).unwrap();
     let out = tool("systemd-analyze").arg("verify").arg(&unit).output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

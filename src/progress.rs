@@ -154,7 +154,7 @@ impl Inner {
     fn tick_until_finished(weak: &std::sync::Weak<Inner>) {
         let (mut last_line, every) = (Instant::now(), line_every());
         loop {
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(every.min(Duration::from_millis(200)));
             let Some(this) = weak.upgrade() else { return };
             if this.finished.load(Ordering::Relaxed) {
                 return;
@@ -198,6 +198,97 @@ impl Drop for TableBar {
             i.bytes_done.fetch_add(self.total.saturating_sub(self.reported), Ordering::Relaxed);
             i.tables_done.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A long check's progress (`verify`, `inputs --verify`): files done of all, bytes, rate and
+/// ETA; a bar on a terminal, a line every few seconds elsewhere, until dropped.
+pub(crate) struct FileProgress {
+    state: Arc<FileState>,
+}
+
+struct FileState {
+    what: String,
+    total: u64,
+    done: AtomicU64,
+    bytes: AtomicU64,
+    started: Instant,
+    finished: AtomicBool,
+}
+
+impl FileState {
+    /// `120/160 files, 1.20 GiB, 900.0 MB/s, ETA 2s`.
+    fn line(&self) -> String {
+        let (done, bytes) = (self.done.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed));
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let eta = match done {
+            0 => "ETA unknown".to_string(),
+            d => format!("ETA {}", clock((elapsed / d as f64 * self.total.saturating_sub(d) as f64).ceil() as u64)),
+        };
+        format!(
+            "{done}/{} files, {}, {:.1} MB/s, {eta}",
+            self.total,
+            indicatif::HumanBytes(bytes),
+            bytes as f64 / elapsed / 1e6
+        )
+    }
+}
+
+impl FileProgress {
+    pub(crate) fn start(what: &str, total_files: u64) -> Self {
+        let state = Arc::new(FileState {
+            what: what.to_string(),
+            total: total_files,
+            done: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            started: Instant::now(),
+            finished: AtomicBool::new(false),
+        });
+        let ticker = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let bar = std::io::stderr().is_terminal().then(|| {
+                let multi = BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+                let bar = multi.add(ProgressBar::new(ticker.total));
+                let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+                bar.set_style(style);
+                bar.set_prefix(ticker.what.clone());
+                bar
+            });
+            let (mut last_line, every) = (Instant::now(), line_every());
+            while !ticker.finished.load(Ordering::Relaxed) {
+                std::thread::sleep(every.min(Duration::from_millis(200)));
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(ticker.done.load(Ordering::Relaxed));
+                        bar.set_message(ticker.line());
+                    }
+                    None if last_line.elapsed() >= every => {
+                        let _ = writeln!(std::io::stderr(), "{}: {}", ticker.what, ticker.line());
+                        last_line = Instant::now();
+                    }
+                    None => {}
+                }
+            }
+            if let Some(bar) = bar {
+                bar.set_position(ticker.done.load(Ordering::Relaxed));
+                bar.finish_with_message(ticker.line());
+            }
+        });
+        Self { state }
+    }
+
+    /// One file checked, of `bytes`.
+    pub(crate) fn file_done(&self, bytes: u64) {
+        self.state.done.fetch_add(1, Ordering::Relaxed);
+        self.state.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FileProgress {
+    fn drop(&mut self) {
+        self.state.finished.store(true, Ordering::Relaxed);
     }
 }
 

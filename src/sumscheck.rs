@@ -17,6 +17,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::progress::FileProgress;
 use crate::sums::{self, Digest};
 use crate::walk::{self, Tree};
 
@@ -129,14 +130,18 @@ impl Verification {
 
     /// Hashes the listed file `rel` of `root` (if it lies inside) and records what it found;
     /// `planned` tells, in a tree `fetch` filled, whether a file was meant to be there.
-    fn check(&mut self, root: &Path, rel: &[u8], digest: &Digest, planned: Planned<'_>) {
+    fn check(&mut self, root: &Path, rel: &[u8], digest: &Digest, planned: Planned<'_>, progress: &FileProgress) {
         self.listed += 1;
         let shown = || String::from_utf8_lossy(rel).into_owned();
         if !sums::is_plain_relative(rel) {
             self.outside.push(shown);
+            progress.file_done(0);
             return;
         }
-        match sums::hash_file(&root.join(OsStr::from_bytes(rel))) {
+        let path = root.join(OsStr::from_bytes(rel));
+        let hashed = sums::hash_file(&path);
+        progress.file_done(fs::metadata(&path).map_or(0, |m| m.len()));
+        match hashed {
             Ok(d) if d == *digest => self.ok += 1,
             Ok(_) => self.changed.push(shown),
             Err(e) if e.kind() == io::ErrorKind::NotFound && planned.is_some_and(|p| !p(rel)) => {
@@ -186,25 +191,28 @@ impl Lines {
     }
 }
 
-/// Whether the listing's paths only ever increase (what the merge needs).
-fn sorted(path: &Path) -> anyhow::Result<bool> {
+/// Whether the listing's paths only ever increase (what the merge needs), and how many it lists.
+fn sorted(path: &Path) -> anyhow::Result<(bool, u64)> {
     let mut lines = Lines::open(path)?;
     let mut scratch = Verification::default();
-    let mut last: Option<Vec<u8>> = None;
+    let (mut last, mut in_order, mut count): (Option<Vec<u8>>, bool, u64) = (None, true, 0);
     while let Some((rel, _)) = lines.next(&mut scratch)? {
-        if last.as_ref().is_some_and(|l| *l >= rel) {
-            return Ok(false);
-        }
+        count += 1;
+        in_order &= last.as_ref().is_none_or(|l| *l < rel);
         last = Some(rel);
     }
-    Ok(true)
+    Ok((in_order, count))
 }
 
 /// Re-hashes every file the listing `list` names under `root` and looks for files it does not
 /// list. The files are hashed on every core while the listing and the walk are merged here.
 pub(crate) fn verify_tree(root: &Path, list: &Path, tree: Tree, planned: Planned<'_>) -> anyhow::Result<Verification> {
-    let in_order = sorted(list)?;
-    let (mut v, hashed) = with_hashers(root, planned, |v, check| match in_order {
+    let (in_order, listed) = sorted(list)?;
+    // `verify mimiciv/2.2`: a dataset's version folder alone would say only `2.2`.
+    let tail: Vec<_> = root.components().rev().take(2).map(|c| c.as_os_str().to_string_lossy()).collect();
+    let what = format!("verify {}", tail.iter().rev().map(|c| c.as_ref()).collect::<Vec<_>>().join("/"));
+    let progress = FileProgress::start(&what, listed);
+    let (mut v, hashed) = with_hashers(root, planned, &progress, |v, check| match in_order {
         true => merge_with_walk(root, list, tree, v, check),
         false => check_unsorted(root, list, tree, v, check),
     })?;
@@ -220,6 +228,7 @@ type Job = (Vec<u8>, Digest);
 fn with_hashers(
     root: &Path,
     planned: Planned<'_>,
+    progress: &FileProgress,
     body: impl FnOnce(&mut Verification, &mut dyn FnMut(Job)) -> anyhow::Result<()>,
 ) -> anyhow::Result<(Verification, Verification)> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16);
@@ -231,7 +240,7 @@ fn with_hashers(
                 scope.spawn(move || {
                     let mut local = Verification::default();
                     while let Ok((rel, digest)) = rx.recv_blocking() {
-                        local.check(root, &rel, &digest, planned);
+                        local.check(root, &rel, &digest, planned, progress);
                     }
                     local
                 })

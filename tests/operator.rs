@@ -332,3 +332,29 @@ fn on_a_terminal_one_overall_bar_and_bars_for_tables_in_flight_and_logs_never_te
         assert!(!line.contains(" tables, ") && !line.contains("] "), "a log line tore a bar: {line:?}");
     }
 }
+
+#[test]
+fn the_readmes_demo_sample_is_what_demo_prints() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme.split_once("builds it and prints\n\n```\n").expect("the README's demo sample").1;
+    let sample = after.split_once("```").unwrap().0;
+    let (printed, _) = text(&run_ok(bin().arg("demo")));
+    assert_eq!(printed, sample, "the README's demo sample differs from what `demo` prints");
+}
+
+#[test]
+fn a_long_verify_prints_its_progress_off_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = slow_world(tmp.path());
+    let output = tmp.path().join("out");
+    run_ok(bin().args(["build", "--input"]).arg(&input).arg("--output").arg(&output));
+    let listed = fs::read_to_string(output.join("SHA256SUMS.txt")).unwrap().lines().count();
+    let out = run_ok(bin().env("MIMIC_EYE_PROGRESS_SECONDS", "0.001").args(["verify", "--output"]).arg(&output));
+    let (_, stderr) = text(&out);
+    let shown = format!("verify {}/out: ", tmp.path().file_name().unwrap().to_string_lossy());
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&shown)).collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    for line in lines {
+        assert!(line.contains(&format!("/{listed} files, ")) && line.contains("MB/s, ETA "), "{line}");
+    }
+}

@@ -15,4 +15,4 @@ bin=target/release/mimic-eye
 "$bin" completions zsh > "$assets/_mimic-eye"
 "$bin" completions fish > "$assets/mimic-eye.fish"
 command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
-cargo deb --no-build
+cargo deb --no-build --strip

@@ -88,7 +88,13 @@ fn stdout(o: &Output) -> String {
 
 /// Bytes of every file below `dir`, wget's index pages aside.
 fn bytes_below(dir: &Path) -> u64 {
-    let mut total = 0;
+    files_below(dir, |_| true).1
+}
+
+/// The files below `dir` that `keep` takes, and their bytes (index pages and fetch's record
+/// aside).
+fn files_below(dir: &Path, keep: impl Fn(&Path) -> bool) -> (u64, u64) {
+    let (mut files, mut total) = (0, 0);
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).unwrap().flatten() {
@@ -97,12 +103,13 @@ fn bytes_below(dir: &Path) -> u64 {
             }
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
-            } else if e.file_name() != "index.html" {
+            } else if e.file_name() != "index.html" && keep(&e.path()) {
+                files += 1;
                 total += e.metadata().unwrap().len();
             }
         }
     }
-    total
+    (files, total)
 }
 
 #[test]
@@ -118,11 +125,16 @@ fn fetch_gets_exactly_the_cohort_and_then_build_equals_a_build_of_the_whole_mirr
     let outside: Vec<&String> = requested.iter().filter(|p| p.contains("/files/p18/")).collect();
     assert!(outside.is_empty(), "{} files outside the cohort fetched, first {:?}", outside.len(), outside.first());
     let (got, whole) = (bytes_below(&m.input), bytes_below(&m.files));
+    let jpg = |p: &Path| p.extension().is_some_and(|e| e == "jpg");
+    let (images, mirror_images) = (files_below(&m.input, jpg).0, files_below(&m.files, jpg).0);
     println!(
-        "fetched {got} of {whole} bytes ({:.1} %), {} of the mirror's files",
+        "fetched {got} of {whole} bytes ({:.1} %), {} of the mirror's files; images {images} of {mirror_images} ({:.1} %)",
         100.0 * got as f64 / whole as f64,
-        fetched.len()
+        fetched.len(),
+        100.0 * images as f64 / mirror_images as f64
     );
+    let planned = fs::read_to_string(m.input.join(".mimic-eye-fetch/planned.txt")).unwrap_or_default();
+    assert_eq!(images as usize, planned.lines().filter(|l| l.ends_with(".jpg")).count(), "images fetched = planned");
     // The same output as a build of the whole mirror, file for file.
     let (a, b) = (m.root.join("out-fetched"), m.root.join("out-whole"));
     build(&m.input, &a, &[]);

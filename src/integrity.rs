@@ -29,7 +29,7 @@ pub(crate) struct Integrity {
     pub sums: Sums,
     record: Mutex<BTreeMap<DatasetKey, DatasetRecord>>,
     /// How copied folders' files were placed (links, copies, …).
-    pub files: Mutex<crate::pipeline::counts::FileStats>,
+    pub files: Mutex<crate::counts::FileStats>,
 }
 
 /// A dataset in the summary's `datasets`: where it was read from and whether its download

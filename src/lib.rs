@@ -10,6 +10,7 @@
 pub mod cli;
 mod cohort;
 mod config;
+pub(crate) mod counts;
 pub mod csvscan;
 mod daemon;
 mod digest;

@@ -215,11 +215,19 @@ fn split(table: PathBuf, cohort: &Path, output: PathBuf) -> anyhow::Result<()> {
     let outcome = runtime()?.block_on(mimic_eye::split_one(config, table, cohort))?;
     let secs = started.elapsed().as_secs_f64();
     let c = outcome.counts;
-    println!(
-        "{{\"rows\": {}, \"written\": {}, \"outside_cohort\": {}, \"rejected\": {}, \"input_bytes\": {}, \"seconds\": {secs:.3}, \"rows_per_second\": {:.0}, \"peak_rss_bytes\": {}, \"gzip_backend\": \"{}\"}}",
-        c.read, c.written, c.outside_cohort, c.rejected, outcome.input_bytes, c.read as f64 / secs, mimic_eye::peak_rss_bytes(),
-        mimic_eye::gzip::BACKEND
-    );
+    let rounded = |v: f64, places: i32| (v * 10f64.powi(places)).round() / 10f64.powi(places);
+    let report = serde_json::json!({
+        "rows": c.read,
+        "written": c.written,
+        "outside_cohort": c.outside_cohort,
+        "rejected": c.rejected,
+        "input_bytes": outcome.input_bytes,
+        "seconds": rounded(secs, 3),
+        "rows_per_second": rounded(c.read as f64 / secs, 0),
+        "peak_rss_bytes": mimic_eye::peak_rss_bytes(),
+        "gzip_backend": mimic_eye::gzip::BACKEND,
+    });
+    println!("{report}");
     Ok(())
 }
 
@@ -240,15 +248,17 @@ fn decode(table: &Path, sha256: bool) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     let input = source.input_read.load(std::sync::atomic::Ordering::Relaxed);
-    let digest = match source.sha256() {
-        Some(d) => format!(", \"sha256\": \"{}\"", mimic_eye::hex(&d)),
-        None => String::new(),
-    };
-    println!(
-        "{{\"input_bytes\": {input}, \"decoded_bytes\": {decoded}, \"seconds\": {secs:.3}, \"decoded_mb_per_second\": {:.0}, \"gzip_backend\": \"{}\"{digest}}}",
-        decoded as f64 / secs / 1e6,
-        mimic_eye::gzip::BACKEND
-    );
+    let mut report = serde_json::json!({
+        "input_bytes": input,
+        "decoded_bytes": decoded,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "decoded_mb_per_second": (decoded as f64 / secs / 1e6).round(),
+        "gzip_backend": mimic_eye::gzip::BACKEND,
+    });
+    if let Some(d) = source.sha256() {
+        report["sha256"] = mimic_eye::hex(&d).into();
+    }
+    println!("{report}");
     Ok(())
 }
 

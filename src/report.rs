@@ -251,7 +251,7 @@ fn tables(page: &mut String, s: &Summary) {
     page.push_str("</table>");
     if !s.rejects_by_reason.is_empty() {
         page.push_str("<p>Rejected this build, by reason: ");
-        let reasons: Vec<String> = s.rejects_by_reason.iter().map(|(r, n)| format!("{} {n}", escape(r))).collect();
+        let reasons: Vec<String> = s.rejects_by_reason.iter().map(|(r, n)| format!("{} {n}", r.label())).collect();
         page.push_str(&reasons.join(", "));
         page.push_str("</p>");
     }

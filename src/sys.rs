@@ -33,9 +33,12 @@ pub fn init_process() {
 
 /// One syncfs makes every file of the file system holding `file` durable at once, instead of
 /// an fsync per file.
-pub(crate) fn syncfs(file: &File) {
+pub(crate) fn syncfs(file: &File) -> io::Result<()> {
     // SAFETY: syncfs only reads the descriptor, which `file` keeps open for the call.
-    unsafe { libc::syncfs(file.as_raw_fd()) };
+    match unsafe { libc::syncfs(file.as_raw_fd()) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// An exclusive, non-blocking lock on `file` (released when it is closed); false if another

@@ -1,5 +1,23 @@
-//! `mimic-eye run`: the daemon. Builds, then watches the input tree and applies each change
-//! incrementally (the planner redoes only affected tables and patients), for weeks, unattended.
+//! `mimic-eye run`: the daemon. Builds, then keeps the output equal to what a clean build of
+//! the input would give, for weeks, unattended.
+//!
+//! It is a reconciler, not an event processor. An event (inotify, a rescan, SIGHUP, a checkup
+//! that finds a published file changed) only marks the state dirty; the next build compares
+//! what the input is now with what each job last recorded and redoes what differs. So a lost or
+//! coalesced event costs nothing but latency, and a restart after a crash is an ordinary build.
+//! Where each piece of "incremental" lives:
+//! - what changed in the input: [`watch`] (inotify plus rescans of the folders the last build
+//!   read, pending files held until stable) and `crate::fingerprint` (size, mtime and sampled
+//!   bytes of each table);
+//! - what a job last did: its manifest (`pipeline::manifest`, `pipeline::publish`): the input
+//!   fingerprint, settings, cohort and files it published;
+//! - what to redo: `pipeline::planner::decide` (skip, whole table, or only the patients who
+//!   joined or left), and per file `same_content` at publish (`pipeline::publish`: a rewritten
+//!   file whose bytes are unchanged is not replaced, so it keeps its inode and mtime);
+//! - copies: `pipeline::folders::copied_before` (a file copied by an earlier build is kept while
+//!   its source's identity and listed digest are unchanged);
+//! - drift behind its back: the checkup here ([`check_output_and_trim`]) stats every published
+//!   file and redoes the jobs whose files changed.
 //!
 //! Shutdown (SIGTERM, SIGINT) cancels a running build: readers stop, nothing unfinished is
 //! published, and the next start resumes from the last published state. SIGHUP reloads the
@@ -19,7 +37,8 @@ use metrics::{counter, gauge, histogram};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigFile, Overrides};
-use crate::pipeline::{self, publish, BuildOptions, Cancelled};
+use crate::pipeline::state;
+use crate::pipeline::{self, BuildOptions, Cancelled};
 use crate::progress::ProgressBars;
 use crate::shutdown::{cancel_pair, Shutdown, ShutdownTrigger};
 use crate::telemetry::{self, BuildKind, BuildResult, LastResult, Phase};
@@ -47,7 +66,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
         listen = %config.metrics_addr,
         "mimic-eye starting"
     );
-    let lock = publish::lock_output(&config.output)?;
+    let lock = state::lock_output(&config.output)?;
     let trigger = ShutdownTrigger::new();
     let alive = serve_metrics(&config, &trigger).await?;
     let (reload_tx, reload_rx) = async_channel::bounded::<()>(1);
@@ -88,8 +107,8 @@ struct Daemon {
     next_checkup: tokio::time::Instant,
     /// A build is due (inputs changed, a reload, a repair).
     dirty: bool,
-    /// The output's lock, checked before each build and checkup (see [`publish::OutputLock`]).
-    lock: publish::OutputLock,
+    /// The output's lock, checked before each build and checkup (see [`state::OutputLock`]).
+    lock: state::OutputLock,
     /// systemd's watchdog, pinged from this loop's own progress.
     watchdog: notify::Watchdog,
     first: bool,
@@ -120,7 +139,7 @@ impl Daemon {
         overrides: Overrides,
         config: Config,
         trigger: ShutdownTrigger,
-        lock: publish::OutputLock,
+        lock: state::OutputLock,
     ) -> Self {
         let (watch, events) = watch::spawn(watch_config(&config), trigger.subscribe());
         let next_checkup = next_checkup(&config, Duration::ZERO);
@@ -317,10 +336,10 @@ fn pipeline_config_keeping_listener(mut new: Config, running: &Config) -> Config
 /// stay "healthy" on an output that no longer exists.
 fn check_output(output: &Path) -> anyhow::Result<usize> {
     anyhow::ensure!(output.is_dir(), "the output folder {} was removed", output.display());
-    let damaged = publish::damaged_jobs(output);
+    let damaged = state::damaged_jobs(output);
     for job in &damaged {
         tracing::info!(job, "published files missing or changed: the job is redone");
-        publish::forget(output, job).with_context(|| format!("forgetting job {job}"))?;
+        state::forget(output, job).with_context(|| format!("forgetting job {job}"))?;
     }
     Ok(damaged.len())
 }

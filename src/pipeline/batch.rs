@@ -57,18 +57,59 @@ pub enum Defect {
 }
 
 impl Defect {
-    /// A stable label, used as the `reason` metric label.
+    /// What kind of defect, without its details: what rejects are counted by.
+    pub fn kind(self) -> DefectKind {
+        match self {
+            Defect::FieldCount { .. } => DefectKind::FieldCount,
+            Defect::UnterminatedQuote => DefectKind::UnterminatedQuote,
+            Defect::ShortIdDuplicate => DefectKind::ShortIdDuplicate,
+            Defect::ShortIdNoCandidate => DefectKind::ShortIdNoCandidate,
+            Defect::ShortIdAmbiguous => DefectKind::ShortIdAmbiguous,
+            Defect::ShortIdUnrepaired => DefectKind::ShortIdUnrepaired,
+            Defect::UnroutableSubject(_) => DefectKind::UnroutableSubject,
+            Defect::UnroutableDicom(_) => DefectKind::UnroutableDicom,
+        }
+    }
+}
+
+/// A [`Defect`]'s kind: the key of the reject counts, shown by its stable label (the `reason`
+/// metric label and summary.json's `rejects_by_reason` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DefectKind {
+    FieldCount,
+    UnterminatedQuote,
+    ShortIdDuplicate,
+    ShortIdNoCandidate,
+    ShortIdAmbiguous,
+    ShortIdUnrepaired,
+    UnroutableSubject,
+    UnroutableDicom,
+}
+
+impl DefectKind {
     pub fn label(self) -> &'static str {
         match self {
-            Defect::FieldCount { .. } => "field_count",
-            Defect::UnterminatedQuote => "unterminated_quote",
-            Defect::ShortIdDuplicate => "short_id_dropped",
-            Defect::ShortIdNoCandidate => "short_id_no_candidate",
-            Defect::ShortIdAmbiguous => "short_id_ambiguous",
-            Defect::ShortIdUnrepaired => "short_id_unrepaired",
-            Defect::UnroutableSubject(_) => "bad_subject_id",
-            Defect::UnroutableDicom(_) => "bad_dicom_id",
+            DefectKind::FieldCount => "field_count",
+            DefectKind::UnterminatedQuote => "unterminated_quote",
+            DefectKind::ShortIdDuplicate => "short_id_dropped",
+            DefectKind::ShortIdNoCandidate => "short_id_no_candidate",
+            DefectKind::ShortIdAmbiguous => "short_id_ambiguous",
+            DefectKind::ShortIdUnrepaired => "short_id_unrepaired",
+            DefectKind::UnroutableSubject => "bad_subject_id",
+            DefectKind::UnroutableDicom => "bad_dicom_id",
         }
+    }
+}
+
+impl serde::Serialize for DefectKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.label())
+    }
+}
+
+impl fmt::Display for DefectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
     }
 }
 

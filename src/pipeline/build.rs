@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::counts::TableCounts;
 use crate::input::{self};
 use crate::pipeline::context::{raise_open_file_limit, BuildContext};
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::derived::write_cxr_meta;
 use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::{self};
@@ -19,8 +19,9 @@ use crate::pipeline::folders;
 use crate::pipeline::jobs::discover_jobs;
 use crate::pipeline::linker::{self, Links};
 use crate::pipeline::paths;
-use crate::pipeline::publish::{self};
+use crate::pipeline::publish;
 use crate::pipeline::shrink;
+use crate::pipeline::state;
 use crate::pipeline::summary::{self, CohortSummary, SourceCounts, Summary};
 use crate::pipeline::table_job::run_table_job;
 use crate::pipeline::vanished;
@@ -128,10 +129,10 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     }
     let summary = summarize(&ctx, report, missing, stays_known, started);
     publish::forget_made_dirs();
-    publish::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
+    state::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
     let report = output.join(crate::report::REPORT_FILE);
-    publish::write_atomic(&report, crate::report::render(&summary, None).as_bytes())
+    state::write_atomic(&report, crate::report::render(&summary, None).as_bytes())
         .with_context(|| format!("writing {}", report.display()))?;
     let sums = output.join(crate::sums::SUMS_FILE);
     let (listed, hashed) = crate::pipeline::outsums::write(&output, &options.cancel)
@@ -152,9 +153,9 @@ fn prepare_output(output: &Path, check_outputs: bool) -> anyhow::Result<()> {
         tracing::info!(jobs = recovered, "finished publishes interrupted by a crash");
     }
     if check_outputs {
-        for job in publish::damaged_jobs(output) {
+        for job in state::damaged_jobs(output) {
             tracing::warn!(job, "published files missing or changed: the job is redone");
-            publish::forget(output, &job).with_context(|| format!("forgetting job {job}"))?;
+            state::forget(output, &job).with_context(|| format!("forgetting job {job}"))?;
         }
     }
     Ok(())
@@ -236,7 +237,7 @@ struct Report {
     table_jobs: usize,
     unchanged: usize,
     /// Rows rejected by the tables read this build, by reason.
-    rejects_by_reason: BTreeMap<&'static str, u64>,
+    rejects_by_reason: BTreeMap<crate::pipeline::batch::DefectKind, u64>,
 }
 
 impl Report {
@@ -285,7 +286,7 @@ async fn run_table_jobs(
     for job in jobs {
         if options.unstable.contains(&job.path) {
             tracing::info!(table = %job.key, "input still being written: previous output kept");
-            if let Some(m) = publish::load_manifest(output, &job.key) {
+            if let Some(m) = state::load_manifest(output, &job.key) {
                 report.tables.insert(job.key.clone(), m.counts);
             }
             report.pending.push(job.key);
@@ -304,18 +305,18 @@ async fn run_table_jobs(
                 report.table_jobs += 1;
                 report.unchanged += usize::from(outcome.unchanged);
                 for (reason, n) in &outcome.rejects_by_reason {
-                    *report.rejects_by_reason.entry(reason).or_default() += n;
+                    *report.rejects_by_reason.entry(*reason).or_default() += n;
                 }
                 report.tables.insert(key, outcome.counts);
             }
-            Ok((key, Err(e))) if e.is_cancelled() && !publish::has_journal(output, &key) => {
+            Ok((key, Err(e))) if e.is_cancelled() && !state::has_journal(output, &key) => {
                 let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
             }
             Ok((key, Err(e))) => {
                 tracing::error!(table = %key, error = %crate::telemetry::bounded_text(&e.to_string()), "table failed; its previous output is kept");
                 // What it staged is never published: free the space now, unless its publish was
                 // cut short (a failed rename): then recovery finishes it from the staging folder.
-                if !publish::has_journal(output, &key) {
+                if !state::has_journal(output, &key) {
                     let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
                 }
                 report.fail(key, &e);
@@ -340,7 +341,7 @@ async fn write_derived_tables(ctx: &Arc<BuildContext>, stays_known: bool) -> any
     .await?;
     if !stays_known {
         for job in STAY_LINKED_JOBS {
-            if let Some(m) = publish::load_manifest(&ctx.config.output, job) {
+            if let Some(m) = state::load_manifest(&ctx.config.output, job) {
                 report.tables.insert(job.to_string(), m.counts);
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::cohort::Cohort;
 use crate::config::Config;
 use crate::pipeline::linker::Links;
-use crate::pipeline::reader::{self};
+use crate::pipeline::small_table::SmallTable;
 use crate::progress::ProgressBars;
 use crate::shutdown::CancelToken;
 
@@ -26,8 +26,8 @@ pub(crate) struct BuildContext {
     pub max_open_files: usize,
     /// The linker's REFLACX phases and EyeGaze master sheet, read once and reused by the fixer
     /// and the folder sync.
-    pub reflacx_phases: Vec<reader::SmallTable>,
-    pub master_sheet: Option<reader::SmallTable>,
+    pub reflacx_phases: Vec<SmallTable>,
+    pub master_sheet: Option<SmallTable>,
     /// The datasets' SHA256SUMS.txt and what this build's reads and copies found.
     pub integrity: Arc<crate::integrity::Integrity>,
 }

@@ -4,15 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::counts::TableCounts;
 use crate::ids::SubjectId;
 use crate::pipeline::batch::{self, Batch, Origin};
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError, ReadError, ReadErrorKind};
 use crate::pipeline::linker::{study_datetime_column, CxrRow};
 use crate::pipeline::paths;
-use crate::pipeline::publish::{self, Manifest};
-use crate::pipeline::reader::{Header, SmallTable};
+use crate::pipeline::publish;
+use crate::pipeline::reader::Header;
+use crate::pipeline::small_table::SmallTable;
+use crate::pipeline::state::Manifest;
 use crate::pipeline::writer::{Route, Writer, WriterSpec};
 use crate::shutdown::CancelToken;
 use crate::source::Sha256Check;

@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cohort::Cohort;
 use crate::config::{Config, FilesMode, Profile};
+use crate::counts::TableCounts;
 use crate::fingerprint::{Fingerprint, Fnv};
 pub(crate) use crate::pipeline::copy_record::CopyRecord;
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::file_list::{ListReader, ListRef};
 use crate::pipeline::outdir;
 

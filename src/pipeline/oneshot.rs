@@ -6,7 +6,7 @@ use anyhow::Context;
 
 use crate::config::Config;
 use crate::pipeline::build::{build, BuildOptions, Cancelled};
-use crate::pipeline::publish;
+use crate::pipeline::state;
 use crate::pipeline::summary::Summary;
 use crate::progress::ProgressBars;
 
@@ -41,7 +41,7 @@ pub async fn build_until_interrupted(
         _ = async { tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} } } => {
             owner.cancel();
             match running.await {
-                Err(e) if e.is::<Cancelled>() => Err(Interrupted { published: publish::published_since(Path::new(&output), since) }.into()),
+                Err(e) if e.is::<Cancelled>() => Err(Interrupted { published: state::published_since(Path::new(&output), since) }.into()),
                 other => other,
             }
         }

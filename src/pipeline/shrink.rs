@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::layout::DatasetKey;
 use crate::pipeline::linker::LinkInputs;
 use crate::pipeline::paths;
-use crate::pipeline::publish;
+use crate::pipeline::state;
 
 /// Rows of each linker table that the last accepted build used, by `dataset/table`, and the
 /// cohort rule they were counted under.
@@ -152,7 +152,7 @@ impl LinkerRows {
         if matches!(Self::load(output), Recorded::Counts(ref before) if before == self) {
             return Ok(());
         }
-        publish::write_atomic(&Self::path(output), &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)
+        state::write_atomic(&Self::path(output), &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::config::Profile;
+use crate::counts::TableCounts;
 use crate::input::{self};
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::folders;
 use crate::pipeline::linker::{self};
 
@@ -61,7 +61,7 @@ pub struct Summary {
     /// Of the table jobs, those found unchanged and not read (their counts are the last build's).
     pub unchanged_tables: usize,
     /// Rows rejected by the tables read this build, by reason (see `.mimic-eye/rejects/`).
-    pub rejects_by_reason: BTreeMap<&'static str, u64>,
+    pub rejects_by_reason: BTreeMap<crate::pipeline::batch::DefectKind, u64>,
     /// Table jobs that failed, with the reason (their previous output is kept).
     pub failed: BTreeMap<String, String>,
     /// Tables whose input was still being written: previous output kept.
@@ -82,7 +82,7 @@ pub struct Summary {
     /// The settings that shape the output.
     pub settings: crate::integrity::Settings,
     /// How the copied folders' files were placed.
-    pub files: crate::pipeline::counts::FileStats,
+    pub files: crate::counts::FileStats,
     /// The process's peak resident memory so far.
     pub peak_rss_bytes: u64,
     pub(crate) duration_seconds: f64,

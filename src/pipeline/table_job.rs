@@ -21,8 +21,9 @@ use crate::pipeline::jobs::{routing_for, JobKind, Routing, TableJob};
 use crate::pipeline::linker::Links;
 use crate::pipeline::paths;
 use crate::pipeline::planner;
-use crate::pipeline::publish::{self, Manifest, ManifestHead};
+use crate::pipeline::publish;
 use crate::pipeline::reader::TableReader;
+use crate::pipeline::state::{self, Manifest, ManifestHead};
 use crate::pipeline::writer::{Route, Writer, WriterOutcome, WriterSpec};
 use crate::progress::ProgressBars;
 use crate::shutdown::CancelToken;
@@ -129,7 +130,7 @@ async fn open_reader(ctx: &BuildContext, job: &TableJob) -> Result<TableReader, 
 fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(Decision, Routing), JobError> {
     // Read even with --full: it says whether this table was split per patient before. Its
     // head only: an unchanged table is skipped without loading a path per patient.
-    let last = publish::load_manifest_head(&ctx.config.output, &job.key);
+    let last = state::load_manifest_head(&ctx.config.output, &job.key);
     let split_before = last.as_ref().is_some_and(ManifestHead::was_split);
     let routing = routing_for(job, reader, ctx.config.profile, split_before)?;
     let dicoms = (routing.route == Route::ByDicom).then_some(&*ctx.cohort);
@@ -146,7 +147,7 @@ fn decide(ctx: &BuildContext, job: &TableJob, reader: &TableReader) -> Result<(D
             tracing::info!(table = %job.key, added = added.len(), removed = removed.len(), "cohort changed: writing new patients only");
             // Keep the files of patients still in the cohort; drop those of patients who left.
             let gone: Vec<String> = removed.iter().map(|s| s.folder()).collect();
-            let files = publish::load_manifest(&ctx.config.output, &job.key).map(|m| m.files).unwrap_or_default();
+            let files = state::load_manifest(&ctx.config.output, &job.key).map(|m| m.files).unwrap_or_default();
             let kept = files.into_iter().filter(|f| !gone.iter().any(|g| f.starts_with(g))).collect();
             Work::Write { only_patients: Some(Arc::new(added.into_iter().collect())), kept }
         }
@@ -292,7 +293,7 @@ fn file_len(path: &std::path::Path) -> u64 {
 /// Most rows not fitting the header means it was cut short or extended: publishing would
 /// replace every patient's file with nothing. The table fails; its previous output stays.
 fn check_header_fits(job: &TableJob, columns: usize, outcome: &WriterOutcome) -> Result<(), JobError> {
-    let field_count_rejects = outcome.rejects_by_reason.get("field_count").copied().unwrap_or(0);
+    let field_count_rejects = outcome.rejects_by_reason.get(&batch::DefectKind::FieldCount).copied().unwrap_or(0);
     if field_count_rejects * 2 > outcome.counts.read {
         return Err(JobError::HeaderMismatch { path: job.path.clone(), columns, rows: outcome.counts.read });
     }

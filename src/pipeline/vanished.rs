@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::input::Module;
-use crate::pipeline::publish::{self, Manifest};
+use crate::pipeline::publish;
+use crate::pipeline::state::{self, Manifest};
 use crate::sums::Sums;
 
 /// The folders a table job's input may live in and the file name it has there without its
@@ -59,7 +60,7 @@ fn still_there(config: &Config, sums: &Sums, job: &str) -> Option<String> {
 /// really gone from the input (see the module doc); returns their keys.
 pub(super) fn remove_vanished(config: &Config, sums: &Sums, planned: &HashSet<String>) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
-    for manifest in publish::manifests(&config.output) {
+    for manifest in state::manifests(&config.output) {
         if planned.contains(&manifest.job) || source_of(config, &manifest.job).is_none() {
             continue;
         }
@@ -70,7 +71,7 @@ pub(super) fn remove_vanished(config: &Config, sums: &Sums, planned: &HashSet<St
         tracing::warn!(table = %manifest.job, files = manifest.file_count(), "table removed from the input: removing its outputs");
         // Publishing an empty file list deletes what the job had published.
         publish::publish(&config.output, Manifest { job: manifest.job.clone(), ..Default::default() })?;
-        publish::forget(&config.output, &manifest.job)?;
+        state::forget(&config.output, &manifest.job)?;
         removed.push(manifest.job);
     }
     Ok(removed)

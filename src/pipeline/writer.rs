@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::cohort::Cohort;
+use crate::counts::TableCounts;
 use crate::csvscan::write_field;
 use crate::ids::{DicomId, IdBuildHasher, SubjectId};
-use crate::pipeline::batch::{self, Batch, BatchPool, Defect, ReadMsg, Record};
-use crate::pipeline::counts::TableCounts;
+use crate::pipeline::batch::{self, Batch, BatchPool, Defect, DefectKind, ReadMsg, Record};
 use crate::pipeline::error::{At, JobError};
 use crate::pipeline::paths;
 use crate::telemetry;
@@ -63,7 +63,7 @@ pub struct WriterOutcome {
     pub counts: TableCounts,
     /// Staged files, relative to the output root.
     pub files: Vec<PathBuf>,
-    pub rejects_by_reason: BTreeMap<&'static str, u64>,
+    pub rejects_by_reason: BTreeMap<DefectKind, u64>,
     pub input_bytes: u64,
     /// Rows per patient (every patient of the cohort seen, written or kept).
     pub per_patient: BTreeMap<u64, u64>,
@@ -165,7 +165,7 @@ impl Writer {
         self.outcome.input_bytes = stats.input_bytes;
         metrics.add_bytes(stats.input_bytes);
         for (reason, n) in &self.outcome.rejects_by_reason {
-            metrics.rejected(reason, *n);
+            metrics.rejected(reason.label(), *n);
         }
         self.finish()
     }
@@ -181,7 +181,7 @@ impl Writer {
         self.outcome.counts.read += 1;
         let raw = record.span.slice(data);
         if let Some(defect) = record.defect {
-            return self.reject(record, raw, defect.label(), &defect.to_string());
+            return self.reject(record, raw, defect.kind(), &defect.to_string());
         }
         if self.spec.route == Route::Whole {
             self.write_whole(record.row, raw)?;
@@ -200,7 +200,7 @@ impl Writer {
             }
         };
         match target {
-            Target::Reject(defect) => return self.reject(record, raw, defect.label(), &defect.to_string()),
+            Target::Reject(defect) => return self.reject(record, raw, defect.kind(), &defect.to_string()),
             Target::Outside => self.outcome.counts.outside_cohort += 1,
             Target::Patient(p) => {
                 self.append_patient(p, record.row, raw)?;
@@ -347,9 +347,9 @@ impl Writer {
         Ok(())
     }
 
-    fn reject(&mut self, record: &Record, raw: &[u8], label: &'static str, reason: &str) -> Result<(), JobError> {
+    fn reject(&mut self, record: &Record, raw: &[u8], kind: DefectKind, reason: &str) -> Result<(), JobError> {
         self.outcome.counts.rejected += 1;
-        *self.outcome.rejects_by_reason.entry(label).or_default() += 1;
+        *self.outcome.rejects_by_reason.entry(kind).or_default() += 1;
         tracing::debug!(table = %self.spec.table, line = record.line, reason, "row rejected");
         if self.rejects.is_none() {
             let rel = paths::rejects_path(&self.spec.table);

@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use super::imaging::World;
 use super::spec::{Order, Rng, Subject, SynthSpec, TableOut};
-use crate::pipeline::reader::SmallTable;
+use crate::pipeline::small_table::SmallTable;
 
 const LABEVENTS: &str = "labevent_id,subject_id,hadm_id,specimen_id,itemid,order_provider_id,charttime,storetime,value,valuenum,valueuom,ref_range_lower,ref_range_upper,flag,priority,comments";
 const CHARTEVENTS: &str =

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use metrics::{counter, gauge, Counter, Gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::pipeline::counts::TableCounts;
+use crate::counts::TableCounts;
 
 pub(crate) const ROWS_READ: &str = "mimic_eye_rows_read_total";
 pub(crate) const ROWS_WRITTEN: &str = "mimic_eye_rows_written_total";

@@ -10,17 +10,18 @@ pub(super) mod reflacx;
 use std::path::{Path, PathBuf};
 
 use crate::config::Profile;
+use crate::counts::TableCounts;
 use crate::csvscan::encode_record;
 use crate::pipeline::batch::ReadMsg;
 use crate::pipeline::batch::Rejects;
 use crate::pipeline::batch::{append_rejects, batch_of};
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::derived::{write_derived, DerivedTable};
 use crate::pipeline::error::JobError;
 use crate::pipeline::linker::Links;
 use crate::pipeline::paths;
 use crate::pipeline::publish;
+use crate::pipeline::state;
 use crate::pipeline::writer::Route;
 use crate::pyfmt::python_float_repr;
 use crate::shutdown::CancelToken;
@@ -164,7 +165,7 @@ pub(crate) fn write_release_eye_gaze_copy(ctx: &BuildContext) -> Result<(), JobE
         let io = |cause| JobError::Write { path: staged.clone(), cause };
         std::fs::create_dir_all(&staging).map_err(io)?;
         std::fs::copy(&from, &staged).map_err(io)?;
-        let manifest = publish::Manifest { job: job.into(), files: vec![rel], ..Default::default() };
+        let manifest = state::Manifest { job: job.into(), files: vec![rel], ..Default::default() };
         publish::publish(&ctx.config.output, manifest).map_err(io)?;
     }
     Ok(())

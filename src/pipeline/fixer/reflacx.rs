@@ -2,7 +2,7 @@
 //! are merged to 21 classes, in the stacked metadata and in every `anomaly_location_ellipses.csv`.
 
 use crate::pipeline::batch::Origin;
-use crate::pipeline::reader::{SmallRow, SmallTable};
+use crate::pipeline::small_table::{SmallRow, SmallTable};
 
 /// Each merged class and the labels it takes (the first is the class itself).
 pub(crate) const MERGES: [(&str, &[&str]); 3] = [

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::pipeline::file_list::RecordCursor;
-use crate::pipeline::publish::{self, CopyRecord};
+use crate::pipeline::state::{self, CopyRecord};
 
 pub(super) enum CopiedBefore {
     /// No earlier publish (or `--full`), or one that copied nothing.
@@ -19,7 +19,7 @@ pub(super) enum CopiedBefore {
 impl CopiedBefore {
     /// What the last publish of `job` under `output` recorded.
     pub(super) fn load(output: &Path, job: &str) -> Self {
-        let Some(manifest) = publish::load_manifest(output, job) else { return Self::Nothing };
+        let Some(manifest) = state::load_manifest(output, job) else { return Self::Nothing };
         if !manifest.copies.is_empty() {
             return Self::Inline(manifest.copies);
         }
@@ -70,7 +70,7 @@ mod tests {
         );
         fs::write(jobs.join("files__reflacx.json"), plain).unwrap();
         assert!(matches!(CopiedBefore::load(dir.path(), "files/reflacx"), CopiedBefore::Nothing));
-        let manifest = publish::load_manifest(dir.path(), "files/reflacx").unwrap();
+        let manifest = state::load_manifest(dir.path(), "files/reflacx").unwrap();
         let paths: Vec<PathBuf> = manifest.each_file(dir.path()).unwrap().map(Result::unwrap).collect();
         assert_eq!(paths, [PathBuf::from("p/a"), PathBuf::from("p/b")]);
         // Written again under the key an older binary does not read.

@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 
 use super::copied_before::CopiedBefore;
 use crate::config::FilesMode;
+use crate::counts::TableCounts;
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::{At, JobError};
 use crate::pipeline::file_list::ListWriter;
 use crate::pipeline::paths;
 use crate::pipeline::publish;
-use crate::pipeline::publish::CopyRecord;
+use crate::pipeline::state::{self, CopyRecord};
 
 use super::place::{
     copy_recorded, is_mismatch, is_output_failure, is_unsupported, link_target, reflink, same_file, Placed,
@@ -347,7 +347,7 @@ impl<'a> FolderJob<'a> {
     pub(super) fn publish(self) -> Result<(String, TableCounts), JobError> {
         let list_path = self.list.path().to_path_buf();
         let list = self.list.finish().at(&list_path)?;
-        let manifest = publish::Manifest {
+        let manifest = state::Manifest {
             job: self.key.to_string(),
             counts: self.counts,
             file_list: Some(list),

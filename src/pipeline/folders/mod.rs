@@ -12,8 +12,8 @@
 
 use std::path::PathBuf;
 
+use crate::counts::TableCounts;
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::JobError;
 use job::FolderJob;
 

@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::FilesMode;
-use crate::pipeline::publish::{self, CopyRecord};
+use crate::pipeline::state::{self, CopyRecord};
 
 /// Possibly in place: the same inode (hard link), or a file of the same size (a copy, which
 /// `kept_copy` then checks against its record).
@@ -58,7 +58,7 @@ pub(super) fn reflink(src: &Path, dest: &Path, expected: Option<&crate::sums::Ex
     let output = fs::File::create(dest)?;
     crate::sys::clone_file(&output, &input)?;
     drop(output);
-    publish::set_output_mode(dest)?;
+    state::set_output_mode(dest)?;
     let digest = crate::sums::hash_file(dest)?;
     record.sha256 = crate::sums::hex(&digest);
     record.reflink = true;
@@ -95,7 +95,7 @@ pub(super) fn copy_recorded(
         output.write_all(&buf[..n])?;
     }
     drop(output);
-    publish::set_output_mode(dest)?;
+    state::set_output_mode(dest)?;
     let digest: crate::sums::Digest = hash.finalize().into();
     record.sha256 = crate::sums::hex(&digest);
     record.set_copy(&fs::metadata(dest)?);

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::ids::{ReflacxId, SubjectId};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::linker::Links;
-use crate::pipeline::reader::SmallTable;
+use crate::pipeline::small_table::SmallTable;
 
 use crate::input::cxr_subject_dir;
 

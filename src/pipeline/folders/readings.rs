@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::job::{sorted_entries, FolderJob};
 use crate::config::Profile;
+use crate::counts::TableCounts;
 use crate::ids::{ReflacxId, SubjectId};
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::counts::TableCounts;
 use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::reflacx;
-use crate::pipeline::reader::SmallTable;
+use crate::pipeline::small_table::SmallTable;
 
 /// REFLACX reading folders (ellipses merged in profile paper) and gaze samples, walked in the
 /// order of their output paths (the tables list readings in another): the job's file list is

@@ -11,7 +11,8 @@ use super::times::{parse_datetime, pick_stay, study_time, Stay};
 use crate::cohort::CohortRule;
 use crate::ids::{DicomId, StayId, StudyId, SubjectId};
 use crate::pipeline::error::ReadError;
-use crate::pipeline::reader::{Header, SmallTable};
+use crate::pipeline::reader::Header;
+use crate::pipeline::small_table::SmallTable;
 use crate::shutdown::CancelToken;
 use crate::source::Sha256Check;
 

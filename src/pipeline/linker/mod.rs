@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::cohort::CohortRule;
 use crate::ids::{DicomId, SubjectId};
 use crate::pipeline::error::ReadError;
-use crate::pipeline::reader::SmallTable;
+use crate::pipeline::small_table::SmallTable;
 
 use links::skip;
 pub(crate) use links::{CxrRow, LinkReject, LinkSettings, Links};

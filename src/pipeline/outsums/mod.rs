@@ -8,7 +8,7 @@
 //! Hashing a tree of thousands of images at the end of every build would cost more than the
 //! build: a cache in `.mimic-eye/sha256-cache.txt` keeps each file's digest with its size,
 //! mtime and inode, so only files that changed are read again; a copy made by this build
-//! takes the digest recorded while it was copied ([`publish::CopyRecord`]). The listing and the
+//! takes the digest recorded while it was copied ([`state::CopyRecord`]). The listing and the
 //! cache are streamed (the output walked in path order, merged with the last cache): memory
 //! does not grow with the number of output files.
 
@@ -23,7 +23,7 @@ use sha2::Digest as _;
 
 use crate::pipeline::file_list::ListReader;
 use crate::pipeline::paths;
-use crate::pipeline::publish::{self, CopyRecord};
+use crate::pipeline::state::{self, CopyRecord};
 use crate::sums::{self, Digest, SUMS_FILE};
 
 mod cache;
@@ -47,7 +47,7 @@ impl CopyDigests {
                 all.push((r.copy_ino, r.copy_mtime_ns, r.source.size, d));
             }
         };
-        for m in publish::manifests(output) {
+        for m in state::manifests(output) {
             m.copies.values().for_each(&mut add);
             // A list that cannot be read only costs hashing its copies again.
             let Some(Ok(mut list)) = m.file_list.as_ref().filter(|l| l.records).map(|l| ListReader::of(output, l))
@@ -90,7 +90,7 @@ impl AtomicFile {
 
     fn finish(self, target: &Path) -> io::Result<()> {
         let tmp = self.file.into_inner().map_err(|e| e.into_error())?;
-        publish::set_output_mode(tmp.path())?;
+        state::set_output_mode(tmp.path())?;
         tmp.as_file().sync_all()?;
         tmp.persist(target).map_err(|e| e.error)?;
         Ok(())

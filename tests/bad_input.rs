@@ -10,27 +10,19 @@ use std::process::Output;
 
 use common::*;
 
-struct World {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    input: PathBuf,
-    output: PathBuf,
-    planted: serde_json::Value,
-}
-
 fn world(rows_per_patient: u32) -> World {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let input = root.join("in");
     let rows = rows_per_patient.to_string();
-    let planted = synth(&input, &["--patients", "8", "--others", "4", "--rows-per-patient", &rows, "--plain"]);
-    World { _tmp: tmp, output: root.join("out"), root, input, planted }
+    World::synth(&["--patients", "8", "--others", "4", "--rows-per-patient", &rows, "--plain"])
 }
 
-impl World {
-    fn build(&self) -> Output {
-        bin().arg("build").arg("--input").arg(&self.input).arg("--output").arg(&self.output).output().unwrap()
-    }
+/// What only these tests ask of a world.
+trait BadInputWorld {
+    fn build_via(&self, wrapper: &[&str]) -> Output;
+    fn summary(&self) -> serde_json::Value;
+    fn assert_nothing_outside(&self);
+}
+
+impl BadInputWorld for World {
     /// The same build run through `wrapper` (setpriv, prlimit…), which ends with the binary.
     fn build_via(&self, wrapper: &[&str]) -> Output {
         std::process::Command::new(wrapper[0])
@@ -43,9 +35,6 @@ impl World {
             .env("MIMIC_EYE_LOG", "error")
             .output()
             .unwrap()
-    }
-    fn subject(&self, i: usize) -> u64 {
-        self.planted["cohort"][i].as_u64().unwrap()
     }
     fn summary(&self) -> serde_json::Value {
         summary(&self.output)

@@ -10,22 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    input: PathBuf,
-    output: PathBuf,
-    planted: serde_json::Value,
-}
-
-fn setup(args: &[&str]) -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let input = root.join("in");
-    let planted = synth(&input, args);
-    Setup { output: root.join("out"), _tmp: tmp, root, input, planted }
-}
-
 fn changed(
     before: &std::collections::BTreeMap<PathBuf, std::time::SystemTime>,
     after: &std::collections::BTreeMap<PathBuf, std::time::SystemTime>,
@@ -59,7 +43,7 @@ fn new_reading_rows(input: &Path, planted: &serde_json::Value, n: usize) -> (Str
 
 #[test]
 fn new_reflacx_patients_change_only_their_folders_and_the_affected_spreadsheets() {
-    let s = setup(&["--patients", "12", "--others", "10"]);
+    let s = World::synth(&["--patients", "12", "--others", "10"]);
     let port = free_port();
     let d = Daemon::start(&write_config(&s.root, &s.input, &s.output, port, ""), port);
     d.wait_idle(60);
@@ -118,7 +102,7 @@ fn new_reflacx_patients_change_only_their_folders_and_the_affected_spreadsheets(
 
 #[test]
 fn replacing_one_clinical_table_rewrites_only_its_changed_files() {
-    let s = setup(&["--patients", "10", "--others", "5"]);
+    let s = World::synth(&["--patients", "10", "--others", "5"]);
     let port = free_port();
     let d = Daemon::start(&write_config(&s.root, &s.input, &s.output, port, ""), port);
     d.wait_idle(60);
@@ -157,7 +141,7 @@ fn replacing_one_clinical_table_rewrites_only_its_changed_files() {
 
 #[test]
 fn a_gzip_copied_in_slowly_is_never_read_half_written() {
-    let s = setup(&["--patients", "8", "--others", "8", "--rows-per-patient", "400"]);
+    let s = World::synth(&["--patients", "8", "--others", "8", "--rows-per-patient", "400"]);
     let port = free_port();
     let d = Daemon::start(&write_config(&s.root, &s.input, &s.output, port, ""), port);
     d.wait_idle(60);
@@ -197,7 +181,7 @@ fn a_gzip_copied_in_slowly_is_never_read_half_written() {
 
 #[test]
 fn kill_dash_nine_at_random_points_then_restart_equals_a_clean_build() {
-    let s = setup(&["--patients", "40", "--others", "400", "--rows-per-patient", "1500"]);
+    let s = World::synth(&["--patients", "40", "--others", "400", "--rows-per-patient", "1500"]);
     let clean = s.root.join("clean");
     let took = build(&s.input, &clean, &[])["duration_seconds"].as_f64().unwrap();
     let clean_tree = tree(&clean);
@@ -239,7 +223,7 @@ fn kill_dash_nine_at_random_points_then_restart_equals_a_clean_build() {
 
 #[test]
 fn sigterm_during_a_build_stops_quickly_and_the_next_start_finishes() {
-    let s = setup(&["--patients", "30", "--others", "300", "--rows-per-patient", "2000"]);
+    let s = World::synth(&["--patients", "30", "--others", "300", "--rows-per-patient", "2000"]);
     let port = free_port();
     let config = write_config(&s.root, &s.input, &s.output, port, "");
     let d = Daemon::start(&config, port);
@@ -268,7 +252,7 @@ fn sigterm_during_a_build_stops_quickly_and_the_next_start_finishes() {
 
 #[test]
 fn sighup_reloads_the_config() {
-    let s = setup(&["--patients", "8", "--others", "4"]);
+    let s = World::synth(&["--patients", "8", "--others", "4"]);
     let port = free_port();
     let config = write_config(&s.root, &s.input, &s.output, port, "");
     let d = Daemon::start(&config, port);
@@ -291,7 +275,7 @@ fn sighup_reloads_the_config() {
 #[test]
 fn idle_connections_are_capped_and_timed_out() {
     use std::io::Read;
-    let s = setup(&["--patients", "4", "--others", "2"]);
+    let s = World::synth(&["--patients", "4", "--others", "2"]);
     let port = free_port();
     let config = write_config(&s.root, &s.input, &s.output, port, "");
     let d = Daemon::start(&config, port);

@@ -11,30 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-struct World {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    input: PathBuf,
-    output: PathBuf,
-    planted: serde_json::Value,
-}
-
 fn world(bulk_patients: u64) -> World {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let input = root.join("in");
     let bulk = bulk_patients.to_string();
-    let planted = synth(&input, &["--patients", "12", "--others", "12", "--plain", "--cxr-bulk-patients", &bulk]);
-    World { output: root.join("out"), _tmp: tmp, root, input, planted }
-}
-
-impl World {
-    fn daemon(&self, extra: &str) -> Daemon {
-        let port = free_port();
-        let d = Daemon::start(&write_config(&self.root, &self.input, &self.output, port, extra), port);
-        d.wait_idle(120);
-        d
-    }
+    World::synth(&["--patients", "12", "--others", "12", "--plain", "--cxr-bulk-patients", &bulk])
 }
 
 /// The inotify watches a process holds (the `inotify wd:` lines of its inotify descriptors),

@@ -20,17 +20,8 @@ fn walk(root: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-struct World {
-    _tmp: tempfile::TempDir,
-    input: std::path::PathBuf,
-    planted: serde_json::Value,
-}
-
 fn world() -> World {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    let planted = synth(&input, &["--patients", "30", "--others", "20", "--seed", "3"]);
-    World { _tmp: tmp, input, planted }
+    World::synth(&["--patients", "30", "--others", "20", "--seed", "3"])
 }
 
 #[test]

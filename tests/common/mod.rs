@@ -103,6 +103,44 @@ pub fn assert_balanced(summary: &serde_json::Value) {
     }
 }
 
+/// A synthetic input (`synth` with `args`) in a temporary folder, the output beside it:
+/// `<root>/in` and `<root>/out`.
+pub struct World {
+    pub _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub planted: serde_json::Value,
+}
+
+impl World {
+    pub fn synth(args: &[&str]) -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let input = root.join("in");
+        let planted = synth(&input, args);
+        World { output: root.join("out"), _tmp: tmp, root, input, planted }
+    }
+
+    /// `build --input <in> --output <out>`, however it ends.
+    pub fn build(&self) -> Output {
+        bin().arg("build").arg("--input").arg(&self.input).arg("--output").arg(&self.output).output().unwrap()
+    }
+
+    /// A daemon on the world, once its first build is done.
+    pub fn daemon(&self, extra: &str) -> Daemon {
+        let port = free_port();
+        let d = Daemon::start(&write_config(&self.root, &self.input, &self.output, port, extra), port);
+        d.wait_idle(120);
+        d
+    }
+
+    /// The `i`-th cohort subject synth planted.
+    pub fn subject(&self, i: usize) -> u64 {
+        self.planted["cohort"][i].as_u64().unwrap()
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

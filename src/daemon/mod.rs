@@ -305,7 +305,7 @@ impl Daemon {
 
 fn watch_config(c: &Config) -> watch::WatchConfig {
     watch::WatchConfig {
-        folders: pipeline::folders::table_folders(c),
+        folders: pipeline::read_set::table_folders(c),
         ignore: vec![c.output.clone()],
         settle: Duration::from_secs(c.settle_seconds),
         rescan: Duration::from_secs(c.rescan_seconds.max(1)),

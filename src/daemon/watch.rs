@@ -22,7 +22,7 @@ use notify::{RecursiveMode, Watcher};
 
 use super::known::Known;
 use crate::fingerprint::FileIdentity;
-use crate::pipeline::folders::WatchDir;
+use crate::pipeline::read_set::WatchDir;
 use crate::shutdown::Shutdown;
 
 /// How often pending files are looked at.

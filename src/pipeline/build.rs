@@ -12,14 +12,16 @@ use crate::config::Config;
 use crate::counts::TableCounts;
 use crate::input::{self};
 use crate::pipeline::context::{raise_open_file_limit, BuildContext};
+use crate::pipeline::derived::side_tables;
 use crate::pipeline::derived::write_cxr_meta;
 use crate::pipeline::error::JobError;
-use crate::pipeline::fixer::{self};
 use crate::pipeline::folders;
+use crate::pipeline::job_keys;
 use crate::pipeline::jobs::discover_jobs;
 use crate::pipeline::linker::{self, Links};
 use crate::pipeline::paths;
 use crate::pipeline::publish;
+use crate::pipeline::read_set;
 use crate::pipeline::shrink;
 use crate::pipeline::state;
 use crate::pipeline::summary::{self, CohortSummary, SourceCounts, Summary};
@@ -61,9 +63,6 @@ pub(crate) struct Cancelled;
 #[error("{} is still being written; the build waits for it", .0.display())]
 pub(crate) struct Pending(pub PathBuf);
 
-/// The derived jobs whose content depends on the stay links.
-const STAY_LINKED_JOBS: [&str; 3] = ["cxr_meta", "cxr_meta_with_stay_id_only", "egd-cxr/master_sheet"];
-
 /// (stays, linked images) of the last build's summary, kept while edstays is being written.
 fn previous_stay_counts(output: &Path) -> Option<(usize, usize)> {
     let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(output.join("summary.json")).ok()?).ok()?;
@@ -89,7 +88,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
     match Arc::get_mut(&mut integrity) {
         Some(i) => {
-            i.sums.add_folders(|each| folders::each_copied_folder(&config, &links, &reflacx_metadata, each));
+            i.sums.add_folders(|each| read_set::each_copied_folder(&config, &links, &reflacx_metadata, each));
         }
         None => tracing::warn!("copied files are not checked against SHA256SUMS.txt this build"),
     }
@@ -118,8 +117,8 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let mut report = report?;
     report.merge(derived?);
     let copy_ctx = Arc::clone(&ctx);
-    if let Err(e) = tokio::task::spawn_blocking(move || fixer::write_release_eye_gaze_copy(&copy_ctx)).await? {
-        report.fail("egd-cxr/eye_gaze_release_copy".into(), &e);
+    if let Err(e) = tokio::task::spawn_blocking(move || side_tables::write_release_eye_gaze_copy(&copy_ctx)).await? {
+        report.fail(job_keys::EYE_GAZE_RELEASE_COPY.into(), &e);
     }
     if stays_pending.is_some() {
         report.pending.insert(0, "mimic-iv-ed/edstays".to_string());
@@ -321,7 +320,7 @@ async fn run_table_jobs(
                 }
                 report.fail(key, &e);
             }
-            Err(e) => report.fail("internal".into(), &e),
+            Err(e) => report.fail(job_keys::FAILED_INTERNAL.into(), &e),
         }
     }
     Ok(report)
@@ -334,13 +333,13 @@ async fn write_derived_tables(ctx: &Arc<BuildContext>, stays_known: bool) -> any
     let derived_ctx = Arc::clone(ctx);
     let derived = tokio::task::spawn_blocking(move || -> Result<Vec<(String, TableCounts)>, JobError> {
         let mut v = if stays_known { write_cxr_meta(&derived_ctx)? } else { Vec::new() };
-        v.extend(fixer::write_fixed_side_tables(&derived_ctx, stays_known)?);
+        v.extend(side_tables::write_fixed_side_tables(&derived_ctx, stays_known)?);
         v.extend(folders::sync_all(&derived_ctx)?);
         Ok(v)
     })
     .await?;
     if !stays_known {
-        for job in STAY_LINKED_JOBS {
+        for job in job_keys::STAY_LINKED {
             if let Some(m) = state::load_manifest(&ctx.config.output, job) {
                 report.tables.insert(job.to_string(), m.counts);
             }
@@ -348,12 +347,12 @@ async fn write_derived_tables(ctx: &Arc<BuildContext>, stays_known: bool) -> any
     }
     match derived {
         Ok(v) => report.tables.extend(v),
-        Err(e) => report.fail("derived".into(), &e),
+        Err(e) => report.fail(job_keys::FAILED_DERIVED.into(), &e),
     }
     let damaged = ctx.integrity.mismatched_files();
     if let Some(first) = damaged.first() {
         let error = format!("{} copied file(s): {}: {}", damaged.len(), first.display(), crate::sums::MISMATCH);
-        report.fail("copied files".into(), &error);
+        report.fail(job_keys::FAILED_COPIES.into(), &error);
     }
     Ok(report)
 }
@@ -385,7 +384,7 @@ fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_kno
         missing_datasets: missing,
         removed_tables: report.removed_tables,
         skipped_files: input::skipped_files(config),
-        read_folders: folders::read_folders(ctx),
+        read_folders: read_set::read_folders(ctx),
         linker_skipped: links.warnings.clone(),
         datasets: ctx.integrity.provenance(config),
         program: crate::integrity::Program::this(),

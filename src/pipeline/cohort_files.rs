@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::input;
-use crate::pipeline::folders;
 use crate::pipeline::linker;
+use crate::pipeline::read_set;
 use crate::shutdown::CancelToken;
 use crate::source::Sha256Check;
 
@@ -45,7 +45,7 @@ pub(crate) fn cohort_files(config: &Config) -> anyhow::Result<CohortFiles> {
     };
     let (links, inputs) = linker::link(tables, settings)?;
     let mut files = CohortFiles { patients: links.cohort.len(), images: links.cxr_rows.len(), ..Default::default() };
-    folders::each_copied_folder(config, &links, &inputs.reflacx_metadata, &mut |path, recursive| {
+    read_set::each_copied_folder(config, &links, &inputs.reflacx_metadata, &mut |path, recursive| {
         files.folders.push((path.to_path_buf(), recursive));
     });
     files.folders.sort();

@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::config::Profile;
 use crate::counts::TableCounts;
 use crate::input::{self};
-use crate::pipeline::folders;
 use crate::pipeline::linker::{self};
+use crate::pipeline::read_set;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CohortSummary {
@@ -73,7 +73,7 @@ pub struct Summary {
     pub skipped_files: Vec<input::Skipped>,
     /// The folders this build read, for the daemon's watcher (not written to summary.json).
     #[serde(skip)]
-    pub read_folders: Vec<folders::WatchDir>,
+    pub read_folders: Vec<read_set::WatchDir>,
     /// Rows of the linker's tables skipped for a malformed id or time (file, line, reason).
     pub linker_skipped: Vec<linker::LinkReject>,
     /// Each parent dataset: folder, version, SHA256SUMS.txt outcome, tables read.

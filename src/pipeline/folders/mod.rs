@@ -15,16 +15,14 @@ use std::path::PathBuf;
 use crate::counts::TableCounts;
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::error::JobError;
+use crate::pipeline::job_keys;
 use job::FolderJob;
 
 mod copied_before;
 mod job;
 mod place;
-mod read_set;
 mod readings;
 mod reports;
-
-pub(crate) use read_set::{each_copied_folder, read_folders, table_folders, WatchDir};
 
 /// Syncs every copied folder of the cohort.
 pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
@@ -37,8 +35,8 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
 /// Chest X-ray study folders and their reports, for each study of the subset.
 fn sync_studies(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
     let d = &ctx.config.datasets;
-    let mut jpg = FolderJob::new(ctx, "files/cxr-jpg")?;
-    let mut reports = FolderJob::new(ctx, "files/cxr-reports")?;
+    let mut jpg = FolderJob::new(ctx, job_keys::CXR_JPG)?;
+    let mut reports = FolderJob::new(ctx, job_keys::CXR_REPORTS)?;
     let mut source = reports::Reports::open(crate::input::ReportsForm::of(&ctx.config), &ctx.integrity)?;
     for (subject, study) in &ctx.links.studies {
         let sdir = crate::input::cxr_subject_dir(*subject);
@@ -58,7 +56,7 @@ fn sync_studies(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobErr
 
 /// EyeGaze audio, transcript and mask folders of each patient's images, in output path order.
 fn sync_transcripts(ctx: &BuildContext) -> Result<(String, TableCounts), JobError> {
-    let mut transcripts = FolderJob::new(ctx, "files/eye-gaze-transcripts")?;
+    let mut transcripts = FolderJob::new(ctx, job_keys::EYE_GAZE_TRANSCRIPTS)?;
     let root = ctx.config.datasets.egd_cxr.join("audio_segmentation_transcripts");
     let mut walks: Vec<(PathBuf, PathBuf)> = Vec::new();
     for dicom in &ctx.links.eye_gaze_dicoms {

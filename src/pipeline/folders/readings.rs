@@ -11,6 +11,7 @@ use crate::ids::{ReflacxId, SubjectId};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::reflacx;
+use crate::pipeline::job_keys;
 use crate::pipeline::small_table::SmallTable;
 
 /// REFLACX reading folders (ellipses merged in profile paper) and gaze samples, walked in the
@@ -18,7 +19,7 @@ use crate::pipeline::small_table::SmallTable;
 /// then written in order, and the last build's copy records read forward.
 pub(super) fn sync_readings(ctx: &BuildContext) -> Result<(String, TableCounts), JobError> {
     let d = &ctx.config.datasets;
-    let mut readings = FolderJob::new(ctx, "files/reflacx")?;
+    let mut readings = FolderJob::new(ctx, job_keys::REFLACX_READINGS)?;
     let mut walks: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     for table in &ctx.reflacx_phases {
         let phase = &table.path;

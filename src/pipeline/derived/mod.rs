@@ -1,6 +1,8 @@
 //! Derived tables, made in memory from the linker's small tables and written through the same
 //! writer: cxr_meta (with the stay links), the stacked REFLACX metadata, the master sheet.
 
+pub(super) mod side_tables;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,6 +11,7 @@ use crate::ids::SubjectId;
 use crate::pipeline::batch::{self, Batch, Origin};
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::error::{At, JobError, ReadError, ReadErrorKind};
+use crate::pipeline::job_keys;
 use crate::pipeline::linker::{study_datetime_column, CxrRow};
 use crate::pipeline::paths;
 use crate::pipeline::publish;
@@ -112,21 +115,24 @@ pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCou
         rejects_not_kept,
     };
     let meta_table = table(
-        "cxr_meta",
+        job_keys::CXR_META,
         Route::BySubject,
         Some("CXR-JPG/cxr_meta.csv"),
         "spreadsheets/cxr_meta.csv",
         links.cxr_rejects.not_kept,
     );
     let stay_table =
-        table("cxr_meta_with_stay_id_only", Route::Whole, None, "spreadsheets/cxr_meta_with_stay_id_only.csv", 0);
+        table(job_keys::CXR_META_STAY_ONLY, Route::Whole, None, "spreadsheets/cxr_meta_with_stay_id_only.csv", 0);
     let mut meta = DerivedWriter::open(ctx, meta_table, header.clone())?;
     let mut stay_only = DerivedWriter::open(ctx, stay_table, header)?;
     rewrite_subset(ctx, &mut meta.writer, &mut stay_only.writer)?;
     let mut rejects = Batch::default();
     batch::append_rejects(&mut rejects, &links.cxr_rejects);
     meta.writer.write_batch(&rejects)?;
-    Ok(vec![("cxr_meta".into(), meta.publish(ctx)?), ("cxr_meta_with_stay_id_only".into(), stay_only.publish(ctx)?)])
+    Ok(vec![
+        (job_keys::CXR_META.into(), meta.publish(ctx)?),
+        (job_keys::CXR_META_STAY_ONLY.into(), stay_only.publish(ctx)?),
+    ])
 }
 
 /// Re-reads the CXR metadata and writes the linker's rows of it, in batches, to `all` and

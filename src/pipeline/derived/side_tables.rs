@@ -1,0 +1,155 @@
+//! The side tables, fixed whole in memory and written through the same writer as the streamed
+//! ones: the stacked REFLACX metadata and the EyeGaze master sheet with updated stays (SPEC §4),
+//! and profile release's copy of the published fixations table.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Profile;
+use crate::counts::TableCounts;
+use crate::csvscan::encode_record;
+use crate::pipeline::batch::Rejects;
+use crate::pipeline::batch::{append_rejects, batch_of};
+use crate::pipeline::context::BuildContext;
+use crate::pipeline::derived::{write_derived, DerivedTable};
+use crate::pipeline::error::JobError;
+use crate::pipeline::fixer::reflacx;
+use crate::pipeline::job_keys;
+use crate::pipeline::paths;
+use crate::pipeline::publish;
+use crate::pipeline::state;
+use crate::pipeline::writer::Route;
+use crate::pyfmt::python_float_repr;
+
+fn field(fields: &[Vec<u8>], i: usize) -> &[u8] {
+    fields.get(i).map_or(&[][..], Vec::as_slice)
+}
+
+/// What the side-table writers return: each job with its counts.
+type Written = Vec<(String, TableCounts)>;
+
+/// The fixed small tables: stacked REFLACX metadata and the EyeGaze master sheet.
+/// `stays_known`: false while edstays is being written; the master sheet, whose stay_id comes
+/// from the links, then keeps its previous output.
+pub(crate) fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<Written, JobError> {
+    let mut done = Vec::new();
+    let phases = &ctx.reflacx_phases;
+    if let Some(first) = phases.first() {
+        let mut table = reflacx::stack(phases);
+        if ctx.config.profile == Profile::Paper {
+            table = reflacx::merge(&table, reflacx::max_certainty);
+        }
+        let mut rejects = Rejects::default();
+        phases.iter().for_each(|p| rejects.extend(&p.rejects));
+        done.push((
+            "reflacx/metadata".to_string(),
+            write_columns(
+                ctx,
+                by_subject(
+                    "reflacx/metadata",
+                    &first.path,
+                    "REFLACX/metadata.csv",
+                    "spreadsheets/REFLACX/metadata.csv",
+                ),
+                &table,
+                &rejects,
+                "subject_id",
+            )?,
+        ));
+    }
+    if let Some(sheet) = ctx.master_sheet.as_ref().filter(|_| stays_known) {
+        let path = &sheet.path;
+        let d = sheet.require("dicom_id")?;
+        let s = sheet.require("stay_id")?;
+        let mut table = reflacx::Columns::of(sheet);
+        for fields in &mut table.rows {
+            let stay = crate::ids::DicomId::parse(field(fields, d))
+                .ok()
+                .and_then(|dicom| ctx.links.stays_by_dicom.get(&dicom).copied());
+            let value = match (ctx.config.profile, stay) {
+                (Profile::Paper, Some(id)) => id.to_string(),
+                (Profile::Paper, None) => String::new(),
+                (Profile::Release, Some(id)) => python_float_repr(id.get() as f64),
+                (Profile::Release, None) => "nan".to_string(),
+            };
+            if let Some(f) = fields.get_mut(s) {
+                *f = value.into_bytes();
+            }
+        }
+        done.push((
+            job_keys::MASTER_SHEET.to_string(),
+            write_columns(
+                ctx,
+                by_subject(
+                    job_keys::MASTER_SHEET,
+                    path,
+                    "EyeGaze/master_sheet.csv",
+                    "spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv",
+                ),
+                &table,
+                &sheet.rejects,
+                "patient_id",
+            )?,
+        ));
+    }
+    Ok(done)
+}
+
+/// Profile release: the released build wrote fixations.csv where the whole eye_gaze table
+/// belonged, so `spreadsheets/EyeGaze/eye_gaze.csv` is a copy of the published fixations table
+/// (run after the table jobs: it reads their output).
+pub(crate) fn write_release_eye_gaze_copy(ctx: &BuildContext) -> Result<(), JobError> {
+    if ctx.config.profile != Profile::Release {
+        return Ok(());
+    }
+    let from = ctx.config.output.join("spreadsheets/EyeGaze/fixations.csv");
+    if from.exists() {
+        let job = job_keys::EYE_GAZE_RELEASE_COPY;
+        let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
+        let staging = paths::staging_dir(&ctx.config.output, job);
+        let staged = paths::staged_path(&staging, &rel);
+        let io = |cause| JobError::Write { path: staged.clone(), cause };
+        std::fs::create_dir_all(&staging).map_err(io)?;
+        std::fs::copy(&from, &staged).map_err(io)?;
+        let manifest = state::Manifest { job: job.into(), files: vec![rel], ..Default::default() };
+        publish::publish(&ctx.config.output, manifest).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// A table written per patient (`patient_file` in each folder) and whole (`whole_file`).
+fn by_subject<'a>(job: &'a str, source: &'a Path, patient_file: &str, whole_file: &str) -> DerivedTable<'a> {
+    DerivedTable {
+        job,
+        source,
+        route: Route::BySubject,
+        patient_file: Some(PathBuf::from(patient_file)),
+        whole_file: Some(PathBuf::from(whole_file)),
+        rejects_not_kept: 0,
+    }
+}
+
+/// Writes a decoded table split by `key` (a subject id column) and whole; the index column is
+/// the row's number in its own source file (each REFLACX phase starts at 0, as the authors'
+/// build wrote it).
+fn write_columns(
+    ctx: &BuildContext,
+    target: DerivedTable<'_>,
+    table: &reflacx::Columns,
+    rejects: &Rejects,
+    key: &str,
+) -> Result<TableCounts, JobError> {
+    let k = table.names.iter().position(|n| n.eq_ignore_ascii_case(key));
+    let names: Vec<Vec<u8>> = table.names.iter().map(|n| n.as_bytes().to_vec()).collect();
+    let header = encode_record(&names);
+    let keys: Vec<Vec<u8>> = table.rows.iter().map(|r| k.map(|k| field(r, k).to_vec()).unwrap_or_default()).collect();
+    let mut batch = batch_of(
+        table
+            .rows
+            .iter()
+            .zip(&table.origins)
+            .zip(&keys)
+            .map(|((r, origin), key)| (*origin, encode_record(r), key.as_slice())),
+    );
+    append_rejects(&mut batch, rejects);
+    write_derived(ctx, DerivedTable { rejects_not_kept: rejects.not_kept, ..target }, header, batch)
+}

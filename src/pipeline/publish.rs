@@ -235,3 +235,58 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
     });
     Ok(redone)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::paths::staged_path;
+    use std::path::PathBuf;
+
+    /// A job `hosp/t` with `files` staged (each holding `content`).
+    fn stage(output: &Path, files: &[&str], content: &str) -> Manifest {
+        let staging = staging_dir(output, "hosp/t");
+        fs::create_dir_all(&staging).unwrap();
+        for f in files {
+            fs::write(staged_path(&staging, Path::new(f)), content).unwrap();
+        }
+        Manifest { job: "hosp/t".into(), files: files.iter().map(PathBuf::from).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_publish_puts_staged_files_in_place_and_removes_what_the_job_no_longer_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        publish(out, stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "old")).unwrap();
+        assert_eq!(fs::read_to_string(out.join("patient_2/Hosp/t.csv")).unwrap(), "old");
+        publish(out, stage(out, &["patient_1/Hosp/t.csv"], "new")).unwrap();
+        assert_eq!(fs::read_to_string(out.join("patient_1/Hosp/t.csv")).unwrap(), "new");
+        assert!(
+            !out.join("patient_2").exists(),
+            "the file the job no longer makes, and its emptied folder, are removed"
+        );
+        assert!(!staging_dir(out, "hosp/t").exists() && !journal_path(out, "hosp/t").exists());
+        assert_eq!(load_manifest(out, "hosp/t").unwrap().files, vec![PathBuf::from("patient_1/Hosp/t.csv")]);
+    }
+
+    #[test]
+    fn recovery_finishes_a_publish_cut_short_after_its_journal_and_drops_one_cut_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        publish(out, stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "old")).unwrap();
+        // A crash after the journal and one rename: recovery renames the rest.
+        let manifest = sorted(stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "new"));
+        write_json_atomic(&journal_path(out, "hosp/t"), &manifest).unwrap();
+        let staging = staging_dir(out, "hosp/t");
+        fs::rename(staged_path(&staging, Path::new("patient_1/Hosp/t.csv")), out.join("patient_1/Hosp/t.csv")).unwrap();
+        assert_eq!(recover(out).unwrap(), 1);
+        for p in ["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"] {
+            assert_eq!(fs::read_to_string(out.join(p)).unwrap(), "new", "{p}");
+        }
+        assert!(!journal_path(out, "hosp/t").exists());
+        // A crash before the journal: the staged files are thrown away, the output stays.
+        stage(out, &["patient_1/Hosp/t.csv"], "newer");
+        assert_eq!(recover(out).unwrap(), 0);
+        assert_eq!(fs::read_to_string(out.join("patient_1/Hosp/t.csv")).unwrap(), "new");
+        assert!(!staging.exists());
+    }
+}

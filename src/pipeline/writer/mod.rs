@@ -421,3 +421,6 @@ pub(super) fn push_line(out: &mut Vec<u8>, index_column: bool, row: u64, raw: &[
     out.extend_from_slice(raw);
     out.push(b'\n');
 }
+
+#[cfg(test)]
+mod tests;

@@ -308,16 +308,10 @@ async fn run_table_jobs(
                 }
                 report.tables.insert(key, outcome.counts);
             }
-            Ok((key, Err(e))) if e.is_cancelled() && !state::has_journal(output, &key) => {
-                let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
-            }
+            // A stopped or failed job's staging folder went with it (see `Staging`).
+            Ok((_, Err(e))) if e.is_cancelled() => {}
             Ok((key, Err(e))) => {
                 tracing::error!(table = %key, error = %crate::telemetry::bounded_text(&e.to_string()), "table failed; its previous output is kept");
-                // What it staged is never published: free the space now, unless its publish was
-                // cut short (a failed rename): then recovery finishes it from the staging folder.
-                if !state::has_journal(output, &key) {
-                    let _ = std::fs::remove_dir_all(paths::staging_dir(output, &key));
-                }
                 report.fail(key, &e);
             }
             Err(e) => report.fail(job_keys::FAILED_INTERNAL.into(), &e),

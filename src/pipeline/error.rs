@@ -56,6 +56,9 @@ pub(crate) enum JobError {
     /// An input folder or file that is there but cannot be read.
     #[error("reading {}: {cause}", path.display())]
     Input { path: PathBuf, cause: io::Error },
+    /// The cause names the file a rename, removal or record failed on.
+    #[error("publishing {job}: {cause}")]
+    Publish { job: String, cause: io::Error },
     #[error(
         "{}: the header has {columns} columns but most of the {rows} data rows have another number: the header does not fit the data",
         path.display()

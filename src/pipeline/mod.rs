@@ -37,6 +37,7 @@ pub(crate) mod read_set;
 pub(crate) mod reader;
 mod shrink;
 pub(crate) mod small_table;
+mod staging;
 pub(crate) mod state;
 pub(crate) mod summary;
 mod table_job;

@@ -15,7 +15,7 @@ use crate::ids::SubjectId;
 use crate::input::{self, Module};
 use crate::pipeline::batch::{self, ReadMsg};
 use crate::pipeline::context::{raise_open_file_limit, BuildContext};
-use crate::pipeline::error::{At, JobError};
+use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::FixKind;
 use crate::pipeline::jobs::{routing_for, JobKind, Routing, TableJob};
 use crate::pipeline::linker::Links;
@@ -23,6 +23,7 @@ use crate::pipeline::paths;
 use crate::pipeline::planner;
 use crate::pipeline::publish;
 use crate::pipeline::reader::TableReader;
+use crate::pipeline::staging::Staging;
 use crate::pipeline::state::{self, Manifest, ManifestHead};
 use crate::pipeline::writer::{Route, Writer, WriterOutcome, WriterSpec};
 use crate::progress::ProgressBars;
@@ -44,7 +45,8 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
         Work::Write { only_patients, kept } => (only_patients, kept),
     };
     let header_columns = reader.header().names.len();
-    let spec = writer_spec(&ctx, &job, &reader, &routing, only_patients);
+    let staging = Staging::fresh(&ctx.config.output, &job.key)?;
+    let spec = writer_spec(&ctx, &job, &reader, &routing, only_patients, staging.dir());
 
     // The topology: reader → [fixer] → writer, each actor on a blocking thread, and a ticker
     // that reports the job's progress and the links' depths.
@@ -92,7 +94,7 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
     outcome.files.extend(kept_files);
     outcome.files.sort();
     outcome.files.dedup();
-    publish_job(&ctx, &job, decision.input, decision.split, &mut outcome).await?;
+    publish_job(&ctx, &job, staging, decision.input, decision.split, &mut outcome).await?;
     tracing::info!(
         table = %job.key, read = outcome.counts.read, written = outcome.counts.written,
         outside = outcome.counts.outside_cohort, rejected = outcome.counts.rejected,
@@ -162,9 +164,8 @@ fn writer_spec(
     reader: &TableReader,
     routing: &Routing,
     only_patients: Option<Arc<HashSet<SubjectId>>>,
+    staging: &std::path::Path,
 ) -> WriterSpec {
-    let staging = paths::staging_dir(&ctx.config.output, &job.key);
-    let _ = std::fs::remove_dir_all(&staging);
     WriterSpec {
         table: job.key.clone(),
         source: job.path.clone(),
@@ -175,7 +176,7 @@ fn writer_spec(
         // A patients-only pass leaves the whole-table file (same input) as it is.
         whole_file: if only_patients.is_some() { None } else { routing.whole_file.clone() },
         cohort: Arc::clone(&ctx.cohort),
-        staging,
+        staging: staging.to_path_buf(),
         max_open_files: ctx.max_open_files,
         only_patients,
     }
@@ -316,6 +317,7 @@ fn check_not_shrunk(job: &TableJob, before: Option<u64>, outcome: &WriterOutcome
 async fn publish_job(
     ctx: &BuildContext,
     job: &TableJob,
+    staging: Staging,
     input: planner::InputKey,
     split: bool,
     outcome: &mut WriterOutcome,
@@ -333,11 +335,9 @@ async fn publish_job(
         copies: Default::default(),
         file_list: None,
     };
-    let output = ctx.config.output.clone();
-    tokio::task::spawn_blocking(move || publish::publish(&output, manifest))
+    tokio::task::spawn_blocking(move || staging.publish(manifest))
         .await
         .map_err(|e| JobError::joined("publish", &job.key, e))?
-        .at(&ctx.config.output)
 }
 
 /// Splits one table by `subject_id` for a cohort, through the same table job as a build

@@ -10,13 +10,12 @@ use crate::counts::TableCounts;
 use crate::ids::SubjectId;
 use crate::pipeline::batch::{self, Batch, Origin};
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::error::{At, JobError, ReadError, ReadErrorKind};
+use crate::pipeline::error::{JobError, ReadError, ReadErrorKind};
 use crate::pipeline::job_keys;
 use crate::pipeline::linker::{study_datetime_column, CxrRow};
-use crate::pipeline::paths;
-use crate::pipeline::publish;
 use crate::pipeline::reader::Header;
 use crate::pipeline::small_table::SmallTable;
+use crate::pipeline::staging::Staging;
 use crate::pipeline::state::Manifest;
 use crate::pipeline::writer::{Route, Writer, WriterSpec};
 use crate::shutdown::CancelToken;
@@ -46,21 +45,21 @@ pub(super) fn write_derived(
 ) -> Result<TableCounts, JobError> {
     let mut writer = DerivedWriter::open(ctx, table, header)?;
     writer.writer.write_batch(&rows)?;
-    writer.publish(ctx)
+    writer.publish()
 }
 
 /// A derived table being written: its writer, then its publish as one job.
 struct DerivedWriter {
     job: String,
     writer: Writer,
+    staging: Staging,
     rejects_not_kept: u64,
 }
 
 impl DerivedWriter {
     fn open(ctx: &BuildContext, table: DerivedTable<'_>, header: Vec<u8>) -> Result<Self, JobError> {
         let DerivedTable { job, source, route, patient_file, whole_file, rejects_not_kept } = table;
-        let staging = paths::staging_dir(&ctx.config.output, job);
-        let _ = std::fs::remove_dir_all(&staging);
+        let staging = Staging::fresh(&ctx.config.output, job)?;
         let spec = WriterSpec {
             table: job.to_string(),
             source: source.to_path_buf(),
@@ -70,15 +69,15 @@ impl DerivedWriter {
             patient_file,
             whole_file,
             cohort: Arc::clone(&ctx.cohort),
-            staging,
+            staging: staging.dir().to_path_buf(),
             max_open_files: ctx.max_open_files,
             only_patients: None,
         };
-        Ok(Self { job: job.to_string(), writer: Writer::new(spec)?, rejects_not_kept })
+        Ok(Self { job: job.to_string(), writer: Writer::new(spec)?, staging, rejects_not_kept })
     }
 
-    fn publish(self, ctx: &BuildContext) -> Result<TableCounts, JobError> {
-        let Self { job, writer, rejects_not_kept } = self;
+    fn publish(self) -> Result<TableCounts, JobError> {
+        let Self { job, writer, staging, rejects_not_kept } = self;
         let mut outcome = writer.finish()?;
         if rejects_not_kept > 0 {
             tracing::warn!(
@@ -90,7 +89,7 @@ impl DerivedWriter {
             outcome.counts.rejected += rejects_not_kept;
         }
         let manifest = Manifest { job, files: outcome.files, counts: outcome.counts, ..Default::default() };
-        publish::publish(&ctx.config.output, manifest).at(&ctx.config.output)?;
+        staging.publish(manifest)?;
         Ok(outcome.counts)
     }
 }
@@ -129,10 +128,7 @@ pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCou
     let mut rejects = Batch::default();
     batch::append_rejects(&mut rejects, &links.cxr_rejects);
     meta.writer.write_batch(&rejects)?;
-    Ok(vec![
-        (job_keys::CXR_META.into(), meta.publish(ctx)?),
-        (job_keys::CXR_META_STAY_ONLY.into(), stay_only.publish(ctx)?),
-    ])
+    Ok(vec![(job_keys::CXR_META.into(), meta.publish()?), (job_keys::CXR_META_STAY_ONLY.into(), stay_only.publish()?)])
 }
 
 /// Re-reads the CXR metadata and writes the linker's rows of it, in batches, to `all` and

@@ -15,7 +15,7 @@ use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::reflacx;
 use crate::pipeline::job_keys;
 use crate::pipeline::paths;
-use crate::pipeline::publish;
+use crate::pipeline::staging::Staging;
 use crate::pipeline::state;
 use crate::pipeline::writer::Route;
 use crate::pyfmt::python_float_repr;
@@ -105,13 +105,10 @@ pub(crate) fn write_release_eye_gaze_copy(ctx: &BuildContext) -> Result<(), JobE
     if from.exists() {
         let job = job_keys::EYE_GAZE_RELEASE_COPY;
         let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
-        let staging = paths::staging_dir(&ctx.config.output, job);
-        let staged = paths::staged_path(&staging, &rel);
-        let io = |cause| JobError::Write { path: staged.clone(), cause };
-        std::fs::create_dir_all(&staging).map_err(io)?;
-        std::fs::copy(&from, &staged).map_err(io)?;
-        let manifest = state::Manifest { job: job.into(), files: vec![rel], ..Default::default() };
-        publish::publish(&ctx.config.output, manifest).map_err(io)?;
+        let staging = Staging::fresh(&ctx.config.output, job)?;
+        let staged = paths::staged_path(staging.dir(), &rel);
+        std::fs::copy(&from, &staged).map_err(|cause| JobError::Write { path: staged.clone(), cause })?;
+        staging.publish(state::Manifest { job: job.into(), files: vec![rel], ..Default::default() })?;
     }
     Ok(())
 }

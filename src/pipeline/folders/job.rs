@@ -14,7 +14,7 @@ use crate::pipeline::context::BuildContext;
 use crate::pipeline::error::{At, JobError};
 use crate::pipeline::file_list::ListWriter;
 use crate::pipeline::paths;
-use crate::pipeline::publish;
+use crate::pipeline::staging::Staging;
 use crate::pipeline::state::{self, CopyRecord};
 
 use super::place::{
@@ -52,7 +52,7 @@ impl Kept {
 pub(super) struct FolderJob<'a> {
     pub(super) ctx: &'a BuildContext,
     key: &'static str,
-    staging: PathBuf,
+    staging: Staging,
     input_root: PathBuf,
     /// What the job placed, with the records of its copies, streamed to disk (377,000 images
     /// in a `cxr` cohort).
@@ -67,11 +67,7 @@ pub(super) struct FolderJob<'a> {
 
 impl<'a> FolderJob<'a> {
     pub(super) fn new(ctx: &'a BuildContext, key: &'static str) -> Result<Self, JobError> {
-        let staging = paths::staging_dir(&ctx.config.output, key);
-        let _ = fs::remove_dir_all(&staging);
-        // A staging folder that cannot be made fails the job (every file would be "not copied"
-        // and the job published empty, deleting its outputs).
-        fs::create_dir_all(&staging).at(&staging)?;
+        let staging = Staging::fresh(&ctx.config.output, key)?;
         let input_root = fs::canonicalize(&ctx.config.input).unwrap_or_else(|_| ctx.config.input.clone());
         let copied_before = match ctx.force_full {
             true => CopiedBefore::Nothing,
@@ -165,7 +161,7 @@ impl<'a> FolderJob<'a> {
         self.counts.read += 1;
         let mode = self.ctx.config.files;
         let final_path = self.ctx.config.output.join(dest);
-        let staged = paths::staged_path(&self.staging, dest);
+        let staged = paths::staged_path(self.staging.dir(), dest);
         let final_is_link = fs::symlink_metadata(&final_path).is_ok_and(|m| m.file_type().is_symlink());
         // What is in place and left as it is, if anything.
         let mut kept: Option<Kept> = None;
@@ -353,7 +349,7 @@ impl<'a> FolderJob<'a> {
             file_list: Some(list),
             ..Default::default()
         };
-        publish::publish(&self.ctx.config.output, manifest).at(&self.ctx.config.output)?;
+        self.staging.publish(manifest)?;
         Ok((self.key.to_string(), self.counts))
     }
 }

@@ -105,6 +105,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
         reflacx_phases: reflacx_metadata,
         master_sheet,
         integrity: Arc::clone(&integrity),
+        dirs: Arc::default(),
     });
     let stays_known = stays_pending.is_none();
     // The derived tables and copied folders need the links, not the table jobs' outputs: they
@@ -127,7 +128,6 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
         return Err(Cancelled.into());
     }
     let summary = summarize(&ctx, report, missing, stays_known, started);
-    publish::forget_made_dirs();
     state::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
     let report = output.join(crate::report::REPORT_FILE);
@@ -144,7 +144,6 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
 /// jobs whose published files were removed or changed behind the build's back are forgotten,
 /// so that this build redoes them (a `stat` per published file).
 fn prepare_output(output: &Path, check_outputs: bool) -> anyhow::Result<()> {
-    publish::forget_made_dirs();
     std::fs::create_dir_all(paths::state_dir(output))
         .with_context(|| format!("creating output directory {}", output.display()))?;
     let recovered = publish::recover(output).context("recovering interrupted publishes")?;
@@ -275,7 +274,7 @@ async fn run_table_jobs(
         planned.insert(refused.key.clone());
         report.fail(refused.key, &refused.message);
     }
-    report.removed_tables = vanished::remove_vanished(config, &ctx.integrity.sums, &planned)
+    report.removed_tables = vanished::remove_vanished(config, &ctx.dirs, &ctx.integrity.sums, &planned)
         .with_context(|| format!("removing the outputs of tables gone from the input in {}", output.display()))?;
     let runs = jobs.iter().filter(|j| !options.unstable.contains(&j.path));
     let (count, bytes) = runs.fold((0, 0), |(n, b), j| (n + 1, b + std::fs::metadata(&j.path).map_or(0, |m| m.len())));

@@ -30,6 +30,8 @@ pub(crate) struct BuildContext {
     pub master_sheet: Option<SmallTable>,
     /// The datasets' SHA256SUMS.txt and what this build's reads and copies found.
     pub integrity: Arc<crate::integrity::Integrity>,
+    /// The output folders this build has checked or made (see `outdir::OutputDirs`).
+    pub dirs: Arc<crate::pipeline::outdir::OutputDirs>,
 }
 
 /// Raises the soft open-file limit to the hard one; returns how many output files to keep open.

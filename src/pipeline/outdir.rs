@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use crate::pipeline::paths::state_dir;
 
@@ -75,13 +75,13 @@ fn link_error(path: &Path) -> io::Error {
     ))
 }
 
-/// Output folders checked (or made) by this build, as 64-bit hashes of their paths: 330,000
+/// Output folders checked (or made) by one build, as 64-bit hashes of their paths: 330,000
 /// folders of a 65,000-patient build would hold 25 MB as paths. A collision only skips a check
-/// of a folder whose twin was checked; the rename into it still needs it to be a folder.
-/// Cleared after each build by [`forget_checked`] (the output may change between builds).
-fn checked_dirs() -> &'static Mutex<HashSet<u64>> {
-    static CHECKED: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
-    CHECKED.get_or_init(Mutex::default)
+/// of a folder whose twin was checked; the rename into it still needs it to be a folder. Each
+/// build has its own (the output may change between builds).
+#[derive(Default)]
+pub(crate) struct OutputDirs {
+    checked: Mutex<HashSet<u64>>,
 }
 
 fn dir_key(dir: &Path) -> u64 {
@@ -89,51 +89,49 @@ fn dir_key(dir: &Path) -> u64 {
     crate::fingerprint::Fnv::default().bytes(dir.as_os_str().as_bytes()).finish()
 }
 
-/// Drops what [`ensure_dirs`] and [`check_dirs`] know.
-pub(crate) fn forget_checked() {
-    checked_dirs().lock().unwrap_or_else(|e| e.into_inner()).clear();
-}
-
-/// Makes `rel`'s missing folders under `output` top-down and checks the others are folders,
-/// not links (one `lstat` or `mkdir` per folder per build). True when `rel` itself was made now.
-pub(crate) fn ensure_dirs(output: &Path, rel: &Path) -> io::Result<bool> {
-    walk_dirs(output, rel, true)
-}
-
-/// Checks that each folder of `rel` under `output` that exists is a folder, not a link, before
-/// a file in it is deleted or read.
-pub(crate) fn check_dirs(output: &Path, rel: &Path) -> io::Result<()> {
-    walk_dirs(output, rel, false).map(|_| ())
-}
-
-fn walk_dirs(output: &Path, rel: &Path, make: bool) -> io::Result<bool> {
-    let mut known = checked_dirs().lock().unwrap_or_else(|e| e.into_inner());
-    let mut made_now = false;
-    let mut dir = output.to_path_buf();
-    for part in rel.iter() {
-        dir.push(part);
-        let key = dir_key(&dir);
-        if known.contains(&key) {
-            made_now = false;
-            continue;
-        }
-        made_now = match fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() => return Err(link_error(&dir)),
-            Ok(m) if m.is_dir() => false,
-            Ok(_) => {
-                return Err(io::Error::other(format!("{} is in the output where a folder belongs", dir.display())))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && make => match fs::create_dir(&dir) {
-                Ok(()) => true,
-                Err(e) => return Err(io::Error::new(e.kind(), format!("making folder {}: {e}", dir.display()))),
-            },
-            // Nothing there: nothing to delete or read through it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
-        };
-        known.insert(key);
+impl OutputDirs {
+    /// Makes `rel`'s missing folders under `output` top-down and checks the others are
+    /// folders, not links (one `lstat` or `mkdir` per folder per build). True when `rel` itself
+    /// was made now.
+    pub(crate) fn ensure(&self, output: &Path, rel: &Path) -> io::Result<bool> {
+        self.walk(output, rel, true)
     }
-    Ok(made_now)
+
+    /// Checks that each folder of `rel` under `output` that exists is a folder, not a link,
+    /// before a file in it is deleted or read.
+    pub(crate) fn check(&self, output: &Path, rel: &Path) -> io::Result<()> {
+        self.walk(output, rel, false).map(|_| ())
+    }
+
+    fn walk(&self, output: &Path, rel: &Path, make: bool) -> io::Result<bool> {
+        let mut known = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut made_now = false;
+        let mut dir = output.to_path_buf();
+        for part in rel.iter() {
+            dir.push(part);
+            let key = dir_key(&dir);
+            if known.contains(&key) {
+                made_now = false;
+                continue;
+            }
+            made_now = match fs::symlink_metadata(&dir) {
+                Ok(m) if m.file_type().is_symlink() => return Err(link_error(&dir)),
+                Ok(m) if m.is_dir() => false,
+                Ok(_) => {
+                    return Err(io::Error::other(format!("{} is in the output where a folder belongs", dir.display())))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && make => match fs::create_dir(&dir) {
+                    Ok(()) => true,
+                    Err(e) => return Err(io::Error::new(e.kind(), format!("making folder {}: {e}", dir.display()))),
+                },
+                // Nothing there: nothing to delete or read through it.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+            };
+            known.insert(key);
+        }
+        Ok(made_now)
+    }
 }
 
 /// The state folders a build writes into: none may be a link.
@@ -209,14 +207,17 @@ mod tests {
         fs::create_dir_all(&out).unwrap();
         fs::create_dir_all(&away).unwrap();
         std::os::unix::fs::symlink(&away, out.join("patient_1")).unwrap();
-        let err = ensure_dirs(&out, Path::new("patient_1/Hosp")).unwrap_err();
+        let dirs = OutputDirs::default();
+        let err = dirs.ensure(&out, Path::new("patient_1/Hosp")).unwrap_err();
         assert!(err.to_string().contains("patient_1 is a symbolic link"), "{err}");
         assert!(!away.join("Hosp").exists());
-        assert!(check_dirs(&out, Path::new("patient_1")).is_err());
+        assert!(dirs.check(&out, Path::new("patient_1")).is_err());
         // A real folder is made top-down, once.
-        assert!(ensure_dirs(&out, Path::new("patient_2/Hosp")).unwrap());
-        assert!(!ensure_dirs(&out, Path::new("patient_2/Hosp")).unwrap());
+        assert!(dirs.ensure(&out, Path::new("patient_2/Hosp")).unwrap());
+        assert!(!dirs.ensure(&out, Path::new("patient_2/Hosp")).unwrap());
         assert!(out.join("patient_2/Hosp").is_dir());
-        assert!(check_dirs(&out, Path::new("patient_3/Hosp")).is_ok());
+        assert!(dirs.check(&out, Path::new("patient_3/Hosp")).is_ok());
+        // Another build knows nothing of this one's folders.
+        assert!(OutputDirs::default().ensure(&out, Path::new("patient_2/Hosp")).is_ok_and(|made| !made));
     }
 }

@@ -11,7 +11,7 @@ use std::io;
 use std::path::Path;
 
 use crate::pipeline::file_list;
-use crate::pipeline::outdir;
+use crate::pipeline::outdir::OutputDirs;
 use crate::pipeline::paths::{staged_path, staging_dir, state_dir};
 use crate::pipeline::state::Manifest;
 use crate::pipeline::state::{journal_path, load_manifest, manifest_path, read_json, read_manifest, write_json_atomic};
@@ -26,20 +26,20 @@ fn sync_fs(dir: &Path) -> io::Result<()> {
 }
 
 /// Publishes a job whose files are complete in its staging folder.
-pub(crate) fn publish(output: &Path, manifest: Manifest) -> io::Result<()> {
+pub(crate) fn publish(output: &Path, dirs: &OutputDirs, manifest: Manifest) -> io::Result<()> {
     let manifest = sorted(manifest);
     let staging = staging_dir(output, &manifest.job);
     sync_fs(output)?;
     let journal = journal_path(output, &manifest.job);
     write_json_atomic(&journal, &manifest)?;
-    finish_publish(output, &staging, &manifest)?;
+    finish_publish(output, dirs, &staging, &manifest)?;
     let _ = fs::remove_file(&journal);
     Ok(())
 }
 
 /// The idempotent part: rename what is still staged, delete what the job no longer produces,
 /// record the manifest, drop the last list of files if it was kept apart.
-fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Result<()> {
+fn finish_publish(output: &Path, dirs: &OutputDirs, staging: &Path, manifest: &Manifest) -> io::Result<()> {
     let previous = load_manifest(output, &manifest.job).map(sorted);
     // Only what is staged is renamed: a file not staged is unchanged since the last publish
     // (or was renamed before a crash), and costs no syscall. Staged names are kept as 64-bit
@@ -56,12 +56,12 @@ fn finish_publish(output: &Path, staging: &Path, manifest: &Manifest) -> io::Res
         Err(e) => return Err(listing(e)),
     };
     if !staged.is_empty() {
-        rename_staged(output, staging, &staged, manifest)?;
+        rename_staged(output, dirs, staging, &staged, manifest)?;
     }
     if let Some(previous) = &previous {
         let mut removed = 0u64;
         let stale = file_list::each_missing(previous.each_file(output)?, manifest.each_file(output)?, |stale| {
-            outdir::check_dirs(output, stale.parent().unwrap_or(Path::new("")))?;
+            dirs.check(output, stale.parent().unwrap_or(Path::new("")))?;
             let path = output.join(stale);
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -107,7 +107,13 @@ fn sorted(mut manifest: Manifest) -> Manifest {
 }
 
 /// Renames the staged files of `manifest` over their final paths.
-fn rename_staged(output: &Path, staging: &Path, staged: &HashSet<u64>, manifest: &Manifest) -> io::Result<()> {
+fn rename_staged(
+    output: &Path,
+    dirs: &OutputDirs,
+    staging: &Path,
+    staged: &HashSet<u64>,
+    manifest: &Manifest,
+) -> io::Result<()> {
     // Each folder is checked (or made) once per build: one `lstat` or `mkdir`, never a link
     // followed (see [`outdir`]). A file in a folder made now cannot exist yet: no failing
     // rename or content check.
@@ -119,7 +125,7 @@ fn rename_staged(output: &Path, staging: &Path, staged: &HashSet<u64>, manifest:
         }
         let to = output.join(&rel);
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let fresh = outdir::ensure_dirs(output, parent)?;
+        let fresh = dirs.ensure(output, parent)?;
         if !fresh && same_content(&from, &to) {
             // Unchanged output keeps its mtime: readers and rsync see no change.
             fs::remove_file(&from)?;
@@ -138,11 +144,6 @@ fn rename_staged(output: &Path, staging: &Path, staged: &HashSet<u64>, manifest:
 fn name_key(name: &std::ffi::OsStr) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     crate::fingerprint::Fnv::default().bytes(name.as_bytes()).finish()
-}
-
-/// Drops the folders checked by this build (the output may change between builds).
-pub(crate) fn forget_made_dirs() {
-    outdir::forget_checked();
 }
 
 /// `write_atomic`'s temporary files (`.tmpXXXXXX`) left by a crash between write and rename.
@@ -221,7 +222,7 @@ pub(crate) fn recover(output: &Path) -> io::Result<usize> {
                 }
                 Err(_) => continue,
             };
-            finish_publish(output, &staging_dir(output, &manifest.job), &manifest)?;
+            finish_publish(output, &OutputDirs::default(), &staging_dir(output, &manifest.job), &manifest)?;
             fs::remove_file(entry.path())?;
             redone += 1;
         }
@@ -256,9 +257,10 @@ mod tests {
     fn a_publish_puts_staged_files_in_place_and_removes_what_the_job_no_longer_makes() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
-        publish(out, stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "old")).unwrap();
+        publish(out, &OutputDirs::default(), stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "old"))
+            .unwrap();
         assert_eq!(fs::read_to_string(out.join("patient_2/Hosp/t.csv")).unwrap(), "old");
-        publish(out, stage(out, &["patient_1/Hosp/t.csv"], "new")).unwrap();
+        publish(out, &OutputDirs::default(), stage(out, &["patient_1/Hosp/t.csv"], "new")).unwrap();
         assert_eq!(fs::read_to_string(out.join("patient_1/Hosp/t.csv")).unwrap(), "new");
         assert!(
             !out.join("patient_2").exists(),
@@ -272,7 +274,8 @@ mod tests {
     fn recovery_finishes_a_publish_cut_short_after_its_journal_and_drops_one_cut_before() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path();
-        publish(out, stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "old")).unwrap();
+        publish(out, &OutputDirs::default(), stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "old"))
+            .unwrap();
         // A crash after the journal and one rename: recovery renames the rest.
         let manifest = sorted(stage(out, &["patient_1/Hosp/t.csv", "patient_2/Hosp/t.csv"], "new"));
         write_json_atomic(&journal_path(out, "hosp/t"), &manifest).unwrap();

@@ -5,14 +5,18 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::pipeline::error::JobError;
+use crate::pipeline::outdir::OutputDirs;
 use crate::pipeline::paths;
 use crate::pipeline::publish;
 use crate::pipeline::state::{self, Manifest};
 
 pub(crate) struct Staging {
     output: PathBuf,
+    /// The build's checked output folders, which the publish uses.
+    dirs: Arc<OutputDirs>,
     job: String,
     dir: PathBuf,
     published: bool,
@@ -22,11 +26,11 @@ impl Staging {
     /// The job's staging folder, empty: what an earlier attempt left there is removed. One that
     /// cannot be made fails the job (its files would be "not staged" and the job published
     /// empty, deleting its outputs).
-    pub(crate) fn fresh(output: &Path, job: &str) -> Result<Self, JobError> {
+    pub(crate) fn fresh(output: &Path, dirs: &Arc<OutputDirs>, job: &str) -> Result<Self, JobError> {
         let dir = paths::staging_dir(output, job);
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|cause| JobError::Write { path: dir.clone(), cause })?;
-        Ok(Self { output: output.to_path_buf(), job: job.to_string(), dir, published: false })
+        Ok(Self { output: output.to_path_buf(), dirs: Arc::clone(dirs), job: job.to_string(), dir, published: false })
     }
 
     /// Where the job writes its files (`paths::staged_path` names each one in it).
@@ -37,7 +41,7 @@ impl Staging {
     /// Publishes what was staged as `manifest` describes it (see [`publish::publish`]).
     pub(crate) fn publish(mut self, manifest: Manifest) -> Result<(), JobError> {
         debug_assert_eq!(manifest.job, self.job);
-        let published = publish::publish(&self.output, manifest);
+        let published = publish::publish(&self.output, &self.dirs, manifest);
         self.published = published.is_ok();
         published.map_err(|cause| JobError::Publish { job: self.job.clone(), cause })
     }
@@ -61,14 +65,14 @@ mod tests {
         let leftover = paths::staging_dir(out.path(), "hosp/t").join("old");
         fs::create_dir_all(leftover.parent().unwrap()).unwrap();
         fs::write(&leftover, "x").unwrap();
-        let staging = Staging::fresh(out.path(), "hosp/t").unwrap();
+        let staging = Staging::fresh(out.path(), &Arc::default(), "hosp/t").unwrap();
         assert!(staging.dir().is_dir() && !leftover.exists(), "an earlier attempt's files are gone");
         fs::write(staging.dir().join("f"), "y").unwrap();
         let dir = staging.dir().to_path_buf();
         drop(staging);
         assert!(!dir.exists(), "a job that failed left its staging folder");
         // Cut short after the journal: the folder stays for recovery.
-        let staging = Staging::fresh(out.path(), "hosp/t").unwrap();
+        let staging = Staging::fresh(out.path(), &Arc::default(), "hosp/t").unwrap();
         let journal =
             paths::state_dir(out.path()).join("journal").join(format!("{}.json", paths::job_file_name("hosp/t")));
         fs::create_dir_all(journal.parent().unwrap()).unwrap();

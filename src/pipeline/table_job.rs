@@ -45,7 +45,7 @@ pub(super) async fn run_table_job(ctx: Arc<BuildContext>, job: TableJob) -> Resu
         Work::Write { only_patients, kept } => (only_patients, kept),
     };
     let header_columns = reader.header().names.len();
-    let staging = Staging::fresh(&ctx.config.output, &job.key)?;
+    let staging = Staging::fresh(&ctx.config.output, &ctx.dirs, &job.key)?;
     let spec = writer_spec(&ctx, &job, &reader, &routing, only_patients, staging.dir());
 
     // The topology: reader → [fixer] → writer, each actor on a blocking thread, and a ticker
@@ -359,6 +359,7 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
         reflacx_phases: Vec::new(),
         master_sheet: None,
         integrity: Default::default(),
+        dirs: Arc::default(),
     });
     let job =
         TableJob { key: format!("hosp/{name}"), path: table, kind: JobKind::Clinical { module: Module::Hosp, name } };

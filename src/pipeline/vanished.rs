@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::config::Config;
 use crate::input::Module;
+use crate::pipeline::outdir::OutputDirs;
 use crate::pipeline::publish;
 use crate::pipeline::state::{self, Manifest};
 use crate::sums::Sums;
@@ -58,7 +59,12 @@ fn still_there(config: &Config, sums: &Sums, job: &str) -> Option<String> {
 
 /// Removes the published files of every table job that this build did not plan and that is
 /// really gone from the input (see the module doc); returns their keys.
-pub(super) fn remove_vanished(config: &Config, sums: &Sums, planned: &HashSet<String>) -> std::io::Result<Vec<String>> {
+pub(super) fn remove_vanished(
+    config: &Config,
+    dirs: &OutputDirs,
+    sums: &Sums,
+    planned: &HashSet<String>,
+) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
     for manifest in state::manifests(&config.output) {
         if planned.contains(&manifest.job) || source_of(config, &manifest.job).is_none() {
@@ -70,7 +76,7 @@ pub(super) fn remove_vanished(config: &Config, sums: &Sums, planned: &HashSet<St
         }
         tracing::warn!(table = %manifest.job, files = manifest.file_count(), "table removed from the input: removing its outputs");
         // Publishing an empty file list deletes what the job had published.
-        publish::publish(&config.output, Manifest { job: manifest.job.clone(), ..Default::default() })?;
+        publish::publish(&config.output, dirs, Manifest { job: manifest.job.clone(), ..Default::default() })?;
         state::forget(&config.output, &manifest.job)?;
         removed.push(manifest.job);
     }

@@ -59,7 +59,7 @@ struct DerivedWriter {
 impl DerivedWriter {
     fn open(ctx: &BuildContext, table: DerivedTable<'_>, header: Vec<u8>) -> Result<Self, JobError> {
         let DerivedTable { job, source, route, patient_file, whole_file, rejects_not_kept } = table;
-        let staging = Staging::fresh(&ctx.config.output, job)?;
+        let staging = Staging::fresh(&ctx.config.output, &ctx.dirs, job)?;
         let spec = WriterSpec {
             table: job.to_string(),
             source: source.to_path_buf(),

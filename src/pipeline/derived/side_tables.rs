@@ -105,7 +105,7 @@ pub(crate) fn write_release_eye_gaze_copy(ctx: &BuildContext) -> Result<(), JobE
     if from.exists() {
         let job = job_keys::EYE_GAZE_RELEASE_COPY;
         let rel = PathBuf::from("spreadsheets/EyeGaze/eye_gaze.csv");
-        let staging = Staging::fresh(&ctx.config.output, job)?;
+        let staging = Staging::fresh(&ctx.config.output, &ctx.dirs, job)?;
         let staged = paths::staged_path(staging.dir(), &rel);
         std::fs::copy(&from, &staged).map_err(|cause| JobError::Write { path: staged.clone(), cause })?;
         staging.publish(state::Manifest { job: job.into(), files: vec![rel], ..Default::default() })?;

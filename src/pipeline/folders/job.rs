@@ -67,7 +67,7 @@ pub(super) struct FolderJob<'a> {
 
 impl<'a> FolderJob<'a> {
     pub(super) fn new(ctx: &'a BuildContext, key: &'static str) -> Result<Self, JobError> {
-        let staging = Staging::fresh(&ctx.config.output, key)?;
+        let staging = Staging::fresh(&ctx.config.output, &ctx.dirs, key)?;
         let input_root = fs::canonicalize(&ctx.config.input).unwrap_or_else(|_| ctx.config.input.clone());
         let copied_before = match ctx.force_full {
             true => CopiedBefore::Nothing,

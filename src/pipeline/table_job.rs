@@ -365,3 +365,44 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
         TableJob { key: format!("hosp/{name}"), path: table, kind: JobKind::Clinical { module: Module::Hosp, name } };
     Ok(run_table_job(ctx, job).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigFile;
+    use crate::config::Overrides;
+
+    /// One job wired end to end without the binary: reader → writer → publish through
+    /// `split_one`, rows to their patients in source order, outsiders counted, a bad row kept
+    /// as a reject, the staging folder gone, the manifest recorded.
+    #[test]
+    fn a_table_job_routes_counts_rejects_and_publishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in");
+        std::fs::create_dir_all(&input).unwrap();
+        let table = input.join("labevents.csv");
+        let rows = "labevent_id,subject_id,value\n1,11,a\n2,12,\"b,c\"\n3,99,d\n4,11,e\n5,12\n6,11,f\n";
+        std::fs::write(&table, rows).unwrap();
+        let output = dir.path().join("out");
+        let overrides = Overrides { input: Some(input), output: Some(output.clone()), ..Default::default() };
+        let config = Config::resolve(ConfigFile::default(), overrides).unwrap();
+        let cohort = Cohort::from_subjects([11, 12].map(|s| SubjectId::parse(s.to_string().as_bytes()).unwrap()));
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let outcome = runtime.block_on(split_one(config, table, cohort)).unwrap();
+        let c = outcome.counts;
+        assert_eq!((c.read, c.written, c.outside_cohort, c.rejected), (6, 4, 1, 1));
+        let read = |rel: &str| std::fs::read_to_string(output.join(rel)).unwrap();
+        assert_eq!(
+            read("patient_11/Hosp/labevents.csv"),
+            ",labevent_id,subject_id,value\n0,1,11,a\n3,4,11,e\n5,6,11,f\n"
+        );
+        assert_eq!(read("patient_12/Hosp/labevents.csv"), ",labevent_id,subject_id,value\n1,2,12,\"b,c\"\n");
+        assert!(!output.join("patient_99").exists());
+        let rejects = read(".mimic-eye/rejects/hosp/labevents.csv");
+        assert!(rejects.ends_with(",6,4,\"wrong field count: expected 3, found 2\",\"5,12\"\n"), "{rejects}");
+        assert!(!paths::staging_dir(&output, "hosp/labevents").exists(), "staging left behind");
+        let manifest = state::load_manifest(&output, "hosp/labevents").unwrap();
+        assert_eq!(manifest.counts, c);
+        assert_eq!(manifest.files.len(), 3, "{:?}", manifest.files);
+    }
+}

@@ -401,9 +401,15 @@ impl WatchActor {
         let oldest = self.pending.values().map(|p| p.first_seen.elapsed().as_secs()).max().unwrap_or(0);
         metrics::gauge!(telemetry::INPUTS_PENDING).set(self.pending.len() as f64);
         metrics::gauge!(telemetry::INPUTS_PENDING_OLDEST).set(oldest as f64);
-        let mut first: Vec<String> = self.pending.keys().map(|p| p.display().to_string()).collect();
-        first.sort();
-        first.truncate(PENDING_LISTED);
+        // Called on every event while a download runs: the first few paths are picked in
+        // linear time and only they become text, not every pending path sorted each time.
+        let mut paths: Vec<&PathBuf> = self.pending.keys().collect();
+        if paths.len() > PENDING_LISTED {
+            paths.select_nth_unstable(PENDING_LISTED);
+            paths.truncate(PENDING_LISTED);
+        }
+        paths.sort_unstable();
+        let first = paths.iter().map(|p| p.display().to_string()).collect();
         let pending = PendingInputs { count: self.pending.len(), oldest_seconds: oldest, first };
         telemetry::update_status(|s| s.pending_inputs = pending);
     }

@@ -290,7 +290,7 @@ fn off_a_terminal_a_build_prints_a_progress_line_every_few_seconds() {
     let tmp = tempfile::tempdir().unwrap();
     let input = slow_world(tmp.path());
     let mut build = bin();
-    build.env("MIMIC_EYE_PROGRESS_SECONDS", "0.2").args(["build", "--input"]).arg(&input);
+    build.env("MIMIC_EYE_PROGRESS_SECONDS", "0.05").args(["build", "--input"]).arg(&input);
     let out = run_ok(build.arg("--output").arg(tmp.path().join("out")));
     let (_, stderr) = text(&out);
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: ")).collect();

@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Architecture limits, checked in CI: no src file over 500 lines, no function over 80 lines,
-no import cycle between src files. Prints what breaks a limit; exits 1 if anything does."""
+no import cycle between src files, and no import that runs back up: among the modules of one
+folder (each standing for everything below it) the imports form layers, never a cycle, and no
+module imports from a folder that holds it (its `mod.rs` wires its children, not the reverse).
+Prints what breaks a limit; exits 1 if anything does."""
 import os
 import re
 import sys
@@ -51,6 +54,8 @@ def imports(text, module):
     parts = module.split("::") if module else []
     # Comments (doc links included) are not dependencies.
     text = re.sub(r"//[^\n]*", "", text)
+    # `pub(in crate::a)` is a visibility, not a use.
+    text = re.sub(r"pub\(in [^)]*\)", "pub", text)
     # `use a::{b, c::d}` names a::b and a::c::d (one level of braces is what rustfmt writes).
     text = re.sub(
         r"((?:crate|super|\w+)::(?:\w+::)*)\{([^{}]*)\}",
@@ -72,6 +77,45 @@ def imports(text, module):
             # Only a child module of this one can be meant (`serde::…` is another crate).
             deps.add((tuple(parts + [m.group(1)] + [p for p in m.group(2).split("::") if p]), len(parts) + 1))
     return deps
+
+
+def upward_imports(graph, mods):
+    """Imports that run back up: into an enclosing module, or closing a cycle among the
+    children of one module, where each child stands for all the modules below it."""
+    bad, siblings = [], {}
+    for mod, deps in graph.items():
+        mp = mod.split("::") if mod else []
+        for dep in sorted(deps):
+            dp = dep.split("::") if dep else []
+            if dp == mp[: len(dp)]:
+                bad.append(f"{mods[mod][0]}: imports from {dep or 'the crate root'}, which holds it")
+                continue
+            if mp == dp[: len(mp)]:
+                continue  # a module using its own children
+            k = 0
+            while mp[k] == dp[k]:
+                k += 1
+            siblings.setdefault("::".join(mp[:k]), {}).setdefault(mp[k], {}).setdefault(dp[k], (mod, dep))
+    for parent, edges in sorted(siblings.items()):
+        for comp in cycles(edges):
+            where = "; ".join(f"{a} -> {b} ({edges[a][b][0]} uses {edges[a][b][1]})" for a in comp for b in comp if b in edges.get(a, {}))
+            bad.append(f"imports run back up in {parent or 'the crate'}: {where}")
+    return bad
+
+
+def cycles(edges):
+    """Strongly connected components of more than one node of a small graph {a: {b: ...}}."""
+    nodes = set(edges) | {b for bs in edges.values() for b in bs}
+    reach = {n: set() for n in nodes}
+    for n in nodes:
+        todo = list(edges.get(n, {}))
+        while todo:
+            m = todo.pop()
+            if m not in reach[n]:
+                reach[n].add(m)
+                todo.extend(edges.get(m, {}))
+    comps = {frozenset([n] + [m for m in reach[n] if n in reach[m]]) for n in nodes}
+    return [sorted(c) for c in sorted(comps, key=sorted) if len(c) > 1]
 
 
 def main():
@@ -131,6 +175,7 @@ def main():
             visit(v)
     for comp in comps:
         bad.append("import cycle: " + " <-> ".join(comp))
+    bad.extend(upward_imports(graph, mods))
     for b in bad:
         print(b)
     print(f"{len(bad)} architecture limit(s) broken" if bad else "architecture limits hold")

@@ -196,9 +196,7 @@ impl ListingCheck {
             if std::fs::symlink_metadata(&path).is_err() {
                 let shown = || rel.to_string_lossy().into_owned();
                 match plan {
-                    Some(p) if !p.contains(&crate::fetch::verified::key(&prefix.join(rel))) => {
-                        check.not_fetched.push(shown)
-                    }
+                    Some(p) if !p.contains(&crate::fetched::key(&prefix.join(rel))) => check.not_fetched.push(shown),
                     _ => check.missing.push(shown),
                 }
             }
@@ -211,7 +209,7 @@ impl ListingCheck {
 impl Inventory {
     /// Finds every dataset under the configured input (no hashing; see `verify`).
     pub fn gather(config: &Config) -> Self {
-        let plan = crate::fetch::verified::planned(&config.input);
+        let plan = crate::fetched::planned(&config.input);
         let datasets = DatasetKey::ALL
             .into_iter()
             .map(|key| {
@@ -260,14 +258,14 @@ impl Inventory {
     /// `--verify`: hashes every file each dataset's checksum file lists (the whole download).
     pub fn verify(&mut self) {
         // A tree `fetch` filled holds what its cohort needs: the rest is not fetched, not missing.
-        let plan = crate::fetch::verified::planned(&self.input);
+        let plan = crate::fetched::planned(&self.input);
         for d in self.datasets.iter_mut().filter(|d| d.found && d.sha256sums) {
             let list = d.folder.join(crate::sums::SUMS_FILE);
             let prefix = d.folder.strip_prefix(&self.input).unwrap_or(&d.folder).to_path_buf();
             let was_planned = |rel: &[u8]| {
                 use std::os::unix::ffi::OsStrExt;
                 let rel = prefix.join(std::ffi::OsStr::from_bytes(rel));
-                plan.as_ref().is_some_and(|p| p.contains(&crate::fetch::verified::key(&rel)))
+                plan.as_ref().is_some_and(|p| p.contains(&crate::fetched::key(&rel)))
             };
             let planned: crate::sumscheck::Planned<'_> =
                 plan.as_ref().map(|_| &was_planned as &(dyn Fn(&[u8]) -> bool + Sync));

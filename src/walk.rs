@@ -13,10 +13,10 @@ use crate::sums::SUMS_FILE;
 /// Which tree is walked, which decides what its listing leaves out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tree {
-    /// A build's output: `SHA256SUMS.txt` and the state folder `.mimic-eye/` at the top are
-    /// left out; links to files are listed (`files = "symlink"` places them; `sha256sum`
-    /// follows them).
-    Output,
+    /// A build's output: `SHA256SUMS.txt` and the program's state folder (named by the
+    /// output's layout, which walks no trees) at the top are left out; links to files are
+    /// listed (`files = "symlink"` places them; `sha256sum` follows them).
+    Output { state_dir: &'static str },
     /// A PhysioNet download's version folder: `SHA256SUMS.txt` at the top and wget's
     /// `index.html` pages are left out, and links are not followed (a listed path is checked
     /// inside the tree only).
@@ -45,7 +45,7 @@ fn walk(root: &Path, tree: Tree, rel: &mut Vec<u8>, each: &mut dyn FnMut(&[u8]) 
     for entry in entries.flatten() {
         let name = entry.file_name();
         let skipped = match tree {
-            Tree::Output => top && (name == crate::pipeline::paths::STATE_DIR || name == SUMS_FILE),
+            Tree::Output { state_dir } => top && (name == state_dir || name == SUMS_FILE),
             Tree::Download => (top && name == SUMS_FILE) || name.eq_ignore_ascii_case("index.html"),
         };
         if skipped {
@@ -53,7 +53,7 @@ fn walk(root: &Path, tree: Tree, rel: &mut Vec<u8>, each: &mut dyn FnMut(&[u8]) 
         }
         let Ok(kind) = entry.file_type() else { continue };
         let is_dir = kind.is_dir();
-        let followed = tree == Tree::Output && kind.is_symlink() && entry.path().is_file();
+        let followed = matches!(tree, Tree::Output { .. }) && kind.is_symlink() && entry.path().is_file();
         let listable = kind.is_file() || followed;
         if is_dir || listable {
             let mut key = name.as_bytes().to_vec();

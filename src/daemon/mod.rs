@@ -84,7 +84,7 @@ pub async fn run(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::
 /// `/metrics`, `/healthz` and `/status` on the configured address; the flag says "alive".
 async fn serve_metrics(config: &Config, trigger: &ShutdownTrigger) -> anyhow::Result<Arc<AtomicBool>> {
     let metrics = telemetry::install_recorder()?;
-    telemetry::status::set_page_renderer(crate::report::live_page);
+    telemetry::status::set_page_renderer(crate::pipeline::report::live_page);
     let alive = Arc::new(AtomicBool::new(true));
     let listener = telemetry::bind(config.metrics_addr).await?;
     tracing::info!(addr = %config.metrics_addr, "serving /metrics, /healthz and /status");
@@ -384,7 +384,8 @@ fn record(kind: BuildKind, elapsed: Duration, result: &anyhow::Result<pipeline::
             );
             notify::send(&format!("STATUS=idle: {}", summary.headline()));
             summary.export_gauges();
-            *crate::report::last_summary().lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(summary.clone()));
+            *crate::pipeline::report::last_summary().lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Arc::new(summary.clone()));
             telemetry::update_status(|s| {
                 s.phase = Phase::Idle;
                 s.tables.clear();

@@ -8,7 +8,6 @@ mod auth;
 mod download;
 mod plan;
 mod pool;
-pub(crate) mod verified;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -62,7 +61,7 @@ pub fn fetch(options: FetchOptions) -> anyhow::Result<Totals> {
     let credentials = auth::Credentials::find(&host, options.user.as_deref())?;
     let pool = Pool::new(options.connections, credentials.as_ref().map(auth::Credentials::header))?;
     tracing::info!(url = %base, connections = options.connections, user = ?credentials.as_ref().map(|c| &c.user), "fetching from PhysioNet");
-    let verified = verified::Verified::open(&options.input);
+    let verified = crate::fetched::Verified::open(&options.input);
     let sources = discover(&pool, &base, &options.input, &file.versions)?;
     let mut totals = Totals::default();
     // 1. Each version's SHA256SUMS.txt (a published version's listing never changes).
@@ -240,7 +239,7 @@ fn print_plan(
     sources: &[Source],
     files: &crate::pipeline::CohortFiles,
     list: Option<&Path>,
-    verified: &verified::Verified,
+    verified: &crate::fetched::Verified,
 ) -> anyhow::Result<Totals> {
     let mut urls = Vec::new();
     let mut totals = Totals::default();

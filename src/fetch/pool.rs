@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::download::{self, FetchError, Task, Tuning};
-use super::verified::Verified;
+use crate::fetched::Verified;
 
 /// Hands tasks to its argument until it returns false; reads a listing, or a list.
 pub(crate) type Producer<'a> = Box<dyn FnOnce(&mut dyn FnMut(Task) -> bool) -> std::io::Result<()> + Send + 'a>;

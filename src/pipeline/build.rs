@@ -130,8 +130,8 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let summary = summarize(&ctx, report, missing, stays_known, started);
     state::write_atomic(&output.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)
         .with_context(|| format!("writing {}", output.join("summary.json").display()))?;
-    let report = output.join(crate::report::REPORT_FILE);
-    state::write_atomic(&report, crate::report::render(&summary, None).as_bytes())
+    let report = output.join(crate::pipeline::report::REPORT_FILE);
+    state::write_atomic(&report, crate::pipeline::report::render(&summary, None).as_bytes())
         .with_context(|| format!("writing {}", report.display()))?;
     let sums = output.join(crate::sums::SUMS_FILE);
     let (listed, hashed) = crate::pipeline::outsums::write(&output, &options.cancel)

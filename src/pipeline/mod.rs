@@ -35,6 +35,7 @@ mod planner;
 pub(crate) mod publish;
 pub(crate) mod read_set;
 pub(crate) mod reader;
+pub(crate) mod report;
 mod shrink;
 pub(crate) mod small_table;
 mod staging;

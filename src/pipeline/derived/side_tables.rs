@@ -10,7 +10,7 @@ use crate::csvscan::encode_record;
 use crate::pipeline::batch::Rejects;
 use crate::pipeline::batch::{append_rejects, batch_of};
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::derived::{write_derived, DerivedTable};
+use crate::pipeline::derived::output::{write_derived, DerivedTable};
 use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::reflacx;
 use crate::pipeline::job_keys;

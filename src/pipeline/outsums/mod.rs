@@ -129,25 +129,29 @@ pub(crate) fn write(output: &Path, cancel: &crate::shutdown::CancelToken) -> io:
         hashed: 0,
     };
     let mut batch: Vec<Entry> = Vec::with_capacity(BATCH);
-    crate::walk::each_listable_file(output, crate::walk::Tree::Output, &mut |rel| {
-        let path = output.join(OsStr::from_bytes(rel));
-        let meta = match fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
-        };
-        let id = Identity::of(&meta);
-        let digest = cache.lookup(rel, id).or_else(|| copies.get(id));
-        batch.push(Entry { rel: rel.to_vec(), id, digest });
-        if batch.len() == BATCH {
-            // A stop ends the listing between batches; the last one stays in place.
-            if cancel.is_cancelled() {
-                return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled: the build is stopping"));
+    crate::walk::each_listable_file(
+        output,
+        crate::walk::Tree::Output { state_dir: crate::pipeline::paths::STATE_DIR },
+        &mut |rel| {
+            let path = output.join(OsStr::from_bytes(rel));
+            let meta = match fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            };
+            let id = Identity::of(&meta);
+            let digest = cache.lookup(rel, id).or_else(|| copies.get(id));
+            batch.push(Entry { rel: rel.to_vec(), id, digest });
+            if batch.len() == BATCH {
+                // A stop ends the listing between batches; the last one stays in place.
+                if cancel.is_cancelled() {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled: the build is stopping"));
+                }
+                out.add(output, &mut batch)?;
             }
-            out.add(output, &mut batch)?;
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     out.add(output, &mut batch)?;
     let Listing { cache: new_cache, text, text_hash, text_len, listed, hashed } = out;
     let target = output.join(SUMS_FILE);

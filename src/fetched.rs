@@ -1,4 +1,4 @@
-//! What `fetch` knows of the tree it fills, in `<input>/.mimic-eye-fetch/`:
+//! What `fetch` knows of the tree it fills, in `<input>/.mimic-eye-fetch/` (read by `inputs` too):
 //! - `verified.tsv`: each verified file's digest with its size, mtime and inode, appended as
 //!   files complete, so a rerun knows a file in place is whole without hashing hundreds of
 //!   gigabytes again (like the build's digest cache). A file whose identity changed since is

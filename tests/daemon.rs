@@ -136,6 +136,9 @@ fn replacing_one_clinical_table_rewrites_only_its_changed_files() {
     );
     let got = fs::read_to_string(s.output.join(format!("patient_{victim}/Hosp/diagnoses_icd.csv"))).unwrap();
     assert!(got.contains("Z9981") || got.contains("K766"));
+    // The cohort's tables did not change: the link of the first build served this one.
+    let log = d.log_text();
+    assert!(log.contains("the last link is reused"), "{log}");
     d.stop();
 }
 
@@ -168,7 +171,7 @@ fn a_gzip_copied_in_slowly_is_never_read_half_written() {
     let log = d.log_text();
     assert!(!log.contains("table failed"), "a build read the half-written file:\n{log}");
     assert!(
-        log.contains("input still being written") || log.contains("does not decode to its end"),
+        log.contains("input still being written") || log.contains("gzip file ends before its end"),
         "no build ran during the copy:\n{log}"
     );
     let got = fs::read_to_string(
@@ -176,6 +179,70 @@ fn a_gzip_copied_in_slowly_is_never_read_half_written() {
     )
     .unwrap();
     assert!(got.contains("STAT") && !got.contains("ROUTINE"), "the complete new version was not picked up");
+    d.stop();
+}
+
+/// The rows the daemon has read of labevents so far, failed reads included (0 before any).
+fn labevents_rows_read(d: &Daemon) -> f64 {
+    d.metric("mimic_eye_rows_read_total{table=\"hosp/labevents\"}").unwrap_or(0.0)
+}
+
+#[test]
+fn a_stalled_gzip_download_waits_decoded_once_keeping_the_old_output_until_it_completes() {
+    let s = World::synth(&["--patients", "8", "--others", "8", "--rows-per-patient", "400"]);
+    let port = free_port();
+    let d = Daemon::start(&write_config(&s.root, &s.input, &s.output, port, ""), port);
+    d.wait_idle(60);
+    let patient_file = s.output.join(format!("patient_{}/Hosp/labevents.csv", s.planted["cohort"][0]));
+    let before = fs::read_to_string(&patient_file).unwrap();
+
+    // A new labevents whose download stalls two thirds in, for longer than the settle period:
+    // stable, so a build reads it, and cut short inside its gzip member.
+    let path = s.input.join("mimiciv/hosp/labevents.csv.gz");
+    let new_version = String::from_utf8(read_table(&path)).unwrap().replace("ROUTINE", "STAT");
+    let mut gz = Vec::new();
+    let mut enc = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::default());
+    enc.write_all(new_version.as_bytes()).unwrap();
+    enc.finish().unwrap();
+    let cut = gz.len() * 2 / 3;
+    let read_before = labevents_rows_read(&d);
+    fs::write(&path, &gz[..cut]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held = |d: &Daemon| {
+        d.log_text().contains("gzip file ends before its end")
+            && d.metric("mimic_eye_inputs_pending") == Some(1.0)
+            && d.metric("mimic_eye_build_running") == Some(0.0)
+    };
+    while !held(&d) {
+        assert!(Instant::now() < deadline, "the cut-short file was never held as pending:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let decoded_once = labevents_rows_read(&d) - read_before;
+    let rows = new_version.lines().count() as f64 - 1.0;
+    assert!(decoded_once > 0.0 && decoded_once < rows, "read {decoded_once} rows of a file cut short, of {rows}");
+    let status = http_get(port, "/status").unwrap().1;
+    assert!(status.contains("labevents.csv.gz"), "/status names the file it waits for: {status}");
+
+    // Other inputs change meanwhile: their builds leave the held file alone (not decoded again).
+    let builds = d.builds();
+    fs::write(s.input.join("mimic-cxr/touch-0.txt"), b"x").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.builds() <= builds && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.builds() > builds, "no build ran for the other change:\n{}", d.log_text());
+    assert_eq!(labevents_rows_read(&d) - read_before, decoded_once, "a held file was decoded again");
+    assert_eq!(fs::read_to_string(&patient_file).unwrap(), before, "the previous output is kept meanwhile");
+
+    // The download resumes and completes: the new version is built, nothing failed.
+    fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(&gz[cut..]).unwrap();
+    d.wait_idle(60);
+    let log = d.log_text();
+    assert!(log.contains("gzip file ends before its end"), "{log}");
+    assert!(!log.contains("table failed"), "a stalled download was counted as a failure:\n{log}");
+    let after = fs::read_to_string(&patient_file).unwrap();
+    assert!(after.contains("STAT") && !after.contains("ROUTINE"), "the complete new version was not picked up");
     d.stop();
 }
 

@@ -16,6 +16,11 @@
 //!   file whose bytes are unchanged is not replaced, so it keeps its inode and mtime);
 //! - copies: `pipeline::folders::copied_before` (a file copied by an earlier build is kept while
 //!   its source's identity and listed digest are unchanged);
+//! - the cohort: `pipeline::link_cache` (the last link, reused while the linker tables'
+//!   identities, listed digests and the settings are unchanged: a clinical change relinks
+//!   nothing);
+//! - a download that stalls: the build's own read finds the gzip cut short and [`watch`] holds
+//!   the file as pending until it changes (decoded once, by the build);
 //! - drift behind its back: the checkup here ([`check_output_and_trim`]) stats every published
 //!   file and redoes the jobs whose files changed.
 //!
@@ -25,23 +30,26 @@
 
 mod known;
 mod notify;
+mod outcome;
 mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{Config, ConfigFile, Overrides};
 use crate::pipeline::state;
-use crate::pipeline::{self, BuildOptions, Cancelled};
+use crate::pipeline::{self, BuildOptions};
 use crate::progress::ProgressBars;
 use crate::shutdown::{cancel_pair, Shutdown, ShutdownTrigger};
-use crate::telemetry::{self, BuildKind, BuildResult, LastResult, Phase};
+use crate::telemetry::{self, BuildKind, BuildResult, Phase};
+
+use outcome::{building_status, count_build, record, STATUS_EVERY};
 
 /// How long a cancelled build may take to stop before the daemon exits anyway; with the
 /// runtime's own shutdown timeout (main.rs) a stop stays under systemd's 5 s.
@@ -112,6 +120,8 @@ struct Daemon {
     /// systemd's watchdog, pinged from this loop's own progress.
     watchdog: notify::Watchdog,
     first: bool,
+    /// The last link: a build whose linker tables did not change reuses it.
+    links: pipeline::LinkCache,
 }
 
 /// What ended a build: it finished, or a stop cancelled it.
@@ -156,6 +166,7 @@ impl Daemon {
             lock,
             watchdog,
             first: true,
+            links: pipeline::LinkCache::default(),
         }
     }
 
@@ -218,7 +229,14 @@ impl Daemon {
     async fn build(&mut self, shutdown: &mut Shutdown) -> Built {
         self.dirty = false;
         let (mut cancel, token) = cancel_pair();
-        let options = BuildOptions { cancel: token, unstable: self.watch.unstable(), ..Default::default() };
+        let unstable = self.watch.unstable();
+        let options = BuildOptions {
+            cancel: token,
+            unstable: unstable.clone(),
+            cut_short_is_pending: true,
+            link_cache: Some(self.links.clone()),
+            ..Default::default()
+        };
         let fresh = self.first && !self.config.output.join("summary.json").exists();
         let kind = if fresh { BuildKind::Full } else { BuildKind::Incremental };
         self.first = false;
@@ -256,9 +274,20 @@ impl Daemon {
         gauge!(telemetry::BUILD_RUNNING).set(0.0);
         record(kind, started.elapsed(), &result);
         crate::sys::release_free_memory();
-        if let Ok(summary) = &result {
-            // From now on, watch exactly what this build read.
-            self.watch.set_folders(summary.read_folders.clone());
+        match &result {
+            Ok(summary) => {
+                // From now on, watch exactly what this build read.
+                self.watch.set_folders(summary.read_folders.clone());
+                self.watch.hold_incomplete(summary.incomplete_inputs.clone());
+            }
+            Err(e) => {
+                if let Some(pipeline::Pending(path)) = e.downcast_ref() {
+                    self.watch.hold_incomplete(vec![path.clone()]);
+                    // A linker table this build found cut short: build again now that it is
+                    // held (edstays' absence only holds back the stay links; the others wait).
+                    self.dirty |= !unstable.contains(path);
+                }
+            }
         }
         Built::Finished
     }
@@ -352,101 +381,6 @@ fn check_output_and_trim(output: &Path) -> anyhow::Result<usize> {
     checked
 }
 
-fn count_build(kind: BuildKind, result: BuildResult) {
-    counter!(telemetry::BUILDS, "kind" => kind.label(), "result" => result.label()).increment(1);
-}
-
-fn record(kind: BuildKind, elapsed: Duration, result: &anyhow::Result<pipeline::Summary>) {
-    histogram!(telemetry::BUILD_DURATION, "kind" => kind.label()).record(elapsed.as_secs_f64());
-    match result {
-        Ok(summary) => {
-            let outcome = if summary.failed.is_empty() { BuildResult::Success } else { BuildResult::Failure };
-            count_build(kind, outcome);
-            gauge!(telemetry::COHORT_PATIENTS).set(summary.patients as f64);
-            gauge!(telemetry::LINKED_IMAGES).set(summary.linked_images as f64);
-            gauge!(telemetry::IMAGES).set(summary.images as f64);
-            gauge!(telemetry::STAYS).set(summary.stays as f64);
-            gauge!(telemetry::TABLES_FAILED).set(summary.failed.len() as f64);
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-            if summary.failed.is_empty() {
-                gauge!(telemetry::LAST_SUCCESS).set(now as f64);
-            } else {
-                for (table, error) in &summary.failed {
-                    tracing::error!(table, error, "table failed; its previous output is kept");
-                }
-            }
-            tracing::info!(
-                kind = kind.label(),
-                seconds = elapsed.as_secs_f64(),
-                failed = summary.failed.len(),
-                "build finished: {}",
-                summary.headline()
-            );
-            notify::send(&format!("STATUS=idle: {}", summary.headline()));
-            summary.export_gauges();
-            *crate::pipeline::report::last_summary().lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Arc::new(summary.clone()));
-            telemetry::update_status(|s| {
-                s.phase = Phase::Idle;
-                s.tables.clear();
-                s.last_result = Some(LastResult { result: outcome, detail: None });
-                s.failed_tables = summary.failed.iter().map(|(t, e)| (t.clone(), telemetry::bounded_text(e))).collect();
-                if summary.failed.is_empty() {
-                    s.last_success_unix = Some(now);
-                }
-                s.headline = Some(summary.headline());
-            });
-        }
-        Err(e) if e.is::<pipeline::Pending>() => {
-            // A download in progress is not a failure: no alert fires for it.
-            count_build(kind, BuildResult::Pending);
-            tracing::info!(reason = %e, "build waiting for an input to be complete");
-            notify::send(&format!("STATUS=waiting: {}", telemetry::bounded_text(&e.to_string())));
-            telemetry::update_status(|s| {
-                s.phase = Phase::Waiting;
-                s.tables.clear();
-                let detail = Some(telemetry::bounded_text(&e.to_string()));
-                s.last_result = Some(LastResult { result: BuildResult::Pending, detail });
-            });
-        }
-        Err(e) => {
-            let outcome = if e.is::<Cancelled>() { BuildResult::Cancelled } else { BuildResult::Failure };
-            count_build(kind, outcome);
-            let error = telemetry::bounded_text(&format!("{e:#}"));
-            tracing::error!(error, "build failed; waiting for the input to change");
-            notify::send(&format!(
-                "STATUS=build failed: {}",
-                telemetry::bounded_text(&e.to_string()).replace('\n', " ")
-            ));
-            telemetry::update_status(|s| {
-                s.phase = Phase::Idle;
-                s.tables.clear();
-                s.last_result = Some(LastResult { result: outcome, detail: Some(error) });
-            });
-        }
-    }
-}
-
-/// How often `systemctl status` is told a build's progress.
-const STATUS_EVERY: Duration = Duration::from_secs(5);
-
-/// `STATUS=building (full) for 42 s: 2 table(s) reading, 1.2 of 3.4 GB (35 %)`.
-fn building_status(kind: BuildKind, elapsed: Duration) -> String {
-    let tables = telemetry::status().lock().map(|s| s.tables.clone()).unwrap_or_default();
-    let (done, total) = tables.values().fold((0, 0), |(d, t), p| (d + p.bytes_done, t + p.bytes_total));
-    let mut text = format!("STATUS=building ({}) for {} s", kind.label(), elapsed.as_secs());
-    if total > 0 {
-        text.push_str(&format!(
-            ": {} table(s) reading, {:.1} of {:.1} GB ({} %)",
-            tables.len(),
-            done as f64 / 1e9,
-            total as f64 / 1e9,
-            done * 100 / total
-        ));
-    }
-    text
-}
-
 /// The settings that differ between two configs, by their config-file names.
 fn changed_settings(old: &Config, new: &Config) -> Vec<String> {
     let (Ok(serde_json::Value::Object(old)), Ok(serde_json::Value::Object(new))) =
@@ -471,28 +405,4 @@ fn spawn_signal_handler(trigger: ShutdownTrigger, reload: async_channel::Sender<
         }
     });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn systemd_is_told_the_bytes_read_of_the_tables_in_flight() {
-        let quiet = building_status(BuildKind::Full, Duration::from_secs(3));
-        assert!(quiet.starts_with("STATUS=building (full) for 3 s"), "{quiet}");
-        telemetry::update_status(|s| {
-            s.tables.insert(
-                "hosp/labevents".into(),
-                telemetry::Progress { bytes_done: 1_000_000_000, bytes_total: 3_000_000_000 },
-            );
-            s.tables.insert(
-                "icu/chartevents".into(),
-                telemetry::Progress { bytes_done: 500_000_000, bytes_total: 1_000_000_000 },
-            );
-        });
-        let text = building_status(BuildKind::Incremental, Duration::from_secs(42));
-        telemetry::update_status(|s| s.tables.clear());
-        assert_eq!(text, "STATUS=building (incremental) for 42 s: 2 table(s) reading, 1.5 of 4.0 GB (37 %)");
-    }
 }

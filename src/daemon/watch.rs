@@ -5,12 +5,12 @@
 //! cohort's copied folders), handed to it after each build, never the whole input tree: a real
 //! PhysioNet mirror holds a million files of which a build reads a few thousand. A file is
 //! complete when its size, mtime and ctime have not changed for the settle period (downloads
-//! are written in place) and, for a gzip that changed while the daemon runs, it decodes to its
-//! end (a download that stalls longer than the settle period looks stable); until then it is
-//! reported as unstable, so builds leave its table alone. Files already there at start-up are
-//! not decoded twice: the first build reads them, and a truncated one fails its table, which
-//! keeps the previous output. inotify can overflow or hit its watch limit: a rescan of the same
-//! set runs periodically and whenever notify says events were lost.
+//! are written in place); until then it is reported as unstable, so builds leave its table
+//! alone. A download that stalls longer than the settle period looks stable: the build that
+//! reads it finds the gzip cut short and says so ([`WatchHandle::hold_incomplete`]), and the
+//! file is held as unstable until it changes again. So a changed table is decoded once, by the
+//! build, not once here to check it and again to build. inotify can overflow or hit its watch
+//! limit: a rescan of the same set runs periodically and whenever notify says events were lost.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -60,13 +60,13 @@ struct Pending {
     since: Instant,
     /// When the file was first seen changing (kept across changes: how long it has waited).
     first_seen: Instant,
-    /// A stable gzip file that did not decode: wait for it to change again.
-    broken: bool,
+    /// A stable file a build found cut short: held until it changes again.
+    held: bool,
 }
 
 impl Pending {
     fn new(stamp: Option<Stamp>) -> Self {
-        Self { stamp, since: Instant::now(), first_seen: Instant::now(), broken: false }
+        Self { stamp, since: Instant::now(), first_seen: Instant::now(), held: false }
     }
 
     /// A change: the settle period starts again, the wait goes on.
@@ -80,7 +80,13 @@ impl Pending {
 #[derive(Clone)]
 pub(super) struct WatchHandle {
     unstable: Arc<Mutex<HashSet<PathBuf>>>,
-    folders: async_channel::Sender<Vec<WatchDir>>,
+    control: async_channel::Sender<Control>,
+}
+
+/// What the daemon tells the actor.
+enum Control {
+    Folders(Vec<WatchDir>),
+    HoldIncomplete(Vec<PathBuf>),
 }
 
 impl WatchHandle {
@@ -91,7 +97,20 @@ impl WatchHandle {
     /// Watches exactly these folders from now on. Their current files are taken as they are
     /// (the build that named them has just read them).
     pub(super) fn set_folders(&self, folders: Vec<WatchDir>) {
-        let _ = self.folders.try_send(folders);
+        let _ = self.control.try_send(Control::Folders(folders));
+    }
+
+    /// Files a build found cut short (a gzip ending inside a member): unstable until they
+    /// change, so later builds leave their tables alone instead of decoding them again.
+    pub(super) fn hold_incomplete(&self, paths: Vec<PathBuf>) {
+        if paths.is_empty() {
+            return;
+        }
+        // Unstable at once, for a build that starts before the actor takes the message.
+        if let Ok(mut unstable) = self.unstable.lock() {
+            unstable.extend(paths.iter().cloned());
+        }
+        let _ = self.control.try_send(Control::HoldIncomplete(paths));
     }
 }
 
@@ -108,8 +127,8 @@ pub(super) struct WatchConfig {
 /// from the watcher's view of which files are still arriving.
 pub(super) fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, async_channel::Receiver<WatchEvent>) {
     let (tx, rx) = async_channel::bounded(16);
-    let (folders_tx, folders_rx) = async_channel::bounded(2);
-    let handle = WatchHandle { unstable: Arc::default(), folders: folders_tx };
+    let (control_tx, control_rx) = async_channel::bounded(4);
+    let handle = WatchHandle { unstable: Arc::default(), control: control_tx };
     let mut actor = WatchActor {
         folders: config.folders,
         ignore: config.ignore,
@@ -128,7 +147,7 @@ pub(super) fn spawn(config: WatchConfig, shutdown: Shutdown) -> (WatchHandle, as
         actor.update_watches(watcher.as_mut());
         actor.initial_scan();
     });
-    tokio::spawn(actor.run(watcher, queue, folders_rx, shutdown));
+    tokio::spawn(actor.run(watcher, queue, control_rx, shutdown));
     (handle, rx)
 }
 
@@ -186,7 +205,7 @@ impl WatchActor {
         mut self,
         mut watcher: Option<notify::RecommendedWatcher>,
         mut queue: Option<PathQueue>,
-        folder_updates: async_channel::Receiver<Vec<WatchDir>>,
+        control: async_channel::Receiver<Control>,
         mut shutdown: Shutdown,
     ) {
         let mut settle = tokio::time::interval(SETTLE_TICK);
@@ -201,8 +220,9 @@ impl WatchActor {
             };
             tokio::select! {
                 _ = shutdown.recv() => return,
-                update = folder_updates.recv() => match update {
-                    Ok(folders) => tokio::task::block_in_place(|| self.set_folders(folders, watcher.as_mut())),
+                update = control.recv() => match update {
+                    Ok(Control::Folders(folders)) => tokio::task::block_in_place(|| self.set_folders(folders, watcher.as_mut())),
+                    Ok(Control::HoldIncomplete(paths)) => self.hold(paths),
                     Err(_) => return, // every handle dropped: this watcher is replaced
                 },
                 msg = next_path => match msg {
@@ -311,6 +331,21 @@ impl WatchActor {
         tracing::debug!(folders = self.folders.len(), files = self.known.len(), "watch set updated");
     }
 
+    /// Holds files a build found cut short as pending until they change. Each is held with the
+    /// identity it had when it was last reported complete (what the build read), so a change
+    /// since then is still seen as one; a file already pending is changing and left to settle.
+    fn hold(&mut self, paths: Vec<PathBuf>) {
+        for path in paths {
+            if self.pending.contains_key(&path) || self.ignored(&path) {
+                continue;
+            }
+            let mut held = Pending::new(self.known.get(&path));
+            held.held = true;
+            self.pending.insert(path, held);
+        }
+        self.publish_unstable();
+    }
+
     fn touch(&mut self, path: PathBuf) {
         if self.ignored(&path) || path.is_dir() {
             return;
@@ -363,19 +398,8 @@ impl WatchActor {
                 p.changed(current);
                 continue;
             }
-            if p.broken || p.since.elapsed() < self.settle {
+            if p.held || p.since.elapsed() < self.settle {
                 continue;
-            }
-            if current.is_some() && crate::source::is_gzip_name(&path) {
-                let check = path.clone();
-                let ok = tokio::task::spawn_blocking(move || gzip_complete(&check)).await.unwrap_or(false);
-                if !ok {
-                    tracing::warn!(path = %path.display(), "gzip file does not decode to its end: waiting for it to change");
-                    if let Some(p) = self.pending.get_mut(&path) {
-                        p.broken = true;
-                    }
-                    continue;
-                }
             }
             self.pending.remove(&path);
             match current {
@@ -436,23 +460,6 @@ fn walk(folders: &[WatchDir], ignore: &[PathBuf], each: &mut dyn FnMut(PathBuf, 
                     _ => {}
                 }
             }
-        }
-    }
-}
-
-/// True when every gzip member of the file decodes to its end.
-fn gzip_complete(path: &Path) -> bool {
-    use std::io::Read;
-    let Ok(file) = std::fs::File::open(path) else { return false };
-    let Ok(mut d) = crate::gzip::decoder(std::io::BufReader::with_capacity(crate::source::CHUNK, file)) else {
-        return false;
-    };
-    let mut buf = vec![0u8; crate::source::CHUNK];
-    loop {
-        match d.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(_) => return false,
         }
     }
 }

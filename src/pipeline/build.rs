@@ -14,10 +14,11 @@ use crate::input::{self};
 use crate::pipeline::context::{raise_open_file_limit, BuildContext};
 use crate::pipeline::derived::side_tables;
 use crate::pipeline::derived::write_cxr_meta;
-use crate::pipeline::error::JobError;
+use crate::pipeline::error::{JobError, ReadError};
 use crate::pipeline::folders;
 use crate::pipeline::job_keys;
 use crate::pipeline::jobs::discover_jobs;
+use crate::pipeline::link_cache::{LinkCache, LinkKey};
 use crate::pipeline::linker::{self, Links};
 use crate::pipeline::paths;
 use crate::pipeline::publish;
@@ -44,6 +45,14 @@ pub struct BuildOptions {
     /// Compare the output with its manifests first and redo the jobs whose files were removed
     /// or changed (the daemon does this in its own checkup instead, between builds).
     pub check_outputs: bool,
+    /// A `.csv.gz` that ends inside a gzip member is taken for a download still arriving: its
+    /// table is pending, not failed, and the file is named in [`Summary::incomplete_inputs`]
+    /// (or a linker table's in [`Pending`]). The daemon sets this: its watcher waits only for
+    /// a file to stop changing, and the build's own read is the check that it decodes to its
+    /// end, so a changed table is decoded once, not once to check it and again to build.
+    pub cut_short_is_pending: bool,
+    /// The last link, reused when none of its inputs changed (the daemon keeps one).
+    pub(crate) link_cache: Option<LinkCache>,
 }
 
 impl BuildOptions {
@@ -81,8 +90,9 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let mut integrity = crate::integrity::Integrity::load(&config);
     crate::integrity::Integrity::report_newer_versions(&config);
     let stays_pending = linker_inputs_pending(&side, &options)?;
-    let (links, inputs) =
-        link_cohort(&config, &side, &integrity, stays_pending.is_none(), options.cancel.clone()).await?;
+    let (links, inputs) = link_cohort(&config, &side, &integrity, stays_pending.is_none(), &options)
+        .await
+        .map_err(|e| linker_cut_short(e, &options))?;
     check_linker_rows(&config, &inputs, links.cohort.len(), stays_pending.as_deref(), options.accept_shrink)?;
     let linker::LinkInputs { reflacx_metadata, master_sheet, .. } = inputs;
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
@@ -95,7 +105,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     tracing::info!(patients = links.cohort.len(), images = links.cxr_rows.len(), "cohort linked");
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(links.cohort.clone()),
-        links: Arc::new(links),
+        links,
         config: config.clone(),
         progress,
         max_open_files: raise_open_file_limit(),
@@ -175,24 +185,44 @@ fn linker_inputs_pending(side: &input::LinkerTablePaths, options: &BuildOptions)
     Ok(stays_pending)
 }
 
-/// The linker on its blocking thread: the small tables read under the cohort rule, then linked.
+/// A linker table cut short while the daemon builds: the build waits for it (see
+/// [`BuildOptions::cut_short_is_pending`]).
+fn linker_cut_short(e: anyhow::Error, options: &BuildOptions) -> anyhow::Error {
+    let cut_short = e.downcast_ref::<ReadError>().and_then(ReadError::cut_short_gzip);
+    match cut_short {
+        Some(path) if options.cut_short_is_pending => {
+            tracing::warn!(path = %path.display(), "gzip file ends before its end: waiting for it to change");
+            Pending(path.to_path_buf()).into()
+        }
+        _ => e,
+    }
+}
+
+/// The linker on its blocking thread: the small tables read under the cohort rule, then linked;
+/// or the last link, when none of what it read changed.
 async fn link_cohort(
     config: &Config,
     side: &input::LinkerTablePaths,
     integrity: &Arc<crate::integrity::Integrity>,
     with_stays: bool,
-    alive: CancelToken,
-) -> anyhow::Result<(Links, linker::LinkInputs)> {
+    options: &BuildOptions,
+) -> anyhow::Result<(Arc<Links>, linker::LinkInputs)> {
     let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(integrity));
+    let (alive, cache) = (options.cancel.clone(), options.link_cache.clone());
     let edstays = side.edstays.clone().filter(|_| with_stays);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(Links, linker::LinkInputs)> {
-        let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(Arc<Links>, linker::LinkInputs)> {
         let tables = linker::LinkTables {
             cxr_metadata: side.cxr_metadata.as_deref(),
             edstays: edstays.as_deref(),
             reflacx_phases: &side.reflacx_phases,
             master_sheet: side.master_sheet.as_deref(),
         };
+        let key = cache.as_ref().and_then(|_| LinkKey::of(&cfg, &tables, &integrity.sums));
+        if let Some(hit) = cache.as_ref().zip(key.as_ref()).and_then(|(c, k)| c.get(k)) {
+            tracing::info!("linker tables unchanged: the last link is reused");
+            return Ok(hit);
+        }
+        let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
         let sha256 = |p: &Path| integrity.table_check(p);
         let settings = linker::LinkSettings {
             profile: cfg.profile,
@@ -201,7 +231,12 @@ async fn link_cohort(
             sha256: &sha256,
             cancel: &alive,
         };
-        Ok(linker::link(tables, settings)?)
+        let (links, inputs) = linker::link(tables, settings)?;
+        let links = Arc::new(links);
+        if let Some((cache, key)) = cache.zip(key) {
+            cache.put(key, &links, &inputs);
+        }
+        Ok((links, inputs))
     })
     .await?
 }
@@ -230,6 +265,8 @@ struct Report {
     tables: BTreeMap<String, TableCounts>,
     failed: BTreeMap<String, String>,
     pending: Vec<String>,
+    /// Files of the pending tables that ended inside a gzip member.
+    incomplete_inputs: Vec<PathBuf>,
     removed_tables: Vec<String>,
     /// Table jobs that ended well, and of them those the planner found unchanged (not read).
     table_jobs: usize,
@@ -247,6 +284,7 @@ impl Report {
         self.tables.extend(other.tables);
         self.failed.extend(other.failed);
         self.pending.extend(other.pending);
+        self.incomplete_inputs.extend(other.incomplete_inputs);
         self.removed_tables.extend(other.removed_tables);
         self.table_jobs += other.table_jobs;
         self.unchanged += other.unchanged;
@@ -309,6 +347,15 @@ async fn run_table_jobs(
             }
             // A stopped or failed job's staging folder went with it (see `Staging`).
             Ok((_, Err(e))) if e.is_cancelled() => {}
+            Ok((key, Err(e))) if options.cut_short_is_pending && e.cut_short_gzip().is_some() => {
+                let path = e.cut_short_gzip().map(Path::to_path_buf).unwrap_or_default();
+                tracing::warn!(table = %key, path = %path.display(), "gzip file ends before its end: waiting for it to change; previous output kept");
+                if let Some(m) = state::load_manifest(output, &key) {
+                    report.tables.insert(key.clone(), m.counts);
+                }
+                report.pending.push(key);
+                report.incomplete_inputs.push(path);
+            }
             Ok((key, Err(e))) => {
                 tracing::error!(table = %key, error = %crate::telemetry::bounded_text(&e.to_string()), "table failed; its previous output is kept");
                 report.fail(key, &e);
@@ -374,6 +421,7 @@ fn summarize(ctx: &BuildContext, report: Report, missing: Vec<String>, stays_kno
         rejects_by_reason: report.rejects_by_reason,
         failed: report.failed,
         pending: report.pending,
+        incomplete_inputs: report.incomplete_inputs,
         missing_datasets: missing,
         removed_tables: report.removed_tables,
         skipped_files: input::skipped_files(config),

@@ -92,6 +92,14 @@ impl ReadError {
         };
         ReadError { path: path.to_path_buf(), kind }
     }
+
+    /// A gzip file that ends inside a member: a download still arriving (wget writes in place
+    /// and may stall) or one cut off. The daemon takes it for the former: see
+    /// [`crate::pipeline::BuildOptions::cut_short_is_pending`].
+    pub(crate) fn cut_short_gzip(&self) -> Option<&Path> {
+        let eof = matches!(&self.kind, ReadErrorKind::Decode(e) if e.cause.kind() == io::ErrorKind::UnexpectedEof);
+        (eof && crate::source::is_gzip_name(&self.path)).then_some(self.path.as_path())
+    }
 }
 
 /// A panic's message, when it has one.
@@ -115,6 +123,14 @@ impl<T> At<T> for io::Result<T> {
 }
 
 impl JobError {
+    /// See [`ReadError::cut_short_gzip`].
+    pub(crate) fn cut_short_gzip(&self) -> Option<&Path> {
+        match self {
+            Self::Read(e) => e.cut_short_gzip(),
+            _ => None,
+        }
+    }
+
     /// A stop, not a failure of the table.
     pub(crate) fn is_cancelled(&self) -> bool {
         matches!(self, Self::Cancelled | Self::Read(ReadError { kind: ReadErrorKind::Cancelled, .. }))

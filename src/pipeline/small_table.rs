@@ -12,7 +12,7 @@ use crate::shutdown::CancelToken;
 use crate::source::Sha256Check;
 
 /// A small table read whole and decoded (the linker's tables: thousands of rows, not millions).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct SmallTable {
     /// The file it was read from.
     pub path: PathBuf,

@@ -66,6 +66,10 @@ pub struct Summary {
     pub failed: BTreeMap<String, String>,
     /// Tables whose input was still being written: previous output kept.
     pub pending: Vec<String>,
+    /// Of their files, those the build found cut short inside a gzip member, for the daemon's
+    /// watcher to hold until they change (not written to summary.json).
+    #[serde(skip)]
+    pub(crate) incomplete_inputs: Vec<std::path::PathBuf>,
     pub(crate) missing_datasets: Vec<String>,
     /// Tables gone from the input whose outputs this build removed.
     pub removed_tables: Vec<String>,

@@ -133,7 +133,7 @@ impl<'a> FolderJob<'a> {
             if meta.is_dir() {
                 self.folder(&path, &dest.join(&name))?;
             } else if meta.is_file() {
-                self.file(&path, &dest.join(&name), None)?;
+                self.file_of(&path, Some(&meta), &dest.join(&name), None)?;
             }
         }
         Ok(())
@@ -158,27 +158,42 @@ impl<'a> FolderJob<'a> {
 
     /// Places one file; `content` replaces the source bytes (merged ellipses files).
     pub(super) fn file(&mut self, src: &Path, dest: &Path, content: Option<Vec<u8>>) -> Result<(), JobError> {
+        let source = fs::metadata(src).ok();
+        self.file_of(src, source.as_ref(), dest, content)
+    }
+
+    /// [`Self::file`] with the source's metadata already taken (the walk's): a rebuild beside a
+    /// mirror looks at 100,000 files, each once on each side, not once per question asked.
+    fn file_of(
+        &mut self,
+        src: &Path,
+        source: Option<&fs::Metadata>,
+        dest: &Path,
+        content: Option<Vec<u8>>,
+    ) -> Result<(), JobError> {
         self.counts.read += 1;
         let mode = self.ctx.config.files;
         let final_path = self.ctx.config.output.join(dest);
         let staged = paths::staged_path(self.staging.dir(), dest);
-        let final_is_link = fs::symlink_metadata(&final_path).is_ok_and(|m| m.file_type().is_symlink());
+        // What is in place, not followed: a link, or the file itself.
+        let in_place = fs::symlink_metadata(&final_path).ok();
+        let final_is_link = in_place.as_ref().is_some_and(|m| m.file_type().is_symlink());
         // What is in place and left as it is, if anything.
         let mut kept: Option<Kept> = None;
-        let unchanged = match (&content, mode) {
-            (Some(bytes), _) => !final_is_link && fs::read(&final_path).is_ok_and(|old| &old == bytes),
-            (None, FilesMode::Symlink) => {
+        let unchanged = match (&content, mode, source, &in_place) {
+            (Some(bytes), ..) => !final_is_link && fs::read(&final_path).is_ok_and(|old| &old == bytes),
+            (None, FilesMode::Symlink, ..) => {
                 final_is_link && fs::read_link(&final_path).is_ok_and(|t| t == link_target(src)) && final_path.exists()
             }
-            (None, _) if !final_is_link && same_file(src, &final_path, mode) => {
-                kept = self.kept_copy(src, dest);
+            (None, _, Some(source), Some(out)) if !final_is_link && same_file(source, out, mode) => {
+                kept = self.kept_copy(src, source, out, dest);
                 kept.is_some()
             }
-            (None, _) => false,
+            _ => false,
         };
         let placed = if unchanged {
             let kept = kept.get_or_insert(Kept::Unrecorded);
-            Ok(self.classify(src, &final_path, content.is_some(), kept.record()))
+            Ok(classify(source, in_place.as_ref(), content.is_some(), kept.record()))
         } else {
             match content {
                 Some(bytes) => fs::write(&staged, bytes).map(|()| Placed::Written),
@@ -195,7 +210,7 @@ impl<'a> FolderJob<'a> {
                 // Keep what the last build placed, if anything.
                 match self.copied_before.get(dest) {
                     Some(record) if final_path.is_file() => {
-                        let placed = self.classify(src, &final_path, false, Some(&record));
+                        let placed = classify(source, in_place.as_ref(), false, Some(&record));
                         kept = Some(Kept::Copy(record));
                         placed
                     }
@@ -213,7 +228,7 @@ impl<'a> FolderJob<'a> {
                 return Ok(());
             }
         };
-        let copy = self.count(src, placed, kept);
+        let copy = self.count(source.map_or(0, fs::Metadata::len), placed, kept);
         if let Err(cause) = self.list.push(dest, copy.as_ref()) {
             return Err(JobError::Write { path: self.list.path().to_path_buf(), cause });
         }
@@ -224,8 +239,7 @@ impl<'a> FolderJob<'a> {
     /// Counts how a file was placed, for the summary; `kept` is `Some` for a file left as it
     /// was. Returns the copy record to list with the file: a kept file's own (never the bare
     /// source identity `classify` makes up when a copy in place has none), a new copy's.
-    fn count(&self, src: &Path, placed: Placed, kept: Option<Kept>) -> Option<CopyRecord> {
-        let bytes = fs::metadata(src).map_or(0, |m| m.len());
+    fn count(&self, bytes: u64, placed: Placed, kept: Option<Kept>) -> Option<CopyRecord> {
         let mut stats = self.ctx.integrity.files.lock().unwrap_or_else(|e| e.into_inner());
         stats.kept += u64::from(kept.is_some());
         match placed {
@@ -248,26 +262,6 @@ impl<'a> FolderJob<'a> {
                 stats.written += 1;
                 None
             }
-        }
-    }
-
-    /// How a file already in place (and kept) was placed, for the summary's counts; `record`
-    /// is the record of its copy, if it is one.
-    fn classify(&self, src: &Path, out: &Path, content: bool, record: Option<&CopyRecord>) -> Placed {
-        if content {
-            return Placed::Written;
-        }
-        if fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Placed::Symlinked;
-        }
-        let (Ok(o), Ok(s)) = (fs::metadata(out), fs::metadata(src)) else { return Placed::Written };
-        if o.ino() == s.ino() && o.dev() == s.dev() {
-            return Placed::Linked;
-        }
-        match record {
-            Some(r) if r.reflink => Placed::Reflinked(r.clone()),
-            Some(r) => Placed::Copied(r.clone()),
-            None => Placed::Copied(CopyRecord::identity(&s)),
         }
     }
 
@@ -313,9 +307,7 @@ impl<'a> FolderJob<'a> {
     /// the digest recorded when it was copied is the one the dataset's SHA256SUMS.txt lists
     /// now, if it lists the file (a hard link needs no record: it is the source). `Some` when
     /// kept.
-    fn kept_copy(&mut self, src: &Path, dest: &Path) -> Option<Kept> {
-        let out = fs::metadata(self.ctx.config.output.join(dest)).ok()?;
-        let source = fs::metadata(src).ok()?;
+    fn kept_copy(&mut self, src: &Path, source: &fs::Metadata, out: &fs::Metadata, dest: &Path) -> Option<Kept> {
         if out.nlink() > 1 && out.ino() == source.ino() && out.dev() == source.dev() {
             // A hard link is the source itself; in the other modes it must be replaced.
             return (self.ctx.config.files == FilesMode::Hardlink).then_some(Kept::Unrecorded);
@@ -326,7 +318,7 @@ impl<'a> FolderJob<'a> {
         self.copied_before
             .get(dest)
             .filter(|record| {
-                record.same_source(&CopyRecord::identity(&source))
+                record.same_source(&CopyRecord::identity(source))
                     && record.source.size == out.len()
                     && (record.reflink == want_reflink || !want_reflink)
                     && listed.is_none_or(|digest| crate::sums::parse_hex(&record.sha256) == Some(digest))
@@ -351,6 +343,32 @@ impl<'a> FolderJob<'a> {
         };
         self.staging.publish(manifest)?;
         Ok((self.key.to_string(), self.counts))
+    }
+}
+
+/// How a file already in place (and kept) was placed, for the summary's counts, from the
+/// metadata of its source and of what is in place (not followed); `record` is the record of its
+/// copy, if it is one.
+fn classify(
+    source: Option<&fs::Metadata>,
+    in_place: Option<&fs::Metadata>,
+    content: bool,
+    record: Option<&CopyRecord>,
+) -> Placed {
+    if content {
+        return Placed::Written;
+    }
+    let (Some(s), Some(o)) = (source, in_place) else { return Placed::Written };
+    if o.file_type().is_symlink() {
+        return Placed::Symlinked;
+    }
+    if o.ino() == s.ino() && o.dev() == s.dev() {
+        return Placed::Linked;
+    }
+    match record {
+        Some(r) if r.reflink => Placed::Reflinked(r.clone()),
+        Some(r) => Placed::Copied(r.clone()),
+        None => Placed::Copied(CopyRecord::identity(s)),
     }
 }
 

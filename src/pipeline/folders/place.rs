@@ -11,10 +11,7 @@ use crate::pipeline::state::{self, CopyRecord};
 
 /// Possibly in place: the same inode (hard link), or a file of the same size (a copy, which
 /// `kept_copy` then checks against its record).
-pub(super) fn same_file(src: &Path, dest: &Path, mode: FilesMode) -> bool {
-    let (Ok(s), Ok(d)) = (fs::metadata(src), fs::metadata(dest)) else {
-        return false;
-    };
+pub(super) fn same_file(s: &fs::Metadata, d: &fs::Metadata, mode: FilesMode) -> bool {
     match mode {
         FilesMode::Hardlink if s.dev() == d.dev() && s.ino() == d.ino() => true,
         _ => s.len() == d.len(),

@@ -32,7 +32,7 @@ pub(super) struct LinkTables<'a> {
 
 /// The small linker tables other jobs write (REFLACX metadata, the master sheet), and how many
 /// rows each linker table gave (the shrink guard's counts).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct LinkInputs {
     pub reflacx_metadata: Vec<SmallTable>,
     pub master_sheet: Option<SmallTable>,

@@ -52,9 +52,16 @@ fn watches_memory_and_idle_cpu_do_not_grow_with_the_mirror() {
         let d = w.daemon("");
         let pid = d.child.id();
         let (watches, instances) = inotify(pid);
-        let t0 = cpu_ticks(pid);
+        let events = |kind: &str| d.metric(&format!("mimic_eye_watch_events_total{{kind=\"{kind}\"}}")).unwrap_or(0.0);
+        let (t0, events_before, rescans_before) = (cpu_ticks(pid), events("inotify"), events("rescan"));
         std::thread::sleep(Duration::from_secs(6)); // three rescans (rescan_seconds = 2)
         let idle_ticks = cpu_ticks(pid) - t0;
+        // The folders a rescan lists are opened, which inotify reports: those reads are no
+        // change, or a rescan of more folders than the event queue holds would overflow it and
+        // call for the next rescan, without end.
+        assert!(events("rescan") >= rescans_before + 2.0, "the periodic rescans ran");
+        assert_eq!(events("inotify"), events_before, "the daemon's own reads came back as events");
+        assert_eq!(events("overflow"), 0.0, "the event queue overflowed while idle");
         let rss = status_kb(pid, "VmRSS:");
         assert_eq!(instances, 1, "one inotify instance");
         assert_eq!(d.metric("mimic_eye_watches"), Some(watches as f64), "the gauge tells the watches");

@@ -184,6 +184,10 @@ fn start_notify() -> (Option<notify::RecommendedWatcher>, Option<PathQueue>) {
     };
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
         Ok(ev) if ev.need_rescan() => send(None),
+        // notify asks inotify for IN_OPEN too: every folder a rescan lists and every file a
+        // build reads would come back as an event, and a rescan of more folders than the
+        // queue holds would overflow it and call for another rescan, without end.
+        Ok(ev) if is_only_a_read(&ev.kind) => {}
         Ok(ev) => ev.paths.into_iter().for_each(|p| send(Some(p))),
         Err(e) => {
             tracing::warn!(error = %e, "file watch error; relying on rescans");
@@ -198,6 +202,12 @@ fn start_notify() -> (Option<notify::RecommendedWatcher>, Option<PathQueue>) {
             (None, None)
         }
     }
+}
+
+/// An event that changes nothing: a file or folder opened, read or closed unwritten.
+fn is_only_a_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(access) if !matches!(access, AccessKind::Close(AccessMode::Write)))
 }
 
 impl WatchActor {

@@ -17,9 +17,12 @@ pub(crate) type Digest = [u8; 32];
 
 /// A digest as lower-case hex, as in SHA256SUMS.txt.
 pub fn hex(d: &Digest) -> String {
+    // A table, not a `format!` per byte: the output's SHA256SUMS.txt has a line per file.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(64);
     for b in d {
-        s.push_str(&format!("{b:02x}"));
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
     }
     s
 }
@@ -28,9 +31,17 @@ pub(crate) fn parse_hex(s: &str) -> Option<Digest> {
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
+    // Every digit was checked above: a nibble each, no parse of a string per byte (a mirror's
+    // checksum file has a million lines, read at every build).
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    };
+    let bytes = s.as_bytes();
     let mut d = [0u8; 32];
     for (i, out) in d.iter_mut().enumerate() {
-        *out = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        *out = nibble(bytes[2 * i]) << 4 | nibble(bytes[2 * i + 1]);
     }
     Some(d)
 }
@@ -70,5 +81,21 @@ impl Expected {
         } else {
             Err(io::Error::new(io::ErrorKind::InvalidData, MISMATCH))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_print_as_lower_hex_and_parse_back_in_either_case() {
+        let d: Digest = std::array::from_fn(|i| (i * 37 + 5) as u8);
+        let text = hex(&d);
+        assert_eq!(&text[..8], "052a4f74");
+        assert_eq!(parse_hex(&text), Some(d));
+        assert_eq!(parse_hex(&text.to_uppercase()), Some(d));
+        assert_eq!(parse_hex(&text[1..]), None, "63 digits");
+        assert_eq!(parse_hex(&format!("g{}", &text[1..])), None, "not a digit");
     }
 }

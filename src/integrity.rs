@@ -62,8 +62,9 @@ pub struct Provenance {
 }
 
 impl Integrity {
-    pub(crate) fn load(config: &Config) -> Arc<Self> {
-        Arc::new(Self { sums: Sums::load(config), ..Default::default() })
+    /// A build's record, checking against checksum lines already parsed.
+    pub(crate) fn with_sums(sums: Sums) -> Arc<Self> {
+        Arc::new(Self { sums, ..Default::default() })
     }
 
     /// A table about to be read: counted for its dataset; the check to make at the end of the

@@ -122,7 +122,7 @@ pub(crate) fn format_line(digest: &Digest, rel: &[u8]) -> Vec<u8> {
 }
 
 /// A dataset's checksum file, parsed: absolute path → digest.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct DatasetSums {
     pub folder: PathBuf,
     /// The folder has a `SHA256SUMS.txt` (even one that could not be parsed).
@@ -276,7 +276,7 @@ fn path_key(path: &Path) -> u64 {
 }
 
 /// Every dataset's checksum file, parsed once per build.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Sums {
     pub datasets: BTreeMap<DatasetKey, DatasetSums>,
 }

@@ -591,3 +591,51 @@ fn the_digest_of_a_read_is_the_files_sha256_small_or_large() {
         assert_eq!(report["input_bytes"].as_u64(), Some(bytes.len() as u64));
     }
 }
+
+/// The output's listing after rebuilds: one that changed nothing patches the summary's and
+/// report's lines only (every other line as it was), one that changed a file walks the output
+/// again; each time `sha256sum -c` checks the whole output.
+#[test]
+fn the_output_listing_stays_exact_across_rebuilds_that_change_nothing_or_something() {
+    let tmp = tempfile::tempdir().unwrap();
+    mirror(tmp.path());
+    let (input, output) = (files(tmp.path()), tmp.path().join("out"));
+    let lines = |output: &Path| -> Vec<String> {
+        fs::read_to_string(output.join("SHA256SUMS.txt")).unwrap().lines().map(str::to_string).collect()
+    };
+    let checked = |output: &Path| {
+        let check = sha256sum_check(output);
+        assert!(check.status.success(), "{}", text(&check.stdout));
+    };
+    assert!(build_out(&input, &output, &[]).status.success());
+    checked(&output);
+    let first = lines(&output);
+    let current = output.join(".mimic-eye/listing-current");
+    assert!(current.exists(), "a walked listing is marked current");
+
+    assert!(build_out(&input, &output, &[]).status.success());
+    checked(&output);
+    let again = lines(&output);
+    let differ: Vec<&String> = again.iter().filter(|l| !first.contains(l)).collect();
+    assert!(differ.iter().any(|l| l.ends_with(" summary.json")), "{differ:?}");
+    assert!(
+        differ.iter().all(|l| l.ends_with(" summary.json") || l.ends_with(" report.html")),
+        "only the summary's and report's lines change: {differ:?}"
+    );
+
+    // One patient's admissions change: that file's line changes too.
+    let adm = find(&input, "hosp/admissions.csv.gz").unwrap();
+    let text_rows = String::from_utf8(read_table(&adm)).unwrap();
+    let first_row = text_rows.lines().nth(1).unwrap();
+    let changed = text_rows.replacen(first_row, &format!("{first_row}X"), 1);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(changed.as_bytes()).unwrap();
+    fs::write(&adm, gz.finish().unwrap()).unwrap();
+    let sums = adm.parent().unwrap().parent().unwrap().join("SHA256SUMS.txt");
+    let _ = fs::remove_file(&sums); // this test changes the download on purpose
+    assert!(build_out(&input, &output, &[]).status.success());
+    checked(&output);
+    let third = lines(&output);
+    let differ: Vec<&String> = third.iter().filter(|l| !again.contains(l)).collect();
+    assert!(differ.len() >= 2 && differ.iter().any(|l| l.ends_with("/Hosp/admissions.csv")), "{differ:?}");
+}

@@ -378,3 +378,45 @@ fn copies_are_kept_across_rebuilds_by_the_records_in_their_file_lists() {
     assert_eq!(files["kept"].as_u64().unwrap() + 1, copies + files["written"].as_u64().unwrap(), "{files}");
     run_ok(bin().args(["verify", "--output"]).arg(&out));
 }
+
+/// A build's derived tables (cxr_meta, the stacked REFLACX metadata, the master sheet) depend
+/// on what the link read and the settings only: a rebuild with neither changed does not write
+/// them again, and a change to a linker table redoes them to what a clean build gives.
+#[test]
+fn derived_tables_are_redone_when_and_only_when_what_the_link_read_changed() {
+    let w = world();
+    let out = w.input.parent().unwrap().join("out");
+    let debug_build = |out: &Path| {
+        let mut cmd = bin();
+        cmd.env("MIMIC_EYE_LOG", "mimic_eye=debug").args(["build", "--input"]).arg(&w.input).arg("--output").arg(out);
+        String::from_utf8(run_ok(&mut cmd).stderr).unwrap()
+    };
+    let skipped = |log: &str, table: &str| {
+        log.lines().any(|l| l.contains("unchanged: skipped") && l.contains(&format!("table=\"{table}\"")))
+    };
+    let derived = ["cxr_meta", "cxr_meta_with_stay_id_only", "reflacx/metadata", "egd-cxr/master_sheet"];
+    let first = debug_build(&out);
+    assert!(derived.iter().all(|t| !skipped(&first, t)), "a first build writes every derived table");
+    let again = debug_build(&out);
+    for table in derived {
+        assert!(skipped(&again, table), "{table} was written again with nothing changed:\n{again}");
+    }
+
+    // A linker table changes: the age group of the first image of the master sheet.
+    let sheet_out = out.join("spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv");
+    let sheet_before = fs::read_to_string(&sheet_out).unwrap();
+    let sheet = w.input.join("egd-cxr/master_sheet.csv");
+    let text = fs::read_to_string(&sheet).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let age = lines[1].split(',').nth(6).unwrap().to_string();
+    lines[1] = lines[1].replacen(&format!(",{age},"), ",100 - 110,", 1);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&sheet, lines.join("\n") + "\n").unwrap();
+    let changed = debug_build(&out);
+    assert!(!skipped(&changed, "egd-cxr/master_sheet"), "the changed master sheet was not redone");
+    let clean = w.input.parent().unwrap().join("clean");
+    build(&w.input, &clean, &[]);
+    assert_eq!(tree(&out), tree(&clean), "the rebuild differs from a clean build");
+    let sheet_after = fs::read_to_string(&sheet_out).unwrap();
+    assert!(sheet_after != sheet_before && sheet_after.contains(",100 - 110,"), "{sheet_after}");
+}

@@ -122,6 +122,8 @@ struct Daemon {
     first: bool,
     /// The last link: a build whose linker tables did not change reuses it.
     links: pipeline::LinkCache,
+    /// The last parse of the checksum files, reused while they are unchanged.
+    sums: pipeline::SumsCache,
 }
 
 /// What ended a build: it finished, or a stop cancelled it.
@@ -167,6 +169,7 @@ impl Daemon {
             watchdog,
             first: true,
             links: pipeline::LinkCache::default(),
+            sums: pipeline::SumsCache::default(),
         }
     }
 
@@ -235,6 +238,7 @@ impl Daemon {
             unstable: unstable.clone(),
             cut_short_is_pending: true,
             link_cache: Some(self.links.clone()),
+            sums_cache: Some(self.sums.clone()),
             ..Default::default()
         };
         let fresh = self.first && !self.config.output.join("summary.json").exists();

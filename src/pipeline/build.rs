@@ -26,10 +26,12 @@ use crate::pipeline::read_set;
 use crate::pipeline::shrink;
 use crate::pipeline::state;
 use crate::pipeline::summary::{self, CohortSummary, SourceCounts, Summary};
+use crate::pipeline::sums_cache::{self, SumsCache};
 use crate::pipeline::table_job::run_table_job;
 use crate::pipeline::vanished;
 use crate::progress::ProgressBars;
 use crate::shutdown::CancelToken;
+use crate::sums::Sums;
 
 /// How a build runs (the daemon sets these; a one-shot build uses the defaults).
 #[derive(Debug, Clone, Default)]
@@ -53,6 +55,8 @@ pub struct BuildOptions {
     pub cut_short_is_pending: bool,
     /// The last link, reused when none of its inputs changed (the daemon keeps one).
     pub(crate) link_cache: Option<LinkCache>,
+    /// The last parse of the checksum files, reused while they are unchanged (the daemon's).
+    pub(crate) sums_cache: Option<SumsCache>,
 }
 
 impl BuildOptions {
@@ -87,10 +91,11 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     prepare_output(&output, options.check_outputs)?;
     let side = input::linker_table_paths(&config).context("finding the input's tables")?;
     let missing = check_inputs(&config, &side)?;
-    let mut integrity = crate::integrity::Integrity::load(&config);
+    let (tables_sums, sums_key) = sums_cache::table_sums(&config, options.sums_cache.as_ref());
+    let mut integrity = crate::integrity::Integrity::with_sums(tables_sums);
     crate::integrity::Integrity::report_newer_versions(&config);
     let stays_pending = linker_inputs_pending(&side, &options)?;
-    let (links, inputs) = link_cohort(&config, &side, &integrity, stays_pending.is_none(), &options)
+    let (links, inputs, link_key) = link_cohort(&config, &side, &integrity, stays_pending.is_none(), &options)
         .await
         .map_err(|e| linker_cut_short(e, &options))?;
     check_linker_rows(&config, &inputs, links.cohort.len(), stays_pending.as_deref(), options.accept_shrink)?;
@@ -98,7 +103,13 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     // The checksum lines of the files the folder jobs will copy, now that the cohort is known.
     match Arc::get_mut(&mut integrity) {
         Some(i) => {
-            i.sums.add_folders(|each| read_set::each_copied_folder(&config, &links, &reflacx_metadata, each));
+            let add = |sums: &mut Sums| {
+                sums.add_folders(|each| read_set::each_copied_folder(&config, &links, &reflacx_metadata, each));
+            };
+            match (&options.sums_cache, sums_key, link_key.as_ref().map(LinkKey::digest)) {
+                (Some(cache), Some(key), Some(link)) => cache.add_folders(&key, &link, &mut i.sums, add),
+                _ => add(&mut i.sums),
+            }
         }
         None => tracing::warn!("copied files are not checked against SHA256SUMS.txt this build"),
     }
@@ -106,6 +117,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(links.cohort.clone()),
         links,
+        link_digest: link_key.as_ref().map(LinkKey::digest),
         config: config.clone(),
         progress,
         max_open_files: raise_open_file_limit(),
@@ -206,21 +218,21 @@ async fn link_cohort(
     integrity: &Arc<crate::integrity::Integrity>,
     with_stays: bool,
     options: &BuildOptions,
-) -> anyhow::Result<(Arc<Links>, linker::LinkInputs)> {
+) -> anyhow::Result<(Arc<Links>, linker::LinkInputs, Option<LinkKey>)> {
     let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(integrity));
     let (alive, cache) = (options.cancel.clone(), options.link_cache.clone());
     let edstays = side.edstays.clone().filter(|_| with_stays);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(Arc<Links>, linker::LinkInputs)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(Arc<Links>, linker::LinkInputs, Option<LinkKey>)> {
         let tables = linker::LinkTables {
             cxr_metadata: side.cxr_metadata.as_deref(),
             edstays: edstays.as_deref(),
             reflacx_phases: &side.reflacx_phases,
             master_sheet: side.master_sheet.as_deref(),
         };
-        let key = cache.as_ref().and_then(|_| LinkKey::of(&cfg, &tables, &integrity.sums));
-        if let Some(hit) = cache.as_ref().zip(key.as_ref()).and_then(|(c, k)| c.get(k)) {
+        let key = LinkKey::of(&cfg, &tables, &integrity.sums);
+        if let Some((links, inputs)) = cache.as_ref().zip(key.as_ref()).and_then(|(c, k)| c.get(k)) {
             tracing::info!("linker tables unchanged: the last link is reused");
-            return Ok(hit);
+            return Ok((links, inputs, key));
         }
         let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
         let sha256 = |p: &Path| integrity.table_check(p);
@@ -233,10 +245,10 @@ async fn link_cohort(
         };
         let (links, inputs) = linker::link(tables, settings)?;
         let links = Arc::new(links);
-        if let Some((cache, key)) = cache.zip(key) {
-            cache.put(key, &links, &inputs);
+        if let Some((cache, key)) = cache.as_ref().zip(key.as_ref()) {
+            cache.put(key.clone(), &links, &inputs);
         }
-        Ok((links, inputs))
+        Ok((links, inputs, key))
     })
     .await?
 }

@@ -22,6 +22,9 @@ pub(crate) struct BuildContext {
     pub accept_shrink: bool,
     pub cohort: Arc<Cohort>,
     pub links: Arc<Links>,
+    /// The SHA-256 of everything the link read (`None`: a linker table could not be looked
+    /// at): derived tables whose manifest records the same are not written again.
+    pub link_digest: Option<String>,
     pub progress: ProgressBars,
     pub max_open_files: usize,
     /// The linker's REFLACX phases and EyeGaze master sheet, read once and reused by the fixer

@@ -33,7 +33,7 @@ struct Entry {
 }
 
 /// What a link depends on, compared whole (no hash that could collide).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(in crate::pipeline) struct LinkKey(Vec<u8>);
 
 impl LinkKey {
@@ -69,6 +69,14 @@ impl LinkKey {
             file(&mut key, "subjects", subjects)?;
         }
         Some(Self(key))
+    }
+}
+
+impl LinkKey {
+    /// The key as derived tables' manifests record it.
+    pub(in crate::pipeline) fn digest(&self) -> String {
+        use sha2::Digest as _;
+        crate::sums::hex(&sha2::Sha256::digest(&self.0).into())
     }
 }
 

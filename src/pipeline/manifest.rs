@@ -140,6 +140,10 @@ pub(crate) struct InputKey {
     pub file: Option<Fingerprint>,
     /// For dicom-routed tables (EyeGaze): a hash of the dicom → patient map.
     pub dicom_map: Option<u64>,
+    /// For derived tables: the SHA-256 of everything the link read (see
+    /// `pipeline::link_cache::LinkKey`), which with the settings decides their rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<String>,
 }
 
 /// The settings every output depends on.
@@ -155,14 +159,25 @@ pub(crate) struct SettingsKey {
 impl InputKey {
     /// The key of a table job reading `path` under `config`, with the dicom map if routed by it.
     pub(crate) fn new(config: &Config, path: &Path, dicoms: Option<&Cohort>) -> Self {
-        let settings = SettingsKey {
+        let file = crate::fingerprint::of_file(path);
+        Self { settings: SettingsKey::of(config), file, dicom_map: dicoms.map(dicom_map_hash), links: None }
+    }
+
+    /// The key of a derived table: the settings and what the link read.
+    pub(crate) fn derived(config: &Config, links: &str) -> Self {
+        Self { settings: SettingsKey::of(config), links: Some(links.to_string()), ..Default::default() }
+    }
+}
+
+impl SettingsKey {
+    fn of(config: &Config) -> Self {
+        Self {
             profile: config.profile,
             index_column: config.index_column,
             window_days: config.window_days,
             files: config.files,
             program_version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        Self { settings, file: crate::fingerprint::of_file(path), dicom_map: dicoms.map(dicom_map_hash) }
+        }
     }
 }
 

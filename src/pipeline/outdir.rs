@@ -82,6 +82,8 @@ fn link_error(path: &Path) -> io::Error {
 #[derive(Default)]
 pub(crate) struct OutputDirs {
     checked: Mutex<HashSet<u64>>,
+    /// A file of the output was renamed or deleted by this build (or is about to be).
+    changed: std::sync::atomic::AtomicBool,
 }
 
 fn dir_key(dir: &Path) -> u64 {
@@ -90,6 +92,11 @@ fn dir_key(dir: &Path) -> u64 {
 }
 
 impl OutputDirs {
+    /// True the first time it is called in a build: the caller is about to change the output.
+    pub(crate) fn first_change(&self) -> bool {
+        !self.changed.swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Makes `rel`'s missing folders under `output` top-down and checks the others are
     /// folders, not links (one `lstat` or `mkdir` per folder per build). True when `rel` itself
     /// was made now.

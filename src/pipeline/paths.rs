@@ -48,6 +48,13 @@ pub(crate) fn staged_path(staging: &Path, rel: &Path) -> PathBuf {
     staging.join(std::ffi::OsString::from_vec(name))
 }
 
+/// Present while the output's `SHA256SUMS.txt` lists the output as it is: written by the
+/// listing that walked it, removed before a publish first renames or deletes a file. While
+/// it is there, a build that changed nothing patches the summary's and report's lines only.
+pub(crate) fn listing_current(output: &Path) -> PathBuf {
+    state_dir(output).join("listing-current")
+}
+
 /// `<output>/.mimic-eye/rejects/<table>.csv`, relative to the output root.
 pub(crate) fn rejects_path(table: &str) -> PathBuf {
     PathBuf::from(STATE_DIR).join("rejects").join(format!("{table}.csv"))

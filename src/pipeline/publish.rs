@@ -25,6 +25,20 @@ fn sync_fs(dir: &Path) -> io::Result<()> {
     crate::sys::syncfs(&f).map_err(named)
 }
 
+/// Before the first rename or deletion of a build: the output's listing stops being current
+/// (see [`crate::pipeline::paths::listing_current`]), durably, so that a crash after the change
+/// never leaves a listing taken for current.
+fn output_changes(output: &Path, dirs: &OutputDirs) -> io::Result<()> {
+    if !dirs.first_change() {
+        return Ok(());
+    }
+    match fs::remove_file(crate::pipeline::paths::listing_current(output)) {
+        Ok(()) => sync_fs(output),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Publishes a job whose files are complete in its staging folder.
 pub(crate) fn publish(output: &Path, dirs: &OutputDirs, manifest: Manifest) -> io::Result<()> {
     let manifest = sorted(manifest);
@@ -62,6 +76,7 @@ fn finish_publish(output: &Path, dirs: &OutputDirs, staging: &Path, manifest: &M
         let mut removed = 0u64;
         let stale = file_list::each_missing(previous.each_file(output)?, manifest.each_file(output)?, |stale| {
             dirs.check(output, stale.parent().unwrap_or(Path::new("")))?;
+            output_changes(output, dirs)?;
             let path = output.join(stale);
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -131,6 +146,7 @@ fn rename_staged(
             fs::remove_file(&from)?;
             continue;
         }
+        output_changes(output, dirs)?;
         match fs::rename(&from, &to) {
             Ok(()) => {}
             // Not staged: unchanged since the last publish, or already renamed before a crash.

@@ -350,6 +350,7 @@ pub async fn split_one(config: Config, table: PathBuf, cohort: Cohort) -> anyhow
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(cohort),
         links: Arc::new(Links::default()),
+        link_digest: None,
         config,
         progress: ProgressBars::on_terminal(),
         max_open_files: raise_open_file_limit(),

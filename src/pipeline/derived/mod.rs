@@ -19,7 +19,7 @@ use crate::pipeline::writer::{Route, Writer};
 
 use crate::shutdown::CancelToken;
 use crate::source::Sha256Check;
-use output::{DerivedTable, DerivedWriter};
+use output::{unchanged, DerivedTable, DerivedWriter};
 
 /// Rows of cxr_meta handed to its writers at a time.
 const CXR_META_BATCH_ROWS: usize = 4096;
@@ -28,6 +28,10 @@ const CXR_META_BATCH_ROWS: usize = 4096;
 /// metadata re-read, each row of the subset written with the columns the build adds. The linker
 /// kept ids, not rows: a `--cohort cxr` build holds a batch of rows here, not 377,000.
 pub(super) fn write_cxr_meta(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>, JobError> {
+    let jobs = [job_keys::CXR_META, job_keys::CXR_META_STAY_ONLY];
+    if let [Some(meta), Some(stay_only)] = jobs.map(|job| unchanged(ctx, job)) {
+        return Ok(vec![(jobs[0].into(), meta), (jobs[1].into(), stay_only)]);
+    }
     let links = &ctx.links;
     let source = &links.cxr_source;
     let mut header = links.cxr_header.raw.clone();

@@ -7,8 +7,9 @@ use crate::counts::TableCounts;
 use crate::pipeline::batch;
 use crate::pipeline::context::BuildContext;
 use crate::pipeline::error::JobError;
+use crate::pipeline::manifest::InputKey;
 use crate::pipeline::staging::Staging;
-use crate::pipeline::state::Manifest;
+use crate::pipeline::state::{self, Manifest};
 use crate::pipeline::writer::{Route, Writer, WriterSpec};
 
 /// Where an in-memory derived table (cxr_meta, REFLACX metadata, master sheet) goes.
@@ -26,13 +27,35 @@ pub(super) struct DerivedTable<'a> {
     pub rejects_not_kept: u64,
 }
 
-/// Writes a derived table's `rows` (under `header`) through a writer and publishes it as one job.
+/// The key a derived table's manifest records: the settings and what the link read (`None`
+/// when a linker table could not be looked at: then it is always written).
+fn input_key(ctx: &BuildContext) -> Option<InputKey> {
+    ctx.link_digest.as_deref().map(|digest| InputKey::derived(&ctx.config, digest))
+}
+
+/// The counts of a derived table last published from the same link and settings: its rows
+/// would be the same, so it is not written again (a rebuild for a clinical change, or for
+/// nothing, re-reads no CXR metadata and rewrites no per-patient file).
+pub(super) fn unchanged(ctx: &BuildContext, job: &str) -> Option<TableCounts> {
+    let key = input_key(ctx).filter(|_| !ctx.force_full)?;
+    let last = state::load_manifest_head(&ctx.config.output, job)?;
+    (last.input == key).then(|| {
+        tracing::debug!(table = job, "unchanged: skipped");
+        last.counts
+    })
+}
+
+/// Writes a derived table's `rows` (under `header`) through a writer and publishes it as one
+/// job, unless it is [`unchanged`].
 pub(super) fn write_derived(
     ctx: &BuildContext,
     table: DerivedTable<'_>,
     header: Vec<u8>,
     rows: batch::Batch,
 ) -> Result<TableCounts, JobError> {
+    if let Some(counts) = unchanged(ctx, table.job) {
+        return Ok(counts);
+    }
     let mut writer = DerivedWriter::open(ctx, table, header)?;
     writer.writer.write_batch(&rows)?;
     writer.publish()
@@ -44,6 +67,7 @@ pub(super) struct DerivedWriter {
     pub(super) writer: Writer,
     staging: Staging,
     rejects_not_kept: u64,
+    input: Option<InputKey>,
 }
 
 impl DerivedWriter {
@@ -63,11 +87,12 @@ impl DerivedWriter {
             max_open_files: ctx.max_open_files,
             only_patients: None,
         };
-        Ok(Self { job: job.to_string(), writer: Writer::new(spec)?, staging, rejects_not_kept })
+        let input = input_key(ctx);
+        Ok(Self { job: job.to_string(), writer: Writer::new(spec)?, staging, rejects_not_kept, input })
     }
 
     pub(super) fn publish(self) -> Result<TableCounts, JobError> {
-        let Self { job, writer, staging, rejects_not_kept } = self;
+        let Self { job, writer, staging, rejects_not_kept, input } = self;
         let mut outcome = writer.finish()?;
         if rejects_not_kept > 0 {
             tracing::warn!(
@@ -78,7 +103,8 @@ impl DerivedWriter {
             outcome.counts.read += rejects_not_kept;
             outcome.counts.rejected += rejects_not_kept;
         }
-        let manifest = Manifest { job, files: outcome.files, counts: outcome.counts, ..Default::default() };
+        let input = input.unwrap_or_default();
+        let manifest = Manifest { job, files: outcome.files, counts: outcome.counts, input, ..Default::default() };
         staging.publish(manifest)?;
         Ok(outcome.counts)
     }

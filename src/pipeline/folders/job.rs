@@ -63,6 +63,7 @@ pub(super) struct FolderJob<'a> {
     walking: Vec<(u64, u64)>,
     /// What each copy was made from, by the last publish of this job (nothing with --full).
     copied_before: CopiedBefore,
+    started: std::time::Instant,
 }
 
 impl<'a> FolderJob<'a> {
@@ -83,6 +84,7 @@ impl<'a> FolderJob<'a> {
             counts: TableCounts::default(),
             walking: Vec::new(),
             copied_before,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -342,6 +344,14 @@ impl<'a> FolderJob<'a> {
             ..Default::default()
         };
         self.staging.publish(manifest)?;
+        let kept = self.ctx.integrity.files.lock().map_or(0, |f| f.kept);
+        tracing::debug!(
+            job = self.key,
+            files = self.counts.written,
+            kept_so_far = kept,
+            seconds = self.started.elapsed().as_secs_f64(),
+            "copied folder published"
+        );
         Ok((self.key.to_string(), self.counts))
     }
 }

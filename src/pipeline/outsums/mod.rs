@@ -10,7 +10,10 @@
 //! mtime and inode, so only files that changed are read again; a copy made by this build
 //! takes the digest recorded while it was copied ([`state::CopyRecord`]). The listing and the
 //! cache are streamed (the output walked in path order, merged with the last cache): memory
-//! does not grow with the number of output files.
+//! does not grow with the number of output files. A build that renamed and deleted nothing
+//! (`.mimic-eye/listing-current` still there) does not walk at all: it makes the summary's and
+//! report's lines again in the last listing. Files added to the output by hand are listed by
+//! the next build that changes the output.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -116,6 +119,9 @@ struct Entry {
 /// cache, streaming: the output is walked in path order and merged with the last cache.
 /// Returns the number of files listed and how many were read to hash them.
 pub(crate) fn write(output: &Path, cancel: &crate::shutdown::CancelToken) -> io::Result<(usize, usize)> {
+    if let Some(listed) = patch(output)? {
+        return Ok((listed, REWRITTEN_EVERY_BUILD.len()));
+    }
     let state = paths::state_dir(output);
     let copies = CopyDigests::load(output, cache_written_ns(&state.join(CACHE)));
     let mut cache = CacheReader::open(&state.join(CACHE));
@@ -160,7 +166,47 @@ pub(crate) fn write(output: &Path, cancel: &crate::shutdown::CancelToken) -> io:
     }
     new_cache.finish(&state.join(CACHE))?;
     let _ = fs::remove_file(state.join("sha256-cache.json")); // the cache's earlier format
+                                                              // Not synced: lost in a crash, it only costs the next build a walk.
+    fs::write(paths::listing_current(output), b"")?;
     Ok((listed, hashed))
+}
+
+/// The files every build writes again (its summary and report): a listing that is current
+/// otherwise needs only their lines made again.
+const REWRITTEN_EVERY_BUILD: [&str; 2] = ["summary.json", crate::pipeline::report::REPORT_FILE];
+
+/// A build that renamed and deleted nothing in the output (see [`paths::listing_current`]):
+/// the last listing, its summary's and report's lines made again, instead of a walk of every
+/// output file (a rebuild beside a mirror that found nothing to do spent most of its time
+/// there). `None` when the last listing cannot serve: the output is walked.
+fn patch(output: &Path) -> io::Result<Option<usize>> {
+    use std::io::BufRead;
+    if !paths::listing_current(output).exists() {
+        return Ok(None);
+    }
+    let Ok(last) = fs::File::open(output.join(SUMS_FILE)) else { return Ok(None) };
+    let mut text = AtomicFile::new(&paths::state_dir(output))?;
+    let (mut listed, mut patched) = (0, 0);
+    for line in io::BufReader::with_capacity(1 << 16, last).split(b'\n') {
+        let line = line?;
+        // `<64 hex digits> <path>`, as `format_line` writes it (an escaped path starts with `\`).
+        match REWRITTEN_EVERY_BUILD.iter().find(|name| line.get(65..) == Some(name.as_bytes())) {
+            Some(name) => {
+                text.file.write_all(&sums::format_line(&sums::hash_file(&output.join(name))?, name.as_bytes()))?;
+                patched += 1;
+            }
+            None => {
+                text.file.write_all(&line)?;
+                text.file.write_all(b"\n")?;
+            }
+        }
+        listed += 1;
+    }
+    if patched != REWRITTEN_EVERY_BUILD.len() {
+        return Ok(None);
+    }
+    text.finish(&output.join(SUMS_FILE))?;
+    Ok(Some(listed))
 }
 
 /// The listing and the new cache being written.

@@ -36,13 +36,26 @@ pub(crate) fn each_listable_file(
 }
 
 fn walk(root: &Path, tree: Tree, rel: &mut Vec<u8>, each: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
-    let Ok(entries) = fs::read_dir(root.join(OsStr::from_bytes(rel))) else {
-        return Ok(());
+    // The output is ours: a folder of it that cannot be listed fails the listing, which would
+    // otherwise leave its files out. A download's unreadable folder is passed over (its
+    // listed files are then reported missing).
+    let dir = root.join(OsStr::from_bytes(rel));
+    let failed = |e: io::Error| io::Error::new(e.kind(), format!("listing {}: {e}", dir.display()));
+    let strict = matches!(tree, Tree::Output { .. });
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if strict && !rel.is_empty() => return Err(failed(e)),
+        Err(_) => return Ok(()),
     };
     let top = rel.is_empty();
     // A folder sorts as "name/": every path below it compares that way against its siblings.
     let mut names: Vec<(Vec<u8>, bool)> = Vec::new();
-    for entry in entries.flatten() {
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if strict => return Err(failed(e)),
+            Err(_) => continue,
+        };
         let name = entry.file_name();
         let skipped = match tree {
             Tree::Output { state_dir } => top && (name == state_dir || name == SUMS_FILE),
@@ -51,7 +64,11 @@ fn walk(root: &Path, tree: Tree, rel: &mut Vec<u8>, each: &mut dyn FnMut(&[u8]) 
         if skipped {
             continue;
         }
-        let Ok(kind) = entry.file_type() else { continue };
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(e) if strict => return Err(failed(e)),
+            Err(_) => continue,
+        };
         let is_dir = kind.is_dir();
         let followed = matches!(tree, Tree::Output { .. }) && kind.is_symlink() && entry.path().is_file();
         let listable = kind.is_file() || followed;

@@ -68,8 +68,8 @@ const HASH_QUEUE: usize = 4;
 /// The SHA-256 of the bytes read so far, finished at the end of the read.
 ///
 /// A large file is hashed on a thread of its own, fed copies of what was read through a bounded
-/// channel: SHA-256 costs about as much as inflating, and on the reading thread it added 16 % to
-/// a 3.8 GB labevents read (the read is no longer bound by inflating alone). A copy of a chunk
+/// channel: SHA-256 costs about as much as inflating, and on the reading thread it would make the
+/// read bound by both rather than by inflating alone (docs/PERFORMANCE.md). A copy of a chunk
 /// costs a small fraction of hashing it. A small file is hashed where it is read.
 enum HashState {
     Inline(Sha256),

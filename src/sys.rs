@@ -99,7 +99,7 @@ pub(crate) fn open_files_limit() -> u64 {
 
 /// Hands freed heap memory back to the system. A build allocates and frees tens of MiB
 /// across threads; glibc keeps it in per-thread arenas, so a daemon idling after a build
-/// would keep the build's peak resident (164 MiB measured on a 3,000-patient world).
+/// would keep the build's peak resident.
 pub(crate) fn release_free_memory() {
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe { libc::malloc_trim(0) };

@@ -346,8 +346,8 @@ fn watch_config(c: &Config) -> watch::WatchConfig {
 }
 
 /// The output checkup takes at most this share of the time (1/200: 0.5 % of a core): it stats
-/// every published file, about 3 s for the million files of a `cxr` cohort, which every
-/// `rescan_seconds` (300) alone cost an idle daemon 1 % of a core.
+/// every published file, seconds of CPU for the million files of a `cxr` cohort, which at
+/// every `rescan_seconds` would be an idle daemon's main cost.
 const CHECKUP_SHARE: u32 = 200;
 
 /// When the next output checkup is due: `rescan_seconds` from now, or later if the last one
@@ -378,7 +378,8 @@ fn check_output(output: &Path) -> anyhow::Result<usize> {
 }
 
 /// [`check_output`], then the memory it used handed back: it reads every manifest, and those
-/// of a `cxr` cohort's copied folders list 349,000 files (an idle daemon kept 112 MiB).
+/// of a `cxr` cohort's copied folders list hundreds of thousands of files, which an idle daemon
+/// would otherwise keep resident.
 fn check_output_and_trim(output: &Path) -> anyhow::Result<usize> {
     let checked = check_output(output);
     crate::sys::release_free_memory();

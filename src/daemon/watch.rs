@@ -349,7 +349,8 @@ impl WatchActor {
             if self.pending.contains_key(&path) || self.ignored(&path) {
                 continue;
             }
-            let mut held = Pending::new(self.known.get(&path));
+            // Not known (a watch set that changed since): held as it is now.
+            let mut held = Pending::new(self.known.get(&path).or_else(|| stamp(&path)));
             held.held = true;
             self.pending.insert(path, held);
         }

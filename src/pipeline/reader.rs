@@ -195,8 +195,8 @@ impl TableReader {
         let mut records: Vec<Record> = Vec::with_capacity(RECORDS_PER_BATCH);
         // A record longer than the buffer (a quote never closed, megabytes without a line feed)
         // is scanned again from its start once more input comes: scanning only when the buffer
-        // has doubled since the last try keeps the work linear (a 64 MiB record of quotes was
-        // rescanned at every 256 KiB chunk: 31 s of CPU for 100 KB of gzipped input).
+        // has doubled since the last try keeps the work linear (rescanning it at every 256 KiB
+        // chunk is quadratic in the record's length).
         let mut rescan_at = 0;
         loop {
             if cancel.is_cancelled() {

@@ -1,7 +1,7 @@
 //! The daemon's last parse of the datasets' checksum files, kept between builds. A mirror's
-//! MIMIC-CXR-JPG `SHA256SUMS.txt` lists a million files and every build read it twice (the
-//! tables' lines, then the lines of the cohort's copied folders): most of a rebuild that finds
-//! nothing to do. A parse is reused while every checksum file keeps the identity (device,
+//! MIMIC-CXR-JPG `SHA256SUMS.txt` lists a million files, which a build reads twice (the tables'
+//! lines, then the lines of the cohort's copied folders): without the cache, most of a rebuild
+//! that finds nothing to do. A parse is reused while every checksum file keeps the identity (device,
 //! inode, size, mtime, ctime) it had before it was read; the copied folders' lines also need
 //! the same link (the folders come from the cohort).
 

@@ -177,8 +177,8 @@ const REWRITTEN_EVERY_BUILD: [&str; 2] = ["summary.json", crate::pipeline::repor
 
 /// A build that renamed and deleted nothing in the output (see [`paths::listing_current`]):
 /// the last listing, its summary's and report's lines made again, instead of a walk of every
-/// output file (a rebuild beside a mirror that found nothing to do spent most of its time
-/// there). `None` when the last listing cannot serve: the output is walked.
+/// output file (most of the time of a rebuild that finds nothing to do). `None` when the last
+/// listing cannot serve: the output is walked.
 fn patch(output: &Path) -> io::Result<Option<usize>> {
     use std::io::BufRead;
     if !paths::listing_current(output).exists() {
@@ -237,8 +237,8 @@ impl Listing {
 }
 
 /// Hashes the entries without a digest on up to [`HASH_THREADS`] threads (a first build hashes
-/// every output file: on one thread that was the longest step after the tables on the
-/// full-size world, 106,520 files). Returns how many were hashed.
+/// every output file, a hundred thousand of them at full size: on one thread, the longest step
+/// after the tables). Returns how many were hashed.
 fn hash_unknown(output: &Path, batch: &mut [Entry]) -> io::Result<usize> {
     let unknown: Vec<usize> = (0..batch.len()).filter(|&i| batch[i].digest.is_none()).collect();
     if unknown.is_empty() {

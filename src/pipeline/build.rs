@@ -95,7 +95,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let mut integrity = crate::integrity::Integrity::with_sums(tables_sums);
     crate::integrity::Integrity::report_newer_versions(&config);
     let stays_pending = linker_inputs_pending(&side, &options)?;
-    let (links, inputs, link_key) = link_cohort(&config, &side, &integrity, stays_pending.is_none(), &options)
+    let (links, inputs, link_digest) = link_cohort(&config, &side, &integrity, stays_pending.is_none(), &options)
         .await
         .map_err(|e| linker_cut_short(e, &options))?;
     check_linker_rows(&config, &inputs, links.cohort.len(), stays_pending.as_deref(), options.accept_shrink)?;
@@ -106,8 +106,8 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
             let add = |sums: &mut Sums| {
                 sums.add_folders(|each| read_set::each_copied_folder(&config, &links, &reflacx_metadata, each));
             };
-            match (&options.sums_cache, sums_key, link_key.as_ref().map(LinkKey::digest)) {
-                (Some(cache), Some(key), Some(link)) => cache.add_folders(&key, &link, &mut i.sums, add),
+            match (&options.sums_cache, sums_key, &link_digest) {
+                (Some(cache), Some(key), Some(link)) => cache.add_folders(&key, link, &mut i.sums, add),
                 _ => add(&mut i.sums),
             }
         }
@@ -117,7 +117,7 @@ pub async fn build(config: Config, progress: ProgressBars, options: BuildOptions
     let ctx = Arc::new(BuildContext {
         cohort: Arc::new(links.cohort.clone()),
         links,
-        link_digest: link_key.as_ref().map(LinkKey::digest),
+        link_digest,
         config: config.clone(),
         progress,
         max_open_files: raise_open_file_limit(),
@@ -211,18 +211,19 @@ fn linker_cut_short(e: anyhow::Error, options: &BuildOptions) -> anyhow::Error {
 }
 
 /// The linker on its blocking thread: the small tables read under the cohort rule, then linked;
-/// or the last link, when none of what it read changed.
+/// or the last link, when none of what it read changed. With them, the SHA-256 of the link key
+/// (see [`LinkKey`]), which derived tables and the checksum cache record.
 async fn link_cohort(
     config: &Config,
     side: &input::LinkerTablePaths,
     integrity: &Arc<crate::integrity::Integrity>,
     with_stays: bool,
     options: &BuildOptions,
-) -> anyhow::Result<(Arc<Links>, linker::LinkInputs, Option<LinkKey>)> {
+) -> anyhow::Result<(Arc<Links>, linker::LinkInputs, Option<String>)> {
     let (cfg, side, integrity) = (config.clone(), side.clone(), Arc::clone(integrity));
     let (alive, cache) = (options.cancel.clone(), options.link_cache.clone());
     let edstays = side.edstays.clone().filter(|_| with_stays);
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(Arc<Links>, linker::LinkInputs, Option<LinkKey>)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(Arc<Links>, linker::LinkInputs, Option<String>)> {
         let tables = linker::LinkTables {
             cxr_metadata: side.cxr_metadata.as_deref(),
             edstays: edstays.as_deref(),
@@ -232,7 +233,7 @@ async fn link_cohort(
         let key = LinkKey::of(&cfg, &tables, &integrity.sums);
         if let Some((links, inputs)) = cache.as_ref().zip(key.as_ref()).and_then(|(c, k)| c.get(k)) {
             tracing::info!("linker tables unchanged: the last link is reused");
-            return Ok((links, inputs, key));
+            return Ok((links, inputs, key.as_ref().map(LinkKey::digest)));
         }
         let rule = crate::cohort::CohortRule::load(&cfg.cohort)?;
         let sha256 = |p: &Path| integrity.table_check(p);
@@ -248,7 +249,7 @@ async fn link_cohort(
         if let Some((cache, key)) = cache.as_ref().zip(key.as_ref()) {
             cache.put(key.clone(), &links, &inputs);
         }
-        Ok((links, inputs, key))
+        Ok((links, inputs, key.as_ref().map(LinkKey::digest)))
     })
     .await?
 }

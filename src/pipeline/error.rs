@@ -136,6 +136,11 @@ impl JobError {
         matches!(self, Self::Cancelled | Self::Read(ReadError { kind: ReadErrorKind::Cancelled, .. }))
     }
 
+    /// A thread that panicked: a bug, said as such.
+    pub(crate) fn thread_panicked(task: &'static str, table: &str, panic: &(dyn std::any::Any + Send)) -> Self {
+        Self::Panicked { task, table: table.to_string(), cause: panic_text(panic) }
+    }
+
     /// A task that did not return: a panic is a bug and said so; a cancelled task is not.
     pub(crate) fn joined(task: &'static str, table: &str, e: tokio::task::JoinError) -> Self {
         match e.try_into_panic() {

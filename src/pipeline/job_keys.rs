@@ -6,6 +6,7 @@
 
 pub(crate) const CXR_META: &str = "cxr_meta";
 pub(crate) const CXR_META_STAY_ONLY: &str = "cxr_meta_with_stay_id_only";
+pub(crate) const REFLACX_METADATA: &str = "reflacx/metadata";
 pub(crate) const MASTER_SHEET: &str = "egd-cxr/master_sheet";
 /// Profile release's copy of the published fixations table.
 pub(crate) const EYE_GAZE_RELEASE_COPY: &str = "egd-cxr/eye_gaze_release_copy";

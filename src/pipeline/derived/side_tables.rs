@@ -10,11 +10,12 @@ use crate::csvscan::encode_record;
 use crate::pipeline::batch::Rejects;
 use crate::pipeline::batch::{append_rejects, batch_of};
 use crate::pipeline::context::BuildContext;
-use crate::pipeline::derived::output::{write_derived, DerivedTable};
+use crate::pipeline::derived::output::{unchanged, write_derived, DerivedTable};
 use crate::pipeline::error::JobError;
 use crate::pipeline::fixer::reflacx;
 use crate::pipeline::job_keys;
 use crate::pipeline::paths;
+use crate::pipeline::small_table::SmallTable;
 use crate::pipeline::staging::Staging;
 use crate::pipeline::state;
 use crate::pipeline::writer::Route;
@@ -32,66 +33,65 @@ type Written = Vec<(String, TableCounts)>;
 /// from the links, then keeps its previous output.
 pub(crate) fn write_fixed_side_tables(ctx: &BuildContext, stays_known: bool) -> Result<Written, JobError> {
     let mut done = Vec::new();
-    let phases = &ctx.reflacx_phases;
-    if let Some(first) = phases.first() {
-        let mut table = reflacx::stack(phases);
-        if ctx.config.profile == Profile::Paper {
-            table = reflacx::merge(&table, reflacx::max_certainty);
-        }
-        let mut rejects = Rejects::default();
-        phases.iter().for_each(|p| rejects.extend(&p.rejects));
-        done.push((
-            "reflacx/metadata".to_string(),
-            write_columns(
-                ctx,
-                by_subject(
-                    "reflacx/metadata",
-                    &first.path,
-                    "REFLACX/metadata.csv",
-                    "spreadsheets/REFLACX/metadata.csv",
-                ),
-                &table,
-                &rejects,
-                "subject_id",
-            )?,
-        ));
+    // A table last published from the same link and settings is not made again: its rows are
+    // decided by what the link read.
+    let mut table = |job: &str, write: &dyn Fn() -> Result<TableCounts, JobError>| -> Result<(), JobError> {
+        let counts = match unchanged(ctx, job) {
+            Some(counts) => counts,
+            None => write()?,
+        };
+        done.push((job.to_string(), counts));
+        Ok(())
+    };
+    if let Some(first) = ctx.reflacx_phases.first() {
+        table(job_keys::REFLACX_METADATA, &|| reflacx_metadata(ctx, &first.path))?;
     }
     if let Some(sheet) = ctx.master_sheet.as_ref().filter(|_| stays_known) {
-        let path = &sheet.path;
-        let d = sheet.require("dicom_id")?;
-        let s = sheet.require("stay_id")?;
-        let mut table = reflacx::Columns::of(sheet);
-        for fields in &mut table.rows {
-            let stay = crate::ids::DicomId::parse(field(fields, d))
-                .ok()
-                .and_then(|dicom| ctx.links.stays_by_dicom.get(&dicom).copied());
-            let value = match (ctx.config.profile, stay) {
-                (Profile::Paper, Some(id)) => id.to_string(),
-                (Profile::Paper, None) => String::new(),
-                (Profile::Release, Some(id)) => python_float_repr(id.get() as f64),
-                (Profile::Release, None) => "nan".to_string(),
-            };
-            if let Some(f) = fields.get_mut(s) {
-                *f = value.into_bytes();
-            }
-        }
-        done.push((
-            job_keys::MASTER_SHEET.to_string(),
-            write_columns(
-                ctx,
-                by_subject(
-                    job_keys::MASTER_SHEET,
-                    path,
-                    "EyeGaze/master_sheet.csv",
-                    "spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv",
-                ),
-                &table,
-                &sheet.rejects,
-                "patient_id",
-            )?,
-        ));
+        table(job_keys::MASTER_SHEET, &|| master_sheet(ctx, sheet))?;
     }
     Ok(done)
+}
+
+/// The REFLACX phases stacked (merged in profile paper), per patient and whole.
+fn reflacx_metadata(ctx: &BuildContext, first: &Path) -> Result<TableCounts, JobError> {
+    let phases = &ctx.reflacx_phases;
+    let mut table = reflacx::stack(phases);
+    if ctx.config.profile == Profile::Paper {
+        table = reflacx::merge(&table, reflacx::max_certainty);
+    }
+    let mut rejects = Rejects::default();
+    phases.iter().for_each(|p| rejects.extend(&p.rejects));
+    let target =
+        by_subject(job_keys::REFLACX_METADATA, first, "REFLACX/metadata.csv", "spreadsheets/REFLACX/metadata.csv");
+    write_columns(ctx, target, &table, &rejects, "subject_id")
+}
+
+/// The master sheet with each image's stay from the links, per patient and whole.
+fn master_sheet(ctx: &BuildContext, sheet: &SmallTable) -> Result<TableCounts, JobError> {
+    let d = sheet.require("dicom_id")?;
+    let s = sheet.require("stay_id")?;
+    let mut table = reflacx::Columns::of(sheet);
+    for fields in &mut table.rows {
+        let stay = crate::ids::DicomId::parse(field(fields, d))
+            .ok()
+            .and_then(|dicom| ctx.links.stays_by_dicom.get(&dicom).copied());
+        let value = match (ctx.config.profile, stay) {
+            (Profile::Paper, Some(id)) => id.to_string(),
+            (Profile::Paper, None) => String::new(),
+            (Profile::Release, Some(id)) => python_float_repr(id.get() as f64),
+            (Profile::Release, None) => "nan".to_string(),
+        };
+        if let Some(f) = fields.get_mut(s) {
+            *f = value.into_bytes();
+        }
+    }
+    let target = by_subject(
+        job_keys::MASTER_SHEET,
+        &sheet.path,
+        "EyeGaze/master_sheet.csv",
+        "spreadsheets/EyeGaze/master_sheet_with_updated_stayId.csv",
+    );
+    write_columns(ctx, target, &table, &sheet.rejects, "patient_id")
 }
 
 /// Profile release: the released build wrote fixations.csv where the whole eye_gaze table

@@ -166,7 +166,7 @@ impl<'a> FolderJob<'a> {
 
     /// [`Self::file`] with the source's metadata already taken (the walk's): a rebuild beside a
     /// mirror looks at 100,000 files, each once on each side, not once per question asked.
-    fn file_of(
+    pub(super) fn file_of(
         &mut self,
         src: &Path,
         source: Option<&fs::Metadata>,
@@ -344,14 +344,8 @@ impl<'a> FolderJob<'a> {
             ..Default::default()
         };
         self.staging.publish(manifest)?;
-        let kept = self.ctx.integrity.files.lock().map_or(0, |f| f.kept);
-        tracing::debug!(
-            job = self.key,
-            files = self.counts.written,
-            kept_so_far = kept,
-            seconds = self.started.elapsed().as_secs_f64(),
-            "copied folder published"
-        );
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::debug!(job = self.key, files = self.counts.written, seconds, "copied folder published");
         Ok((self.key.to_string(), self.counts))
     }
 }

@@ -36,11 +36,8 @@ pub(crate) fn sync_all(ctx: &BuildContext) -> Result<Vec<(String, TableCounts)>,
         });
         (rest, readings.join())
     });
-    let readings = readings.map_err(|panic| JobError::Panicked {
-        task: "copied folders",
-        table: job_keys::REFLACX_READINGS.into(),
-        cause: panic.downcast_ref::<&str>().map_or_else(|| "unknown cause".into(), |s| s.to_string()),
-    })??;
+    let readings = readings
+        .map_err(|panic| JobError::thread_panicked("copied folders", job_keys::REFLACX_READINGS, panic.as_ref()))??;
     let mut done = rest?;
     done.insert(2, readings);
     Ok(done)

@@ -62,8 +62,15 @@ fn sync_reading(job: &mut FolderJob, src: &Path, dest: &Path, profile: Profile) 
     }
     for entry in sorted_entries(src)? {
         let name = entry.file_name();
+        if name.eq_ignore_ascii_case("index.html") {
+            continue;
+        }
         let path = entry.path();
-        if name == "anomaly_location_ellipses.csv" && job.resolve(&path).is_some_and(|m| m.is_file()) {
+        // One look at each entry: its metadata serves the placement too.
+        let Some(meta) = job.resolve(&path) else { continue };
+        if meta.is_dir() {
+            job.folder(&path, &dest.join(&name))?;
+        } else if meta.is_file() && name == "anomaly_location_ellipses.csv" {
             let table =
                 SmallTable::read_checked(&path, job.ctx.integrity.table_check_file(&path), &job.ctx.cancel, |_, _| {
                     true
@@ -72,15 +79,9 @@ fn sync_reading(job: &mut FolderJob, src: &Path, dest: &Path, profile: Profile) 
             let bytes = fs::read(&path).map_err(|cause| JobError::Input { path: path.clone(), cause })?;
             let crlf = bytes.windows(2).any(|w| w == b"\r\n");
             let merged = reflacx::merge(&reflacx::Columns::of(&table), reflacx::any_true);
-            job.file(&path, &dest.join(&name), Some(reflacx::encode(&merged, crlf)))?;
-        } else if name.eq_ignore_ascii_case("index.html") {
-            continue;
-        } else if let Some(meta) = job.resolve(&path) {
-            if meta.is_dir() {
-                job.folder(&path, &dest.join(&name))?;
-            } else {
-                job.file(&path, &dest.join(&name), None)?;
-            }
+            job.file_of(&path, Some(&meta), &dest.join(&name), Some(reflacx::encode(&merged, crlf)))?;
+        } else if meta.is_file() {
+            job.file_of(&path, Some(&meta), &dest.join(&name), None)?;
         }
     }
     Ok(())
